@@ -1,0 +1,43 @@
+"""clnet: OpenCL kernels for evolving feed-forward networks, recurrent cells for RL and
+pairwise Pearson similarity, with a NumPy reference backend.
+
+Quick start::
+
+    import clnet
+    clnet.fnn_forward([2, 2, 1], [1, 2, 3, 4, 5, 6], [1.0, 1.0])   # -> array([57.])
+    for info in clnet.backends():
+        print(info)
+"""
+from .backend import (
+    Backend,
+    BackendCandidate,
+    BackendInfo,
+    BackendUnavailable,
+    backends,
+    get_backend,
+    register_provider,
+    unregister_provider,
+    use_backend,
+)
+from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
+from .functions import ACTIVATIONS, AGGREGATIONS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "AGGREGATIONS",
+    "Backend",
+    "BackendCandidate",
+    "BackendInfo",
+    "BackendUnavailable",
+    "FNN",
+    "FNNPopulation",
+    "backends",
+    "fnn_forward",
+    "get_backend",
+    "register_provider",
+    "unregister_provider",
+    "use_backend",
+    "weight_count",
+]

@@ -1,0 +1,85 @@
+"""Command line: ``python -m clnet {info,demo,bench,conformance}``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> module with main(argv); modules load only when asked for
+BENCHMARKS = {
+    "fnn": "clnet.bench.fnn",
+}
+DEMOS = {
+    "population": "clnet.demos.population",
+}
+DEFAULT_DEMO = "population"
+
+
+def cmd_info(args) -> int:
+    import clnet
+    from clnet.opencl import nvidia_hint
+
+    print(f"clnet {clnet.__version__}")
+    infos = clnet.backends()
+    print(f"{'spec':<16} {'status':<10}  description")
+    for info in infos:
+        print(info)
+        if not info.usable and info.fix:
+            print(f"{'':<16} fix: {info.fix}")
+    try:
+        chosen = clnet.get_backend()
+        print(f"default backend: {chosen.spec} ({chosen.description})")
+    except Exception as exc:
+        print(f"default backend: none ({exc})")
+    hint = nvidia_hint()
+    if hint:
+        print("note: " + hint)
+    return 0
+
+
+def cmd_conformance(args) -> int:
+    from clnet import conformance
+
+    results = conformance.run(args.backend or None, max_examples=args.max_examples,
+                              operations=args.operation or None, profile=args.profile)
+    failures = [r for r in results if not r.passed and not r.skipped]
+    for r in failures:
+        print(f"\n--- {r.backend} {r.operation} {r.dtype} failed:\n{r.failure}")
+    print(f"\n{len(results) - len(failures)} passed, {len(failures)} failed")
+    return 1 if failures or not results else 0
+
+
+def _run_module(table, name, argv, what) -> int:
+    if name not in table:
+        print(f"unknown {what} {name!r}; choose from: {', '.join(sorted(table))}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(table[name]).main(argv) or 0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="list backends and OpenCL devices, usable or not and why")
+    p = sub.add_parser("demo", help="run a demo on the default backend (default: %s)" % DEFAULT_DEMO)
+    p.add_argument("name", nargs="?", default=DEFAULT_DEMO, choices=sorted(DEMOS))
+    p = sub.add_parser("bench", help="benchmarks, printed as ratios against peers")
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p = sub.add_parser("conformance", help="check every backend against the float64 reference")
+    p.add_argument("--backend", action="append", help="backend spec (repeatable); default: every usable one")
+    p.add_argument("--max-examples", type=int, default=None, help="hypothesis examples per check")
+    p.add_argument("--operation", action="append", help="only operations starting with this (repeatable)")
+    p.add_argument("--profile", default=None, choices=["dev", "ci", "thorough"],
+                   help="hypothesis profile (default: ci)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        return cmd_info(args)
+    if args.command == "conformance":
+        return cmd_conformance(args)
+    if args.command == "demo":
+        return _run_module(DEMOS, args.name, rest, "demo")
+    return _run_module(BENCHMARKS, args.name, rest, "benchmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

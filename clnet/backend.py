@@ -1,0 +1,324 @@
+"""Backend registry: discovery through entry points, selection, and the base class.
+
+Every backend, the built-in ones included, is found through the ``clnet.backends``
+entry-point group. An entry point names a *provider*: a class (or factory) with a
+``name`` and a ``candidates()`` method listing the concrete backends it can offer
+(the OpenCL provider offers one per device). A candidate is usable when its
+``load()`` succeeds; when it raises :class:`BackendUnavailable` the reason is kept
+and shown by :func:`backends` and ``python -m clnet info``.
+
+Resolution order for an operation: its ``backend=`` argument, then the innermost
+:func:`use_backend` context, then the ``CLNET_BACKEND`` environment variable, then
+the usable candidate with the highest priority.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Iterable, Iterator, List, Optional, Union
+
+import numpy as np
+
+ENTRY_POINT_GROUP = "clnet.backends"
+ENV_VAR = "CLNET_BACKEND"
+
+__all__ = [
+    "Backend",
+    "BackendCandidate",
+    "BackendInfo",
+    "BackendUnavailable",
+    "backends",
+    "get_backend",
+    "use_backend",
+    "resolve_dtype",
+]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here. ``reason`` says why, ``fix`` how to make it run."""
+
+    def __init__(self, spec: str, reason: str, fix: str = ""):
+        self.spec = spec
+        self.reason = reason
+        self.fix = fix
+        message = f"backend {spec!r} is not usable: {reason}"
+        if fix:
+            message += f". To fix: {fix}"
+        super().__init__(message)
+
+
+class Backend:
+    """Base class of a concrete backend (the NumPy reference, one OpenCL device, ...).
+
+    Operation families add methods (``fnn_layered``, ``fnn_graph``, ...). An operation
+    that a backend lacks raises ``NotImplementedError`` naming both, through
+    :meth:`op`.
+    """
+
+    #: spec string that selects exactly this backend, e.g. ``"numpy"`` or ``"opencl:0:0"``
+    spec: str = ""
+    #: one line for humans
+    description: str = ""
+    #: whether float64 operations are available
+    supports_float64: bool = True
+
+    def op(self, name: str) -> Callable:
+        method = getattr(self, name, None)
+        if method is None:
+            raise NotImplementedError(
+                f"backend {self.spec!r} does not implement the operation {name!r}; "
+                f"choose another backend with backend=... or clnet.use_backend(...)"
+            )
+        return method
+
+    def check_dtype(self, dtype) -> np.dtype:
+        dt = resolve_dtype(dtype)
+        if dt == np.float64 and not self.supports_float64:
+            raise TypeError(
+                f"dtype float64 was requested but backend {self.spec!r} "
+                f"({self.description}) has no double precision support; use dtype='float32' "
+                f"or a backend that supports float64 (for example 'numpy')"
+            )
+        return dt
+
+    def __repr__(self) -> str:
+        return f"<clnet backend {self.spec}: {self.description}>"
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """Map a user's dtype argument to float32 (the default) or float64."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dt.name!r}")
+    return dt
+
+
+@dataclass
+class BackendCandidate:
+    """One backend a provider can offer. ``load`` builds it or raises BackendUnavailable."""
+
+    spec: str
+    description: str
+    priority: int
+    load: Callable[[], Backend]
+    #: extra words a selector may match (platform and device names for OpenCL)
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What :func:`backends` reports about one candidate backend."""
+
+    spec: str
+    description: str
+    priority: int
+    usable: bool
+    reason: str = ""
+    fix: str = ""
+
+    def __str__(self) -> str:
+        state = "usable" if self.usable else f"NOT usable: {self.reason}"
+        return f"{self.spec:<16} {state:<10}  {self.description}"
+
+
+class _Registry:
+    """Providers loaded from entry points plus anything registered at run time."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._providers: Optional[dict] = None
+        self._load_errors: dict = {}
+        self._backends: dict = {}  # spec -> Backend (one context per device)
+        self._failures: dict = {}  # spec -> BackendUnavailable
+
+    def providers(self) -> dict:
+        with self._lock:
+            if self._providers is None:
+                self._providers = {}
+                for ep in _entry_points():
+                    if ep.name in self._providers:
+                        continue  # first distribution wins; duplicates are reported by name only
+                    try:
+                        obj = ep.load()
+                        provider = obj() if isinstance(obj, type) else obj
+                    except Exception as exc:  # a broken plugin must not break import clnet
+                        self._load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                        continue
+                    self._providers[ep.name] = provider
+            return self._providers
+
+    def register(self, provider, *, replace: bool = False) -> None:
+        name = getattr(provider, "name", None)
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError("a provider needs a non-empty string attribute 'name' without ':'")
+        with self._lock:
+            providers = self.providers()
+            if name in providers and not replace:
+                raise ValueError(f"a backend provider named {name!r} is already registered; "
+                                 f"pass replace=True to override it")
+            providers[name] = provider
+            self._forget(name)
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self.providers().pop(name, None)
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        for table in (self._backends, self._failures):
+            for spec in [s for s in table if s == name or s.startswith(name + ":")]:
+                del table[spec]
+
+    def candidates(self) -> List[BackendCandidate]:
+        result = []
+        for name, provider in list(self.providers().items()):
+            try:
+                result.extend(provider.candidates())
+            except Exception as exc:
+                def fail(exc=exc, name=name):
+                    raise BackendUnavailable(name, f"listing its devices failed: {exc}")
+                result.append(BackendCandidate(name, f"provider {name!r}", -1, fail))
+        return result
+
+    def load(self, cand: BackendCandidate) -> Backend:
+        """Instantiate a candidate once; remember failures so probing is not repeated."""
+        with self._lock:
+            if cand.spec in self._backends:
+                return self._backends[cand.spec]
+            if cand.spec in self._failures:
+                raise self._failures[cand.spec]
+            try:
+                backend = cand.load()
+            except BackendUnavailable as exc:
+                self._failures[cand.spec] = exc
+                raise
+            except Exception as exc:
+                err = BackendUnavailable(cand.spec, f"{type(exc).__name__}: {exc}")
+                self._failures[cand.spec] = err
+                raise err from exc
+            self._backends[cand.spec] = backend
+            return backend
+
+    def info(self) -> List[BackendInfo]:
+        infos = []
+        for name, reason in sorted(self._load_errors.items()):
+            infos.append(BackendInfo(name, "plugin failed to load", -1, False, reason,
+                                     "reinstall the package that provides it"))
+        for cand in self.candidates():
+            try:
+                self.load(cand)
+            except BackendUnavailable as exc:
+                infos.append(BackendInfo(cand.spec, cand.description, cand.priority, False,
+                                         exc.reason, exc.fix))
+            else:
+                infos.append(BackendInfo(cand.spec, cand.description, cand.priority, True))
+        return infos
+
+    def best(self, cands: Iterable[BackendCandidate], what: str) -> Backend:
+        ordered = sorted(cands, key=lambda c: -c.priority)
+        reasons = []
+        for cand in ordered:
+            try:
+                backend = self.load(cand)
+            except BackendUnavailable as exc:
+                reasons.append(f"{cand.spec}: {exc.reason}")
+                continue
+            if reasons:
+                warnings.warn(f"clnet: using backend {backend.spec!r}; skipped "
+                              + "; ".join(reasons), RuntimeWarning, stacklevel=4)
+            return backend
+        detail = "; ".join(reasons) if reasons else "no backend is registered"
+        raise BackendUnavailable(what, detail, "run 'python -m clnet info' to see every backend and why "
+                                 "it cannot run; is clnet installed (pip install .)?")
+
+    def select(self, spec: str) -> Backend:
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(f"backend spec must be a non-empty string such as 'numpy', 'opencl' or "
+                             f"'opencl:0:0', got {spec!r}")
+        spec = spec.strip()
+        name, _, selector = spec.partition(":")
+        providers = self.providers()
+        provider = providers.get(name.lower())
+        if provider is None:
+            if name.lower() in self._load_errors:
+                raise BackendUnavailable(spec, f"its plugin failed to load ({self._load_errors[name.lower()]})",
+                                         "reinstall the package that provides it")
+            known = ", ".join(sorted(providers)) or "none"
+            raise ValueError(f"unknown backend {spec!r}; registered backends: {known}. "
+                             f"Spec strings look like 'numpy', 'opencl' or 'opencl:P:D'")
+        cands = provider.candidates()
+        if not selector:
+            return self.best(cands, spec)
+        matcher = getattr(provider, "match", None)
+        chosen = matcher(selector, cands) if matcher else [c for c in cands if c.spec == spec]
+        if not chosen:
+            listed = ", ".join(c.spec for c in cands) or "none"
+            raise ValueError(f"backend spec {spec!r} matches no device; available: {listed}")
+        # An explicitly named device must work: no silent fallback to another one.
+        return self.load(chosen[0])
+
+
+def _entry_points():
+    eps = metadata.entry_points()
+    if hasattr(eps, "select"):
+        return list(eps.select(group=ENTRY_POINT_GROUP))
+    return list(eps.get(ENTRY_POINT_GROUP, []))  # Python < 3.10
+
+
+_registry = _Registry()
+_context: contextvars.ContextVar = contextvars.ContextVar("clnet_backend", default=None)
+
+
+def backends() -> List[BackendInfo]:
+    """Every registered backend and OpenCL device: spec, usable or not, and why not."""
+    return _registry.info()
+
+
+def register_provider(provider, *, replace: bool = False) -> None:
+    """Register a backend provider at run time (entry points are the usual way)."""
+    _registry.register(provider, replace=replace)
+
+
+def unregister_provider(name: str) -> None:
+    _registry.unregister(name)
+
+
+BackendLike = Union[None, str, Backend]
+
+
+def get_backend(spec: BackendLike = None) -> Backend:
+    """Resolve a backend: argument, then :func:`use_backend`, then ``CLNET_BACKEND``, then the best usable one."""
+    if isinstance(spec, Backend):
+        return spec
+    if spec is not None:
+        return _registry.select(spec)
+    ctx = _context.get()
+    if ctx is not None:
+        return ctx if isinstance(ctx, Backend) else _registry.select(ctx)
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return _registry.select(env)
+    return _registry.best(_registry.candidates(), "automatic selection")
+
+
+@contextlib.contextmanager
+def use_backend(spec: BackendLike) -> Iterator[Backend]:
+    """Make ``spec`` the default backend inside a ``with`` block (thread- and task-local)."""
+    if spec is None:
+        raise ValueError("use_backend needs a backend spec such as 'numpy' or 'opencl'")
+    backend = get_backend(spec)
+    token = _context.set(backend)
+    try:
+        yield backend
+    finally:
+        _context.reset(token)
