@@ -516,40 +516,60 @@ SCRATCH_BUDGET = 256 * 2**20
 
 
 class FNNKernels:
-    def _fnn_local_size(self, nb: int):
-        return 64 if nb >= 64 else None
+    def _fnn_lanes(self) -> int:
+        """Samples per work-item: the SIMD width on CPUs, 1 on GPUs (one sample per thread)."""
+        import pyopencl as cl
+
+        if self.device.type & cl.device_type.CPU:
+            return int(min(16, max(1, self.device.preferred_vector_width_float)))
+        return 1
+
+    def _fnn_kernel(self, name: str, dtype):
+        lanes = self._fnn_lanes()
+        return self.kernel("fnn", name, dtype, defines=(f"CLNET_LANES={lanes}",)), lanes
+
+    def _fnn_inputs(self, x, lanes: int):
+        """Inputs transposed to (n_inputs, B_padded), zero-padded to whole lanes."""
+        stride = _round_up(x.shape[0], lanes)
+        xt = np.zeros((x.shape[1], stride), dtype=x.dtype)
+        xt[:, :x.shape[0]] = x.T
+        return self.to_device(xt, "inputs"), stride
+
+    def _fnn_batch_chunk(self, B: int, per_sample_bytes: int, lanes: int) -> int:
+        """Samples per launch so that scratch stays within budget (a multiple of lanes)."""
+        nb = self._scratch_budget() // max(1, per_sample_bytes)
+        nb = max(lanes, (nb // lanes) * lanes)
+        return min(nb, _round_up(B, lanes))
+
+    def _scratch_budget(self) -> int:
+        return int(min(SCRATCH_BUDGET, self.max_alloc // 2))
 
     def fnn_layered(self, sizes, weights, biases, acts, x, dtype) -> np.ndarray:
         import pyopencl as cl
 
         B = x.shape[0]
-        n_hidden = sum(sizes[1:-1])
         item = np.dtype(dtype).itemsize
-        per_sample = max(n_hidden, 1) * item
-        nb_max = max(1, min(B, self._scratch_budget() // per_sample))
+        per_sample = max(sum(sizes[1:-1]), 1) * item
         out = np.empty((B, sizes[-1]), dtype=dtype)
         with self.lock:
-            knl = self.kernel("fnn", "clnet_fnn_layered", dtype)
+            knl, lanes = self._fnn_kernel("clnet_fnn_layered", dtype)
+            nb_max = self._fnn_batch_chunk(B, per_sample, lanes)
             d_struct = self.to_device(np.asarray(sizes, dtype=np.int32))
             d_acts = self.to_device(np.asarray(acts, dtype=np.int32))
             d_w = self.to_device(weights.astype(dtype), "weights")
             d_b = self.to_device(biases.astype(dtype), "biases")
-            d_x = self.to_device(np.ascontiguousarray(x.T), "inputs")
+            d_x, stride = self._fnn_inputs(x, lanes)
             d_out = self.empty(out.nbytes, "outputs")
             d_scratch = self.empty(nb_max * per_sample, "hidden-layer values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
-                ls = self._fnn_local_size(nb)
-                gs = _round_up(nb, ls or 1)
-                knl(self.queue, (gs,), None if ls is None else (ls,),
+                knl(self.queue, (-(-nb // lanes),), None,
                     np.int32(len(sizes) - 1), d_struct, d_acts, d_w, d_b, d_x,
-                    np.int32(B), np.int32(b0), np.int32(nb), d_scratch, d_out)
+                    np.int32(stride), np.int32(b0), np.int32(nb), np.int32(_round_up(nb, lanes)),
+                    np.int32(B), d_scratch, d_out)
             cl.enqueue_copy(self.queue, out, d_out)
             self.queue.finish()
         return out
-
-    def _scratch_budget(self) -> int:
-        return int(min(SCRATCH_BUDGET, self.max_alloc // 2))
 
     def _fnn_population_buffers(self, pop: PackedPopulation, dtype):
         key = (self.spec, id(self), np.dtype(dtype).name)
@@ -574,33 +594,33 @@ class FNNKernels:
         item = np.dtype(dtype).itemsize
         budget = self._scratch_budget()
         starts = pop.net_node_start.astype(np.int64)
-        largest = int(np.max(np.diff(starts))) if P else 0
-        # Batch chunk: as many samples as the largest network allows within the budget.
-        nb_max = max(1, min(B, budget // max(1, largest * item)))
+        largest = max(1, int(np.max(np.diff(starts))))
         out = np.empty((P, B, pop.n_outputs), dtype=dtype)
         self.check_alloc(out.nbytes, "population outputs")
         with self.lock:
-            knl = self.kernel("fnn", "clnet_fnn_graph", dtype)
+            knl, lanes = self._fnn_kernel("clnet_fnn_graph", dtype)
+            # Batch chunk: as many samples as the largest network allows within the budget.
+            nb_max = self._fnn_batch_chunk(B, largest * item, lanes)
             bufs = self._fnn_population_buffers(pop, dtype)
-            d_x = self.to_device(np.ascontiguousarray(x.T), "inputs")
+            d_x, stride = self._fnn_inputs(x, lanes)
             d_out = self.empty(out.nbytes, "population outputs")
             d_scratch = self.empty(min(budget, max(pop.num_nodes, 1) * nb_max * item), "node values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
-                ls = self._fnn_local_size(nb)
-                gs0 = _round_up(nb, ls or 1)
+                nb_pad = _round_up(nb, lanes)
                 p0 = 0
                 while p0 < P:
                     # As many networks as fit in the scratch budget for this batch chunk.
-                    limit = starts[p0] + budget // (nb * item)
+                    limit = starts[p0] + budget // (nb_pad * item)
                     p1 = int(np.searchsorted(starts, limit, side="right")) - 1
                     p1 = min(max(p1, p0 + 1), P)
-                    knl(self.queue, (gs0, p1 - p0), None if ls is None else (ls, 1),
+                    knl(self.queue, (-(-nb // lanes), p1 - p0), None,
                         bufs["net_node_start"], bufs["net_out"], bufs["node_act"], bufs["node_agg"],
                         bufs["node_conn_start"], bufs["node_bias"], bufs["node_resp"],
                         bufs["conn_src"], bufs["conn_w"], d_x,
-                        np.int32(B), np.int32(pop.n_inputs), np.int32(pop.n_outputs),
-                        np.int32(p0), np.int32(b0), np.int32(nb), np.int32(B), d_scratch, d_out)
+                        np.int32(stride), np.int32(pop.n_inputs), np.int32(pop.n_outputs),
+                        np.int32(p0), np.int32(b0), np.int32(nb), np.int32(nb_pad), np.int32(B),
+                        d_scratch, d_out)
                     p0 = p1
             cl.enqueue_copy(self.queue, out, d_out)
             self.queue.finish()

@@ -6,9 +6,45 @@
  * uniform inside a work-group. */
 #include "clnet_functions.h"
 
+/* No fused multiply-add: w*v + acc must round (and overflow) exactly as the NumPy
+ * reference does, so that inf and NaN appear in the same places on every backend. */
+#pragma OPENCL FP_CONTRACT OFF
+
+/* Each work-item evaluates CLNET_LANES consecutive samples. The lane loops are plain
+ * scalar loops with a compile-time trip count, which a CPU compiler turns into SIMD
+ * instructions; GPUs build with CLNET_LANES=1 and get one sample per work-item.
+ * Scratch rows and input rows are padded to a multiple of CLNET_LANES by the host,
+ * so every lane reads initialised memory; only valid lanes are written out. */
+#ifndef CLNET_LANES
+#define CLNET_LANES 1
+#endif
+#define LANES CLNET_LANES
+
+/* Apply activation `act` to every lane of zz. The switch sits outside the lane loop
+ * (each case calls clnet_activate with a constant id, which folds), so the loop
+ * vectorises. */
+#define CLNET_ACT_CASE(id) \
+    case id: for (int s = 0; s < LANES; ++s) zz[s] = clnet_activate(id, zz[s]); break;
+
+inline void clnet_activate_lanes(const int act, real *zz)
+{
+    switch (act) {
+    CLNET_ACT_CASE(0) CLNET_ACT_CASE(1) CLNET_ACT_CASE(2) CLNET_ACT_CASE(3) CLNET_ACT_CASE(4)
+    CLNET_ACT_CASE(5) CLNET_ACT_CASE(6) CLNET_ACT_CASE(7) CLNET_ACT_CASE(8) CLNET_ACT_CASE(9)
+    CLNET_ACT_CASE(10) CLNET_ACT_CASE(11) CLNET_ACT_CASE(12) CLNET_ACT_CASE(13) CLNET_ACT_CASE(14)
+    CLNET_ACT_CASE(15) CLNET_ACT_CASE(16) CLNET_ACT_CASE(17) CLNET_ACT_CASE(18) CLNET_ACT_CASE(19)
+    CLNET_ACT_CASE(20) CLNET_ACT_CASE(21) CLNET_ACT_CASE(22) CLNET_ACT_CASE(23) CLNET_ACT_CASE(24)
+    CLNET_ACT_CASE(25)
+    default:
+        for (int s = 0; s < LANES; ++s)
+            zz[s] = NAN;
+    }
+}
+
 /* Layered form: structure [n0..nL] and ONE flat weight list. The weight and bias
  * offsets of each layer are derived from the structure inside the loop. Inputs are
- * (n0, in_stride) so a batch chunk starts at column b0. */
+ * (n0, in_stride) so that a batch chunk starts at column b0; scratch rows hold
+ * nb_pad samples. */
 __kernel void clnet_fnn_layered(const int n_layers,
                                 __global const int *structure,
                                 __global const int *acts,
@@ -18,52 +54,67 @@ __kernel void clnet_fnn_layered(const int n_layers,
                                 const int in_stride,
                                 const int b0,
                                 const int nb,
+                                const int nb_pad,
+                                const int batch_total,
                                 __global real *scratch,
                                 __global real *out)
 {
-    const int b = get_global_id(0);
-    if (b >= nb)
+    const int lane0 = get_global_id(0) * LANES;
+    if (lane0 >= nb)
         return;
+    const int valid = min(LANES, nb - lane0);
     int w_off = 0;
     int b_off = 0;
     int row = 0; /* first scratch row of the current layer */
-    __global const real *src = inputs + b0 + b;
+    __global const real *src = inputs + b0 + lane0;
     int src_stride = in_stride;
+    real zz[LANES];
     for (int l = 1; l <= n_layers; ++l) {
         const int n_prev = structure[l - 1];
         const int n_cur = structure[l];
-        const int act = acts[l - 1];
         const int last = (l == n_layers);
         for (int j = 0; j < n_cur; ++j) {
             __global const real *w = weights + w_off + j * n_prev;
-            real acc = (real)0;
-            for (int i = 0; i < n_prev; ++i)
-                acc += w[i] * src[(size_t)i * src_stride];
-            const real y = clnet_activate(act, biases[b_off + j] + acc);
-            if (last)
-                out[(size_t)(b0 + b) * n_cur + j] = y;
-            else
-                scratch[(size_t)(row + j) * nb + b] = y;
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = (real)0;
+            for (int i = 0; i < n_prev; ++i) {
+                const real wi = w[i];
+                __global const real *v = src + (size_t)i * src_stride;
+                for (int s = 0; s < LANES; ++s)
+                    zz[s] += wi * v[s];
+            }
+            const real bias = biases[b_off + j];
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = bias + zz[s];
+            clnet_activate_lanes(acts[l - 1], zz);
+            if (last) {
+                for (int s = 0; s < valid; ++s)
+                    out[(size_t)(b0 + lane0 + s) * n_cur + j] = zz[s];
+            } else {
+                __global real *dst = scratch + (size_t)(row + j) * nb_pad + lane0;
+                for (int s = 0; s < LANES; ++s)
+                    dst[s] = zz[s];
+            }
         }
         w_off += n_cur * n_prev;
         b_off += n_cur;
-        src = scratch + (size_t)row * nb + b;
-        src_stride = nb;
+        src = scratch + (size_t)row * nb_pad + lane0;
+        src_stride = nb_pad;
         row += n_cur;
     }
 }
 
-/* Value of connection c for this sample: a weighted input pin or earlier node. */
-#define CLNET_TERM(c)                                                                   \
-    (conn_w[c] * (conn_src[c] < n_in ? inputs[(size_t)conn_src[c] * in_stride + b0 + b] \
-                                      : nv[(size_t)(conn_src[c] - n_in) * nb + b]))
+/* Address of the LANES values feeding connection c: an input row or an earlier node. */
+#define CLNET_SRC(c)                                                               \
+    (conn_src[c] < n_in ? inputs + (size_t)conn_src[c] * in_stride + b0 + lane0 \
+                        : nv + (size_t)(conn_src[c] - n_in) * nb_pad + lane0)
 
 /* Graph form, a whole population packed back to back: network p owns nodes
  * [net_node_start[p], net_node_start[p+1]) in topological order and their incoming
  * connections. A connection's source is a slot local to its network: < n_in for an
  * input pin, n_in + k for the network's k-th node. This launch covers networks
- * p0 + get_global_id(1) and samples b0 .. b0 + nb - 1; scratch rows start at the
- * first node of network p0. */
+ * p0 + get_global_id(1) and samples b0 .. b0 + nb - 1; scratch rows (nb_pad samples
+ * each) start at the first node of network p0. */
 __kernel void clnet_fnn_graph(__global const int *net_node_start,
                               __global const int *net_out,
                               __global const int *node_act,
@@ -80,102 +131,109 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                               const int p0,
                               const int b0,
                               const int nb,
+                              const int nb_pad,
                               const int batch_total,
                               __global real *scratch,
                               __global real *out)
 {
-    const int b = get_global_id(0);
+    const int lane0 = get_global_id(0) * LANES;
     const int p = p0 + get_global_id(1);
-    if (b >= nb)
+    if (lane0 >= nb)
         return;
+    const int valid = min(LANES, nb - lane0);
     const int first = net_node_start[p];
     const int end = net_node_start[p + 1];
-    __global real *nv = scratch + (size_t)(first - net_node_start[p0]) * nb;
+    __global real *nv = scratch + (size_t)(first - net_node_start[p0]) * nb_pad;
+    real zz[LANES];
     for (int k = first; k < end; ++k) {
         const int c0 = node_conn_start[k];
         const int c1 = node_conn_start[k + 1];
         const int n = c1 - c0;
-        real agg;
-        switch (node_agg[k]) {
-        case CLNET_AGG_SUM:
-        case CLNET_AGG_MEAN:
-            agg = (real)0;
-            for (int c = c0; c < c1; ++c)
-                agg += CLNET_TERM(c);
-            if (node_agg[k] == CLNET_AGG_MEAN && n > 0)
-                agg /= (real)n;
-            break;
-        case CLNET_AGG_PRODUCT:
-            agg = (real)1;
-            for (int c = c0; c < c1; ++c)
-                agg *= CLNET_TERM(c);
-            break;
-        case CLNET_AGG_MAX:
-        case CLNET_AGG_MIN:
-        case CLNET_AGG_MAXABS: {
+        const int agg = node_agg[k];
+        if (agg == CLNET_AGG_SUM || agg == CLNET_AGG_MEAN) {
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = (real)0;
+            for (int c = c0; c < c1; ++c) {
+                const real w = conn_w[c];
+                __global const real *v = CLNET_SRC(c);
+                for (int s = 0; s < LANES; ++s)
+                    zz[s] += w * v[s];
+            }
+            if (agg == CLNET_AGG_MEAN && n > 0)
+                for (int s = 0; s < LANES; ++s)
+                    zz[s] /= (real)n;
+        } else if (agg == CLNET_AGG_PRODUCT) {
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = (real)1;
+            for (int c = c0; c < c1; ++c) {
+                const real w = conn_w[c];
+                __global const real *v = CLNET_SRC(c);
+                for (int s = 0; s < LANES; ++s)
+                    zz[s] *= w * v[s];
+            }
+        } else if (agg == CLNET_AGG_MAX || agg == CLNET_AGG_MIN || agg == CLNET_AGG_MAXABS) {
             /* Sequential "replace when strictly better", as Python's max/min do:
              * a NaN first term sticks, a later NaN is skipped. */
-            const int mode = node_agg[k];
-            agg = n > 0 ? CLNET_TERM(c0) : (real)0;
-            for (int c = c0 + 1; c < c1; ++c) {
-                const real t = CLNET_TERM(c);
-                const int better = mode == CLNET_AGG_MAX ? t > agg
-                                 : mode == CLNET_AGG_MIN ? t < agg
-                                                         : fabs(t) > fabs(agg);
-                if (better)
-                    agg = t;
-            }
-            break;
-        }
-        case CLNET_AGG_MEDIAN: {
-            /* No per-item array of unknown length: find the middle order statistics by
-             * counting, O(n^2) over a node's fan-in. Any NaN term makes the median NaN. */
-            if (n == 0) {
-                agg = (real)0;
-                break;
-            }
-            int has_nan = 0;
-            real total = (real)0;
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = (real)0;
             for (int c = c0; c < c1; ++c) {
-                const real t = CLNET_TERM(c);
-                has_nan |= isnan(t);
-                total += t;
+                const real w = conn_w[c];
+                __global const real *v = CLNET_SRC(c);
+                for (int s = 0; s < LANES; ++s) {
+                    const real t = w * v[s];
+                    const int better = c == c0 ? 1
+                                     : agg == CLNET_AGG_MAX ? t > zz[s]
+                                     : agg == CLNET_AGG_MIN ? t < zz[s]
+                                                            : fabs(t) > fabs(zz[s]);
+                    zz[s] = better ? t : zz[s];
+                }
             }
-            if (has_nan) {
-                agg = NAN;
-                break;
-            }
-            if (n <= 2) {
-                agg = total / (real)n;
-                break;
-            }
+        } else if (agg == CLNET_AGG_MEDIAN) {
+            /* No per-item array of unknown length: find the middle order statistics by
+             * counting, O(n^2) over a node's fan-in. Any NaN term makes the median NaN;
+             * up to two terms the median is their mean. */
             const int lo_rank = (n - 1) / 2; /* lower middle; equals upper for odd n */
             const int hi_rank = n / 2;
-            real lo_val = (real)0, hi_val = (real)0;
-            for (int c = c0; c < c1; ++c) {
-                const real t = CLNET_TERM(c);
-                int less = 0, equal = 0;
-                for (int d = c0; d < c1; ++d) {
-                    const real u = CLNET_TERM(d);
-                    less += u < t;
-                    equal += u == t;
+            for (int s = 0; s < LANES; ++s) {
+                real total = (real)0, lo_val = (real)0, hi_val = (real)0;
+                int has_nan = 0;
+                for (int c = c0; c < c1; ++c) {
+                    const real t = conn_w[c] * CLNET_SRC(c)[s];
+                    has_nan |= isnan(t);
+                    total += t;
+                    int less = 0, equal = 0;
+                    for (int d = c0; d < c1; ++d) {
+                        const real u = conn_w[d] * CLNET_SRC(d)[s];
+                        less += u < t;
+                        equal += u == t;
+                    }
+                    /* t occupies sorted positions less .. less + equal - 1 */
+                    if (less <= lo_rank && lo_rank < less + equal)
+                        lo_val = t;
+                    if (less <= hi_rank && hi_rank < less + equal)
+                        hi_val = t;
                 }
-                /* t occupies sorted positions less .. less + equal - 1 */
-                if (less <= lo_rank && lo_rank < less + equal)
-                    lo_val = t;
-                if (less <= hi_rank && hi_rank < less + equal)
-                    hi_val = t;
+                zz[s] = n == 0 ? (real)0
+                      : has_nan ? (real)NAN
+                      : n <= 2 ? total / (real)n
+                      : lo_rank == hi_rank ? lo_val : (lo_val + hi_val) / (real)2;
             }
-            agg = lo_rank == hi_rank ? lo_val : (lo_val + hi_val) / (real)2;
-            break;
+        } else {
+            for (int s = 0; s < LANES; ++s)
+                zz[s] = NAN;
         }
-        default:
-            agg = NAN;
-        }
-        nv[(size_t)(k - first) * nb + b] = clnet_activate(node_act[k], node_bias[k] + node_resp[k] * agg);
+        const real bias = node_bias[k];
+        const real resp = node_resp[k];
+        for (int s = 0; s < LANES; ++s)
+            zz[s] = bias + resp * zz[s];
+        clnet_activate_lanes(node_act[k], zz);
+        __global real *dst = nv + (size_t)(k - first) * nb_pad + lane0;
+        for (int s = 0; s < LANES; ++s)
+            dst[s] = zz[s];
     }
     for (int o = 0; o < n_out; ++o) {
-        const int s = net_out[(size_t)p * n_out + o] - n_in;
-        out[((size_t)p * batch_total + b0 + b) * n_out + o] = nv[(size_t)s * nb + b];
+        __global const real *v = nv + (size_t)(net_out[(size_t)p * n_out + o] - n_in) * nb_pad + lane0;
+        for (int s = 0; s < valid; ++s)
+            out[((size_t)p * batch_total + b0 + lane0 + s) * n_out + o] = v[s];
     }
 }

@@ -117,11 +117,12 @@ def compare(cmp: Comparison, family: str, dtype) -> Tuple[float, float, str]:
         idx = tuple(np.argwhere(bad_nonfinite)[0])
         return math.inf, math.inf, (f"{cmp.name}: at index {idx} the reference is {ref_at[idx]!r} "
                                     f"but the backend gave {got[idx]!r}")
-    err = np.where(fin, np.abs(got - ref_at), 0.0)
+    safe_ref = np.where(fin, ref_at, 0.0)
+    err = np.where(fin, np.abs(np.where(np.isfinite(got), got, 0.0) - safe_ref), 0.0)
     err = np.where(fin & ~np.isfinite(got), np.inf, err)
-    allowed = tol.atol + tol.rtol * np.abs(ref_at)
+    allowed = tol.atol + tol.rtol * np.abs(safe_ref)
     if ctl is not None and tol.control:
-        ctl_err = np.where(np.isfinite(ctl) & fin, np.abs(ctl - ref_at), 0.0)
+        ctl_err = np.where(np.isfinite(ctl) & fin, np.abs(np.where(np.isfinite(ctl), ctl, 0.0) - safe_ref), 0.0)
         allowed = allowed + tol.control * ctl_err
     ratio = err / allowed
     worst = float(np.max(ratio))

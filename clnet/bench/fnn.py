@@ -1,0 +1,80 @@
+"""``python -m clnet bench fnn``: a NEAT-style population on every backend and neat-python.
+
+150 networks (8 inputs, 2 outputs, 20 to 30 nodes with the inputs, skip connections,
+mixed activations and aggregations, grown by neat-python's own mutation operators),
+each evaluated on the same 1,000 inputs. Figures are connection evaluations per second
+(evaluated connections x inputs / seconds) and ratios, all measured in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import best_time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clnet bench fnn", description=__doc__)
+    parser.add_argument("--networks", type=int, default=150)
+    parser.add_argument("--inputs", type=int, default=1000, help="input samples per network")
+    parser.add_argument("--backend", action="append", help="backend spec(s); default: numpy and every usable OpenCL device")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import clnet
+
+    try:
+        import neat
+        from .neat_genomes import benchmark_population
+    except ImportError:
+        print("neat-python is not installed (pip install neat-python): it is needed to grow the "
+              "benchmark genomes and as the peer", file=sys.stderr)
+        return 2
+
+    config, genomes = benchmark_population(args.networks)
+    nets = [clnet.FNN.from_neat(g, config) for g in genomes]
+    pop = clnet.FNNPopulation(nets)
+    conns = pop.num_connections
+    x = np.random.default_rng(1).uniform(-1, 1, size=(args.inputs, 8))
+    work = conns * args.inputs
+    print(f"population: {len(pop)} networks, {pop.num_nodes} evaluated nodes, {conns} evaluated connections "
+          f"({conns / len(pop):.1f} per network); {args.inputs} inputs each -> {work / 1e6:.2f} M connection evaluations")
+
+    specs = args.backend or [i.spec for i in clnet.backends() if i.usable and i.spec.startswith("opencl")] + ["numpy"]
+    rates = {}
+    for spec in specs:
+        be = clnet.get_backend(spec)
+        t = best_time(lambda: pop(x, backend=be), repeat=args.repeat)
+        rates[spec] = work / t
+        print(f"{spec:<14} {t * 1e3:9.2f} ms   {work / t / 1e9:7.3f} G connection evaluations/s   ({be.description})")
+
+    neat_nets = [neat.nn.FeedForwardNetwork.create(g, config) for g in genomes]
+    neat_conns = sum(len(links) for net in neat_nets for *_, links in net.node_evals)
+    rows = [list(r) for r in x]
+
+    def run_neat():
+        for net in neat_nets:
+            for r in rows:
+                net.activate(r)
+
+    t = best_time(run_neat, repeat=1)
+    rates["neat-python"] = neat_conns * args.inputs / t
+    print(f"{'neat-python':<14} {t * 1e3:9.2f} ms   {rates['neat-python'] / 1e9:7.3f} G connection evaluations/s   "
+          f"(pure Python, one network and one input at a time; {neat_conns} connections)")
+
+    print("\nratios (higher is faster):")
+    for spec in specs:
+        if spec.startswith("opencl"):
+            print(f"  {spec} / neat-python : {rates[spec] / rates['neat-python']:8.1f}x   (target >= 200x)")
+            if "numpy" in rates:
+                print(f"  {spec} / numpy       : {rates[spec] / rates['numpy']:8.1f}x   (target >= 5x)")
+            print(f"  {spec} rate          : {rates[spec] / 1e9:8.2f} G/s  (target >= 1 G/s)")
+    if "numpy" in rates:
+        print(f"  numpy / neat-python      : {rates['numpy'] / rates['neat-python']:8.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
