@@ -211,6 +211,7 @@ class _Registry:
 
     def info(self) -> List[BackendInfo]:
         infos = []
+        self.providers()  # loads the plugins, recording the ones that fail
         for name, reason in sorted(self._load_errors.items()):
             infos.append(BackendInfo(name, "plugin failed to load", -1, False, reason,
                                      "reinstall the package that provides it"))

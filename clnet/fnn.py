@@ -559,8 +559,8 @@ class FNNKernels:
             d_w = self.to_device(weights.astype(dtype), "weights")
             d_b = self.to_device(biases.astype(dtype), "biases")
             d_x, stride = self._fnn_inputs(x, lanes)
-            d_out = self.empty(out.nbytes, "outputs")
-            d_scratch = self.empty(nb_max * per_sample, "hidden-layer values")
+            d_out = self.workspace("fnn.out", out.nbytes, "outputs")
+            d_scratch = self.workspace("fnn.scratch", nb_max * per_sample, "hidden-layer values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
                 knl(self.queue, (-(-nb // lanes),), None,
@@ -603,8 +603,9 @@ class FNNKernels:
             nb_max = self._fnn_batch_chunk(B, largest * item, lanes)
             bufs = self._fnn_population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, lanes)
-            d_out = self.empty(out.nbytes, "population outputs")
-            d_scratch = self.empty(min(budget, max(pop.num_nodes, 1) * nb_max * item), "node values")
+            d_out = self.workspace("fnn.out", out.nbytes, "population outputs")
+            d_scratch = self.workspace("fnn.scratch", min(budget, max(pop.num_nodes, 1) * nb_max * item),
+                                       "node values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
                 nb_pad = _round_up(nb, lanes)

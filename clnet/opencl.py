@@ -196,6 +196,7 @@ class OpenCLRuntime(Backend):
         self.lock = threading.RLock()
         self._programs: Dict[Tuple[str, str, Tuple[str, ...]], "cl.Program"] = {}
         self._kernels: Dict[tuple, "cl.Kernel"] = {}
+        self._workspaces: Dict[str, "cl.Buffer"] = {}
         try:
             self.context = cl.Context([device])
             self.queue = cl.CommandQueue(self.context)
@@ -291,6 +292,22 @@ class OpenCLRuntime(Backend):
         if array.nbytes == 0:
             return cl.Buffer(self.context, mf.READ_ONLY, 4)
         return cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=array)
+
+    def workspace(self, name: str, nbytes: int, what: str = "workspace") -> "cl.Buffer":
+        """A device buffer reused across calls (grown when too small).
+
+        Allocating and first-touching large buffers costs more than small kernels on
+        CPU devices, so scratch and output space is kept. Callers hold ``self.lock``
+        and finish their queue work before releasing it, so one buffer per name is safe.
+        """
+        nbytes = max(int(nbytes), 4)
+        buf = self._workspaces.get(name)
+        if buf is None or buf.size < nbytes:
+            self.check_alloc(nbytes, what)
+            self._workspaces.pop(name, None)  # release the old one before allocating
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, nbytes)
+            self._workspaces[name] = buf
+        return buf
 
     def empty(self, nbytes: int, what: str = "buffer") -> "cl.Buffer":
         self.check_alloc(nbytes, what)

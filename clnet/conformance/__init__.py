@@ -114,7 +114,7 @@ def compare(cmp: Comparison, family: str, dtype) -> Tuple[float, float, str]:
     same_nonfinite = np.where(np.isnan(ref_at), np.isnan(got), got == ref_at)
     bad_nonfinite = ~fin & ~same_nonfinite
     if bad_nonfinite.any():
-        idx = tuple(np.argwhere(bad_nonfinite)[0])
+        idx = tuple(int(i) for i in np.argwhere(bad_nonfinite)[0])
         return math.inf, math.inf, (f"{cmp.name}: at index {idx} the reference is {ref_at[idx]!r} "
                                     f"but the backend gave {got[idx]!r}")
     safe_ref = np.where(fin, ref_at, 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fnn as F
+from .. import genomes
 from ..backend import get_backend
 from ..functions import ACTIVATIONS, AGGREGATIONS
 from . import Check, Comparison, register
@@ -98,23 +99,11 @@ _MILD = ["identity", "relu", "sigmoid", "tanh", "clamped", "neat.sigmoid", "neat
 
 
 def random_genome(case, rng=None):
-    """(nodes, connections) of a random DAG with skip connections, disabled links and orphans."""
+    """(nodes, connections) of the case's random DAG (see clnet.genomes)."""
     rng = rng or np.random.default_rng(case["seed"])
-    n_in, n_out, n_hidden = case["n_inputs"], case["n_outputs"], case["n_hidden"]
-    keys = list(range(n_out)) + [n_out + 3 * i + 2 for i in range(n_hidden)]  # sparse hidden keys
-    order = list(rng.permutation(keys))  # a random topological order makes every link acyclic
-    acts = ACTIVATIONS if case["activations"] == "all" else _MILD
-    nodes = [dict(key=int(k), bias=float(rng.normal(0, 0.5)), response=float(rng.choice([1.0, rng.normal(1, 0.5)])),
-                  activation=str(rng.choice(acts)), aggregation=str(rng.choice(AGGREGATIONS)))
-             for k in keys]
-    conns = []
-    sources = [-(i + 1) for i in range(n_in)]
-    for _ in range(case["n_conn"]):
-        j = int(rng.integers(0, len(order)))
-        dst = order[j]
-        pool = sources + order[:j]
-        src = pool[int(rng.integers(0, len(pool)))]
-        conns.append((int(src), int(dst), float(rng.normal(0, case["scale"])), bool(rng.random() > 0.15)))
+    nodes, conns = genomes.random_genome(
+        case["n_inputs"], case["n_outputs"], case["n_hidden"], case["n_conn"], rng,
+        activations=ACTIVATIONS if case["activations"] == "all" else _MILD, weight_scale=case["scale"])
     if case.get("nonfinite") and conns:
         i = int(rng.integers(0, len(conns)))
         conns[i] = conns[i][:2] + (float(rng.choice([np.nan, np.inf, -np.inf])),) + conns[i][3:]

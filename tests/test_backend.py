@@ -1,0 +1,259 @@
+"""Backend registry, selection order, spec strings, failures and third-party plugins."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet.backend import BackendCandidate, BackendUnavailable
+from clnet.opencl import KernelBuildError, OpenCLProvider
+
+from conftest import OPENCL
+
+
+def test_backends_lists_numpy_and_every_opencl_device():
+    infos = {i.spec: i for i in clnet.backends()}
+    assert infos["numpy"].usable
+    opencl = [s for s in infos if s.startswith("opencl")]
+    assert opencl, "the OpenCL provider must list at least one device or a reason"
+    for spec in opencl:
+        info = infos[spec]
+        assert info.usable or info.reason, f"{spec} is unusable without a reason"
+
+
+def test_builtin_backends_come_from_entry_points():
+    from importlib import metadata
+
+    eps = metadata.entry_points()
+    group = eps.select(group="clnet.backends") if hasattr(eps, "select") else eps["clnet.backends"]
+    names = {ep.name: ep.value for ep in group}
+    assert names["numpy"] == "clnet_fallback:NumpyProvider"
+    assert names["opencl"] == "clnet.opencl:OpenCLProvider"
+
+
+def test_resolution_order_argument_context_environment(monkeypatch):
+    monkeypatch.setenv("CLNET_BACKEND", "numpy")
+    assert clnet.get_backend().spec == "numpy"
+    if OPENCL:
+        with clnet.use_backend(OPENCL[0]):
+            assert clnet.get_backend().spec == OPENCL[0]  # context beats environment
+            assert clnet.get_backend("numpy").spec == "numpy"  # argument beats context
+        assert clnet.get_backend().spec == "numpy"
+    monkeypatch.delenv("CLNET_BACKEND")
+    best = clnet.get_backend()
+    expected = OPENCL[0] if OPENCL else "numpy"
+    assert best.spec == expected  # automatic: an OpenCL device if one works
+
+
+def test_use_backend_routes_operations(monkeypatch):
+    calls = []
+    numpy_backend = clnet.get_backend("numpy")
+    original = type(numpy_backend).fnn_layered
+
+    def spy(self, *args):
+        calls.append(self.spec)
+        return original(self, *args)
+
+    monkeypatch.setattr(type(numpy_backend), "fnn_layered", spy)
+    with clnet.use_backend("numpy"):
+        clnet.fnn_forward([2, 2, 1], [1, 2, 3, 4, 5, 6], [1.0, 1.0])
+    assert calls == ["numpy"]
+
+
+@pytest.mark.skipif(not OPENCL, reason="no OpenCL device")
+def test_opencl_spec_strings_index_and_substring():
+    be = clnet.get_backend(OPENCL[0])
+    p, d = OPENCL[0].split(":")[1:]
+    assert clnet.get_backend("opencl").spec in OPENCL
+    assert clnet.get_backend(f"opencl:{p}").spec.startswith(f"opencl:{p}:")
+    platform_word = be.platform.name.split()[0].upper()
+    device_word = be.device.name.split("-")[0].split()[0].upper()
+    assert clnet.get_backend(f"opencl:{platform_word}:{device_word}").spec == OPENCL[0]
+    assert clnet.get_backend(f"OpenCL:{p}:{d}") is be  # one context per device, reused
+
+
+def test_unknown_backend_names_the_registered_ones():
+    with pytest.raises(ValueError, match="unknown backend 'cuda'.*numpy"):
+        clnet.get_backend("cuda")
+    with pytest.raises(ValueError, match="matches no device"):
+        clnet.get_backend("opencl:no-such-platform")
+    with pytest.raises(ValueError, match="opencl:P:D"):
+        clnet.get_backend("opencl:0:0:0")
+    with pytest.raises(ValueError):
+        clnet.get_backend("")
+
+
+class _BrokenProvider:
+    """A provider whose only device fails like pip's PoCL 3.0 on this CPU."""
+
+    name = "broken"
+
+    def candidates(self):
+        def load():
+            raise BackendUnavailable("broken:0", "its OpenCL compiler fails (error: unknown target CPU 'generic')",
+                                     "install Debian's pocl-opencl-icd")
+        return [BackendCandidate("broken:0", "a device whose compiler fails", 10_000, load)]
+
+
+@pytest.fixture
+def broken_provider():
+    clnet.register_provider(_BrokenProvider())
+    yield
+    clnet.unregister_provider("broken")
+
+
+def test_unusable_device_is_listed_with_reason_and_skipped(broken_provider, monkeypatch):
+    monkeypatch.delenv("CLNET_BACKEND", raising=False)
+    info = {i.spec: i for i in clnet.backends()}["broken:0"]
+    assert not info.usable
+    assert "unknown target CPU 'generic'" in info.reason
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = clnet.get_backend()  # highest priority, but unusable: skipped with a warning
+    assert chosen.spec != "broken:0"
+    assert any("broken:0" in str(w.message) for w in caught)
+
+
+def test_naming_an_unusable_backend_explains_why_and_how_to_fix(broken_provider):
+    with pytest.raises(BackendUnavailable) as exc:
+        clnet.get_backend("broken:0")
+    assert "unknown target CPU" in str(exc.value)
+    assert "pocl-opencl-icd" in str(exc.value)
+
+
+def test_registering_a_provider_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        clnet.register_provider(type("P", (), {"name": "numpy", "candidates": lambda self: []})())
+
+
+@pytest.mark.skipif(not OPENCL, reason="no OpenCL device")
+def test_build_failure_carries_log_options_and_device():
+    be = clnet.get_backend(OPENCL[0])
+    with pytest.raises(KernelBuildError) as exc:
+        be._build("__kernel void broken(__global float *x) { x[0] = undefined_name; }", "broken.cl",
+                  ["-D", "CLNET_REAL=float"])
+    text = str(exc.value)
+    assert be.device_name in text
+    assert "CLNET_REAL=float" in text
+    assert "undefined_name" in text  # the compiler's log names the bad identifier
+    assert os.path.exists(exc.value.source_path)
+
+
+@pytest.mark.skipif(not OPENCL, reason="no OpenCL device")
+def test_compiler_failure_makes_a_device_unusable(monkeypatch):
+    """A platform whose compiler fails is reported unusable with the compiler's reason."""
+    from clnet import opencl
+
+    def failing_build(self, source, name, options):
+        raise KernelBuildError(self.device_name, name, options,
+                               "error: unknown target CPU 'generic'\nnote: valid target CPU values are: ...",
+                               "(not saved)")
+
+    monkeypatch.setattr(opencl.OpenCLRuntime, "_build", failing_build)
+    provider = OpenCLProvider()
+    cand = provider.candidates()[0]
+    with pytest.raises(BackendUnavailable, match="unknown target CPU 'generic'"):
+        cand.load()
+
+
+@pytest.mark.skipif(not OPENCL, reason="no OpenCL device")
+def test_programs_are_compiled_once_per_device_source_and_options(monkeypatch):
+    be = clnet.get_backend(OPENCL[0])
+    be.program("fnn", "float32")
+    clnet.fnn_forward([2, 3, 1], np.ones(9), np.ones((4, 2)), backend=be)
+    builds = []
+    original = type(be)._build
+
+    def counting(self, *a, **k):
+        builds.append(a[1])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(type(be), "_build", counting)
+    for _ in range(3):
+        clnet.fnn_forward([2, 3, 1], np.ones(9), np.ones((4, 2)), backend=be)
+        be.program("fnn", "float32")
+    assert builds == []
+
+
+def test_float64_on_a_device_without_doubles_is_a_clear_error():
+    be = clnet.get_backend("numpy")
+    no_fp64 = type(be)()
+    no_fp64.supports_float64 = False
+    no_fp64.spec = "nofp64"
+    with pytest.raises(TypeError, match="no double precision"):
+        clnet.fnn_forward([1, 1], [1.0], [1.0], backend=no_fp64, dtype="float64")
+    with pytest.raises(TypeError, match="float32' or 'float64"):
+        clnet.fnn_forward([1, 1], [1.0], [1.0], backend="numpy", dtype="int32")
+
+
+PLUGIN = textwrap.dedent('''
+    """A third-party clnet backend: it delegates to the NumPy reference and counts calls."""
+    import clnet
+    from clnet.backend import Backend, BackendCandidate
+    import clnet_fallback
+
+    CALLS = []
+
+    class DummyBackend(Backend):
+        spec = "dummy"
+        description = "third-party test backend"
+
+        def fnn_layered(self, *args):
+            CALLS.append("fnn_layered")
+            return clnet_fallback.make_backend().fnn_layered(*args)
+
+    class DummyProvider:
+        name = "dummy"
+
+        def candidates(self):
+            return [BackendCandidate("dummy", DummyBackend.description, 1, DummyBackend)]
+''')
+
+
+def test_third_party_plugin_registers_through_entry_points(tmp_path):
+    (tmp_path / "clnet_dummy_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "clnet_dummy_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clnet-dummy-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[clnet.backends]\ndummy = clnet_dummy_plugin:DummyProvider\n")
+    script = textwrap.dedent('''
+        import clnet, clnet_dummy_plugin
+        specs = [i.spec for i in clnet.backends() if i.usable]
+        assert "dummy" in specs, specs
+        out = clnet.fnn_forward([2, 2, 1], [1, 2, 3, 4, 5, 6], [1.0, 1.0], backend="dummy")
+        assert out.tolist() == [57.0], out
+        assert clnet_dummy_plugin.CALLS == ["fnn_layered"]
+        with clnet.use_backend("dummy"):
+            clnet.fnn_forward([1, 1], [2.0], [3.0])
+        assert len(clnet_dummy_plugin.CALLS) == 2
+        # An operation the plugin does not provide is a clear error, not an AttributeError.
+        try:
+            clnet.FNNPopulation([clnet.FNN.from_structure([1, 1], [1.0])])([1.0], backend="dummy")
+        except NotImplementedError as exc:
+            assert "dummy" in str(exc) and "fnn_graph" in str(exc)
+        else:
+            raise AssertionError("missing operation not reported")
+        print("plugin ok")
+    ''')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("CLNET_BACKEND", None)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "plugin ok" in res.stdout
+
+
+def test_broken_plugin_does_not_break_import(tmp_path):
+    dist = tmp_path / "clnet_bad_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clnet-bad-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[clnet.backends]\nbad = no_such_module_anywhere:Provider\n")
+    script = ("import clnet\ninfo = {i.spec: i for i in clnet.backends()}\n"
+              "assert not info['bad'].usable and 'No module named' in info['bad'].reason, info\n"
+              "assert info['numpy'].usable\nprint('ok')")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
