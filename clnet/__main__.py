@@ -62,23 +62,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="list backends and OpenCL devices, usable or not and why")
     p = sub.add_parser("demo", help="run a demo on the default backend (default: %s)" % DEFAULT_DEMO)
-    p.add_argument("name", nargs="?", default=DEFAULT_DEMO, choices=sorted(DEMOS))
+    p.add_argument("name", nargs="?", default=DEFAULT_DEMO, choices=sorted(DEMOS),
+                   help="options after the name go to the demo (python -m clnet demo NAME --help)")
     p = sub.add_parser("bench", help="benchmarks, printed as ratios against peers")
-    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("name", choices=sorted(BENCHMARKS),
+                   help="options after the name go to the benchmark (python -m clnet bench NAME --help)")
     p = sub.add_parser("conformance", help="check every backend against the float64 reference")
     p.add_argument("--backend", action="append", help="backend spec (repeatable); default: every usable one")
     p.add_argument("--max-examples", type=int, default=None, help="hypothesis examples per check")
     p.add_argument("--operation", action="append", help="only operations starting with this (repeatable)")
     p.add_argument("--profile", default=None, choices=["dev", "ci", "thorough"],
                    help="hypothesis profile (default: ci)")
-    args, rest = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("demo", "bench"):
+        # The named demo or benchmark parses its own options.
+        table, what = (DEMOS, "demo") if argv[0] == "demo" else (BENCHMARKS, "benchmark")
+        rest = argv[1:]
+        if rest and not rest[0].startswith("-"):
+            return _run_module(table, rest[0], rest[1:], what)
+        if argv[0] == "demo" and not any(a in ("-h", "--help") for a in rest[:1]):
+            return _run_module(table, DEFAULT_DEMO, rest, what)
+    args = parser.parse_args(argv)
     if args.command == "info":
         return cmd_info(args)
     if args.command == "conformance":
         return cmd_conformance(args)
-    if args.command == "demo":
-        return _run_module(DEMOS, args.name, rest, "demo")
-    return _run_module(BENCHMARKS, args.name, rest, "benchmark")
+    return _run_module(DEMOS if args.command == "demo" else BENCHMARKS, args.name, [], args.command)
 
 
 if __name__ == "__main__":

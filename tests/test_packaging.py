@@ -1,0 +1,38 @@
+"""A real wheel ships the kernels and both backends, and works from outside the checkout."""
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_wheel_contains_kernels_fallback_and_entry_points(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wheel = next(tmp_path.glob("clnet-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for cl in (ROOT / "kernels").iterdir():
+        assert f"clnet/kernels/{cl.name}" in names
+    assert "clnet_fallback/__init__.py" in names and "clnet_fallback/fnn.py" in names
+    assert "clnet/conformance/__init__.py" in names
+    ep = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(ep).decode()
+    assert "[clnet.backends]" in text and "numpy = clnet_fallback:NumpyProvider" in text
+
+    # Install it into a fresh virtual environment and use it from an empty folder.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    code = ("import clnet, clnet.opencl as o, pathlib; "
+            "k = o.kernel_dir(); assert 'site-packages' in str(k), k; "
+            "print(clnet.fnn_forward([2, 2, 1], [1, 2, 3, 4, 5, 6], [1.0, 1.0]), k)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CLNET_BACKEND")}
+    res = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[57.]" in res.stdout
