@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 # name -> module with main(argv); modules load only when asked for
@@ -28,7 +29,9 @@ def cmd_info(args) -> int:
         if not info.usable and info.fix:
             print(f"{'':<16} fix: {info.fix}")
     try:
-        chosen = clnet.get_backend()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the table above already says why devices were skipped
+            chosen = clnet.get_backend()
         print(f"default backend: {chosen.spec} ({chosen.description})")
     except Exception as exc:
         print(f"default backend: none ({exc})")

@@ -230,13 +230,20 @@ class OpenCLRuntime(Backend):
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
         opts = list(options)
+        program = None
         try:
+            program = cl.Program(self.context, source)
             with warnings.catch_warnings():
                 # Compiler chatter is hidden unless asked for (PYOPENCL_COMPILER_OUTPUT=1).
                 warnings.simplefilter("ignore")
-                return cl.Program(self.context, source).build(options=opts)
+                return program.build(options=opts)
         except Exception as exc:
-            log = str(exc)  # pyopencl puts the compiler's build log in the message
+            log = ""
+            try:
+                log = program.get_build_info(self.device, cl.program_build_info.LOG) if program else ""
+            except Exception:
+                pass
+            log = (log or "").strip() or str(exc)
             digest = hashlib.sha1(source.encode()).hexdigest()[:12]
             saved = os.path.join(tempfile.gettempdir(), f"clnet-build-failure-{digest}.cl")
             try:
