@@ -37,11 +37,8 @@ if broken is None:
     print("pip PoCL compiles on this CPU: nothing to check")
 else:
     assert "compiler fails" in broken.reason and "unknown target CPU" in broken.reason, broken.reason
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        chosen = clnet.get_backend()
-    assert chosen.spec != broken.spec
-    assert any(broken.spec in str(x.message) for x in w)
+    chosen = clnet.get_backend()  # automatic selection never lands on it
+    assert chosen.spec != broken.spec and chosen.spec.startswith("opencl")
     try:
         clnet.get_backend(broken.spec)
     except clnet.BackendUnavailable as exc:
