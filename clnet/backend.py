@@ -32,7 +32,9 @@ __all__ = [
     "BackendCandidate",
     "BackendInfo",
     "BackendUnavailable",
+    "DeviceError",
     "backends",
+    "dispatch",
     "get_backend",
     "use_backend",
     "resolve_dtype",
@@ -50,6 +52,13 @@ class BackendUnavailable(RuntimeError):
         if fix:
             message += f". To fix: {fix}"
         super().__init__(message)
+
+
+class DeviceError(RuntimeError):
+    """A device failed while running an operation (lost device, driver error, failed build).
+
+    The message names the device and the operation. No partial result is returned.
+    """
 
 
 class Backend:
@@ -225,6 +234,14 @@ class _Registry:
                 infos.append(BackendInfo(cand.spec, cand.description, cand.priority, True))
         return infos
 
+    def mark_failed(self, spec: str, reason: str) -> None:
+        """Take a backend that failed during use out of automatic selection."""
+        with self._lock:
+            self._backends.pop(spec, None)
+            self._failures[spec] = BackendUnavailable(
+                spec, f"it failed during use ({reason})",
+                "check the device and its driver, then restart the program")
+
     def best(self, cands: Iterable[BackendCandidate], what: str) -> Backend:
         ordered = sorted(cands, key=lambda c: -c.priority)
         reasons = []
@@ -310,6 +327,28 @@ def get_backend(spec: BackendLike = None) -> Backend:
     if env:
         return _registry.select(env)
     return _registry.best(_registry.candidates(), "automatic selection")
+
+
+def dispatch(spec: BackendLike, name: str, *args):
+    """Run operation ``name`` on the backend ``spec`` resolves to.
+
+    When the backend was chosen automatically (no argument, no :func:`use_backend`, no
+    ``CLNET_BACKEND``) and its device fails with :class:`DeviceError`, the device is
+    taken out of automatic selection and the operation is rerun on the next usable
+    backend, with a warning. A backend the user named fails loudly instead.
+    """
+    automatic = spec is None and _context.get() is None and not os.environ.get(ENV_VAR, "").strip()
+    backend = get_backend(spec)
+    try:
+        return backend.op(name)(*args)
+    except DeviceError as exc:
+        if not automatic:
+            raise
+        _registry.mark_failed(backend.spec, str(exc))
+        fallback = get_backend(None)
+        warnings.warn(f"clnet: backend {backend.spec!r} failed during {name} ({exc}); "
+                      f"falling back to {fallback.spec!r}", RuntimeWarning, stacklevel=3)
+        return dispatch(None, name, *args)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ._validate import as_float, as_int, as_real_array
-from .backend import BackendLike, get_backend
+from .backend import BackendLike, dispatch, get_backend
 from .functions import ACTIVATIONS, activation_id, aggregation_id, neat_activation_name
 
 __all__ = ["FNN", "FNNPopulation", "fnn_forward", "weight_count"]
@@ -435,9 +435,9 @@ class FNN:
             out = np.empty((0, self.n_outputs), dtype=dt)
         elif self._layered is not None:
             sizes, w, b, acts = self._layered
-            out = be.op("fnn_layered")(sizes, w, b, acts, x, dt)
+            out = dispatch(backend, "fnn_layered", sizes, w, b, acts, x, dt)
         else:
-            out = be.op("fnn_graph")(self.packed, x, dt)[0]
+            out = dispatch(backend, "fnn_graph", self.packed, x, dt)[0]
         return out[0] if single else out
 
 
@@ -503,7 +503,7 @@ class FNNPopulation:
         if x.shape[0] == 0:
             out = np.empty((len(self), 0, self.n_outputs), dtype=dt)
         else:
-            out = be.op("fnn_graph")(self.packed, x, dt)
+            out = dispatch(backend, "fnn_graph", self.packed, x, dt)
         return out[:, 0] if single else out
 
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backend import Backend, BackendCandidate, BackendUnavailable
+from .backend import Backend, BackendCandidate, BackendUnavailable, DeviceError
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
     import pyopencl as cl
@@ -44,7 +44,7 @@ def kernel_dir() -> Path:
     raise FileNotFoundError(f"clnet's OpenCL sources were not found next to {here}; reinstall clnet")
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(DeviceError):
     """A kernel failed to compile. Carries the device, the options and the build log."""
 
     def __init__(self, device: str, source_name: str, options: Sequence[str], log: str, saved: str):
@@ -226,6 +226,23 @@ class OpenCLRuntime(Backend):
         if not np.array_equal(out, 2 * x + 1):
             raise BackendUnavailable(self.spec, "a probe kernel returned wrong results",
                                      "update the device's driver or select another backend")
+
+    def op(self, name: str):
+        """The operation ``name``, with OpenCL errors turned into clear Python errors."""
+        method = super().op(name)
+
+        def guarded(*args):
+            try:
+                return method(*args)
+            except cl.MemoryError as exc:
+                raise MemoryError(f"OpenCL device {self.device_name!r} ({self.spec}) ran out of memory during "
+                                  f"{name} ({exc}); use smaller inputs or another backend") from exc
+            except cl.Error as exc:
+                raise DeviceError(f"OpenCL device {self.device_name!r} ({self.spec}) failed during {name}: "
+                                  f"{exc}") from exc
+
+        guarded.__name__ = name
+        return guarded
 
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
