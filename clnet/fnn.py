@@ -84,6 +84,10 @@ class PackedPopulation:
         )
 
 
+# Node and layer counts are int32 on the device; far below that, memory runs out first.
+MAX_NODES = 2**24
+
+
 def weight_count(structure: Sequence[int]) -> int:
     """Number of weights a layered structure needs: sum of n_l * n_(l-1)."""
     sizes = _check_structure(structure)
@@ -102,8 +106,8 @@ def _check_structure(structure) -> List[int]:
         sizes.append(int(n))
     if len(sizes) < 2:
         raise ValueError(f"structure needs at least an input and an output layer, got {list(sizes)}")
-    if max(sizes) > 2**24:
-        raise ValueError(f"structure has a layer of {max(sizes)} neurons; at most 2**24 are supported")
+    if max(sizes) > MAX_NODES:
+        raise ValueError(f"structure has a layer of {max(sizes)} neurons; at most {MAX_NODES} are supported")
     return sizes
 
 
@@ -217,7 +221,12 @@ def pack_graph(n_inputs, n_outputs, nodes, connections) -> PackedPopulation:
     """Prune, order and pack one evolved network (see SEMANTICS.md, graph form)."""
     n_inputs = as_int(n_inputs, "n_inputs", minimum=1)
     n_outputs = as_int(n_outputs, "n_outputs", minimum=1)
+    if n_inputs > MAX_NODES:
+        raise ValueError(f"n_inputs must be at most {MAX_NODES}, got {n_inputs}")
     node_table = _parse_nodes(nodes)
+    if n_outputs > len(node_table):
+        raise ValueError(f"n_outputs is {n_outputs} but nodes has only {len(node_table)} entries; "
+                         f"every output key 0..n_outputs-1 needs a node")
     missing = [k for k in range(n_outputs) if k not in node_table]
     if missing:
         raise ValueError(f"output nodes {missing} are missing from nodes; outputs have keys 0..{n_outputs - 1}")

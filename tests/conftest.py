@@ -50,3 +50,14 @@ def opencl_backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_terminal_summary(terminalreporter):
+    try:
+        import fuzz_api
+    except ImportError:
+        return
+    c = fuzz_api.COUNTER
+    if c["calls"]:
+        terminalreporter.write_line(f"fuzz: {c['calls']} public API calls with malformed arguments "
+                                    f"({c['returned']} returned the reference result, {c['raised']} raised a clear error)")
