@@ -1,0 +1,140 @@
+"""A reduced conformance pass meant to run under Oclgrind (see tests/test_oclgrind.py).
+
+    oclgrind --data-races --uninitialized python tests/oclgrind_pass.py float32
+    oclgrind --data-races --uninitialized python tests/oclgrind_pass.py float64
+
+Every device buffer is kept alive until the process ends: Oclgrind 21.10 reports false
+"uninitialized value" diagnostics when a new buffer reuses the address range of a freed
+one (shown by tests/test_oclgrind.py's own control case). Never reusing memory is also
+the stricter check: a kernel that read stale data would read a fresh, uninitialised
+buffer here and be reported.
+
+Small sizes, every kernel and code path: every activation and aggregation with one
+sample per work-item and with SIMD lanes, batch sizes that are not multiples of the
+lane count or work-group size, work split into several launches, float32 and float64.
+Each result is also compared with the NumPy reference, so a wrong answer fails too.
+Exits non-zero on a mismatch; Oclgrind's own diagnostics are judged by the caller.
+"""
+import sys
+
+import numpy as np
+import pyopencl as cl
+
+_KEEP_ALIVE = []
+_Buffer = cl.Buffer
+
+
+def _kept_buffer(*args, **kwargs):
+    buf = _Buffer(*args, **kwargs)
+    _KEEP_ALIVE.append(buf)
+    return buf
+
+
+cl.Buffer = _kept_buffer
+
+import clnet
+from clnet import fnn
+from clnet.functions import ACTIVATIONS, AGGREGATIONS
+
+CASES = []
+
+
+def case(fn):
+    CASES.append(fn)
+    return fn
+
+
+def check(name, run, be, dt):
+    """Compare ``run(be, dt)`` with the float64 reference, as the conformance suite does."""
+    from clnet.conformance import Comparison, compare
+
+    cmp = Comparison(name, run(be, dt), run("numpy", "float64"), run("numpy", dt))
+    _, _, msg = compare(cmp, "fnn", np.dtype(dt))
+    print(f"{'FAIL' if msg else 'ok  '} {name}" + (f"\n{msg}" if msg else ""), flush=True)
+    return not msg
+
+
+def lanes_variants(be):
+    original = type(be)._fnn_lanes
+    for lanes in (1, 16):
+        type(be)._fnn_lanes = lambda self, lanes=lanes: lanes
+        try:
+            yield lanes
+        finally:
+            type(be)._fnn_lanes = original
+
+
+@case
+def fnn_every_activation(be, dtypes):
+    ok = True
+    rng = np.random.default_rng(1)
+    s = [2, 3, 2]
+    for lanes in lanes_variants(be):
+        for act in ACTIVATIONS:
+            w = rng.normal(size=clnet.weight_count(s))
+            x = rng.normal(size=(5, 2))
+            for dt in dtypes:
+                ok &= check(f"fnn.layered {act} lanes={lanes} {dt}",
+                            lambda b, d: clnet.fnn_forward(s, w, x, activation=act, backend=b, dtype=d), be, dt)
+    return ok
+
+
+@case
+def fnn_every_aggregation(be, dtypes):
+    ok = True
+    rng = np.random.default_rng(2)
+    nodes = [dict(key=0, aggregation="sum")]
+    conns = []
+    key = 10
+    for agg in AGGREGATIONS:
+        for fan_in in range(5):  # 0..4 terms: empty, single, even and odd medians
+            nodes.append(dict(key=key, aggregation=agg, activation="tanh", bias=0.1))
+            conns += [(-(i % 3) - 1, key, float(rng.normal())) for i in range(fan_in)]
+            conns.append((key, 0, 1.0))
+            key += 1
+    net = clnet.FNN.from_graph(3, 1, nodes, conns)
+    x = rng.normal(size=(7, 3))
+    for lanes in lanes_variants(be):
+        for dt in dtypes:
+            ok &= check(f"fnn.graph every aggregation lanes={lanes} {dt}",
+                        lambda b, d: net(x, backend=b, dtype=d), be, dt)
+    return ok
+
+
+@case
+def fnn_split_launches(be, dtypes):
+    ok = True
+    rng = np.random.default_rng(3)
+    nets = [clnet.FNN.from_structure([2, int(h), 2], rng.normal(size=4 * int(h)), activation="sigmoid")
+            for h in rng.integers(1, 6, size=9)]
+    pop = clnet.FNNPopulation(nets)
+    x = rng.normal(size=(21, 2))
+    saved = fnn.SCRATCH_BUDGET
+    fnn.SCRATCH_BUDGET = 8 * 16 * 12  # a few networks and lanes per launch
+    try:
+        for lanes in lanes_variants(be):
+            for dt in dtypes:
+                ok &= check(f"fnn.population split launches lanes={lanes} {dt}",
+                            lambda b, d: pop(x, backend=b, dtype=d), be, dt)
+                layered = clnet.FNN.from_structure([2, 9, 9, 2], rng.normal(size=117), activation="relu")
+                ok &= check(f"fnn.layered split batch lanes={lanes} {dt}",
+                            lambda b, d: layered(x, backend=b, dtype=d), be, dt)
+    finally:
+        fnn.SCRATCH_BUDGET = saved
+    return ok
+
+
+def main() -> int:
+    be = clnet.get_backend("opencl")
+    print(f"device: {be.spec} {be.description}", flush=True)
+    dtypes = sys.argv[1:] or ["float32"]
+    if "float64" in dtypes and not be.supports_float64:
+        print("device has no float64: nothing to check")
+        return 0
+    results = [c(be, dtypes) for c in CASES]
+    print(f"oclgrind pass: {sum(results)} of {len(results)} case groups correct", flush=True)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
