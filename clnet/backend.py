@@ -149,6 +149,7 @@ class _Registry:
         self._load_errors: dict = {}
         self._backends: dict = {}  # spec -> Backend (one context per device)
         self._failures: dict = {}  # spec -> BackendUnavailable
+        self._warned: set = set()
 
     def providers(self) -> dict:
         with self._lock:
@@ -251,7 +252,8 @@ class _Registry:
             except BackendUnavailable as exc:
                 reasons.append(f"{cand.spec}: {exc.reason}")
                 continue
-            if reasons:
+            if reasons and tuple(reasons) not in self._warned:
+                self._warned.add(tuple(reasons))  # once per situation, not on every call
                 warnings.warn(f"clnet: using backend {backend.spec!r}; skipped "
                               + "; ".join(reasons), RuntimeWarning, stacklevel=4)
             return backend

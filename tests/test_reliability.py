@@ -1,0 +1,147 @@
+"""Device faults, thread safety and determinism."""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet.backend import BackendCandidate, DeviceError
+from clnet.genomes import random_genome
+
+from conftest import OPENCL
+
+
+def _population(seed, size=30):
+    rng = np.random.default_rng(seed)
+    nets = [clnet.FNN.from_graph(4, 2, *random_genome(4, 2, int(rng.integers(2, 12)), 30, rng,
+                                                      activations=["tanh", "relu", "sigmoid"]))
+            for _ in range(size)]
+    return clnet.FNNPopulation(nets)
+
+
+# --- device faults -------------------------------------------------------------------------
+class _FlakyBackend(type(clnet.get_backend("numpy"))):
+    """A device that fails after its first operation, as a lost GPU would."""
+    spec = "flaky"
+    description = "a device that disappears mid-run"
+    calls = 0
+
+    def fnn_graph(self, *args):
+        type(self).calls += 1
+        if type(self).calls > 1:
+            raise DeviceError("device 'flaky' was lost during fnn_graph")
+        return super().fnn_graph(*args)
+
+
+class _FlakyProvider:
+    name = "flaky"
+
+    def candidates(self):
+        return [BackendCandidate("flaky", _FlakyBackend.description, 10_000, _FlakyBackend)]
+
+
+@pytest.fixture
+def flaky():
+    _FlakyBackend.calls = 0
+    clnet.register_provider(_FlakyProvider())
+    yield
+    clnet.unregister_provider("flaky")
+
+
+def test_named_device_that_fails_mid_run_raises_naming_it(flaky):
+    pop = _population(1, 5)
+    x = np.ones((3, 4))
+    pop(x, backend="flaky")
+    with pytest.raises(DeviceError, match="flaky"):
+        pop(x, backend="flaky")
+
+
+def test_automatic_selection_falls_back_with_a_warning(flaky, monkeypatch):
+    monkeypatch.delenv("CLNET_BACKEND", raising=False)
+    pop = _population(2, 5)
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    assert clnet.get_backend().spec == "flaky"
+    first = pop(x)
+    with pytest.warns(RuntimeWarning, match="'flaky' failed during fnn_graph.*falling back"):
+        second = pop(x)  # complete, correct result from the next backend, never a partial one
+    np.testing.assert_allclose(second, first, rtol=1e-5, atol=1e-6)
+    info = {i.spec: i for i in clnet.backends()}["flaky"]
+    assert not info.usable and "failed during use" in info.reason
+    assert clnet.get_backend().spec != "flaky"
+
+
+def test_opencl_errors_become_device_errors_naming_the_device(opencl_backend, monkeypatch):
+    import pyopencl as cl
+
+    pop = _population(3, 4)
+    x = np.ones((5, 4))
+    pop(x, backend=opencl_backend)
+
+    def lost(*args, **kwargs):
+        raise cl.LogicError("clEnqueueNDRangeKernel failed: INVALID_COMMAND_QUEUE")
+
+    monkeypatch.setattr(cl, "enqueue_copy", lost)
+    with pytest.raises(DeviceError) as exc:
+        pop(x, backend=opencl_backend)
+    assert opencl_backend.device_name in str(exc.value) and "fnn_graph" in str(exc.value)
+
+
+def test_allocation_beyond_the_device_limit_names_device_and_size(opencl_backend, monkeypatch):
+    monkeypatch.setattr(opencl_backend, "max_alloc", 1024)
+    pop = _population(4, 20)
+    with pytest.raises(MemoryError) as exc:
+        pop(np.ones((100, 4)), backend=opencl_backend)
+    assert opencl_backend.device_name in str(exc.value) and "MiB" in str(exc.value)
+
+
+# --- threads -------------------------------------------------------------------------------
+def test_one_backend_from_eight_threads(any_backend):
+    rng = np.random.default_rng(5)
+    jobs = []
+    for t in range(8):
+        pop = _population(10 + t, size=5 + 3 * t)
+        x = rng.normal(size=(17 + 50 * t, 4))
+        s = [4, 3 + t, 2]
+        w = rng.normal(size=clnet.weight_count(s))
+        jobs.append((pop, x, s, w))
+    serial = [(pop(x, backend=any_backend), clnet.fnn_forward(s, w, x, backend=any_backend, activation="tanh"))
+              for pop, x, s, w in jobs]
+    results = [None] * 8
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        try:
+            pop, x, s, w = jobs[i]
+            barrier.wait()
+            out = []
+            for _ in range(5):
+                out.append((pop(x, backend=any_backend),
+                            clnet.fnn_forward(s, w, x, backend=any_backend, activation="tanh")))
+            results[i] = out
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    for i in range(8):
+        for got_pop, got_layered in results[i]:
+            np.testing.assert_array_equal(got_pop, serial[i][0])
+            np.testing.assert_array_equal(got_layered, serial[i][1])
+
+
+# --- determinism ---------------------------------------------------------------------------
+def test_same_inputs_give_bitwise_identical_results(any_backend):
+    pop = _population(6, 40)
+    x = np.random.default_rng(7).normal(size=(1001, 4))
+    first = pop(x, backend=any_backend)
+    for _ in range(3):
+        np.testing.assert_array_equal(pop(x, backend=any_backend), first)
+    # any split of the batch gives the same bits
+    parts = np.concatenate([pop(x[a:b], backend=any_backend) for a, b in ((0, 1), (1, 300), (300, 1001))], axis=1)
+    np.testing.assert_array_equal(parts, first)
