@@ -525,16 +525,35 @@ SCRATCH_BUDGET = 256 * 2**20
 
 
 class FNNKernels:
-    def _fnn_lanes(self) -> int:
-        """Samples per work-item: the SIMD width on CPUs, 1 on GPUs (one sample per thread)."""
+    def _fnn_is_cpu(self) -> bool:
         import pyopencl as cl
 
-        if self.device.type & cl.device_type.CPU:
-            return int(min(16, max(1, self.device.preferred_vector_width_float)))
-        return 1
+        return bool(self.device.type & cl.device_type.CPU)
 
-    def _fnn_kernel(self, name: str, dtype):
-        lanes = self._fnn_lanes()
+    def _fnn_lanes(self, batch=None) -> int:
+        """Samples per work-item: 1 on GPUs (one sample per thread); on CPUs the SIMD width,
+        or 2 or 4 times it for batches where that pads by at most a quarter: the per-node
+        work (reading the node, dispatching on aggregation and activation) is then shared
+        by more samples. Measured on PoCL/AVX-512, 150 networks x 1000 samples: 2.4 ms
+        with 16 lanes, 1.6 ms with 64; with 4 samples 16 lanes stay best."""
+        if not self._fnn_is_cpu():
+            return 1
+        width = int(min(16, max(1, self.device.preferred_vector_width_float)))
+        if batch is None:
+            return width
+        base = _round_up(max(int(batch), 1), width)
+        for mult in (4, 2):
+            if _round_up(batch, width * mult) * 4 <= base * 5:
+                return width * mult
+        return width
+
+    def _fnn_local(self, dims: int):
+        """Work-group size: one work-item per group on CPUs (PoCL's own choice measured
+        up to 1.5x slower there); the implementation's choice elsewhere."""
+        return (1,) * dims if self._fnn_is_cpu() else None
+
+    def _fnn_kernel(self, name: str, dtype, batch=None):
+        lanes = self._fnn_lanes(batch)
         return self.kernel("fnn", name, dtype, defines=(f"CLNET_LANES={lanes}",)), lanes
 
     def _fnn_inputs(self, x, lanes: int):
@@ -561,7 +580,7 @@ class FNNKernels:
         per_sample = max(sum(sizes[1:-1]), 1) * item
         out = np.empty((B, sizes[-1]), dtype=dtype)
         with self.lock:
-            knl, lanes = self._fnn_kernel("clnet_fnn_layered", dtype)
+            knl, lanes = self._fnn_kernel("clnet_fnn_layered", dtype, B)
             nb_max = self._fnn_batch_chunk(B, per_sample, lanes)
             d_struct = self.to_device(np.asarray(sizes, dtype=np.int32))
             d_acts = self.to_device(np.asarray(acts, dtype=np.int32))
@@ -572,7 +591,7 @@ class FNNKernels:
             d_scratch = self.workspace("fnn.scratch", nb_max * per_sample, "hidden-layer values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
-                knl(self.queue, (-(-nb // lanes),), None,
+                knl(self.queue, (-(-nb // lanes),), self._fnn_local(1),
                     np.int32(len(sizes) - 1), d_struct, d_acts, d_w, d_b, d_x,
                     np.int32(stride), np.int32(b0), np.int32(nb), np.int32(_round_up(nb, lanes)),
                     np.int32(B), d_scratch, d_out)
@@ -607,7 +626,7 @@ class FNNKernels:
         out = np.empty((P, B, pop.n_outputs), dtype=dtype)
         self.check_alloc(out.nbytes, "population outputs")
         with self.lock:
-            knl, lanes = self._fnn_kernel("clnet_fnn_graph", dtype)
+            knl, lanes = self._fnn_kernel("clnet_fnn_graph", dtype, B)
             # Batch chunk: as many samples as the largest network allows within the budget.
             nb_max = self._fnn_batch_chunk(B, largest * item, lanes)
             bufs = self._fnn_population_buffers(pop, dtype)
@@ -624,7 +643,7 @@ class FNNKernels:
                     limit = starts[p0] + budget // (nb_pad * item)
                     p1 = int(np.searchsorted(starts, limit, side="right")) - 1
                     p1 = min(max(p1, p0 + 1), P)
-                    knl(self.queue, (-(-nb // lanes), p1 - p0), None,
+                    knl(self.queue, (-(-nb // lanes), p1 - p0), self._fnn_local(2),
                         bufs["net_node_start"], bufs["net_out"], bufs["node_act"], bufs["node_agg"],
                         bufs["node_conn_start"], bufs["node_bias"], bufs["node_resp"],
                         bufs["conn_src"], bufs["conn_w"], d_x,

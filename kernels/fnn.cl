@@ -21,10 +21,23 @@
 #define LANES CLNET_LANES
 
 /* Apply activation `act` to every lane of zz. The switch sits outside the lane loop
- * (each case calls clnet_activate with a constant id, which folds), so the loop
- * vectorises. */
-#define CLNET_ACT_CASE(id) \
-    case id: for (int s = 0; s < LANES; ++s) zz[s] = clnet_activate(id, zz[s]); break;
+ * (each case calls clnet_activate_vectorisable with a constant id, which folds), so the
+ * loop vectorises. The rare lanes it cannot do (sin of |z| > 8192 in float builds) are
+ * redone one by one afterwards; for every other id `fix` folds to 0 and that code goes. */
+#define CLNET_ACT_CASE(id)                                                      \
+    case id: {                                                                  \
+        real zin[LANES];                                                        \
+        int fix = 0;                                                            \
+        for (int s = 0; s < LANES; ++s) {                                       \
+            zin[s] = zz[s];                                                     \
+            fix |= clnet_activate_needs_builtin(id, zz[s]);                     \
+            zz[s] = clnet_activate_vectorisable(id, zz[s]);                     \
+        }                                                                       \
+        if (fix)                                                                \
+            for (int s = 0; s < LANES; ++s)                                     \
+                if (clnet_activate_needs_builtin(id, zin[s]))                   \
+                    zz[s] = clnet_activate(id, zin[s]);                         \
+    } break;
 
 inline void clnet_activate_lanes(const int act, real *zz)
 {

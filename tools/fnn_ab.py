@@ -1,0 +1,64 @@
+"""A/B timing of the population FNN kernel per activation: kernels/ of this checkout
+against another kernel folder (e.g. an older commit's), interleaved so that load from
+other processes hits both alike. float32, 150 benchmark networks x 1000 samples.
+
+    python tools/fnn_ab.py OLD_KERNEL_DIR [reps]
+"""
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's clnet
+import numpy as np  # noqa: E402
+import pyopencl as cl  # noqa: E402
+
+import clnet  # noqa: E402
+from clnet.bench.neat_genomes import benchmark_population  # noqa: E402
+from clnet.opencl import kernel_dir  # noqa: E402
+
+
+def main():
+    old_dir = pathlib.Path(sys.argv[1])
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
+    be = clnet.get_backend("opencl")
+    lanes = be._fnn_lanes(1000)  # the launch clnet makes for this batch
+    local = be._fnn_local(2)
+    config, genomes = benchmark_population(150)
+    pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+    P, B = pop.packed.size, 1000
+    x = np.random.default_rng(1).uniform(-1, 1, size=(B, 8)).astype(np.float32)
+    d_x, stride = be._fnn_inputs(x, lanes)
+    nb_pad = -(-B // lanes) * lanes
+    d_out = be.empty(P * B * 2 * 4)
+    d_s = be.empty(pop.num_nodes * nb_pad * 4)
+    knls = {}
+    for label, kdir in (("old", old_dir), ("new", kernel_dir())):
+        src = (kdir / "fnn.cl").read_text()
+        opts = ["-I", str(kdir), "-D", "CLNET_REAL=float", "-D", f"CLNET_LANES={lanes}"]
+        knls[label] = cl.Kernel(cl.Program(be.context, src).build(options=opts), "clnet_fnn_graph")
+    names = clnet.functions.ACTIVATIONS
+    acts = [None] + list(range(len(names)))  # None: the benchmark's own mix
+    original = pop.packed.node_act.copy()
+    print(f"{'activation':16s} {'old ms':>8s} {'new ms':>8s}  speed-up")
+    for act in acts:
+        pop.packed.node_act[:] = original if act is None else act
+        pop.packed.device_cache.clear()
+        bufs = be._fnn_population_buffers(pop.packed, np.float32)
+        args = (bufs["net_node_start"], bufs["net_out"], bufs["node_act"], bufs["node_agg"],
+                bufs["node_conn_start"], bufs["node_bias"], bufs["node_resp"], bufs["conn_src"],
+                bufs["conn_w"], d_x, np.int32(stride), np.int32(pop.packed.n_inputs),
+                np.int32(pop.packed.n_outputs), np.int32(0), np.int32(0), np.int32(B),
+                np.int32(nb_pad), np.int32(B), d_s, d_out)
+        ts = {"old": [], "new": []}
+        for _ in range(reps + 1):
+            for label, knl in knls.items():
+                t = time.perf_counter()
+                knl(be.queue, (-(-B // lanes), P), local, *args)
+                be.queue.finish()
+                ts[label].append((time.perf_counter() - t) * 1e3)
+        o, n = min(ts["old"][1:]), min(ts["new"][1:])
+        print(f"{'(benchmark mix)' if act is None else names[act]:16s} {o:8.2f} {n:8.2f}  {o / n:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
