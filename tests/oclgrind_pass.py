@@ -56,8 +56,8 @@ def check(name, run, be, dt):
 
 def lanes_variants(be):
     original = type(be)._fnn_lanes
-    for lanes in (1, 16):
-        type(be)._fnn_lanes = lambda self, lanes=lanes: lanes
+    for lanes in (1, 16, 64):
+        type(be)._fnn_lanes = lambda self, batch=None, lanes=lanes: lanes
         try:
             yield lanes
         finally:
