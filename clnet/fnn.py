@@ -587,15 +587,21 @@ class FNNKernels:
             d_w = self.to_device(weights.astype(dtype), "weights")
             d_b = self.to_device(biases.astype(dtype), "biases")
             d_x, stride = self._fnn_inputs(x, lanes)
-            d_out = self.workspace("fnn.out", out.nbytes, "outputs")
+            whole = out.nbytes <= self._scratch_budget()
+            if not whole:  # outputs too large for one buffer: each launch's rows come back in turn
+                nb_max = max(lanes, min(nb_max, self._scratch_budget() // (sizes[-1] * item) // lanes * lanes))
+            d_out = self.workspace("fnn.out", out.nbytes if whole else nb_max * sizes[-1] * item, "outputs")
             d_scratch = self.workspace("fnn.scratch", nb_max * per_sample, "hidden-layer values")
             for b0 in range(0, B, nb_max):
                 nb = min(nb_max, B - b0)
                 knl(self.queue, (-(-nb // lanes),), self._fnn_local(1),
                     np.int32(len(sizes) - 1), d_struct, d_acts, d_w, d_b, d_x,
                     np.int32(stride), np.int32(b0), np.int32(nb), np.int32(_round_up(nb, lanes)),
-                    np.int32(B), d_scratch, d_out)
-            cl.enqueue_copy(self.queue, out, d_out)
+                    np.int32(0 if whole else b0), d_scratch, d_out)
+                if not whole:
+                    cl.enqueue_copy(self.queue, out[b0:b0 + nb], d_out)
+            if whole:
+                cl.enqueue_copy(self.queue, out, d_out)
             self.queue.finish()
         return out
 
@@ -623,15 +629,18 @@ class FNNKernels:
         budget = self._scratch_budget()
         starts = pop.net_node_start.astype(np.int64)
         largest = max(1, int(np.max(np.diff(starts))))
-        out = np.empty((P, B, pop.n_outputs), dtype=dtype)
-        self.check_alloc(out.nbytes, "population outputs")
+        n_out = pop.n_outputs
+        out = np.empty((P, B, n_out), dtype=dtype)
+        whole = out.nbytes <= budget  # else each launch's block of outputs comes back in turn
         with self.lock:
             knl, lanes = self._fnn_kernel("clnet_fnn_graph", dtype, B)
             # Batch chunk: as many samples as the largest network allows within the budget.
             nb_max = self._fnn_batch_chunk(B, largest * item, lanes)
             bufs = self._fnn_population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, lanes)
-            d_out = self.workspace("fnn.out", out.nbytes, "population outputs")
+            if not whole:
+                nb_max = max(lanes, min(nb_max, budget // (n_out * item) // lanes * lanes))
+            d_out = self.workspace("fnn.out", out.nbytes if whole else budget, "population outputs")
             d_scratch = self.workspace("fnn.scratch", min(budget, max(pop.num_nodes, 1) * nb_max * item),
                                        "node values")
             for b0 in range(0, B, nb_max):
@@ -643,15 +652,23 @@ class FNNKernels:
                     limit = starts[p0] + budget // (nb_pad * item)
                     p1 = int(np.searchsorted(starts, limit, side="right")) - 1
                     p1 = min(max(p1, p0 + 1), P)
+                    if not whole:
+                        p1 = min(p1, p0 + max(1, budget // (nb * n_out * item)))
                     knl(self.queue, (-(-nb // lanes), p1 - p0), self._fnn_local(2),
                         bufs["net_node_start"], bufs["net_out"], bufs["node_act"], bufs["node_agg"],
                         bufs["node_conn_start"], bufs["node_bias"], bufs["node_resp"],
                         bufs["conn_src"], bufs["conn_w"], d_x,
-                        np.int32(stride), np.int32(pop.n_inputs), np.int32(pop.n_outputs),
-                        np.int32(p0), np.int32(b0), np.int32(nb), np.int32(nb_pad), np.int32(B),
+                        np.int32(stride), np.int32(pop.n_inputs), np.int32(n_out),
+                        np.int32(p0), np.int32(b0), np.int32(nb), np.int32(nb_pad),
+                        np.int32(0 if whole else p0), np.int32(0 if whole else b0), np.int32(B if whole else nb),
                         d_scratch, d_out)
+                    if not whole:
+                        block = np.empty((p1 - p0, nb, n_out), dtype=dtype)
+                        cl.enqueue_copy(self.queue, block, d_out)
+                        out[p0:p1, b0:b0 + nb] = block
                     p0 = p1
-            cl.enqueue_copy(self.queue, out, d_out)
+            if whole:
+                cl.enqueue_copy(self.queue, out, d_out)
             self.queue.finish()
         return out
 

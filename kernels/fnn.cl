@@ -57,7 +57,8 @@ inline void clnet_activate_lanes(const int act, real *zz)
 /* Layered form: structure [n0..nL] and ONE flat weight list. The weight and bias
  * offsets of each layer are derived from the structure inside the loop. Inputs are
  * (n0, in_stride) so that a batch chunk starts at column b0; scratch rows hold
- * nb_pad samples. */
+ * nb_pad samples. `out` holds the rows of samples out_b0 onwards (the host splits
+ * outputs too large for one buffer). */
 __kernel void clnet_fnn_layered(const int n_layers,
                                 __global const int *structure,
                                 __global const int *acts,
@@ -68,7 +69,7 @@ __kernel void clnet_fnn_layered(const int n_layers,
                                 const int b0,
                                 const int nb,
                                 const int nb_pad,
-                                const int batch_total,
+                                const int out_b0,
                                 __global real *scratch,
                                 __global real *out)
 {
@@ -102,7 +103,7 @@ __kernel void clnet_fnn_layered(const int n_layers,
             clnet_activate_lanes(acts[l - 1], zz);
             if (last) {
                 for (int s = 0; s < valid; ++s)
-                    out[(size_t)(b0 + lane0 + s) * n_cur + j] = zz[s];
+                    out[(size_t)(b0 - out_b0 + lane0 + s) * n_cur + j] = zz[s];
             } else {
                 __global real *dst = scratch + (size_t)(row + j) * nb_pad + lane0;
                 for (int s = 0; s < LANES; ++s)
@@ -127,7 +128,9 @@ __kernel void clnet_fnn_layered(const int n_layers,
  * connections. A connection's source is a slot local to its network: < n_in for an
  * input pin, n_in + k for the network's k-th node. This launch covers networks
  * p0 + get_global_id(1) and samples b0 .. b0 + nb - 1; scratch rows (nb_pad samples
- * each) start at the first node of network p0. */
+ * each) start at the first node of network p0. `out` is the (networks, out_batch,
+ * n_out) block that starts at network out_p0 and sample out_b0: the whole result, or
+ * the piece of it this launch writes when it is too large for one buffer. */
 __kernel void clnet_fnn_graph(__global const int *net_node_start,
                               __global const int *net_out,
                               __global const int *node_act,
@@ -145,7 +148,9 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                               const int b0,
                               const int nb,
                               const int nb_pad,
-                              const int batch_total,
+                              const int out_p0,
+                              const int out_b0,
+                              const int out_batch,
                               __global real *scratch,
                               __global real *out)
 {
@@ -247,6 +252,6 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
     for (int o = 0; o < n_out; ++o) {
         __global const real *v = nv + (size_t)(net_out[(size_t)p * n_out + o] - n_in) * nb_pad + lane0;
         for (int s = 0; s < valid; ++s)
-            out[((size_t)p * batch_total + b0 + lane0 + s) * n_out + o] = v[s];
+            out[((size_t)(p - out_p0) * out_batch + (b0 - out_b0) + lane0 + s) * n_out + o] = v[s];
     }
 }

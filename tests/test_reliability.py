@@ -145,3 +145,16 @@ def test_same_inputs_give_bitwise_identical_results(any_backend):
     # any split of the batch gives the same bits
     parts = np.concatenate([pop(x[a:b], backend=any_backend) for a, b in ((0, 1), (1, 300), (300, 1001))], axis=1)
     np.testing.assert_array_equal(parts, first)
+
+
+# --- work larger than one allocation -------------------------------------------------------
+def test_population_of_100000_networks_runs_within_default_limits(any_backend):
+    rng = np.random.default_rng(9)
+    hidden = rng.integers(1, 5, size=100_000)
+    nets = [clnet.FNN.from_structure([3, int(h), 2], rng.normal(size=5 * int(h)), activation="tanh") for h in hidden]
+    pop = clnet.FNNPopulation(nets)
+    x = rng.normal(size=(300, 3))
+    out = pop(x, backend=any_backend)
+    assert out.shape == (100_000, 300, 2) and np.isfinite(out).all()
+    for p in rng.integers(0, 100_000, size=25):
+        np.testing.assert_allclose(out[p], nets[p](x, backend="numpy"), rtol=1e-5, atol=1e-6)
