@@ -21,6 +21,7 @@ from .backend import (
 )
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
+from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,12 @@ __all__ = [
     "BackendUnavailable",
     "FNN",
     "FNNPopulation",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNNCell",
+    "RecurrentState",
     "backends",
     "fnn_forward",
     "get_backend",

@@ -1,0 +1,170 @@
+/* Recurrent cells (LSTM, GRU, Elman RNN) for batched, device-resident stepping.
+ *
+ * Layout. Hidden units are padded to Hp, a multiple of the vector width CLNET_VW, and
+ * grouped in blocks of CLNET_VW units. A transposed weight matrix Wt has one row per
+ * input (or hidden) feature and G * Hp columns, where column
+ *     (block jb, gate g, lane l)  ->  jb * G * CLNET_VW + g * CLNET_VW + l
+ * so that one work-item loads the G gates of its CLNET_VW units with G contiguous
+ * vector loads per row, and the whole cell update happens in its registers.
+ * Padded units have zero weights and biases, so their h and c stay exactly zero.
+ *
+ * One work-item owns CLNET_RM batch rows by one block of units (all gates): an
+ * RM x (G * VW) register tile, each row of Wt loaded once per RM rows and each input
+ * value broadcast across the vector. Explicit vector types are used because PoCL's
+ * implicit work-item vectoriser does not vectorise across an inner reduction loop.
+ *
+ * Compile-time parameters: CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
+ * CLNET_LSTM, CLNET_GRU, CLNET_RNN_TANH, CLNET_RNN_RELU. */
+#include "clnet_common.h"
+
+#ifdef CLNET_USE_DOUBLE
+#define CLNET_VW 8
+typedef double8 realv;
+#define CLNET_VLOAD vload8
+#define CLNET_VSTORE vstore8
+#else
+#define CLNET_VW 16
+typedef float16 realv;
+#define CLNET_VLOAD vload16
+#define CLNET_VSTORE vstore16
+#endif
+
+#ifndef CLNET_GATES
+#define CLNET_GATES 4
+#endif
+#ifndef CLNET_RM
+#define CLNET_RM 4
+#endif
+
+#define CLNET_NC (CLNET_GATES * Hp) /* columns of Wt and of projected gates */
+
+inline realv clnet_sigmoid_v(realv z)
+{
+    return (realv)1 / ((realv)1 + exp(-z));
+}
+
+/* Accumulate acc[r][g] += sum_k a[r][k] * Wt[k, block jb, gate g] over k < K. */
+#define CLNET_TILE_PRODUCT(acc, arow, K, Wblock)                                       \
+    for (int k = 0; k < (K); ++k) {                                                    \
+        realv wv[CLNET_GATES];                                                         \
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)                        \
+            wv[g] = CLNET_VLOAD(0, (Wblock) + (size_t)k * CLNET_NC + g * CLNET_VW);    \
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {                         \
+            const realv a = (realv)(arow[r][k]);                                       \
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)                    \
+                acc[r][g] = fma(a, wv[g], acc[r][g]);                                  \
+        }                                                                              \
+    }
+
+/* Input projection of many time steps at once: out[m] = A[m] @ Wt + bias for the
+ * M = T * B rows of a chunk. global (ceil(M / RM), Hp / VW). */
+__kernel void clnet_rnn_project(const int M, const int K, const int Hp,
+                                __global const real *A, const long a_off,
+                                __global const real *Wt,
+                                __global const real *bias,
+                                __global real *out)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    const int jb = get_global_id(1);
+    if (m0 >= M)
+        return;
+    const int col = jb * CLNET_GATES * CLNET_VW;
+    __global const real *arow[CLNET_RM];
+    realv acc[CLNET_RM][CLNET_GATES];
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * K; /* clamped rows are computed, not stored */
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] = CLNET_VLOAD(0, bias + col + g * CLNET_VW);
+    }
+    __global const real *wblock = Wt + col;
+    CLNET_TILE_PRODUCT(acc, arow, K, wblock)
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        if (m0 + r < M) {
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                CLNET_VSTORE(acc[r][g], 0, out + (size_t)(m0 + r) * CLNET_NC + col + g * CLNET_VW);
+        }
+    }
+}
+
+/* One recurrent time step for B rows, fused with the gate nonlinearities:
+ *   gates = gx + h_prev @ Whh_t   (gx: projected inputs with biases)
+ * then the cell update. keep[b] = 0 where environment b started a new episode before
+ * this step: its h and c count as exactly zero (even if they held NaN), 1 elsewhere;
+ * has_keep = 0 means all ones.
+ * h_prev and h_next are distinct buffers (or distinct regions of one buffer); c is
+ * updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
+ * which sits inside r * (...). global (ceil(B / RM), Hp / VW). */
+__kernel void clnet_rnn_recur(const int B, const int Hp,
+                              __global const real *Wt,
+                              __global const real *gx, const long gx_off,
+                              __global const real *h_prev, const long hp_off,
+                              __global real *h_next, const long hn_off,
+                              __global real *c,
+                              __global const real *keep, const long keep_off, const int has_keep,
+                              __global const real *bias_hn)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    const int jb = get_global_id(1);
+    if (m0 >= B)
+        return;
+    const int col = jb * CLNET_GATES * CLNET_VW;
+    const int unit = jb * CLNET_VW;
+    __global const real *arow[CLNET_RM];
+    realv acc[CLNET_RM][CLNET_GATES];
+    real kp[CLNET_RM];
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        const int row = min(m0 + r, B - 1);
+        arow[r] = h_prev + hp_off + (size_t)row * Hp;
+        kp[r] = has_keep ? keep[keep_off + row] : (real)1;
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] = (realv)0;
+    }
+    __global const real *wblock = Wt + col;
+    CLNET_TILE_PRODUCT(acc, arow, Hp, wblock)
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        const int row = m0 + r;
+        if (row >= B)
+            continue;
+        const int fresh = kp[r] == (real)0;
+        if (fresh) {
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] = (realv)0;
+        }
+        __global const real *x = gx + gx_off + (size_t)row * CLNET_NC + col;
+        const size_t at = (size_t)row * Hp + unit;
+#if defined(CLNET_LSTM)
+        const realv i = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
+        const realv f = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
+        const realv g = tanh(CLNET_VLOAD(0, x + 2 * CLNET_VW) + acc[r][2]);
+        const realv o = clnet_sigmoid_v(CLNET_VLOAD(0, x + 3 * CLNET_VW) + acc[r][3]);
+        const realv c0 = fresh ? (realv)0 : CLNET_VLOAD(0, c + at);
+        const realv c1 = f * c0 + i * g;
+        CLNET_VSTORE(c1, 0, c + at);
+        CLNET_VSTORE(o * tanh(c1), 0, h_next + hn_off + at);
+#elif defined(CLNET_GRU)
+        const realv rg = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
+        const realv z = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
+        const realv n = tanh(CLNET_VLOAD(0, x + 2 * CLNET_VW)
+                             + rg * (acc[r][2] + CLNET_VLOAD(0, bias_hn + unit)));
+        const realv hp = fresh ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
+        CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
+#else
+        const realv a = CLNET_VLOAD(0, x) + acc[r][0];
+#if defined(CLNET_RNN_RELU)
+        /* select keeps NaN (a < 0 is false for NaN), as torch.relu does */
+        CLNET_VSTORE(select(a, (realv)0, a < (realv)0), 0, h_next + hn_off + at);
+#else
+        CLNET_VSTORE(tanh(a), 0, h_next + hn_off + at);
+#endif
+#endif
+    }
+}
+
+/* buf[b, :] = 0 where keep[b] == 0, for B rows of width W: resets states in place. */
+__kernel void clnet_rnn_zero_rows(const int B, const int W, __global real *buf,
+                                  __global const real *keep)
+{
+    const int i = get_global_id(0);
+    if (i < B * W && keep[i / W] == (real)0)
+        buf[i] = (real)0;
+}
