@@ -43,6 +43,13 @@ inline realv clnet_sigmoid_v(realv z)
     return (realv)1 / ((realv)1 + exp(-z));
 }
 
+/* tanh through one exp: twice as fast as PoCL's tanh on vectors. Near 0 it loses
+ * relative (not absolute) precision, a few ulps of 1, far inside the tolerance. */
+inline realv clnet_tanh_v(realv z)
+{
+    return (realv)1 - (realv)2 / (exp((realv)2 * z) + (realv)1);
+}
+
 /* Accumulate acc[r][g] += sum_k a[r][k] * Wt[k, block jb, gate g] over k < K. */
 #define CLNET_TILE_PRODUCT(acc, arow, K, Wblock)                                       \
     for (int k = 0; k < (K); ++k) {                                                    \
@@ -135,16 +142,16 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
 #if defined(CLNET_LSTM)
         const realv i = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
         const realv f = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
-        const realv g = tanh(CLNET_VLOAD(0, x + 2 * CLNET_VW) + acc[r][2]);
+        const realv g = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW) + acc[r][2]);
         const realv o = clnet_sigmoid_v(CLNET_VLOAD(0, x + 3 * CLNET_VW) + acc[r][3]);
         const realv c0 = fresh ? (realv)0 : CLNET_VLOAD(0, c + at);
         const realv c1 = f * c0 + i * g;
         CLNET_VSTORE(c1, 0, c + at);
-        CLNET_VSTORE(o * tanh(c1), 0, h_next + hn_off + at);
+        CLNET_VSTORE(o * clnet_tanh_v(c1), 0, h_next + hn_off + at);
 #elif defined(CLNET_GRU)
         const realv rg = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
         const realv z = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
-        const realv n = tanh(CLNET_VLOAD(0, x + 2 * CLNET_VW)
+        const realv n = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW)
                              + rg * (acc[r][2] + CLNET_VLOAD(0, bias_hn + unit)));
         const realv hp = fresh ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
         CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
@@ -154,7 +161,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
         /* select keeps NaN (a < 0 is false for NaN), as torch.relu does */
         CLNET_VSTORE(select(a, (realv)0, a < (realv)0), 0, h_next + hn_off + at);
 #else
-        CLNET_VSTORE(tanh(a), 0, h_next + hn_off + at);
+        CLNET_VSTORE(clnet_tanh_v(a), 0, h_next + hn_off + at);
 #endif
 #endif
     }
