@@ -641,14 +641,15 @@ class RNNKernels:
             # argument conversion costs tens of microseconds per launch).
             project.set_scalar_arg_dtypes([np.int32, np.int32, np.int32, None, np.int64, None, None, None])
             recur.set_scalar_arg_dtypes([np.int32, np.int32, None, None, np.int64, None, np.int64, None,
-                                         np.int64, None, None, np.int64, np.int32, None])
+                                         np.int64, None, None, np.int64, np.int32, None, None])
             return SimpleNamespace(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
                 rows=_ROWS[kind], defines=defines,
                 w_ih=up(_interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(_interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
                 b_x=up(_interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), project=project, recur=recur)
+                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                project=project, recur=recur)
 
     def rnn_state_new(self, kind, batch, hidden, dtype):
         import pyopencl as cl
@@ -753,7 +754,7 @@ class RNNKernels:
                         h_next, next_off = d_out, t * B * hp
                     w.recur(self.queue, grid, _LOCAL, B, hp, w.w_hh,
                             d_gx, (t - t0) * B * nc, h_prev, prev_off, h_next, next_off, c_arg,
-                            keep_arg, t * B, int(d_keep is not None), w.b_hn)
+                            keep_arg, t * B, int(d_keep is not None), w.b_hn, w.zeros)
                     h_prev, prev_off = h_next, next_off
             if step:
                 s.cur = 1 - s.cur

@@ -100,7 +100,7 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
  * has_keep = 0 means all ones.
  * h_prev and h_next are distinct buffers (or distinct regions of one buffer); c is
  * updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
- * which sits inside r * (...). global (ceil(B / RM), Hp / VW). */
+ * which sits inside r * (...). zero_row holds Hp zeros. global (ceil(B / RM), Hp / VW). */
 __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global const real *Wt,
                               __global const real *gx, const long gx_off,
@@ -108,7 +108,8 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global real *h_next, const long hn_off,
                               __global real *c,
                               __global const real *keep, const long keep_off, const int has_keep,
-                              __global const real *bias_hn)
+                              __global const real *bias_hn,
+                              __global const real *zero_row)
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb = get_global_id(1);
@@ -118,11 +119,13 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
     const int unit = jb * CLNET_VW;
     __global const real *arow[CLNET_RM];
     realv acc[CLNET_RM][CLNET_GATES];
-    real kp[CLNET_RM];
+    int fresh[CLNET_RM];
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         const int row = min(m0 + r, B - 1);
-        arow[r] = h_prev + hp_off + (size_t)row * Hp;
-        kp[r] = has_keep ? keep[keep_off + row] : (real)1;
+        /* A row being reset reads a row of zeros instead of its state: no branch in the
+         * product, and exactly zero even where the old state held NaN. */
+        fresh[r] = has_keep && keep[keep_off + row] == (real)0;
+        arow[r] = fresh[r] ? zero_row : h_prev + hp_off + (size_t)row * Hp;
         _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
             acc[r][g] = (realv)0;
     }
@@ -132,11 +135,6 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
         const int row = m0 + r;
         if (row >= B)
             continue;
-        const int fresh = kp[r] == (real)0;
-        if (fresh) {
-            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
-                acc[r][g] = (realv)0;
-        }
         __global const real *x = gx + gx_off + (size_t)row * CLNET_NC + col;
         const size_t at = (size_t)row * Hp + unit;
 #if defined(CLNET_LSTM)
@@ -144,7 +142,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
         const realv f = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
         const realv g = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW) + acc[r][2]);
         const realv o = clnet_sigmoid_v(CLNET_VLOAD(0, x + 3 * CLNET_VW) + acc[r][3]);
-        const realv c0 = fresh ? (realv)0 : CLNET_VLOAD(0, c + at);
+        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
         const realv c1 = f * c0 + i * g;
         CLNET_VSTORE(c1, 0, c + at);
         CLNET_VSTORE(o * clnet_tanh_v(c1), 0, h_next + hn_off + at);
@@ -153,7 +151,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
         const realv z = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
         const realv n = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW)
                              + rg * (acc[r][2] + CLNET_VLOAD(0, bias_hn + unit)));
-        const realv hp = fresh ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
+        const realv hp = fresh[r] ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
         CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
 #else
         const realv a = CLNET_VLOAD(0, x) + acc[r][0];

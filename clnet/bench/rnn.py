@@ -26,13 +26,21 @@ RESET_RATE = 0.01  # share of environments whose episode ends at each step
 
 def best_time(fn: Callable[[], object], repeat: int, number: int = 1) -> float:
     """Seconds per call: the best of ``repeat`` timings of ``number`` calls, after a warm-up."""
-    fn()
-    best = float("inf")
+    return best_times([fn], repeat, number)[0]
+
+
+def best_times(fns: List[Callable[[], object]], repeat: int, number: int = 1) -> List[float]:
+    """Like :func:`best_time` for several contenders, timed in alternating rounds so that
+    a machine shared with other work slows every contender alike and ratios stay fair."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / number)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / number)
     return best
 
 
@@ -94,12 +102,9 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     x = rng.standard_normal((B, I)).astype(np.float32)
     done = rng.random(B) < RESET_RATE
     state = cell.initial_state(B, backend=be)
-    t_cl = best_time(lambda: cell.step(x, state, reset=done), repeat, 20)
-    echo(_line(f"clnet {be.spec} step (state on the device)", t_cl, flops=lstm_flops(B, I, H)))
-    figures["step_clnet_us"] = t_cl * 1e6
     np_state = cell.initial_state(B, backend=ref)
     t_np = best_time(lambda: cell.step(x, np_state, reset=done), repeat, 5)
-    echo(_line("clnet numpy fallback step", t_np, flops=lstm_flops(B, I, H)))
+    contenders = [lambda: cell.step(x, state, reset=done)]
     if torch is not None:
         tcell = torch.nn.LSTMCell(I, H)
         xt = torch.from_numpy(x)
@@ -111,7 +116,14 @@ def run(backend: str, repeat: int, echo=print) -> dict:
                 hc[:] = tcell(xt, (hc[0] * keep, hc[1] * keep))
             return hc[0].numpy()
 
-        t_t = best_time(torch_step, repeat, 20)
+        contenders.append(torch_step)
+    times = best_times(contenders, repeat, 20)
+    t_cl = times[0]
+    echo(_line(f"clnet {be.spec} step (state on the device)", t_cl, flops=lstm_flops(B, I, H)))
+    figures["step_clnet_us"] = t_cl * 1e6
+    echo(_line("clnet numpy fallback step", t_np, flops=lstm_flops(B, I, H)))
+    if torch is not None:
+        t_t = times[1]
         echo(_line("torch.nn.LSTMCell step (no_grad)", t_t, flops=lstm_flops(B, I, H)))
         figures["step_torch_us"] = t_t * 1e6
         figures["step_ratio"] = t_t / t_cl
@@ -125,15 +137,10 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     xs = rng.standard_normal((T, B, I)).astype(np.float32)
     resets = rng.random((T, B)) < RESET_RATE * 5
     state = cell.initial_state(B, backend=be)
-    t_cl_r = best_time(lambda: cell.sequence(xs, state, resets), repeat) / T
-    t_cl_n = best_time(lambda: cell.sequence(xs, state), repeat) / T
     fl = lstm_flops(B, I, H)
-    echo(_line(f"clnet {be.spec} sequence with resets", t_cl_r, flops=fl))
-    echo(_line(f"clnet {be.spec} sequence without resets", t_cl_n, flops=fl))
     np_state = cell.initial_state(B, backend=ref)
     t_np = best_time(lambda: cell.sequence(xs, np_state, resets), repeat) / T
-    echo(_line("clnet numpy fallback sequence with resets", t_np, flops=fl))
-    figures.update(small_resets_us=t_cl_r * 1e6, small_noresets_us=t_cl_n * 1e6)
+    contenders = [lambda: cell.sequence(xs, state, resets), lambda: cell.sequence(xs, state)]
     if torch is not None:
         tcell = torch.nn.LSTMCell(I, H)
         tlstm = torch.nn.LSTM(I, H)
@@ -152,8 +159,15 @@ def run(backend: str, repeat: int, echo=print) -> dict:
             with torch.no_grad():
                 return tlstm(xst)[0]
 
-        t_loop = best_time(torch_loop, repeat) / T
-        t_lstm = best_time(torch_lstm, repeat) / T
+        contenders += [torch_loop, torch_lstm]
+    times = [t / T for t in best_times(contenders, repeat)]
+    t_cl_r, t_cl_n = times[:2]
+    echo(_line(f"clnet {be.spec} sequence with resets", t_cl_r, flops=fl))
+    echo(_line(f"clnet {be.spec} sequence without resets", t_cl_n, flops=fl))
+    echo(_line("clnet numpy fallback sequence with resets", t_np, flops=fl))
+    figures.update(small_resets_us=t_cl_r * 1e6, small_noresets_us=t_cl_n * 1e6)
+    if torch is not None:
+        t_loop, t_lstm = times[2:]
         echo(_line("torch.nn.LSTMCell loop with resets (no_grad)", t_loop, flops=fl))
         echo(_line("torch.nn.LSTM whole sequence (no resets)", t_lstm, flops=fl))
         figures.update(small_torch_loop_us=t_loop * 1e6, small_torch_lstm_us=t_lstm * 1e6,
@@ -169,12 +183,8 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     cell = clnet.LSTMCell(I, H, seed=3)
     xs = rng.standard_normal((T, B, I)).astype(np.float32)
     state = cell.initial_state(B, backend=be)
-    t_cl = best_time(lambda: cell.sequence(xs, state), max(1, repeat // 2)) / T
-    rate = fl / t_cl / 1e9
-    echo(_line(f"clnet {be.spec} sequence", t_cl, flops=fl))
     t_np = best_time(lambda: cell.sequence(xs[:10], cell.initial_state(B, backend=ref)), 1) / 10
-    echo(_line("clnet numpy fallback sequence (first 10 steps)", t_np, flops=fl))
-    figures.update(large_clnet_gflops=rate, large_share_of_matmul=rate / roof)
+    contenders = [lambda: cell.sequence(xs, state)]
     if torch is not None:
         tlstm = torch.nn.LSTM(I, H)
         xst = torch.from_numpy(xs)
@@ -183,10 +193,22 @@ def run(backend: str, repeat: int, echo=print) -> dict:
             with torch.no_grad():
                 return tlstm(xst)[0]
 
-        t_lstm = best_time(torch_lstm, max(1, repeat // 2)) / T
+        contenders.append(torch_lstm)
+    times = best_times(contenders, max(1, repeat // 2))
+    t_cl = times[0] / T
+    rate = fl / t_cl / 1e9
+    echo(_line(f"clnet {be.spec} sequence", t_cl, flops=fl))
+    echo(_line("clnet numpy fallback sequence (first 10 steps)", t_np, flops=fl))
+    # The roof is measured again after this case and the higher figure kept (conservative:
+    # a machine shared with other work only ever lowers a measured rate).
+    roof = max(roof, matmul_gflops(repeat))
+    figures.update(numpy_matmul_gflops=roof, large_clnet_gflops=rate, large_share_of_matmul=rate / roof)
+    if torch is not None:
+        t_lstm = times[1] / T
         echo(_line("torch.nn.LSTM whole sequence", t_lstm, flops=fl))
         figures["large_torch_gflops"] = fl / t_lstm / 1e9
         echo(f"  {'torch.nn.LSTM share of numpy matmul':<52} {fl / t_lstm / 1e9 / roof:10.0%}")
+    echo(f"  {'numpy float32 matmul (best of both measurements)':<52} {roof:10.1f} GFLOP/s")
     echo(f"  {'clnet share of numpy matmul':<52} {rate / roof:10.0%}   (target >= 60%: "
          f"{'met' if rate / roof >= 0.6 else 'NOT met'})")
     return figures
