@@ -657,13 +657,12 @@ class RNNKernels:
         dt = np.dtype(dtype)
         vw = _vector_width(dt)
         hp = -(-hidden // vw) * vw
-        nbytes = batch * hp * dt.itemsize
+        zeros = np.zeros((batch, hp), dtype=dt)
+        self.check_alloc(zeros.nbytes, "hidden state")
+        flags = cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR
         with self.lock:
-            bufs = [self.empty(nbytes, "hidden state") for _ in range(2)]
-            c = self.empty(nbytes, "cell state") if kind == "lstm" else None
-            for buf in bufs + ([c] if c is not None else []):
-                cl.enqueue_fill_buffer(self.queue, buf, dt.type(0), 0, nbytes)
-            self.queue.finish()
+            bufs = [cl.Buffer(self.context, flags, hostbuf=zeros) for _ in range(2)]
+            c = cl.Buffer(self.context, flags, hostbuf=zeros) if kind == "lstm" else None
         # h is double-buffered: a step reads one buffer and writes the other.
         return SimpleNamespace(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, cur=0,
                                c=c, scratch={})
@@ -727,11 +726,11 @@ class RNNKernels:
             if step:
                 # Per step: x (and the mask) up, h down; buffers are reused between steps.
                 d_x = self._rnn_scratch(s, "x", B * I * item)
-                cl.enqueue_copy(self.queue, d_x, xs, is_blocking=False)
+                cl.enqueue_copy(self.queue, d_x, xs, is_blocking=True)
                 d_keep = None
                 if keeps is not None:
                     d_keep = self._rnn_scratch(s, "keep", B * item)
-                    cl.enqueue_copy(self.queue, d_keep, keeps, is_blocking=False)
+                    cl.enqueue_copy(self.queue, d_keep, keeps, is_blocking=True)
                 d_gx = self._rnn_scratch(s, "gates", B * nc * item)
                 d_out = None
             else:

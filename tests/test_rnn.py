@@ -444,3 +444,32 @@ def test_benchmark_runs_on_small_sizes(monkeypatch):
     figures = bench.run("numpy", 1, echo=lines.append)
     assert {"step_ratio", "small_ratio_loop", "small_ratio_lstm", "large_share_of_matmul"} <= set(figures)
     assert any("torch.nn.LSTMCell" in line for line in lines)
+
+
+def test_long_sequences_are_projected_in_chunks(opencl_backend, monkeypatch):
+    """The projected gates of a long sequence are computed chunk by chunk within a budget."""
+    import clnet.rnn as rnn_module
+
+    cell = clnet.LSTMCell(3, 18, seed=0)
+    rng = np.random.default_rng(8)
+    xs = rng.normal(size=(7, 5, 3))
+    resets = rng.random((7, 5)) < 0.3
+    whole = cell.sequence(xs, cell.initial_state(5, backend="numpy", dtype="float64"), resets)
+    # 5 rows x 4 gates x 32 padded units x 4 bytes = 2560 bytes per step: chunks of 2 steps
+    monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 5 * 4 * 32 * 4)
+    state = cell.initial_state(5, backend=opencl_backend)
+    np.testing.assert_allclose(cell.sequence(xs, state, resets), whole, **TOL32)
+    np.testing.assert_allclose(state.h, whole[-1], **TOL32)
+
+
+@pytest.mark.parametrize("mask", [[True, False, True], [1, 0, 1], [1.0, 0.0, 1.0], "tensor"])
+def test_reset_masks_of_any_real_kind(any_backend, mask):
+    if mask == "tensor":
+        mask = torch.tensor([1, 0, 1])
+    cell = clnet.GRUCell(2, 4, seed=0)
+    state = cell.initial_state(3, backend=any_backend)
+    state.set(np.ones((3, 4)))
+    h = cell.step(np.ones((3, 2)), state, reset=mask)
+    fresh = cell.step(np.ones((1, 2)), cell.initial_state(1, backend=any_backend))
+    np.testing.assert_allclose(h[[0, 2]], np.repeat(fresh, 2, axis=0), **TOL32)
+    assert not np.allclose(h[1], fresh[0])
