@@ -641,7 +641,8 @@ class RNNKernels:
             # argument conversion costs tens of microseconds per launch).
             project.set_scalar_arg_dtypes([np.int32, np.int32, np.int32, None, np.int64, None, None, None])
             recur.set_scalar_arg_dtypes([np.int32, np.int32, None, None, np.int64, None, np.int64, None,
-                                         np.int64, None, None, np.int64, np.int32, None, None])
+                                         np.int64, None, None, np.int64, np.int32, None, None,
+                                         None, np.int32, None, None])
             return SimpleNamespace(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
                 rows=_ROWS[kind], defines=defines,
@@ -706,62 +707,62 @@ class RNNKernels:
                 knl(self.queue, (n,), None, np.int32(storage.batch), np.int32(width), buf, d_keep)
             self.queue.finish()
 
-    def rnn_step(self, weights, storage, x, keep):
-        return self._rnn_run(weights, storage, x[None], None if keep is None else keep[None], step=True)[0]
+    def rnn_step(self, w, s, x, keep):
+        """One launch: the step kernel projects x itself; only x (and the mask) go up and h
+        comes down. Buffers are reused between steps and h is double-buffered."""
+        import pyopencl as cl
 
-    def rnn_sequence(self, weights, storage, xs, keeps):
-        return self._rnn_run(weights, storage, xs, keeps, step=False)
+        B, I = x.shape
+        item = s.dtype.itemsize
+        with self.lock:
+            d_x = self._rnn_scratch(s, "x", B * I * item)
+            cl.enqueue_copy(self.queue, d_x, x, is_blocking=True)
+            d_keep = w.zeros
+            if keep is not None:
+                d_keep = self._rnn_scratch(s, "keep", B * item)
+                cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
+            w.recur(self.queue, self._rnn_grid(w, s), _LOCAL, B, s.hp, w.w_hh, w.zeros, 0,
+                    s.h_bufs[s.cur], 0, s.h_bufs[1 - s.cur], 0, s.c if s.c is not None else w.zeros,
+                    d_keep, 0, int(keep is not None), w.b_hn, w.zeros, d_x, I, w.w_ih, w.b_x)
+            s.cur = 1 - s.cur
+            host = np.empty((B, s.hp), dtype=s.dtype)
+            cl.enqueue_copy(self.queue, host, s.h_bufs[s.cur], is_blocking=True)
+        return host if s.hp == s.hidden else np.ascontiguousarray(host[:, :s.hidden])
 
-    def _rnn_run(self, w, s, xs, keeps, step):
+    def rnn_sequence(self, w, s, xs, keeps):
+        """The inputs of all steps projected by one large product per chunk of steps, then
+        one launch per step, all enqueued without a host round trip."""
         import pyopencl as cl
 
         T, B, I = xs.shape
-        dt, hp, G = s.dtype, s.hp, w.gates
+        dt, hp = s.dtype, s.hp
         item = dt.itemsize
-        nc = G * hp
+        nc = w.gates * hp
         chunk = max(1, min(T, GATE_BUDGET // (B * nc * item)))
-        rows = w.rows
-        grid = (-(-B // rows), hp // _vector_width(dt))
+        grid = self._rnn_grid(w, s)
         with self.lock:
-            if step:
-                # Per step: x (and the mask) up, h down; buffers are reused between steps.
-                d_x = self._rnn_scratch(s, "x", B * I * item)
-                cl.enqueue_copy(self.queue, d_x, xs, is_blocking=True)
-                d_keep = None
-                if keeps is not None:
-                    d_keep = self._rnn_scratch(s, "keep", B * item)
-                    cl.enqueue_copy(self.queue, d_keep, keeps, is_blocking=True)
-                d_gx = self._rnn_scratch(s, "gates", B * nc * item)
-                d_out = None
-            else:
-                d_x = self.to_device(xs, "inputs")
-                d_keep = None if keeps is None else self.to_device(keeps, "reset masks")
-                d_gx = self.empty(chunk * B * nc * item, "projected gates")
-                d_out = self.empty(T * B * hp * item, "hidden states of the sequence")
-            keep_arg = d_keep if d_keep is not None else w.b_hn
-            c_arg = s.c if s.c is not None else w.b_hn
+            d_x = self.to_device(xs, "inputs")
+            d_keep = w.zeros if keeps is None else self.to_device(keeps, "reset masks")
+            d_gx = self.empty(chunk * B * nc * item, "projected gates")
+            d_out = self.empty(T * B * hp * item, "hidden states of the sequence")
+            c_arg = s.c if s.c is not None else w.zeros
             h_prev, prev_off = s.h_bufs[s.cur], 0
             for t0 in range(0, T, chunk):
-                tc = min(chunk, T - t0)
-                m = tc * B
-                w.project(self.queue, (-(-m // rows), grid[1]), _LOCAL,
+                m = min(chunk, T - t0) * B
+                w.project(self.queue, (-(-m // w.rows), grid[1]), _LOCAL,
                           m, I, hp, d_x, t0 * B * I, w.w_ih, w.b_x, d_gx)
-                for t in range(t0, t0 + tc):
-                    if step:
-                        h_next, next_off = s.h_bufs[1 - s.cur], 0
-                    else:
-                        h_next, next_off = d_out, t * B * hp
+                for t in range(t0, t0 + m // B):
                     w.recur(self.queue, grid, _LOCAL, B, hp, w.w_hh,
-                            d_gx, (t - t0) * B * nc, h_prev, prev_off, h_next, next_off, c_arg,
-                            keep_arg, t * B, int(d_keep is not None), w.b_hn, w.zeros)
-                    h_prev, prev_off = h_next, next_off
-            if step:
-                s.cur = 1 - s.cur
-                host = np.empty((1, B, hp), dtype=dt)
-                cl.enqueue_copy(self.queue, host, s.h_bufs[s.cur], is_blocking=True)
-            else:
-                cl.enqueue_copy(self.queue, s.h_bufs[s.cur], d_out, byte_count=B * hp * item,
-                                src_offset=(T - 1) * B * hp * item)
-                host = np.empty((T, B, hp), dtype=dt)
-                cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
+                            d_gx, (t - t0) * B * nc, h_prev, prev_off, d_out, t * B * hp, c_arg,
+                            d_keep, t * B, int(keeps is not None), w.b_hn, w.zeros,
+                            w.zeros, 0, w.zeros, w.zeros)
+                    h_prev, prev_off = d_out, t * B * hp
+            cl.enqueue_copy(self.queue, s.h_bufs[s.cur], d_out, byte_count=B * hp * item,
+                            src_offset=(T - 1) * B * hp * item)
+            host = np.empty((T, B, hp), dtype=dt)
+            cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
         return host if hp == s.hidden else np.ascontiguousarray(host[:, :, :s.hidden])
+
+    @staticmethod
+    def _rnn_grid(w, s):
+        return (-(-s.batch // w.rows), s.hp // _vector_width(s.dtype))

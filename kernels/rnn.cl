@@ -94,12 +94,14 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
 }
 
 /* One recurrent time step for B rows, fused with the gate nonlinearities:
- *   gates = gx + h_prev @ Whh_t   (gx: projected inputs with biases)
- * then the cell update. keep[b] = 0 where environment b started a new episode before
- * this step: its h and c count as exactly zero (even if they held NaN), 1 elsewhere;
- * has_keep = 0 means all ones.
- * h_prev and h_next are distinct buffers (or distinct regions of one buffer); c is
- * updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
+ *   gates = gx + h_prev @ Whh_t
+ * then the cell update. gx are the projected inputs with their biases: read from a
+ * buffer filled by clnet_rnn_project (a sequence, I = 0), or, for a single step
+ * (I > 0), computed here as x @ Wx + bias_x so that a step is one launch.
+ * keep[b] = 0 where environment b started a new episode before this step: its h and c
+ * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
+ * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
+ * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
  * which sits inside r * (...). zero_row holds Hp zeros. global (ceil(B / RM), Hp / VW). */
 __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global const real *Wt,
@@ -109,7 +111,10 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global real *c,
                               __global const real *keep, const long keep_off, const int has_keep,
                               __global const real *bias_hn,
-                              __global const real *zero_row)
+                              __global const real *zero_row,
+                              __global const real *x, const int I,
+                              __global const real *Wx,
+                              __global const real *bias_x)
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb = get_global_id(1);
@@ -131,30 +136,51 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
     }
     __global const real *wblock = Wt + col;
     CLNET_TILE_PRODUCT(acc, arow, Hp, wblock)
+#if defined(CLNET_GRU)
+    realv hn[CLNET_RM]; /* W_hn h stays apart: it is scaled by r */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        hn[r] = acc[r][2];
+        acc[r][2] = (realv)0;
+    }
+#endif
+    if (I > 0) {
+        __global const real *xrow[CLNET_RM];
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            xrow[r] = x + (size_t)min(m0 + r, B - 1) * I;
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] += CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+        }
+        __global const real *xblock = Wx + col;
+        CLNET_TILE_PRODUCT(acc, xrow, I, xblock)
+    } else {
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            __global const real *gxr = gx + gx_off + (size_t)min(m0 + r, B - 1) * CLNET_NC + col;
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] += CLNET_VLOAD(0, gxr + g * CLNET_VW);
+        }
+    }
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         const int row = m0 + r;
         if (row >= B)
             continue;
-        __global const real *x = gx + gx_off + (size_t)row * CLNET_NC + col;
         const size_t at = (size_t)row * Hp + unit;
 #if defined(CLNET_LSTM)
-        const realv i = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
-        const realv f = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
-        const realv g = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW) + acc[r][2]);
-        const realv o = clnet_sigmoid_v(CLNET_VLOAD(0, x + 3 * CLNET_VW) + acc[r][3]);
+        const realv i = clnet_sigmoid_v(acc[r][0]);
+        const realv f = clnet_sigmoid_v(acc[r][1]);
+        const realv g = clnet_tanh_v(acc[r][2]);
+        const realv o = clnet_sigmoid_v(acc[r][3]);
         const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
         const realv c1 = f * c0 + i * g;
         CLNET_VSTORE(c1, 0, c + at);
         CLNET_VSTORE(o * clnet_tanh_v(c1), 0, h_next + hn_off + at);
 #elif defined(CLNET_GRU)
-        const realv rg = clnet_sigmoid_v(CLNET_VLOAD(0, x) + acc[r][0]);
-        const realv z = clnet_sigmoid_v(CLNET_VLOAD(0, x + CLNET_VW) + acc[r][1]);
-        const realv n = clnet_tanh_v(CLNET_VLOAD(0, x + 2 * CLNET_VW)
-                             + rg * (acc[r][2] + CLNET_VLOAD(0, bias_hn + unit)));
+        const realv rg = clnet_sigmoid_v(acc[r][0]);
+        const realv z = clnet_sigmoid_v(acc[r][1]);
+        const realv n = clnet_tanh_v(acc[r][2] + rg * (hn[r] + CLNET_VLOAD(0, bias_hn + unit)));
         const realv hp = fresh[r] ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
         CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
 #else
-        const realv a = CLNET_VLOAD(0, x) + acc[r][0];
+        const realv a = acc[r][0];
 #if defined(CLNET_RNN_RELU)
         /* select keeps NaN (a < 0 is false for NaN), as torch.relu does */
         CLNET_VSTORE(select(a, (realv)0, a < (realv)0), 0, h_next + hn_off + at);
