@@ -593,11 +593,26 @@ class GRU(_Stacked):
 # ---------------------------------------------------------------------------------------
 # Projected gates of a long sequence are computed in chunks of at most this many bytes.
 GATE_BUDGET = 64 * 2**20
-# Rows of the register tile of one work-item, per cell kind (G gates x RM rows vectors).
-_ROWS = {"lstm": 4, "gru": 4, "rnn_tanh": 8, "rnn_relu": 8}
+# Rows of the register tile of one work-item (RM rows x G gates vectors, within the 32
+# vector registers of AVX-512), measured on PoCL: the input projection runs best with
+# the largest tile; the step kernel too, except at small batch where more work-items
+# spread better over the cores.
+_PROJECT_ROWS = {"lstm": 6, "gru": 8, "rnn_tanh": 12, "rnn_relu": 12}
+_STEP_ROWS = {"lstm": (4, 6), "gru": (4, 6), "rnn_tanh": (8, 12), "rnn_relu": (8, 12)}
+_SMALL_BATCH = 64
+
+
+def _step_rows(kind: str, batch: int) -> int:
+    small, large = _STEP_ROWS[kind]
+    return small if batch < _SMALL_BATCH else large
 # One work-item per work-group: each work-item is already a vectorised register tile, and
 # PoCL runs larger groups no faster (measured) while the default choice is up to 1.7x slower.
 _LOCAL = (1, 1)
+_SCALARS = {
+    "project": [np.int32, np.int32, np.int32, None, np.int64, None, None, None],
+    "recur": [np.int32, np.int32, None, None, np.int64, None, np.int64, None, np.int64, None,
+              None, np.int64, np.int32, None, None, None, np.int32, None, None],
+}
 _KIND_DEFINE = {"lstm": "CLNET_LSTM", "gru": "CLNET_GRU", "rnn_tanh": "CLNET_RNN_TANH",
                 "rnn_relu": "CLNET_RNN_RELU"}
 
@@ -632,25 +647,27 @@ class RNNKernels:
             b_hn[:H] = b_hh[2 * H:]
         w_hh = np.zeros((G * H, hp))
         w_hh[:, :H] = params["weight_hh"]
-        defines = (f"CLNET_GATES={G}", f"CLNET_RM={_ROWS[kind]}", _KIND_DEFINE[kind])
         with self.lock:
             up = self.to_device
-            project = self.kernel("rnn", "clnet_rnn_project", dt, defines)
-            recur = self.kernel("rnn", "clnet_rnn_recur", dt, defines)
-            # Typed scalars: pyopencl then sets all arguments in one fast call (generic
-            # argument conversion costs tens of microseconds per launch).
-            project.set_scalar_arg_dtypes([np.int32, np.int32, np.int32, None, np.int64, None, None, None])
-            recur.set_scalar_arg_dtypes([np.int32, np.int32, None, None, np.int64, None, np.int64, None,
-                                         np.int64, None, None, np.int64, np.int32, None, None,
-                                         None, np.int32, None, None])
             return SimpleNamespace(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
-                rows=_ROWS[kind], defines=defines,
+                kernels={},
                 w_ih=up(_interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(_interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
                 b_x=up(_interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
-                project=project, recur=recur)
+                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"))
+
+    def _rnn_kernel(self, w, name: str, rows: int):
+        """The project or recur kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
+        knl = w.kernels.get((name, rows))
+        if knl is None:
+            defines = (f"CLNET_GATES={w.gates}", f"CLNET_RM={rows}", _KIND_DEFINE[w.kind])
+            knl = self.kernel("rnn", f"clnet_rnn_{name}", w.dtype, defines)
+            # Typed scalars: pyopencl then sets all arguments in one fast call (generic
+            # argument conversion costs tens of microseconds per launch).
+            knl.set_scalar_arg_dtypes(_SCALARS[name])
+            w.kernels[(name, rows)] = knl
+        return knl
 
     def rnn_state_new(self, kind, batch, hidden, dtype):
         import pyopencl as cl
@@ -721,9 +738,12 @@ class RNNKernels:
             if keep is not None:
                 d_keep = self._rnn_scratch(s, "keep", B * item)
                 cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
-            w.recur(self.queue, self._rnn_grid(w, s), _LOCAL, B, s.hp, w.w_hh, w.zeros, 0,
-                    s.h_bufs[s.cur], 0, s.h_bufs[1 - s.cur], 0, s.c if s.c is not None else w.zeros,
-                    d_keep, 0, int(keep is not None), w.b_hn, w.zeros, d_x, I, w.w_ih, w.b_x)
+            rows = _step_rows(w.kind, B)
+            recur = self._rnn_kernel(w, "recur", rows)
+            grid = (-(-B // rows), s.hp // _vector_width(s.dtype))
+            recur(self.queue, grid, _LOCAL, B, s.hp, w.w_hh, w.zeros, 0,
+                  s.h_bufs[s.cur], 0, s.h_bufs[1 - s.cur], 0, s.c if s.c is not None else w.zeros,
+                  d_keep, 0, int(keep is not None), w.b_hn, w.zeros, d_x, I, w.w_ih, w.b_x)
             s.cur = 1 - s.cur
             host = np.empty((B, s.hp), dtype=s.dtype)
             cl.enqueue_copy(self.queue, host, s.h_bufs[s.cur], is_blocking=True)
@@ -739,8 +759,11 @@ class RNNKernels:
         item = dt.itemsize
         nc = w.gates * hp
         chunk = max(1, min(T, GATE_BUDGET // (B * nc * item)))
-        grid = self._rnn_grid(w, s)
+        rows = _step_rows(w.kind, B)
+        blocks = hp // _vector_width(dt)
         with self.lock:
+            project = self._rnn_kernel(w, "project", _PROJECT_ROWS[w.kind])
+            recur = self._rnn_kernel(w, "recur", rows)
             d_x = self.to_device(xs, "inputs")
             d_keep = w.zeros if keeps is None else self.to_device(keeps, "reset masks")
             d_gx = self.empty(chunk * B * nc * item, "projected gates")
@@ -749,20 +772,16 @@ class RNNKernels:
             h_prev, prev_off = s.h_bufs[s.cur], 0
             for t0 in range(0, T, chunk):
                 m = min(chunk, T - t0) * B
-                w.project(self.queue, (-(-m // w.rows), grid[1]), _LOCAL,
-                          m, I, hp, d_x, t0 * B * I, w.w_ih, w.b_x, d_gx)
+                project(self.queue, (-(-m // _PROJECT_ROWS[w.kind]), blocks), _LOCAL,
+                        m, I, hp, d_x, t0 * B * I, w.w_ih, w.b_x, d_gx)
                 for t in range(t0, t0 + m // B):
-                    w.recur(self.queue, grid, _LOCAL, B, hp, w.w_hh,
-                            d_gx, (t - t0) * B * nc, h_prev, prev_off, d_out, t * B * hp, c_arg,
-                            d_keep, t * B, int(keeps is not None), w.b_hn, w.zeros,
-                            w.zeros, 0, w.zeros, w.zeros)
+                    recur(self.queue, (-(-B // rows), blocks), _LOCAL, B, hp, w.w_hh,
+                          d_gx, (t - t0) * B * nc, h_prev, prev_off, d_out, t * B * hp, c_arg,
+                          d_keep, t * B, int(keeps is not None), w.b_hn, w.zeros,
+                          w.zeros, 0, w.zeros, w.zeros)
                     h_prev, prev_off = d_out, t * B * hp
             cl.enqueue_copy(self.queue, s.h_bufs[s.cur], d_out, byte_count=B * hp * item,
                             src_offset=(T - 1) * B * hp * item)
             host = np.empty((T, B, hp), dtype=dt)
             cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
         return host if hp == s.hidden else np.ascontiguousarray(host[:, :, :s.hidden])
-
-    @staticmethod
-    def _rnn_grid(w, s):
-        return (-(-s.batch // w.rows), s.hp // _vector_width(s.dtype))

@@ -473,3 +473,29 @@ def test_reset_masks_of_any_real_kind(any_backend, mask):
     fresh = cell.step(np.ones((1, 2)), cell.initial_state(1, backend=any_backend))
     np.testing.assert_allclose(h[[0, 2]], np.repeat(fresh, 2, axis=0), **TOL32)
     assert not np.allclose(h[1], fresh[0])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_large_batch_matches_torch(any_backend, kind):
+    """Batches past the small-batch tile and hidden sizes with a partial last block."""
+    torch.manual_seed(9)
+    B, I, H, T = 100, 7, 37, 3
+    tcls, ccls = {"lstm": (torch.nn.LSTM, clnet.LSTM), "gru": (torch.nn.GRU, clnet.GRU),
+                  "rnn": (torch.nn.RNNCell, clnet.RNNCell)}[kind]
+    xs = torch.randn(T, B, I)
+    if kind == "rnn":
+        module = tcls(I, H)
+        cell = ccls.from_torch(module)
+        state = cell.initial_state(B, backend=any_backend)
+        got = cell.sequence(xs, state)
+        h = torch.zeros(B, H)
+        with torch.no_grad():
+            for t in range(T):
+                h = module(xs[t], h)
+                np.testing.assert_allclose(got[t], h.numpy(), **TOL32)
+        np.testing.assert_allclose(cell.step(xs[0], state), module(xs[0], h).detach().numpy(), **TOL32)
+        return
+    module = tcls(I, H, num_layers=2)
+    with torch.no_grad():
+        ref = module(xs)[0].numpy()
+    np.testing.assert_allclose(ccls.from_torch(module)(xs, backend=any_backend)[0], ref, **TOL32)
