@@ -52,7 +52,7 @@ class RNNReference:
         T, B, _ = xs.shape
         out = np.empty((T, B, weights.hidden), dtype=storage.h.dtype)
         with np.errstate(all="ignore"):
-            # Inputs of every step projected in one matrix product, as the kernels do.
+            # Inputs of every step projected in one matrix product: one BLAS call, not T.
             gx = (xs.reshape(T * B, -1) @ weights.w_ih.T + weights.b_ih).reshape(T, B, -1)
             for t in range(T):
                 _advance(weights, storage, gx[t], None if keeps is None else keeps[t])

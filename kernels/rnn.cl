@@ -112,7 +112,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global const real *keep, const long keep_off, const int has_keep,
                               __global const real *bias_hn,
                               __global const real *zero_row,
-                              __global const real *x, const int I,
+                              __global const real *x, const long x_off, const int I,
                               __global const real *Wx,
                               __global const real *bias_x)
 {
@@ -146,7 +146,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
     if (I > 0) {
         __global const real *xrow[CLNET_RM];
         _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
-            xrow[r] = x + (size_t)min(m0 + r, B - 1) * I;
+            xrow[r] = x + x_off + (size_t)min(m0 + r, B - 1) * I;
             _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
                 acc[r][g] += CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
         }

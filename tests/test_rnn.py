@@ -456,6 +456,7 @@ def test_long_sequences_are_projected_in_chunks(opencl_backend, monkeypatch):
     resets = rng.random((7, 5)) < 0.3
     whole = cell.sequence(xs, cell.initial_state(5, backend="numpy", dtype="float64"), resets)
     # 5 rows x 4 gates x 32 padded units x 4 bytes = 2560 bytes per step: chunks of 2 steps
+    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", "batched")
     monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 5 * 4 * 32 * 4)
     state = cell.initial_state(5, backend=opencl_backend)
     np.testing.assert_allclose(cell.sequence(xs, state, resets), whole, **TOL32)
@@ -499,3 +500,23 @@ def test_large_batch_matches_torch(any_backend, kind):
     with torch.no_grad():
         ref = module(xs)[0].numpy()
     np.testing.assert_allclose(ccls.from_torch(module)(xs, backend=any_backend)[0], ref, **TOL32)
+
+
+@pytest.mark.parametrize("projection", ["fused", "batched"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_both_sequence_projections(opencl_backend, monkeypatch, projection, kind):
+    """Inputs projected inside each step or all at once (in chunks) give the same sequence."""
+    import clnet.rnn as rnn_module
+    from clnet.conformance.rnn import make_cell
+
+    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", projection)
+    monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 70 * 4 * 48 * 4)  # chunks of 2 steps at most
+    cell = make_cell(kind, 5, 37, True, 10)
+    rng = np.random.default_rng(11)
+    for B in (3, 70):
+        xs = rng.normal(size=(7, B, 5))
+        resets = rng.random((7, B)) < 0.3
+        want = cell.sequence(xs, cell.initial_state(B, backend="numpy", dtype="float64"), resets)
+        state = cell.initial_state(B, backend=opencl_backend)
+        np.testing.assert_allclose(cell.sequence(xs, state, resets), want, **TOL32)
+        np.testing.assert_allclose(state.h, want[-1], **TOL32)
