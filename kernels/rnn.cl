@@ -93,33 +93,30 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
     }
 }
 
-/* One recurrent time step for B rows, fused with the gate nonlinearities:
+/* One recurrent time step for the batch rows m0 .. m0 + RM - 1 (m0 < B) and the units of
+ * block jb, fused with the gate nonlinearities:
  *   gates = gx + h_prev @ Whh_t
  * then the cell update. gx are the projected inputs with their biases: read from a
- * buffer filled by clnet_rnn_project (a sequence, I = 0), or, for a single step
- * (I > 0), computed here as x @ Wx + bias_x so that a step is one launch.
+ * buffer filled by clnet_rnn_project (I = 0), or computed here as x @ Wx + bias_x
+ * (I > 0) so that a step is one launch.
  * keep[b] = 0 where environment b started a new episode before this step: its h and c
  * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
  * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
  * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
- * which sits inside r * (...). zero_row holds Hp zeros. global (ceil(B / RM), Hp / VW). */
-__kernel void clnet_rnn_recur(const int B, const int Hp,
-                              __global const real *Wt,
-                              __global const real *gx, const long gx_off,
-                              __global const real *h_prev, const long hp_off,
-                              __global real *h_next, const long hn_off,
-                              __global real *c,
-                              __global const real *keep, const long keep_off, const int has_keep,
-                              __global const real *bias_hn,
-                              __global const real *zero_row,
-                              __global const real *x, const long x_off, const int I,
-                              __global const real *Wx,
-                              __global const real *bias_x)
+ * which sits inside r * (...). zero_row holds Hp zeros. */
+inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp,
+                           __global const real *Wt,
+                           __global const real *gx, const long gx_off,
+                           __global const real *h_prev, const long hp_off,
+                           __global real *h_next, const long hn_off,
+                           __global real *c,
+                           __global const real *keep, const long keep_off, const int has_keep,
+                           __global const real *bias_hn,
+                           __global const real *zero_row,
+                           __global const real *x, const long x_off, const int I,
+                           __global const real *Wx,
+                           __global const real *bias_x)
 {
-    const int m0 = get_global_id(0) * CLNET_RM;
-    const int jb = get_global_id(1);
-    if (m0 >= B)
-        return;
     const int col = jb * CLNET_GATES * CLNET_VW;
     const int unit = jb * CLNET_VW;
     __global const real *arow[CLNET_RM];
@@ -188,6 +185,55 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
         CLNET_VSTORE(clnet_tanh_v(a), 0, h_next + hn_off + at);
 #endif
 #endif
+    }
+}
+
+/* One time step. global (ceil(B / RM), Hp / VW). */
+__kernel void clnet_rnn_recur(const int B, const int Hp,
+                              __global const real *Wt,
+                              __global const real *gx, const long gx_off,
+                              __global const real *h_prev, const long hp_off,
+                              __global real *h_next, const long hn_off,
+                              __global real *c,
+                              __global const real *keep, const long keep_off, const int has_keep,
+                              __global const real *bias_hn,
+                              __global const real *zero_row,
+                              __global const real *x, const long x_off, const int I,
+                              __global const real *Wx,
+                              __global const real *bias_x)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    if (m0 < B)
+        clnet_rnn_tile(m0, get_global_id(1), B, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
+                       c, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
+}
+
+/* All T steps of a sequence in ONE launch. Batch rows never depend on other rows, so
+ * work-group g owns rows g * RM .. g * RM + RM - 1 with every unit block (local size
+ * (1, Hp / VW)), and a work-group barrier between steps is all the synchronisation the
+ * recurrence needs: no launch per step. Inputs x (T, B, I) are projected inside each
+ * step; h of step t goes to out + t * B * Hp, and h0 is the state before step 0.
+ * keep is (T, B). global (ceil(B / RM), Hp / VW), local (1, Hp / VW). */
+__kernel void clnet_rnn_run(const int B, const int Hp, const int T,
+                            __global const real *Wt,
+                            __global const real *h0,
+                            __global real *out,
+                            __global real *c,
+                            __global const real *keep, const int has_keep,
+                            __global const real *bias_hn,
+                            __global const real *zero_row,
+                            __global const real *x, const int I,
+                            __global const real *Wx,
+                            __global const real *bias_x)
+{
+    const int m0 = get_group_id(0) * CLNET_RM;
+    const int jb = get_local_id(1);
+    for (int t = 0; t < T; ++t) {
+        const long step = (long)t * B;
+        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
+                       out, step * Hp, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
+                       Wx, bias_x);
+        barrier(CLK_GLOBAL_MEM_FENCE);
     }
 }
 

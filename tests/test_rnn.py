@@ -502,14 +502,16 @@ def test_large_batch_matches_torch(any_backend, kind):
     np.testing.assert_allclose(ccls.from_torch(module)(xs, backend=any_backend)[0], ref, **TOL32)
 
 
-@pytest.mark.parametrize("projection", ["fused", "batched"])
+@pytest.mark.parametrize("mode", ["one launch", "fused", "batched"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
-def test_both_sequence_projections(opencl_backend, monkeypatch, projection, kind):
-    """Inputs projected inside each step or all at once (in chunks) give the same sequence."""
+def test_every_sequence_mode(opencl_backend, monkeypatch, mode, kind):
+    """All steps in one launch, a launch per step with the projection inside, or the inputs
+    projected for many steps at once (in chunks): the same sequence."""
     import clnet.rnn as rnn_module
     from clnet.conformance.rnn import make_cell
 
-    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", projection)
+    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", "batched" if mode == "batched" else "fused")
+    monkeypatch.setattr(rnn_module, "ONE_LAUNCH_BATCH", 128 if mode == "one launch" else 0)
     monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 70 * 4 * 48 * 4)  # chunks of 2 steps at most
     cell = make_cell(kind, 5, 37, True, 10)
     rng = np.random.default_rng(11)
