@@ -10,8 +10,13 @@
  *
  * One work-item owns CLNET_RM batch rows by one block of units (all gates): an
  * RM x (G * VW) register tile, each row of Wt loaded once per RM rows and each input
- * value broadcast across the vector. Explicit vector types are used because PoCL's
- * implicit work-item vectoriser does not vectorise across an inner reduction loop.
+ * value broadcast across the vector. Explicit vector types keep this independent of
+ * the implicit work-item vectoriser; on PoCL (AVX-512) the inner loop compiles to G
+ * vector loads, RM broadcasts and RM * G 512-bit FMAs per k, as in a BLAS micro-kernel.
+ *
+ * Kernels: clnet_rnn_recur (one step; a single step() is one launch), clnet_rnn_run (all
+ * steps of a small-batch sequence in one launch), clnet_rnn_project (the inputs of many
+ * steps at once, for the batched projection mode), clnet_rnn_zero_rows (state.reset).
  *
  * Compile-time parameters: CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
  * CLNET_LSTM, CLNET_GRU, CLNET_RNN_TANH, CLNET_RNN_RELU. */
