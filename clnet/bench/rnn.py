@@ -160,7 +160,8 @@ def run(backend: str, repeat: int, echo=print) -> dict:
                 return tlstm(xst)[0]
 
         contenders += [torch_loop, torch_lstm]
-    times = [t / T for t in best_times(contenders, repeat)]
+    # A sequence here takes milliseconds: more rounds cost little and steady the figures.
+    times = [t / T for t in best_times(contenders, 4 * repeat)]
     t_cl_r, t_cl_n = times[:2]
     echo(_line(f"clnet {be.spec} sequence with resets", t_cl_r, flops=fl))
     echo(_line(f"clnet {be.spec} sequence without resets", t_cl_n, flops=fl))
