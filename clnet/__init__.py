@@ -22,6 +22,7 @@ from .backend import (
 )
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
+from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,12 @@ __all__ = [
     "DeviceError",
     "FNN",
     "FNNPopulation",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNNCell",
+    "RecurrentState",
     "backends",
     "fnn_forward",
     "get_backend",

@@ -10,6 +10,7 @@ from typing import List, Optional
 # name -> module with main(argv); modules load only when asked for
 BENCHMARKS = {
     "fnn": "clnet.bench.fnn",
+    "rnn": "clnet.bench.rnn",
 }
 DEMOS = {
     "population": "clnet.demos.population",

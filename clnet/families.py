@@ -10,11 +10,13 @@ clnet stays cheap and free of cycles.
 
 def opencl_mixins():
     from .fnn import FNNKernels
+    from .rnn import RNNKernels
 
-    return [FNNKernels]
+    return [FNNKernels, RNNKernels]
 
 
 def numpy_mixins():
     from clnet_fallback.fnn import FNNReference
+    from clnet_fallback.rnn import RNNReference
 
-    return [FNNReference]
+    return [FNNReference, RNNReference]

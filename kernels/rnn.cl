@@ -1,0 +1,252 @@
+/* Recurrent cells (LSTM, GRU, Elman RNN) for batched, device-resident stepping.
+ *
+ * Layout. Hidden units are padded to Hp, a multiple of the vector width CLNET_VW, and
+ * grouped in blocks of CLNET_VW units. A transposed weight matrix Wt has one row per
+ * input (or hidden) feature and G * Hp columns, where column
+ *     (block jb, gate g, lane l)  ->  jb * G * CLNET_VW + g * CLNET_VW + l
+ * so that one work-item loads the G gates of its CLNET_VW units with G contiguous
+ * vector loads per row, and the whole cell update happens in its registers.
+ * Padded units have zero weights and biases, so their h and c stay exactly zero.
+ *
+ * One work-item owns CLNET_RM batch rows by one block of units (all gates): an
+ * RM x (G * VW) register tile, each row of Wt loaded once per RM rows and each input
+ * value broadcast across the vector. Explicit vector types keep this independent of
+ * the implicit work-item vectoriser; on PoCL (AVX-512) the inner loop compiles to G
+ * vector loads, RM broadcasts and RM * G 512-bit FMAs per k, as in a BLAS micro-kernel.
+ *
+ * Kernels: clnet_rnn_recur (one step; a single step() is one launch), clnet_rnn_run (all
+ * steps of a small-batch sequence in one launch), clnet_rnn_project (the inputs of many
+ * steps at once, for the batched projection mode), clnet_rnn_zero_rows (state.reset).
+ *
+ * Compile-time parameters: CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
+ * CLNET_LSTM, CLNET_GRU, CLNET_RNN_TANH, CLNET_RNN_RELU. */
+#include "clnet_common.h"
+
+#ifdef CLNET_USE_DOUBLE
+#define CLNET_VW 8
+typedef double8 realv;
+#define CLNET_VLOAD vload8
+#define CLNET_VSTORE vstore8
+#else
+#define CLNET_VW 16
+typedef float16 realv;
+#define CLNET_VLOAD vload16
+#define CLNET_VSTORE vstore16
+#endif
+
+#ifndef CLNET_GATES
+#define CLNET_GATES 4
+#endif
+#ifndef CLNET_RM
+#define CLNET_RM 4
+#endif
+
+#define CLNET_NC (CLNET_GATES * Hp) /* columns of Wt and of projected gates */
+
+inline realv clnet_sigmoid_v(realv z)
+{
+    return (realv)1 / ((realv)1 + exp(-z));
+}
+
+/* tanh through one exp: twice as fast as PoCL's tanh on vectors. Near 0 it loses
+ * relative (not absolute) precision, a few ulps of 1, far inside the tolerance. */
+inline realv clnet_tanh_v(realv z)
+{
+    return (realv)1 - (realv)2 / (exp((realv)2 * z) + (realv)1);
+}
+
+/* Accumulate acc[r][g] += sum_k a[r][k] * Wt[k, block jb, gate g] over k < K. */
+#define CLNET_TILE_PRODUCT(acc, arow, K, Wblock)                                       \
+    for (int k = 0; k < (K); ++k) {                                                    \
+        realv wv[CLNET_GATES];                                                         \
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)                        \
+            wv[g] = CLNET_VLOAD(0, (Wblock) + (size_t)k * CLNET_NC + g * CLNET_VW);    \
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {                         \
+            const realv a = (realv)(arow[r][k]);                                       \
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)                    \
+                acc[r][g] = fma(a, wv[g], acc[r][g]);                                  \
+        }                                                                              \
+    }
+
+/* Input projection of many time steps at once: out[m] = A[m] @ Wt + bias for the
+ * M = T * B rows of a chunk. global (ceil(M / RM), Hp / VW). */
+__kernel void clnet_rnn_project(const int M, const int K, const int Hp,
+                                __global const real *A, const long a_off,
+                                __global const real *Wt,
+                                __global const real *bias,
+                                __global real *out)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    const int jb = get_global_id(1);
+    if (m0 >= M)
+        return;
+    const int col = jb * CLNET_GATES * CLNET_VW;
+    __global const real *arow[CLNET_RM];
+    realv acc[CLNET_RM][CLNET_GATES];
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * K; /* clamped rows are computed, not stored */
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] = CLNET_VLOAD(0, bias + col + g * CLNET_VW);
+    }
+    __global const real *wblock = Wt + col;
+    CLNET_TILE_PRODUCT(acc, arow, K, wblock)
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        if (m0 + r < M) {
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                CLNET_VSTORE(acc[r][g], 0, out + (size_t)(m0 + r) * CLNET_NC + col + g * CLNET_VW);
+        }
+    }
+}
+
+/* One recurrent time step for the batch rows m0 .. m0 + RM - 1 (m0 < B) and the units of
+ * block jb, fused with the gate nonlinearities:
+ *   gates = gx + h_prev @ Whh_t
+ * then the cell update. gx are the projected inputs with their biases: read from a
+ * buffer filled by clnet_rnn_project (I = 0), or computed here as x @ Wx + bias_x
+ * (I > 0) so that a step is one launch.
+ * keep[b] = 0 where environment b started a new episode before this step: its h and c
+ * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
+ * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
+ * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
+ * which sits inside r * (...). zero_row holds Hp zeros. */
+inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp,
+                           __global const real *Wt,
+                           __global const real *gx, const long gx_off,
+                           __global const real *h_prev, const long hp_off,
+                           __global real *h_next, const long hn_off,
+                           __global real *c,
+                           __global const real *keep, const long keep_off, const int has_keep,
+                           __global const real *bias_hn,
+                           __global const real *zero_row,
+                           __global const real *x, const long x_off, const int I,
+                           __global const real *Wx,
+                           __global const real *bias_x)
+{
+    const int col = jb * CLNET_GATES * CLNET_VW;
+    const int unit = jb * CLNET_VW;
+    __global const real *arow[CLNET_RM];
+    realv acc[CLNET_RM][CLNET_GATES];
+    int fresh[CLNET_RM];
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        const int row = min(m0 + r, B - 1);
+        /* A row being reset reads a row of zeros instead of its state: no branch in the
+         * product, and exactly zero even where the old state held NaN. */
+        fresh[r] = has_keep && keep[keep_off + row] == (real)0;
+        arow[r] = fresh[r] ? zero_row : h_prev + hp_off + (size_t)row * Hp;
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] = (realv)0;
+    }
+    __global const real *wblock = Wt + col;
+    CLNET_TILE_PRODUCT(acc, arow, Hp, wblock)
+#if defined(CLNET_GRU)
+    realv hn[CLNET_RM]; /* W_hn h stays apart: it is scaled by r */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        hn[r] = acc[r][2];
+        acc[r][2] = (realv)0;
+    }
+#endif
+    if (I > 0) {
+        __global const real *xrow[CLNET_RM];
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            xrow[r] = x + x_off + (size_t)min(m0 + r, B - 1) * I;
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] += CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+        }
+        __global const real *xblock = Wx + col;
+        CLNET_TILE_PRODUCT(acc, xrow, I, xblock)
+    } else {
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            __global const real *gxr = gx + gx_off + (size_t)min(m0 + r, B - 1) * CLNET_NC + col;
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] += CLNET_VLOAD(0, gxr + g * CLNET_VW);
+        }
+    }
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        const int row = m0 + r;
+        if (row >= B)
+            continue;
+        const size_t at = (size_t)row * Hp + unit;
+#if defined(CLNET_LSTM)
+        const realv i = clnet_sigmoid_v(acc[r][0]);
+        const realv f = clnet_sigmoid_v(acc[r][1]);
+        const realv g = clnet_tanh_v(acc[r][2]);
+        const realv o = clnet_sigmoid_v(acc[r][3]);
+        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
+        const realv c1 = f * c0 + i * g;
+        CLNET_VSTORE(c1, 0, c + at);
+        CLNET_VSTORE(o * clnet_tanh_v(c1), 0, h_next + hn_off + at);
+#elif defined(CLNET_GRU)
+        const realv rg = clnet_sigmoid_v(acc[r][0]);
+        const realv z = clnet_sigmoid_v(acc[r][1]);
+        const realv n = clnet_tanh_v(acc[r][2] + rg * (hn[r] + CLNET_VLOAD(0, bias_hn + unit)));
+        const realv hp = fresh[r] ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
+        CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
+#else
+        const realv a = acc[r][0];
+#if defined(CLNET_RNN_RELU)
+        /* select keeps NaN (a < 0 is false for NaN), as torch.relu does */
+        CLNET_VSTORE(select(a, (realv)0, a < (realv)0), 0, h_next + hn_off + at);
+#else
+        CLNET_VSTORE(clnet_tanh_v(a), 0, h_next + hn_off + at);
+#endif
+#endif
+    }
+}
+
+/* One time step. global (ceil(B / RM), Hp / VW). */
+__kernel void clnet_rnn_recur(const int B, const int Hp,
+                              __global const real *Wt,
+                              __global const real *gx, const long gx_off,
+                              __global const real *h_prev, const long hp_off,
+                              __global real *h_next, const long hn_off,
+                              __global real *c,
+                              __global const real *keep, const long keep_off, const int has_keep,
+                              __global const real *bias_hn,
+                              __global const real *zero_row,
+                              __global const real *x, const long x_off, const int I,
+                              __global const real *Wx,
+                              __global const real *bias_x)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    if (m0 < B)
+        clnet_rnn_tile(m0, get_global_id(1), B, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
+                       c, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
+}
+
+/* All T steps of a sequence in ONE launch. Batch rows never depend on other rows, so
+ * work-group g owns rows g * RM .. g * RM + RM - 1 with every unit block (local size
+ * (1, Hp / VW)), and a work-group barrier between steps is all the synchronisation the
+ * recurrence needs: no launch per step. Inputs x (T, B, I) are projected inside each
+ * step; h of step t goes to out + t * B * Hp, and h0 is the state before step 0.
+ * keep is (T, B). global (ceil(B / RM), Hp / VW), local (1, Hp / VW). */
+__kernel void clnet_rnn_run(const int B, const int Hp, const int T,
+                            __global const real *Wt,
+                            __global const real *h0,
+                            __global real *out,
+                            __global real *c,
+                            __global const real *keep, const int has_keep,
+                            __global const real *bias_hn,
+                            __global const real *zero_row,
+                            __global const real *x, const int I,
+                            __global const real *Wx,
+                            __global const real *bias_x)
+{
+    const int m0 = get_group_id(0) * CLNET_RM;
+    const int jb = get_local_id(1);
+    for (int t = 0; t < T; ++t) {
+        const long step = (long)t * B;
+        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
+                       out, step * Hp, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
+                       Wx, bias_x);
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+}
+
+/* buf[b, :] = 0 where keep[b] == 0, for B rows of width W: resets states in place. */
+__kernel void clnet_rnn_zero_rows(const int B, const int W, __global real *buf,
+                                  __global const real *keep)
+{
+    const int i = get_global_id(0);
+    if (i < B * W && keep[i / W] == (real)0)
+        buf[i] = (real)0;
+}
