@@ -44,12 +44,13 @@ def case(fn):
     return fn
 
 
-def check(name, run, be, dt):
+def check(name, run, be, dt, family="fnn"):
     """Compare ``run(be, dt)`` with the float64 reference, as the conformance suite does."""
     from clnet.conformance import Comparison, compare
 
     cmp = Comparison(name, run(be, dt), run("numpy", "float64"), run("numpy", dt))
-    _, _, msg = compare(cmp, "fnn", np.dtype(dt))
+    _, _, msg = compare(cmp, name.split(".")[0] if name.split(".")[0] in ("rnn", "pearson") else family,
+                        np.dtype(dt))
     print(f"{'FAIL' if msg else 'ok  '} {name}" + (f"\n{msg}" if msg else ""), flush=True)
     return not msg
 
@@ -121,6 +122,60 @@ def fnn_split_launches(be, dtypes):
                             lambda b, d: layered(x, backend=b, dtype=d), be, dt)
     finally:
         fnn.SCRATCH_BUDGET = saved
+    return ok
+
+
+def _rnn_cells(seed):
+    return [("lstm", clnet.LSTMCell(3, 5, seed=seed)), ("gru", clnet.GRUCell(3, 5, seed=seed)),
+            ("rnn_tanh", clnet.RNNCell(3, 5, seed=seed)),
+            ("rnn_relu", clnet.RNNCell(3, 5, nonlinearity="relu", seed=seed)),
+            ("lstm_nobias", clnet.LSTMCell(3, 5, bias=False, seed=seed))]
+
+
+def _rnn_run(cell, xs, resets, mode, backend, dtype):
+    """Steps or a whole sequence from a non-zero stored state, returning every h (and c)."""
+    T, B, _ = xs.shape
+    rng = np.random.default_rng(11)
+    state = cell.initial_state(B, backend=backend, dtype=dtype)
+    h0 = rng.normal(size=(B, cell.hidden_size))
+    state.set(h0, h0 * 0.5 if isinstance(cell, clnet.LSTMCell) else None)
+    if mode == "step":
+        hs = np.stack([cell.step(xs[t], state, reset=resets[t]) for t in range(T)])
+    else:
+        hs = cell.sequence(xs, state, resets=resets)
+    state.reset(resets[0])  # the state's own reset kernel
+    extra = [state.h] + ([state.c] if isinstance(cell, clnet.LSTMCell) else [])
+    return np.concatenate([np.asarray(hs).ravel()] + [np.asarray(e).ravel() for e in extra])
+
+
+@case
+def rnn_every_cell_and_path(be, dtypes):
+    from clnet import rnn
+
+    ok = True
+    rng = np.random.default_rng(4)
+    saved = rnn.SEQUENCE_PROJECTION
+    try:
+        for projection in ("fused", "batched"):
+            rnn.SEQUENCE_PROJECTION = projection
+            for B in (1, 3, 130):  # 130 > ONE_LAUNCH_BATCH: one launch per step
+                xs = rng.normal(size=(4, B, 3))
+                resets = rng.random((4, B)) < 0.3
+                for name, cell in _rnn_cells(B):
+                    for mode in ("step", "sequence"):
+                        if mode == "step" and projection == "batched":
+                            continue  # a single step has one code path
+                        for dt in dtypes:
+                            ok &= check(f"rnn.{name} {mode} {projection} B={B} {dt}",
+                                        lambda b, d: _rnn_run(cell, xs, resets, mode, b, d), be, dt)
+        stacked = clnet.LSTM(3, 5, num_layers=2, seed=1)
+        gru = clnet.GRU(3, 5, num_layers=2, seed=2)
+        xs = rng.normal(size=(3, 2, 3))
+        for dt in dtypes:
+            ok &= check(f"rnn.stacked_lstm {dt}", lambda b, d: stacked(xs, backend=b, dtype=d)[0], be, dt)
+            ok &= check(f"rnn.stacked_gru {dt}", lambda b, d: gru(xs, backend=b, dtype=d)[0], be, dt)
+    finally:
+        rnn.SEQUENCE_PROJECTION = saved
     return ok
 
 
