@@ -76,7 +76,7 @@ class EntryPoint:
     call: Callable[..., Any]              # call(backend, *slots)
     slots: List[Any]                      # a valid value for each slot
     compare: bool = True                  # compare a returned result with the reference
-    state: Optional[Callable[[], Any]] = None  # snapshot of device state that must not change on errors
+    state: Optional[Callable[[Any], Any]] = None  # state(backend): device state that must not change on errors
 
 
 ENTRY_POINTS: Dict[str, EntryPoint] = {}
@@ -107,7 +107,7 @@ def _same(a, b) -> bool:
 def run_call(ep: EntryPoint, backend, slots) -> str:
     """One fuzz call; returns 'returned' or 'raised', raises AssertionError on a defect."""
     COUNTER["calls"] += 1
-    before = ep.state() if ep.state else None
+    before = ep.state(backend) if ep.state else None
     start = time.monotonic()
     try:
         got = ep.call(backend, *slots)
@@ -117,7 +117,7 @@ def run_call(ep: EntryPoint, backend, slots) -> str:
         assert str(exc).strip(), f"{ep.name} raised {type(exc).__name__} without a message"
         assert "clGet" not in str(exc) and "CL_" not in str(exc), f"an OpenCL error code leaked: {exc}"
         if before is not None:
-            assert _same(before, ep.state()), f"{ep.name} changed the device state before failing"
+            assert _same(before, ep.state(backend)), f"{ep.name} changed the device state before failing"
         COUNTER["raised"] += 1
         return "raised"
     except Exception as exc:  # anything else is a defect
@@ -156,3 +156,48 @@ entry(EntryPoint("FNNPopulation", lambda be, nets, x: clnet.FNNPopulation(nets)(
                  [[clnet.FNN.from_structure(_S, _W), clnet.FNN.from_structure([3, 2], np.ones(6))], _X]))
 entry(EntryPoint("FNN.__call__.dtype", lambda be, x, dtype: clnet.FNN.from_structure(_S, _W)(x, backend=be, dtype=dtype),
                  [_X, "float32"]))
+
+
+# --- recurrent cells ------------------------------------------------------------------------
+_B, _I, _H = 4, 3, 5
+_XR = _RNG.normal(size=(_B, _I))
+_XS = _RNG.normal(size=(6, _B, _I))
+_RESETS = _RNG.random((6, _B)) < 0.3
+_LSTM = clnet.LSTMCell(_I, _H, seed=1)
+_GRU = clnet.GRUCell(_I, _H, seed=2)
+_STATES: Dict[tuple, Any] = {}
+
+
+def _state(cell, backend):
+    key = (id(cell), getattr(backend, "spec", backend))
+    if key not in _STATES:
+        _STATES[key] = cell.initial_state(_B, backend=backend)
+    return _STATES[key]
+
+
+def _snapshot(cell):
+    def snap(backend):
+        st = _state(cell, backend)
+        return (st.h, st.c) if isinstance(cell, clnet.LSTMCell) else (st.h,)
+    return snap
+
+
+entry(EntryPoint("LSTMCell.__call__", lambda be, x, h, c: _LSTM(x, (h, c), backend=be),
+                 [_XR, np.zeros((_B, _H)), np.ones((_B, _H))]))
+entry(EntryPoint("GRUCell.__call__", lambda be, x, h: _GRU(x, h, backend=be), [_XR, np.zeros((_B, _H))]))
+entry(EntryPoint("LSTMCell.step", lambda be, x, reset: _LSTM.step(x, _state(_LSTM, be), reset=reset, backend=be),
+                 [_XR, np.array([1, 0, 0, 1])], compare=False, state=_snapshot(_LSTM)))
+entry(EntryPoint("GRUCell.sequence", lambda be, xs, resets: _GRU.sequence(xs, _state(_GRU, be), resets=resets, backend=be),
+                 [_XS, _RESETS.astype(np.float64)], compare=False, state=_snapshot(_GRU)))
+entry(EntryPoint("LSTMCell.state.set", lambda be, h, c: _state(_LSTM, be).set(h, c),
+                 [np.zeros((_B, _H)), np.zeros((_B, _H))], compare=False, state=_snapshot(_LSTM)))
+entry(EntryPoint("LSTMCell.state.reset", lambda be, mask: _state(_LSTM, be).reset(mask),
+                 [np.array([True, False, True, False])], compare=False, state=_snapshot(_LSTM)))
+entry(EntryPoint("LSTMCell(sizes)", lambda be, i, h, seed: clnet.LSTMCell(i, h, seed=seed)(_XR[:, :3] if i == 3 else
+                                                                                           np.ones((2, i)), backend=be),
+                 [3, 4, 0], compare=False))  # seed=None draws fresh weights: nothing to compare
+entry(EntryPoint("LSTMCell.load_state_dict", lambda be, w_ih, w_hh, b: clnet.LSTMCell(_I, _H, weights=dict(
+    weight_ih=w_ih, weight_hh=w_hh, bias_ih=b, bias_hh=b))(_XR, backend=be),
+                 [_RNG.normal(size=(4 * _H, _I)), _RNG.normal(size=(4 * _H, _H)), np.zeros(4 * _H)]))
+entry(EntryPoint("LSTM.__call__", lambda be, xs, h0, c0: clnet.LSTM(_I, _H, num_layers=2, seed=3)(xs, (h0, c0), backend=be),
+                 [_XS, np.zeros((2, _B, _H)), np.zeros((2, _B, _H))]))

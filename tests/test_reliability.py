@@ -158,3 +158,46 @@ def test_population_of_100000_networks_runs_within_default_limits(any_backend):
     assert out.shape == (100_000, 300, 2) and np.isfinite(out).all()
     for p in rng.integers(0, 100_000, size=25):
         np.testing.assert_allclose(out[p], nets[p](x, backend="numpy"), rtol=1e-5, atol=1e-6)
+
+
+def test_stateful_lstm_stepping_from_eight_threads(any_backend):
+    """Separate states stepped concurrently on one backend equal serial stepping."""
+    rng = np.random.default_rng(12)
+    cell = clnet.LSTMCell(6, 9, seed=3)
+    inputs = [rng.normal(size=(20, 3 + t, 6)) for t in range(8)]
+    resets = [rng.random((20, 3 + t)) < 0.2 for t in range(8)]
+
+    def rollout(i):
+        state = cell.initial_state(3 + i, backend=any_backend)
+        hs = [cell.step(inputs[i][t], state, reset=resets[i][t], backend=any_backend) for t in range(20)]
+        return np.stack(hs), state.c
+
+    serial = [rollout(i) for i in range(8)]
+    results, errors = [None] * 8, []
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = rollout(i)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    for i in range(8):
+        np.testing.assert_array_equal(results[i][0], serial[i][0])
+        np.testing.assert_array_equal(results[i][1], serial[i][1])
+
+
+def test_recurrent_sequences_are_bitwise_reproducible(any_backend):
+    rng = np.random.default_rng(13)
+    lstm = clnet.LSTM(5, 7, num_layers=2, seed=4)
+    xs = rng.normal(size=(30, 11, 5))
+    first = lstm(xs, backend=any_backend)[0]
+    for _ in range(3):
+        np.testing.assert_array_equal(lstm(xs, backend=any_backend)[0], first)
