@@ -8,16 +8,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("**/*.md"))
 
 
-def _blocks():
-    for doc in DOCS:
-        for i, block in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)):
-            yield pytest.param(block, id=f"{doc.relative_to(ROOT)}#{i}")
-
-
-@pytest.mark.parametrize("code", list(_blocks()))
-def test_readme_example_runs(code, monkeypatch, capsys):
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_readme_examples_run(doc, monkeypatch, capsys):
+    """The blocks of one document run in order in one namespace, as a reader would run them."""
     monkeypatch.delenv("CLNET_BACKEND", raising=False)
-    exec(compile(code, "<readme>", "exec"), {"__name__": "__readme__"})
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks, f"{doc.name} has no Python example"
+    namespace = {"__name__": "__readme__"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{doc.name} example {i + 1}", "exec"), namespace)
 
 
 def test_readme_opens_with_the_two_setup_commands():
