@@ -10,11 +10,13 @@ clnet stays cheap and free of cycles.
 
 def opencl_mixins():
     from .fnn import FNNKernels
+    from .pearson import PearsonKernels
 
-    return [FNNKernels]
+    return [FNNKernels, PearsonKernels]
 
 
 def numpy_mixins():
     from clnet_fallback.fnn import FNNReference
+    from clnet_fallback.pearson import PearsonReference
 
-    return [FNNReference]
+    return [FNNReference, PearsonReference]

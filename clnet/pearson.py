@@ -1,0 +1,352 @@
+"""Pairwise Pearson correlation with missing data: dense, thresholded and top-k.
+
+Public API: :func:`pearson`, :func:`pearson_threshold`, :func:`pearson_topk`.
+Semantics (pairwise-complete, non-finite = missing, ``min_overlap``, zero variance ->
+NaN, clipping, ``transform="diff"``, ties): ``shared/docs/SEMANTICS.md``.
+
+How it is computed, on every backend:
+
+1. On the host, in float64, each row is centred on the mean of its own finite values
+   and scaled by a power of two and its root mean square. Correlation does not change,
+   but the values become O(1) with a near-zero mean, so the sums below lose almost
+   nothing in float32 even for rows around 1e4 with unit variance (the one-pass formula
+   on raw values loses everything there).
+2. A backend builds a *plan* from the prepared rows (``backend.op("pearson_plan")``):
+   the data it keeps on its device, and operations on a strip of rows against all
+   columns: ``block`` (the dense strip), ``topk`` and ``threshold`` (only the selected
+   pairs come back). The six pairwise-masked sums n, Sx, Sy, Sxx, Syy, Sxy of a strip
+   are masked matrix products; complete data needs only one product.
+3. The drivers here walk the rows strip by strip, so the sparse outputs never hold more
+   than one strip of the N x N matrix, and show a progress bar (tqdm, when installed)
+   once a run has taken a few seconds.
+
+The OpenCL implementation is the mixin :class:`PearsonKernels` at the bottom; the
+NumPy reference is ``clnet_fallback.pearson``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ._validate import as_float, as_int, as_real_array
+from .backend import BackendLike, get_backend
+
+__all__ = ["pearson", "pearson_threshold", "pearson_topk"]
+
+TRANSFORMS = (None, "diff")
+# A strip of rows is sized so that its working arrays stay within this many bytes.
+STRIP_BUDGET = 96 * 2**20
+# The progress bar appears only when a run lasts longer than this many seconds.
+PROGRESS_DELAY_S = 3.0
+
+
+# ---------------------------------------------------------------------------------------
+# Validation and preparation (host, float64)
+# ---------------------------------------------------------------------------------------
+def _is_dataframe(obj) -> bool:
+    return hasattr(obj, "columns") and hasattr(obj, "index") and hasattr(obj, "to_numpy") \
+        and getattr(obj, "ndim", 2) == 2
+
+
+def _as_matrix(value, name: str) -> Tuple[np.ndarray, Optional[object]]:
+    """``value`` as a float64 (items, positions) array, and its row labels for a DataFrame."""
+    labels = None
+    if _is_dataframe(value):
+        for col, dt in zip(value.columns, value.dtypes):
+            kind = getattr(dt, "kind", "O")
+            if kind not in "iufb" and not str(dt).lower().startswith(("float", "int", "uint")):
+                raise TypeError(f"{name} must hold numbers only, but column {col!r} has dtype {dt}")
+            if kind == "b" or str(dt).lower() == "boolean":
+                raise TypeError(f"{name} must hold real numbers, but column {col!r} is boolean")
+        labels = value.index
+        value = value.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "O":
+        raise TypeError(f"{name} must be a numeric array, got dtype object; convert it with "
+                        f".astype(float) if its elements are numbers")
+    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "SU":
+        raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
+    arr = as_real_array(value, name, np.float64, ndim=(2,))
+    return arr, labels
+
+
+def _check_transform(transform) -> Optional[str]:
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be None or 'diff', got {transform!r}")
+    return transform
+
+
+def diff_rows(a: np.ndarray) -> np.ndarray:
+    """First differences along each row; missing where either value is missing."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.diff(a, axis=1)
+    d[~np.isfinite(d)] = np.nan
+    return d
+
+
+def standardise_rows(a: np.ndarray) -> np.ndarray:
+    """Rows centred on the mean of their finite values and scaled to unit RMS (float64).
+
+    Missing values (any non-finite) become NaN. A row that is constant over its finite
+    values becomes exactly zero there, so its variance is exactly zero on every subset.
+    """
+    a = np.array(a, dtype=np.float64, copy=True)
+    valid = np.isfinite(a)
+    a[~valid] = np.nan
+    count = valid.sum(axis=1)
+    with np.errstate(all="ignore"):
+        # A power-of-two scale first keeps huge and tiny rows away from overflow, exactly.
+        big = np.nanmax(np.abs(a), axis=1, initial=0.0, where=valid)
+        _, exp = np.frexp(np.where(big > 0, big, 1.0))
+        a = np.ldexp(a, -exp[:, None])
+        lo = np.nanmin(a, axis=1, initial=np.inf, where=valid)
+        hi = np.nanmax(a, axis=1, initial=-np.inf, where=valid)
+        n = np.maximum(count, 1)[:, None]
+        mean = np.nansum(a, axis=1, keepdims=True) / n
+        a -= mean
+        a -= np.nansum(a, axis=1, keepdims=True) / n  # second pass: removes the first's rounding
+        rms = np.sqrt(np.nansum(a * a, axis=1, keepdims=True) / n)
+        a /= np.where(rms > 0, rms, 1.0)
+    a[lo == hi] = np.where(valid[lo == hi], 0.0, np.nan)
+    return a
+
+
+class Prepared:
+    """Rows ready for a backend: standardised values (NaN = missing) and whether complete."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+        self.complete = bool(np.isfinite(values).all())
+
+    @property
+    def shape(self):
+        return self.values.shape
+
+
+def _prepare(X, Y, transform, min_overlap, dtype_arg, backend):
+    x, labels_x = _as_matrix(X, "X")
+    labels_y = None
+    y = None
+    if Y is not None:
+        y, labels_y = _as_matrix(Y, "Y")
+        if y.shape[1] != x.shape[1]:
+            raise ValueError(f"Y must have as many columns (positions) as X: X has {x.shape[1]}, "
+                             f"Y has {y.shape[1]}")
+    transform = _check_transform(transform)
+    min_overlap = as_int(min_overlap, "min_overlap", minimum=1)
+    be = get_backend(backend)
+    dt = be.check_dtype(dtype_arg)
+    if transform == "diff":
+        x = diff_rows(x)
+        y = None if y is None else diff_rows(y)
+    px = Prepared(standardise_rows(x))
+    py = None if y is None else Prepared(standardise_rows(y))
+    return be, dt, px, py, min_overlap, labels_x, labels_y
+
+
+def _plan(be, dt, px, py, min_overlap):
+    return be.op("pearson_plan")(px, py, dt, min_overlap)
+
+
+def _progress(total: int, desc: str, progress):
+    """A tqdm bar that shows itself after a few seconds, or None."""
+    if progress is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="rows", delay=PROGRESS_DELAY_S, leave=False,
+                disable=None if progress is None else not progress)
+
+
+def _strips(plan, n_rows: int, desc: str, progress):
+    """(start, stop) of each strip of rows, advancing a progress bar."""
+    bar = _progress(n_rows, desc, progress) if n_rows else None
+    step = plan.strip_rows
+    try:
+        for start in range(0, n_rows, step):
+            stop = min(n_rows, start + step)
+            yield start, stop
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------
+def pearson(X, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
+            backend: BackendLike = None, dtype=None):
+    """Pairwise-complete Pearson correlation between the rows of X (and of Y).
+
+    Rows are items (curves), columns are positions. Any non-finite value is missing;
+    ``r[i, j]`` uses the positions where both rows are finite, is NaN with fewer than
+    ``min_overlap`` of them or when either row is constant there, and is clipped to
+    [-1, 1]. ``transform="diff"`` correlates first differences (slopes). With ``Y``
+    the result is ``(N, K)``, otherwise ``(N, N)``. A pandas DataFrame in gives a
+    DataFrame labelled with the row labels out. ``dtype``: float32 (default) or float64.
+
+    >>> import numpy as np, clnet
+    >>> X = np.array([[1, 2, 3, np.nan], [2, 4, 7, 1], [3, 2, 1, 0]])
+    >>> clnet.pearson(X, backend="numpy").round(3)
+    array([[ 1.   ,  0.993, -1.   ],
+           [ 0.993,  1.   , -0.257],
+           [-1.   , -0.257,  1.   ]], dtype=float32)
+    """
+    be, dt, px, py, mo, lx, ly = _prepare(X, Y, transform, min_overlap, dtype, backend)
+    n_rows = px.shape[0]
+    n_cols = n_rows if py is None else py.shape[0]
+    if n_rows == 0 or n_cols == 0:
+        out = np.empty((n_rows, n_cols), dtype=dt)
+    else:
+        out = _plan(be, dt, px, py, mo).dense()
+    if lx is not None:
+        import pandas as pd
+
+        cols = lx if py is None else (ly if ly is not None else pd.RangeIndex(n_cols))
+        return pd.DataFrame(out, index=lx, columns=cols)
+    return out
+
+
+def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
+                 backend: BackendLike = None, dtype=None, progress=None):
+    """Per row of X, the k most correlated rows (of X itself, or of Y): ``(indices, values)``.
+
+    Both are ``(N, k)``, best first: the k largest ``r`` excluding the row itself (when
+    no Y is given), ties broken by the lower index. A row with fewer than k defined
+    neighbours is padded with index -1 and value NaN. Computed strip by strip: memory
+    grows with N * k and one strip, never with N * N. ``1 <= k < N`` (``k <= K`` with Y).
+    ``progress``: None shows a tqdm bar once the run takes a few seconds, True always,
+    False never. A DataFrame in gives two DataFrames out, indexed by its row labels
+    (the indices stay positions).
+    """
+    x_rows = _row_count(X, "X")
+    k = as_int(k, "k", minimum=1)
+    if Y is None and k >= x_rows:
+        raise ValueError(f"k must be smaller than the number of rows of X ({x_rows}), got k={k}")
+    if Y is not None and k > _row_count(Y, "Y"):
+        raise ValueError(f"k must be at most the number of rows of Y ({_row_count(Y, 'Y')}), got k={k}")
+    be, dt, px, py, mo, lx, _ = _prepare(X, Y, transform, min_overlap, dtype, backend)
+    n_rows = px.shape[0]
+    indices = np.full((n_rows, k), -1, dtype=np.int64)
+    values = np.full((n_rows, k), np.nan, dtype=dt)
+    plan = _plan(be, dt, px, py, mo)
+    for start, stop in _strips(plan, n_rows, "pearson top-k", progress):
+        indices[start:stop], values[start:stop] = plan.topk(start, stop, k)
+    if lx is not None:
+        import pandas as pd
+
+        return pd.DataFrame(indices, index=lx), pd.DataFrame(values, index=lx)
+    return indices, values
+
+
+def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2,
+                      transform: Optional[str] = None, backend: BackendLike = None, dtype=None,
+                      progress=None):
+    """The pairs with ``|r| >= threshold`` as a ``scipy.sparse.csr_matrix`` (sign kept).
+
+    The diagonal is excluded (when no Y is given); NaN pairs are never kept. Computed
+    strip by strip: memory grows with the number of kept pairs and one strip.
+    ``threshold`` lies in [0, 1]. ``progress`` as in :func:`pearson_topk`.
+    """
+    t = as_float(threshold, "threshold")
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+    be, dt, px, py, mo, _, _ = _prepare(X, Y, transform, min_overlap, dtype, backend)
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a test dependency
+        raise ImportError("pearson_threshold returns a scipy.sparse matrix: pip install scipy") from None
+    n_rows = px.shape[0]
+    n_cols = n_rows if py is None else py.shape[0]
+    rows, cols, vals = [], [], []
+    if n_rows and n_cols:
+        plan = _plan(be, dt, px, py, mo)
+        for start, stop in _strips(plan, n_rows, "pearson threshold", progress):
+            r, c, v = plan.threshold(start, stop, t)
+            rows.append(r)
+            cols.append(c)
+            vals.append(v)
+    cat = (lambda parts, d: np.concatenate(parts).astype(d, copy=False) if parts else np.empty(0, d))
+    return sp.csr_matrix((cat(vals, dt), (cat(rows, np.int64), cat(cols, np.int64))),
+                         shape=(n_rows, n_cols))
+
+
+def _row_count(value, name: str) -> int:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-dimensional (items x positions), got shape {tuple(shape)}")
+    return int(shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Shared by the backends' plans
+# ---------------------------------------------------------------------------------------
+def var_epsilon(dtype) -> float:
+    """Relative variance below which a row counts as constant over a pair's positions.
+
+    The sums carry a rounding error of a few units of ``eps * Sxx``; a variance under
+    64 of those cannot be told from zero (and is exactly zero for constant rows).
+    """
+    return 64.0 * float(np.finfo(dtype).eps)
+
+
+def strip_rows(n_cols: int, bytes_per_pair: int, multiple: int = 1) -> int:
+    rows = max(multiple, STRIP_BUDGET // max(1, n_cols * bytes_per_pair))
+    return max(multiple, (rows // multiple) * multiple)
+
+
+def select_topk(r: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per row of ``r`` the k largest values (NaN = undefined), ties by lower column index.
+
+    Linear time per row (a partition, then the ties at the boundary in index order);
+    short rows are padded with -1 / NaN.
+    """
+    b, m = r.shape
+    key = np.where(np.isnan(r), np.inf, -r.astype(np.float64))
+    if k < m:
+        kth = np.partition(key, k - 1, axis=1)[:, k - 1:k]
+        below = key < kth
+        ties = key == kth
+        room = k - below.sum(axis=1, keepdims=True)
+        chosen = below | (ties & (np.cumsum(ties, axis=1) <= room))
+        cols = np.nonzero(chosen)[1].reshape(b, k)
+    else:
+        cols = np.broadcast_to(np.arange(m), (b, m))
+    picked = np.take_along_axis(key, cols, axis=1)
+    order = np.lexsort((cols, picked), axis=1) if b else np.empty((0, cols.shape[1]), dtype=np.int64)
+    cols = np.take_along_axis(cols, order, axis=1)
+    vals = np.take_along_axis(r, cols, axis=1)
+    undefined = np.isnan(vals)
+    idx = np.where(undefined, -1, cols).astype(np.int64)
+    if idx.shape[1] < k:  # fewer candidates than k (k == number of columns)
+        pad = k - idx.shape[1]
+        idx = np.hstack([idx, np.full((b, pad), -1, np.int64)])
+        vals = np.hstack([vals, np.full((b, pad), np.nan, vals.dtype)])
+    return idx, np.where(undefined, np.nan, vals)
+
+
+def select_threshold(r: np.ndarray, t: float, row0: int, exclude_diagonal: bool):
+    with np.errstate(invalid="ignore"):
+        keep = np.abs(r) >= t
+    if exclude_diagonal:
+        d = np.arange(r.shape[0])
+        d_cols = row0 + d
+        inside = d_cols < r.shape[1]
+        keep[d[inside], d_cols[inside]] = False
+    rows, cols = np.nonzero(keep)
+    return rows + row0, cols, r[rows, cols]
+
+
+# ---------------------------------------------------------------------------------------
+# OpenCL implementation (mixed into every OpenCL backend, see clnet/families.py)
+# ---------------------------------------------------------------------------------------
+class PearsonKernels:
+    def pearson_plan(self, rows, cols, dtype, min_overlap):
+        raise NotImplementedError
