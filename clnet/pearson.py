@@ -347,6 +347,162 @@ def select_threshold(r: np.ndarray, t: float, row0: int, exclude_diagonal: bool)
 # ---------------------------------------------------------------------------------------
 # OpenCL implementation (mixed into every OpenCL backend, see clnet/families.py)
 # ---------------------------------------------------------------------------------------
+# Rows of k up to this many are selected on the device; larger k on the host.
+TOPK_MAX = 64
+
+
 class PearsonKernels:
     def pearson_plan(self, rows, cols, dtype, min_overlap):
-        raise NotImplementedError
+        return OpenCLPearsonPlan(self, rows, cols, dtype, min_overlap)
+
+
+def _pack(values: np.ndarray, group: int) -> np.ndarray:
+    """(N, M) -> groups of ``group`` rows, position-major inside a group (see pearson.cl)."""
+    n, m = values.shape
+    g = -(-n // group)
+    padded = np.zeros((g * group, m), dtype=values.dtype)
+    padded[:n] = values
+    return np.ascontiguousarray(padded.reshape(g, group, m).transpose(0, 2, 1))
+
+
+def _padded(values: np.ndarray, group: int) -> np.ndarray:
+    out = np.zeros(-(-len(values) // group) * group, dtype=values.dtype)
+    out[:len(values)] = values
+    return out
+
+
+class OpenCLPearsonPlan:
+    """Prepared rows on one OpenCL device, and the strip operations of the drivers."""
+
+    ROW_BLOCK = 4  # CLNET_RI: rows per work-item (twice that for complete data)
+
+    def __init__(self, backend, rows: Prepared, cols: Optional[Prepared], dtype, min_overlap: int):
+        self.be = backend
+        self.dtype = dt = np.dtype(dtype)
+        self.vw = 16 if dt == np.float32 else 8
+        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.ROW_BLOCK}", f"CLNET_TOPK_MAX={TOPK_MAX}")
+        self.symmetric = cols is None
+        cols = rows if cols is None else cols
+        self.n_rows, self.n_cols = rows.shape[0], cols.shape[0]
+        self.positions = rows.shape[1]
+        self.min_overlap = min_overlap
+        self.eps = var_epsilon(dt)
+        self.complete = rows.complete and cols.complete
+        self.never_defined = self.positions < min_overlap
+        up = backend.to_device
+        if self.complete:
+            from clnet_fallback.pearson import _unit_rows
+
+            a = _unit_rows(rows.values, dt)
+            b = a if self.symmetric else _unit_rows(cols.values, dt)
+            self.d_a = up(_pack(a, self.vw), "prepared rows")
+            self.d_a_ok = up(_padded(np.any(a != 0, axis=1).astype(dt), self.vw))
+            if self.symmetric:
+                self.d_b, self.d_b_ok = self.d_a, self.d_a_ok
+            else:
+                self.d_b = up(_pack(b, self.vw), "prepared columns")
+                self.d_b_ok = up(_padded(np.any(b != 0, axis=1).astype(dt), self.vw))
+        else:
+            def split(values):
+                valid = np.isfinite(values)
+                return (up(_pack(np.where(valid, values, 0).astype(dt), self.vw), "prepared values"),
+                        up(_pack(valid.astype(dt), self.vw), "validity mask"))
+
+            self.d_ax, self.d_av = split(rows.values)
+            self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols.values)
+        limit = min(STRIP_BUDGET, backend.max_alloc)
+        self.strip_rows = max(self.vw, (limit // max(1, self.n_cols * dt.itemsize)) // self.vw * self.vw)
+        self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
+        self._d_strip = None
+
+    # -- kernels ------------------------------------------------------------------------------
+    def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool) -> None:
+        be = self.be
+        col_groups = -(-self.n_cols // self.vw)
+        if self.complete:
+            row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
+            knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
+            args = (self.d_a, self.d_a_ok, self.d_b, self.d_b_ok, np.int32(self.positions),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    np.int32(mirror), out, np.int64(ld))
+        else:
+            row_blocks = -(-(stop - start) // self.ROW_BLOCK)
+            knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
+            args = (self.d_ax, self.d_av, self.d_bx, self.d_bv, np.int32(self.positions),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
+                    np.int32(mirror), out, np.int64(ld))
+        knl(be.queue, (col_groups, row_blocks), None, *args)
+
+    def _strip_buffer(self):
+        if self._d_strip is None:
+            self._d_strip = self.be.empty(self.strip_rows * self.n_cols * self.dtype.itemsize,
+                                          "a strip of correlations")
+        return self._d_strip
+
+    def _all_nan(self, n_rows: int) -> np.ndarray:
+        return np.full((n_rows, self.n_cols), np.nan, dtype=self.dtype)
+
+    # -- strip operations -----------------------------------------------------------------------
+    def block(self, start: int, stop: int) -> np.ndarray:
+        import pyopencl as cl
+
+        if self.never_defined:
+            return self._all_nan(stop - start)
+        out = np.empty((stop - start, self.n_cols), dtype=self.dtype)
+        with self.be.lock:
+            buf = self._strip_buffer()
+            self._enqueue_block(start, stop, buf, self.n_cols, False)
+            cl.enqueue_copy(self.be.queue, out, buf)
+        return out
+
+    def dense(self) -> np.ndarray:
+        import pyopencl as cl
+
+        if self.never_defined:
+            return self._all_nan(self.n_rows)
+        nbytes = self.n_rows * self.n_cols * self.dtype.itemsize
+        if self.symmetric and nbytes <= self.be.max_alloc:
+            # One launch over the upper triangle, each value stored at (i, j) and (j, i).
+            out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
+            with self.be.lock:
+                buf = self.be.empty(nbytes, "the correlation matrix")
+                self._enqueue_block(0, self.n_rows, buf, self.n_cols, True)
+                cl.enqueue_copy(self.be.queue, out, buf)
+            return out
+        out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
+        for start in range(0, self.n_rows, self.strip_rows):
+            stop = min(self.n_rows, start + self.strip_rows)
+            out[start:stop] = self.block(start, stop)
+        return out
+
+    def topk(self, start: int, stop: int, k: int):
+        import pyopencl as cl
+
+        rows = stop - start
+        if self.never_defined:
+            return np.full((rows, k), -1, np.int64), np.full((rows, k), np.nan, self.dtype)
+        if k > TOPK_MAX:
+            r = self.block(start, stop)
+            if self.symmetric:
+                d = np.arange(rows)
+                r[d, start + d] = np.nan
+            return select_topk(r, k)
+        idx = np.empty((rows, k), dtype=np.int32)
+        val = np.empty((rows, k), dtype=self.dtype)
+        be = self.be
+        with be.lock:
+            buf = self._strip_buffer()
+            d_idx = be.empty(idx.nbytes, "top-k indices")
+            d_val = be.empty(val.nbytes, "top-k values")
+            self._enqueue_block(start, stop, buf, self.n_cols, False)
+            knl = be.kernel("pearson", "clnet_pearson_topk", self.dtype, self.defines)
+            knl(be.queue, (rows,), None, buf, np.int64(self.n_cols), np.int32(rows),
+                np.int32(self.n_cols), np.int32(k), np.int32(start if self.symmetric else -1),
+                d_idx, d_val)
+            cl.enqueue_copy(be.queue, idx, d_idx)
+            cl.enqueue_copy(be.queue, val, d_val)
+        return idx.astype(np.int64), val
+
+    def threshold(self, start: int, stop: int, t: float):
+        return select_threshold(self.block(start, stop), t, start, self.symmetric)
