@@ -157,8 +157,10 @@ def _progress(total: int, desc: str, progress):
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="rows", delay=PROGRESS_DELAY_S, leave=False,
-                disable=None if progress is None else not progress)
+    # Automatic (None): only on a terminal, and only once the run has lasted a few seconds.
+    return tqdm(total=total, desc=desc, unit="rows", leave=False,
+                delay=PROGRESS_DELAY_S if progress is None else 0.0,
+                disable=None if progress is None else False)
 
 
 def _strips(plan, n_rows: int, desc: str, progress):
