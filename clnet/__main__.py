@@ -9,6 +9,7 @@ from typing import List, Optional
 # name -> module with main(argv); modules load only when asked for
 BENCHMARKS = {
     "fnn": "clnet.bench.fnn",
+    "pearson": "clnet.bench.pearson",
 }
 DEMOS = {
     "population": "clnet.demos.population",
