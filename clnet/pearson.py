@@ -85,43 +85,50 @@ def diff_rows(a: np.ndarray) -> np.ndarray:
     return d
 
 
-def standardise_rows(a: np.ndarray) -> np.ndarray:
+def standardise_rows(a: np.ndarray) -> "Prepared":
     """Rows centred on the mean of their finite values and scaled to unit RMS (float64).
 
-    Missing values (any non-finite) become NaN. A row that is constant over its finite
-    values becomes exactly zero there, so its variance is exactly zero on every subset.
+    Missing values (any non-finite) are 0 in ``filled`` and False in ``valid``. A row
+    that is constant over its finite values becomes exactly zero, so its variance is
+    exactly zero over every subset of positions.
     """
-    a = np.array(a, dtype=np.float64, copy=True)
+    a = np.asarray(a, dtype=np.float64)
     valid = np.isfinite(a)
-    a[~valid] = np.nan
-    count = valid.sum(axis=1)
-    with np.errstate(all="ignore"):
-        # A power-of-two scale first keeps huge and tiny rows away from overflow, exactly.
-        big = np.nanmax(np.abs(a), axis=1, initial=0.0, where=valid)
-        _, exp = np.frexp(np.where(big > 0, big, 1.0))
-        a = np.ldexp(a, -exp[:, None])
-        lo = np.nanmin(a, axis=1, initial=np.inf, where=valid)
-        hi = np.nanmax(a, axis=1, initial=-np.inf, where=valid)
-        n = np.maximum(count, 1)[:, None]
-        mean = np.nansum(a, axis=1, keepdims=True) / n
-        a -= mean
-        a -= np.nansum(a, axis=1, keepdims=True) / n  # second pass: removes the first's rounding
-        rms = np.sqrt(np.nansum(a * a, axis=1, keepdims=True) / n)
-        a /= np.where(rms > 0, rms, 1.0)
-    a[lo == hi] = np.where(valid[lo == hi], 0.0, np.nan)
-    return a
+    complete = bool(valid.all())
+    z = np.array(a, copy=True) if complete else np.where(valid, a, 0.0)
+    count = valid.sum(axis=1) if not complete else np.full(len(a), a.shape[1])
+    n = np.maximum(count, 1)
+    if z.size:
+        big = np.abs(z).max(axis=1)
+        if (big > 1e100).any() or ((big < 1e-100) & (big > 0)).any():
+            # Power-of-two scales (exact) keep squares of huge and tiny rows finite.
+            _, exp = np.frexp(np.where(big > 0, big, 1.0))
+            z = np.ldexp(z, -exp[:, None])
+        # Constant rows: every finite value equals the row's first finite value.
+        first = z[np.arange(len(z)), np.argmax(valid, axis=1)][:, None]
+        constant = ((z == first) | ~valid).all(axis=1)
+        z -= (z.sum(axis=1) / n)[:, None]
+        if not complete:
+            z *= valid
+        ss = np.einsum("ij,ij->i", z, z)
+        with np.errstate(divide="ignore"):
+            scale = np.where((ss > 0) & ~constant, 1.0 / np.sqrt(ss / n), 0.0)
+        z *= scale[:, None]
+    return Prepared(z, valid, complete)
 
 
 class Prepared:
-    """Rows ready for a backend: standardised values (NaN = missing) and whether complete."""
+    """Rows ready for a backend: standardised values with 0 where missing, validity, and
+    whether nothing is missing at all (the fast path)."""
 
-    def __init__(self, values: np.ndarray):
-        self.values = values
-        self.complete = bool(np.isfinite(values).all())
+    def __init__(self, filled: np.ndarray, valid: np.ndarray, complete: bool):
+        self.filled = filled
+        self.valid = valid
+        self.complete = complete
 
     @property
     def shape(self):
-        return self.values.shape
+        return self.filled.shape
 
 
 def _prepare(X, Y, transform, min_overlap, dtype_arg, backend):
@@ -140,8 +147,8 @@ def _prepare(X, Y, transform, min_overlap, dtype_arg, backend):
     if transform == "diff":
         x = diff_rows(x)
         y = None if y is None else diff_rows(y)
-    px = Prepared(standardise_rows(x))
-    py = None if y is None else Prepared(standardise_rows(y))
+    px = standardise_rows(x)
+    py = None if y is None else standardise_rows(y)
     return be, dt, px, py, min_overlap, labels_x, labels_y
 
 
@@ -351,6 +358,10 @@ def select_threshold(r: np.ndarray, t: float, row0: int, exclude_diagonal: bool)
 # ---------------------------------------------------------------------------------------
 # Rows of k up to this many are selected on the device; larger k on the host.
 TOPK_MAX = 64
+# Up to this fraction of missing values, the five masked sums are computed as totals
+# minus corrections over the missing positions (work grows with what is missing);
+# above it, as masked products (fixed work per pair and position).
+SPARSE_MISSING_MAX = 0.25
 
 
 class PearsonKernels:
@@ -395,8 +406,8 @@ class OpenCLPearsonPlan:
         if self.complete:
             from clnet_fallback.pearson import _unit_rows
 
-            a = _unit_rows(rows.values, dt)
-            b = a if self.symmetric else _unit_rows(cols.values, dt)
+            a = _unit_rows(rows.filled, dt)
+            b = a if self.symmetric else _unit_rows(cols.filled, dt)
             self.d_a = up(_pack(a, self.vw), "prepared rows")
             self.d_a_ok = up(_padded(np.any(a != 0, axis=1).astype(dt), self.vw))
             if self.symmetric:
@@ -405,23 +416,53 @@ class OpenCLPearsonPlan:
                 self.d_b = up(_pack(b, self.vw), "prepared columns")
                 self.d_b_ok = up(_padded(np.any(b != 0, axis=1).astype(dt), self.vw))
         else:
-            def split(values):
-                valid = np.isfinite(values)
-                return (up(_pack(np.where(valid, values, 0).astype(dt), self.vw), "prepared values"),
-                        up(_pack(valid.astype(dt), self.vw), "validity mask"))
+            def split(prepared):
+                return (up(_pack(prepared.filled.astype(dt), self.vw), "prepared values"),
+                        up(_pack(prepared.valid.astype(dt), self.vw), "validity mask"))
 
-            self.d_ax, self.d_av = split(rows.values)
-            self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols.values)
+            self.d_ax, self.d_av = split(rows)
+            self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols)
+            missing = (np.count_nonzero(~rows.valid) + (0 if self.symmetric else np.count_nonzero(~cols.valid))) \
+                / max(1, rows.valid.size + (0 if self.symmetric else cols.valid.size))
+            self.sparse = missing <= SPARSE_MISSING_MAX
+            if self.sparse:
+                self.d_a_sparse = self._sparse_tables(rows)
+                self.d_b_sparse = self.d_a_sparse if self.symmetric else self._sparse_tables(cols)
         limit = min(STRIP_BUDGET, backend.max_alloc)
         self.strip_rows = max(self.vw, (limit // max(1, self.n_cols * dt.itemsize)) // self.vw * self.vw)
         self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
         self._d_strip = None
 
+    def _sparse_tables(self, prepared: Prepared):
+        """Per-row totals (sum, sum of squares, count) and the lists of missing positions."""
+        x = prepared.filled.astype(self.dtype).astype(np.float64)
+        padded = -(-len(x) // self.vw) * self.vw
+        stats = np.zeros((3, padded))
+        stats[0, :len(x)] = x.sum(axis=1)
+        stats[1, :len(x)] = np.einsum("ij,ij->i", x, x)
+        stats[2, :len(x)] = prepared.valid.sum(axis=1)
+        rows, pos = np.nonzero(~prepared.valid)
+        ptr = np.zeros(len(x) + 1, dtype=np.int32)
+        ptr[1:] = np.cumsum(np.bincount(rows, minlength=len(x)))
+        up = self.be.to_device
+        return (up(stats.astype(self.dtype)), np.int32(padded), up(ptr),
+                up(pos.astype(np.int32), "missing positions"))
+
     # -- kernels ------------------------------------------------------------------------------
     def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool) -> None:
         be = self.be
         col_groups = -(-self.n_cols // self.vw)
-        if self.complete:
+        if not self.complete and self.sparse:
+            row_blocks = -(-(stop - start) // 8)  # CLNET_SR
+            knl = be.kernel("pearson", "clnet_pearson_sparse", self.dtype, self.defines)
+            a_stats, a_padded, a_ptr, a_pos = self.d_a_sparse
+            b_stats, b_padded, b_ptr, b_pos = self.d_b_sparse
+            args = (self.d_ax, self.d_av, a_stats, a_padded, a_ptr, a_pos,
+                    self.d_bx, self.d_bv, b_stats, b_ptr, b_pos, b_padded, np.int32(self.positions),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
+                    np.int32(mirror), out, np.int64(ld))
+        elif self.complete:
             row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
             args = (self.d_a, self.d_a_ok, self.d_b, self.d_b_ok, np.int32(self.positions),

@@ -25,14 +25,15 @@ class NumpyPearsonPlan:
         self.eps = var_epsilon(self.dtype)
         self.complete = rows.complete and cols.complete
         if self.complete:
-            self.a = _unit_rows(rows.values, self.dtype)
-            self.b = self.a if self.symmetric else _unit_rows(cols.values, self.dtype)
+            self.a = _unit_rows(rows.filled, self.dtype)
+            self.b = self.a if self.symmetric else _unit_rows(cols.filled, self.dtype)
             self.a_ok = np.any(self.a != 0, axis=1)
             self.b_ok = self.a_ok if self.symmetric else np.any(self.b != 0, axis=1)
             per_pair = 3 * self.dtype.itemsize
         else:
-            self.ax, self.av = _split(rows.values, self.dtype)
-            self.bx, self.bv = (self.ax, self.av) if self.symmetric else _split(cols.values, self.dtype)
+            self.ax, self.av = rows.filled.astype(self.dtype), rows.valid.astype(self.dtype)
+            self.bx, self.bv = ((self.ax, self.av) if self.symmetric else
+                                (cols.filled.astype(self.dtype), cols.valid.astype(self.dtype)))
             self.bxx = self.bx * self.bx
             # Right-hand operands stacked once, so that a strip is three products.
             self.right_v = self.bv.T
@@ -95,12 +96,6 @@ def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps):
     r = np.clip(r, -1, 1, out=r)
     r[~ok] = np.nan
     return r
-
-
-def _split(values, dtype):
-    """(values with 0 where missing, 1/0 validity), both in ``dtype``."""
-    valid = np.isfinite(values)
-    return np.where(valid, values, 0).astype(dtype), valid.astype(dtype)
 
 
 def _unit_rows(values, dtype):

@@ -196,3 +196,142 @@ __kernel void clnet_pearson_topk(__global const real *strip, const long ld, cons
         out_val[(long)row * k + q] = q < count ? best[q] : (real)NAN;
     }
 }
+
+/* One pair's six sums straight from the masked data (rows i and j at stride
+ * CLNET_VW): the sparse kernel's fallback for pairs it cannot compute accurately. */
+inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
+                               __global const real *y, __global const real *vy_, const int M,
+                               const real min_overlap, const real eps)
+{
+    real n = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+    for (int p = 0; p < M; ++p) {
+        const real a = x[p * CLNET_VW], va = vx_[p * CLNET_VW];
+        const real b = y[p * CLNET_VW], vb = vy_[p * CLNET_VW];
+        n = fma(va, vb, n);
+        sx = fma(a, vb, sx);
+        sy = fma(va, b, sy);
+        sxx = fma(a * a, vb, sxx);
+        syy = fma(va, b * b, syy);
+        sxy = fma(a, b, sxy);
+    }
+    const real inv = (real)1 / n;
+    const real vx = sxx - sx * sx * inv;
+    const real vy = syy - sy * sy * inv;
+    real r = (sxy - sx * sy * inv) / sqrt(vx * vy);
+    r = r < (real)-1 ? (real)-1 : (r > (real)1 ? (real)1 : r);
+    return (n >= min_overlap && vx > eps * sxx && vy > eps * syy) ? r : (real)NAN;
+}
+
+/* Few missing values: Sxy is one dense product of the zero-filled rows, and the other
+ * five sums are the row totals minus corrections over the *missing* positions only:
+ *   Sx(i,j)  = sum_i - sum over p missing in j of x_i[p]   (Sxx, n alike)
+ *   Sy(i,j)  = sum_j - sum over p missing in i of x_j[p]   (Syy alike)
+ * One work-item computes 8 rows x CLNET_VW columns. The Sx/Sxx/n corrections come out
+ * as 8-vectors over rows (one per column) and are transposed through private memory.
+ * `*_stats` hold per row: sum, sum of squares, count of finite values (three arrays
+ * of the padded row count, back to back).
+ *
+ * Totals minus corrections lose accuracy when the pair's common positions hold little
+ * of a row's sum of squares (the error scales with the row's total, not with the
+ * pair's part of it). Pairs where either row keeps less than half of its total are
+ * recomputed from the masked data by clnet_pearson_pair; with missing values spread
+ * over the rows these are rare. */
+#define CLNET_SR 8
+typedef CLNET_CAT(CLNET_REAL, 8) real8v;
+
+__kernel void clnet_pearson_sparse(__global const real *ax, __global const real *av,
+                                   __global const real *a_stats, const int a_padded,
+                                   __global const int *a_miss_ptr, __global const int *a_miss_pos,
+                                   __global const real *bx, __global const real *bv,
+                                   __global const real *b_stats,
+                                   __global const int *b_miss_ptr, __global const int *b_miss_pos,
+                                   const int b_padded,
+                                   const int M, const int row0, const int n_rows,
+                                   const int n_cols, const real min_overlap, const real eps,
+                                   const int mirror, __global real *out, const long ld)
+{
+    const int jg = get_global_id(0);
+    const int i0 = row0 + (int)get_global_id(1) * CLNET_SR;
+    const int j0 = jg * CLNET_VW;
+    if (i0 >= row0 + n_rows || j0 >= n_cols)
+        return;
+    if (mirror && j0 + CLNET_VW <= i0)
+        return;
+    const long a_off = (long)(i0 / CLNET_VW) * M * CLNET_VW + i0 % CLNET_VW;
+    __global const real *pa = ax + a_off;
+    __global const real *pav = av + a_off;
+    __global const real *pb = bx + (long)jg * M * CLNET_VW;
+
+    realv sxy[CLNET_SR];
+#pragma unroll
+    for (int r = 0; r < CLNET_SR; ++r)
+        sxy[r] = (realv)0;
+    for (int p = 0; p < M; ++p) {
+        const realv y = CLNET_VLOAD(p, pb);
+#pragma unroll
+        for (int r = 0; r < CLNET_SR; ++r)
+            sxy[r] = fma((realv)pa[p * CLNET_VW + r], y, sxy[r]);
+    }
+
+    /* Corrections for the columns' missing positions, as vectors over the rows. */
+    real tx[CLNET_SR * CLNET_VW], txx[CLNET_SR * CLNET_VW], tn[CLNET_SR * CLNET_VW];
+    for (int l = 0; l < CLNET_VW; ++l) {
+        real8v cx = (real8v)0, cxx = (real8v)0, cn = (real8v)0;
+        const int j = j0 + l;
+        if (j < n_cols) {
+            for (int q = b_miss_ptr[j]; q < b_miss_ptr[j + 1]; ++q) {
+                const int p = b_miss_pos[q];
+                const real8v x = vload8(0, pa + p * CLNET_VW);
+                cx += x;
+                cxx = fma(x, x, cxx);
+                cn += vload8(0, pav + p * CLNET_VW);
+            }
+        }
+        vstore8(cx, l, tx);
+        vstore8(cxx, l, txx);
+        vstore8(cn, l, tn);
+    }
+
+    const realv sum_b = CLNET_VLOAD(jg, b_stats);
+    const realv ssq_b = CLNET_VLOAD(jg, b_stats + b_padded);
+#pragma unroll
+    for (int r = 0; r < CLNET_SR; ++r) {
+        const int i = i0 + r;
+        if (i < row0 + n_rows) {
+            realv cy = (realv)0, cyy = (realv)0;
+            for (int q = a_miss_ptr[i]; q < a_miss_ptr[i + 1]; ++q) {
+                const realv y = CLNET_VLOAD(a_miss_pos[q], pb);
+                cy += y;
+                cyy = fma(y, y, cyy);
+            }
+            real gx[CLNET_VW], gxx[CLNET_VW], gn[CLNET_VW];
+            for (int l = 0; l < CLNET_VW; ++l) {
+                gx[l] = tx[l * CLNET_SR + r];
+                gxx[l] = txx[l * CLNET_SR + r];
+                gn[l] = tn[l * CLNET_SR + r];
+            }
+            const real ssq_a = a_stats[a_padded + i];
+            const realv sxx = (realv)ssq_a - CLNET_VLOAD(0, gxx);
+            const realv syy = ssq_b - cyy;
+            realv rr = clnet_pearson_finish(
+                (realv)a_stats[2 * a_padded + i] - CLNET_VLOAD(0, gn),
+                (realv)a_stats[i] - CLNET_VLOAD(0, gx), sum_b - cy, sxx, syy, sxy[r],
+                min_overlap, eps);
+            const real two = 2;
+            if (any(((realv)ssq_a > two * sxx) | (ssq_b > two * syy))) {
+                real lanes[CLNET_VW], sa[CLNET_VW], sb[CLNET_VW];
+                CLNET_VSTORE(rr, 0, lanes);
+                CLNET_VSTORE(sxx, 0, sa);
+                CLNET_VSTORE(syy, 0, sb);
+                for (int l = 0; l < CLNET_VW && j0 + l < n_cols; ++l) {
+                    if (ssq_a > two * sa[l] || b_stats[b_padded + j0 + l] > two * sb[l])
+                        lanes[l] = clnet_pearson_pair(pa + r, pav + r, pb + l,
+                                                      bv + (long)jg * M * CLNET_VW + l, M,
+                                                      min_overlap, eps);
+                }
+                rr = CLNET_VLOAD(0, lanes);
+            }
+            clnet_pearson_store(out, ld, i, row0, j0, n_cols, mirror, rr);
+        }
+    }
+}

@@ -199,7 +199,7 @@ def test_strips_bound_memory_and_agree(any_backend, rng, monkeypatch):
     whole_idx, whole_val = clnet.pearson_topk(x, 7, backend=any_backend)
     whole_sparse = clnet.pearson_threshold(x, 0.3, backend=any_backend)
     monkeypatch.setattr(P, "STRIP_BUDGET", 203 * 4 * 20)
-    plan = any_backend.pearson_plan(P.Prepared(P.standardise_rows(x)), None, np.float32, 2)
+    plan = any_backend.pearson_plan(P.standardise_rows(x), None, np.float32, 2)
     assert plan.strip_rows < 40
     idx, val = clnet.pearson_topk(x, 7, backend=any_backend)
     assert np.array_equal(idx, whole_idx)
@@ -301,3 +301,24 @@ def test_bad_input_is_refused_before_device_work(call, error, words):
         call(be)
     assert words in str(info.value)
     assert be.calls == []
+
+
+@pytest.mark.parametrize("missing", [0.02, 0.1, 0.4])
+def test_opencl_sparse_and_masked_paths_agree(opencl_backend, rng, monkeypatch, missing):
+    """Both ways of computing the masked sums, forced on the same data, match the reference."""
+    x = 1e4 + rng.normal(size=(77, 41))
+    x[rng.random(x.shape) < missing] = np.nan
+    x[5] = np.nan
+    x[6, ::2] = 3.0
+    y = x[::3] + rng.normal(size=(26, 41))
+    ref = clnet.pearson(x, backend="numpy", dtype="float64")
+    ref_xy = clnet.pearson(x, y, backend="numpy", dtype="float64")
+    for limit in (0.0, 1.0):
+        monkeypatch.setattr(P, "SPARSE_MISSING_MAX", limit)
+        for dt, tol in (("float32", 1e-4), ("float64", 1e-10)):
+            got = clnet.pearson(x, backend=opencl_backend, dtype=dt)
+            assert np.array_equal(np.isnan(got), np.isnan(ref)), (limit, dt)
+            assert np.nanmax(np.abs(got - ref)) <= tol, (limit, dt)
+            got = clnet.pearson(x, y, backend=opencl_backend, dtype=dt)
+            assert np.array_equal(np.isnan(got), np.isnan(ref_xy)), (limit, dt)
+            assert np.nanmax(np.abs(got - ref_xy)) <= tol, (limit, dt)
