@@ -203,8 +203,8 @@ def pearson(X, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
     >>> X = np.array([[1, 2, 3, np.nan], [2, 4, 7, 1], [3, 2, 1, 0]])
     >>> clnet.pearson(X, backend="numpy").round(3)
     array([[ 1.   ,  0.993, -1.   ],
-           [ 0.993,  1.   , -0.257],
-           [-1.   , -0.257,  1.   ]], dtype=float32)
+           [ 0.993,  1.   ,  0.   ],
+           [-1.   ,  0.   ,  1.   ]], dtype=float32)
     """
     be, dt, px, py, mo, lx, ly = _prepare(X, Y, transform, min_overlap, dtype, backend)
     n_rows = px.shape[0]
