@@ -25,7 +25,6 @@ NumPy reference is ``clnet_fallback.pearson``.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import numpy as np

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import clnet
 import clnet.pearson  # noqa: F401  (the module; clnet.pearson is the function)
