@@ -92,6 +92,7 @@ def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps):
     vy = syy - sy * sy * inv
     cov = sxy - sx * sy * inv
     r = cov / np.sqrt(vx * vy)
+    r = np.where(n == 2, np.copysign(1, cov), r)  # two points lie exactly on a line
     ok = (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy)
     r = np.clip(r, -1, 1, out=r)
     r[~ok] = np.nan

@@ -34,6 +34,8 @@ inline realv clnet_pearson_finish(realv n, realv sx, realv sy, realv sxx, realv 
     const realv vy = syy - sy * sy * inv;
     const realv cov = sxy - sx * sy * inv;
     realv r = cov / sqrt(vx * vy);
+    /* Two points are always exactly on a line: the formula's rounding is not. */
+    r = select(r, copysign((realv)1, cov), n == (realv)2);
     r = select(r, (realv)-1, r < (realv)-1);
     r = select(r, (realv)1, r > (realv)1);
     return select((realv)NAN, r, (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy));
@@ -217,7 +219,8 @@ inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
     const real inv = (real)1 / n;
     const real vx = sxx - sx * sx * inv;
     const real vy = syy - sy * sy * inv;
-    real r = (sxy - sx * sy * inv) / sqrt(vx * vy);
+    const real cov = sxy - sx * sy * inv;
+    real r = n == (real)2 ? copysign((real)1, cov) : cov / sqrt(vx * vy);
     r = r < (real)-1 ? (real)-1 : (r > (real)1 ? (real)1 : r);
     return (n >= min_overlap && vx > eps * sxx && vy > eps * syy) ? r : (real)NAN;
 }

@@ -206,7 +206,45 @@ def _eval_threshold(backend, dt, case):
     return [Comparison("kept values", dense[keep], ref[keep])]
 
 
+# --- the anchor: pandas itself ----------------------------------------------------------------
+def pandas_reference(x, min_overlap, transform):
+    """pandas' pairwise-complete correlation of the rows (pandas correlates columns)."""
+    import pandas as pd
+
+    if transform == "diff":
+        from ..pearson import diff_rows
+
+        x = diff_rows(x)
+    x = np.where(np.isfinite(x), x, np.nan)
+    return pd.DataFrame(x.T).corr(min_periods=min_overlap).to_numpy()
+
+
+def _eval_pandas(backend, dt, case):
+    x, _ = case_arrays(case)
+    mo = _min_overlap(case, dt)
+    got = pearson(x, min_overlap=mo, transform=case["transform"], backend=backend, dtype=dt)
+    return [Comparison("r vs pandas", got, pandas_reference(x, mo, case["transform"]))]
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 if st is not None:
+    if _has_pandas():
+        # No offsets here: with them pandas' own float64 arithmetic is the less exact one
+        # (two points at 1e4 that differ by 4e-3 give it r = -0.99999999977, not -1).
+        register(Check("pearson.pandas", "pearson",
+                       lambda: pearson_cases(cross=False).map(lambda c: dict(c, offset=0.0, scale=1.0)),
+                       _eval_pandas,
+                       _describe("import pandas as pd; from clnet.conformance.pearson import pandas_reference\n"
+                                 "pandas_reference(x, case['min_overlap'], case['transform'])  # vs\n"
+                                 "clnet.pearson(x, min_overlap=case['min_overlap'], "
+                                 "transform=case['transform'], backend=BACKEND, dtype=DTYPE)")))
     register(Check("pearson.dense", "pearson", lambda: pearson_cases(cross=False), _eval_dense,
                    _describe("clnet.pearson(x, min_overlap=case['min_overlap'], transform=case['transform'], "
                              "backend=BACKEND, dtype=DTYPE)")))
