@@ -87,43 +87,56 @@ def diff_rows(a: np.ndarray) -> np.ndarray:
 def standardise_rows(a: np.ndarray) -> "Prepared":
     """Rows centred on the mean of their finite values and scaled to unit RMS (float64).
 
-    Missing values (any non-finite) are 0 in ``filled`` and False in ``valid``. A row
-    that is constant over its finite values becomes exactly zero, so its variance is
-    exactly zero over every subset of positions.
+    Missing values (any non-finite) are 0 in ``filled`` and False in ``valid``. Each row
+    is first shifted by its first finite value, so a row that is constant over its
+    finite values becomes exactly zero: its variance is exactly zero over every subset.
     """
     a = np.asarray(a, dtype=np.float64)
     valid = np.isfinite(a)
     complete = bool(valid.all())
-    z = np.array(a, copy=True) if complete else np.where(valid, a, 0.0)
-    count = valid.sum(axis=1) if not complete else np.full(len(a), a.shape[1])
-    n = np.maximum(count, 1)
-    if z.size:
-        big = np.abs(z).max(axis=1)
-        if (big > 1e100).any() or ((big < 1e-100) & (big > 0)).any():
-            # Power-of-two scales (exact) keep squares of huge and tiny rows finite.
-            _, exp = np.frexp(np.where(big > 0, big, 1.0))
-            z = np.ldexp(z, -exp[:, None])
-        # Constant rows: every finite value equals the row's first finite value.
-        first = z[np.arange(len(z)), np.argmax(valid, axis=1)][:, None]
-        constant = ((z == first) | ~valid).all(axis=1)
-        z -= (z.sum(axis=1) / n)[:, None]
-        if not complete:
-            z *= valid
+    count = np.full(len(a), a.shape[1]) if complete else valid.sum(axis=1)
+    if a.size == 0:
+        return Prepared(np.zeros(a.shape), valid, complete, count)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = _shift_by_first(a, valid, complete)
         ss = np.einsum("ij,ij->i", z, z)
-        with np.errstate(divide="ignore"):
-            scale = np.where((ss > 0) & ~constant, 1.0 / np.sqrt(ss / n), 0.0)
-        z *= scale[:, None]
-    return Prepared(z, valid, complete)
+    if not np.isfinite(ss).all() or ((ss > 0) & (ss < 1e-280)).any():
+        # Huge or tiny rows: power-of-two scales (exact) keep the squares finite.
+        z = _shift_by_first(np.ldexp(a, -_exponent(np.where(valid, a, 0.0))), valid, False)
+        z = np.ldexp(z, -_exponent(z))
+    n = np.maximum(count, 1)
+    mean = z.sum(axis=1) / n
+    z -= mean[:, None]
+    if not complete:
+        z *= valid
+    ss = np.einsum("ij,ij->i", z, z)
+    with np.errstate(divide="ignore"):
+        scale = np.where(ss > 0, 1.0 / np.sqrt(ss / n), 0.0)
+    z *= scale[:, None]
+    return Prepared(z, valid, complete, count)
+
+
+def _shift_by_first(a, valid, complete):
+    first = a[np.arange(len(a)), np.argmax(valid, axis=1)]
+    first = np.where(np.isfinite(first), first, 0.0)[:, None]
+    return a - first if complete else np.where(valid, a - first, 0.0)
+
+
+def _exponent(z):
+    """Per row, the power of two that brings the largest magnitude into [0.5, 1)."""
+    big = np.abs(z).max(axis=1)
+    return np.frexp(np.where(big > 0, big, 1.0))[1][:, None]
 
 
 class Prepared:
     """Rows ready for a backend: standardised values with 0 where missing, validity, and
     whether nothing is missing at all (the fast path)."""
 
-    def __init__(self, filled: np.ndarray, valid: np.ndarray, complete: bool):
+    def __init__(self, filled: np.ndarray, valid: np.ndarray, complete: bool, count: np.ndarray):
         self.filled = filled
         self.valid = valid
         self.complete = complete
+        self.count = count  # finite values per row
 
     @property
     def shape(self):
@@ -434,12 +447,12 @@ class OpenCLPearsonPlan:
 
     def _sparse_tables(self, prepared: Prepared):
         """Per-row totals (sum, sum of squares, count) and the lists of missing positions."""
-        x = prepared.filled.astype(self.dtype).astype(np.float64)
+        x = prepared.filled
         padded = -(-len(x) // self.vw) * self.vw
         stats = np.zeros((3, padded))
         stats[0, :len(x)] = x.sum(axis=1)
         stats[1, :len(x)] = np.einsum("ij,ij->i", x, x)
-        stats[2, :len(x)] = prepared.valid.sum(axis=1)
+        stats[2, :len(x)] = prepared.count
         rows, pos = np.nonzero(~prepared.valid)
         ptr = np.zeros(len(x) + 1, dtype=np.int32)
         ptr[1:] = np.cumsum(np.bincount(rows, minlength=len(x)))
