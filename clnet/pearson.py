@@ -453,9 +453,9 @@ class OpenCLPearsonPlan:
         stats[0, :len(x)] = x.sum(axis=1)
         stats[1, :len(x)] = np.einsum("ij,ij->i", x, x)
         stats[2, :len(x)] = prepared.count
-        rows, pos = np.nonzero(~prepared.valid)
+        pos = np.flatnonzero(~prepared.valid) % x.shape[1]  # row by row, in order
         ptr = np.zeros(len(x) + 1, dtype=np.int32)
-        ptr[1:] = np.cumsum(np.bincount(rows, minlength=len(x)))
+        ptr[1:] = np.cumsum(x.shape[1] - prepared.count)
         up = self.be.to_device
         return (up(stats.astype(self.dtype)), np.int32(padded), up(ptr),
                 up(pos.astype(np.int32), "missing positions"))
