@@ -256,8 +256,14 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
     indices = np.full((n_rows, k), -1, dtype=np.int64)
     values = np.full((n_rows, k), np.nan, dtype=dt)
     plan = _plan(be, dt, px, py, mo)
-    for start, stop in _strips(plan, n_rows, "pearson top-k", progress):
-        indices[start:stop], values[start:stop] = plan.topk(start, stop, k)
+    strips = _strips(plan, n_rows, "pearson top-k", progress)
+    symmetric = getattr(plan, "topk_symmetric", None) if py is None else None
+    found = symmetric(k, strips) if symmetric is not None else None  # each pair computed once
+    if found is not None:
+        indices[:], values[:] = found
+    else:
+        for start, stop in strips:
+            indices[start:stop], values[start:stop] = plan.topk(start, stop, k)
     if lx is not None:
         import pandas as pd
 
@@ -461,9 +467,9 @@ class OpenCLPearsonPlan:
                 up(pos.astype(np.int32), "missing positions"))
 
     # -- kernels ------------------------------------------------------------------------------
-    def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool) -> None:
+    def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool, col0: int = 0) -> None:
         be = self.be
-        col_groups = -(-self.n_cols // self.vw)
+        col_groups = -(-(self.n_cols - col0) // self.vw)
         if not self.complete and self.sparse:
             row_blocks = -(-(stop - start) // 8)  # CLNET_SR
             knl = be.kernel("pearson", "clnet_pearson_sparse", self.dtype, self.defines)
@@ -471,20 +477,20 @@ class OpenCLPearsonPlan:
             b_stats, b_padded, b_ptr, b_pos = self.d_b_sparse
             args = (self.d_ax, self.d_av, a_stats, a_padded, a_ptr, a_pos,
                     self.d_bx, self.d_bv, b_stats, b_ptr, b_pos, b_padded, np.int32(self.positions),
-                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols), np.int32(col0),
                     self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
                     np.int32(mirror), out, np.int64(ld))
         elif self.complete:
             row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
             args = (self.d_a, self.d_a_ok, self.d_b, self.d_b_ok, np.int32(self.positions),
-                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols), np.int32(col0),
                     np.int32(mirror), out, np.int64(ld))
         else:
             row_blocks = -(-(stop - start) // self.ROW_BLOCK)
             knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
             args = (self.d_ax, self.d_av, self.d_bx, self.d_bv, np.int32(self.positions),
-                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols),
+                    np.int32(start), np.int32(stop - start), np.int32(self.n_cols), np.int32(col0),
                     self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
                     np.int32(mirror), out, np.int64(ld))
         knl(be.queue, (col_groups, row_blocks), None, *args)
@@ -561,3 +567,37 @@ class OpenCLPearsonPlan:
 
     def threshold(self, start: int, stop: int, t: float):
         return select_threshold(self.block(start, stop), t, start, self.symmetric)
+
+    def topk_symmetric(self, k: int, strips):
+        """Top-k of X against itself over the upper triangle only (see pearson.cl), or
+        None (nothing consumed from ``strips``) where the per-strip way must be used."""
+        import pyopencl as cl
+
+        if k > TOPK_MAX or self.never_defined or not self.symmetric:
+            return None
+        be = self.be
+        n = self.n_rows
+        run_idx = np.full((n, k), -1, dtype=np.int32)
+        run_val = np.full((n, k), np.nan, dtype=self.dtype)
+        with be.lock:
+            d_idx = be.to_device(run_idx, "top-k indices")
+            d_val = be.to_device(run_val, "top-k values")
+        for start, stop in strips:
+            rows = stop - start
+            ld = n - start
+            with be.lock:
+                buf = self._strip_buffer()
+                self._enqueue_block(start, stop, buf, ld, False, col0=start)
+                merge_rows = be.kernel("pearson", "clnet_pearson_topk_merge_rows", self.dtype, self.defines)
+                merge_rows(be.queue, (rows,), None, buf, np.int64(ld), np.int32(rows), np.int32(start),
+                           np.int32(ld), np.int32(k), d_idx, d_val)
+                if stop < n:
+                    merge_cols = be.kernel("pearson", "clnet_pearson_topk_merge_cols", self.dtype,
+                                           self.defines)
+                    merge_cols(be.queue, (n - stop,), None, buf, np.int64(ld), np.int32(rows),
+                               np.int32(start), np.int32(rows), np.int32(n), np.int32(k), d_idx, d_val)
+                be.queue.finish()  # keeps the progress bar honest; the device is busy anyway
+        with be.lock:
+            cl.enqueue_copy(be.queue, run_idx, d_idx)
+            cl.enqueue_copy(be.queue, run_val, d_val)
+        return run_idx.astype(np.int64), run_val

@@ -44,9 +44,10 @@ inline realv clnet_pearson_finish(realv n, realv sx, realv sy, realv sxx, realv 
 /* Store one row of a result tile: lanes j >= n_cols are padding. With `mirror` (the
  * dense symmetric case) only lanes with j >= i are stored, each also at (j, i). */
 inline void clnet_pearson_store(__global real *out, const long ld, const int i, const int row0,
-                                const int j0, const int n_cols, const int mirror, realv r)
+                                const int j0, const int col0, const int n_cols, const int mirror,
+                                realv r)
 {
-    __global real *dst = out + (long)(i - row0) * ld + j0;
+    __global real *dst = out + (long)(i - row0) * ld + (j0 - col0);
     if (!mirror && j0 + CLNET_VW <= n_cols) {
         CLNET_VSTORE(r, 0, dst);
         return;
@@ -67,15 +68,18 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
 }
 
 /* Rows row0 .. row0 + n_rows - 1 (row0 a multiple of CLNET_VW) against columns
- * 0 .. n_cols - 1. Global size: (column groups, row blocks of CLNET_RI). With
+ * col0 .. n_cols - 1 (col0 a multiple of CLNET_VW), stored from column 0 of `out`.
+ * Every kernel below takes these arguments. Global size: (column groups from col0,
+ * row blocks of CLNET_RI). With
  * `mirror`, tiles wholly below the diagonal are skipped and the upper ones stored twice. */
 __kernel void clnet_pearson_masked(__global const real *ax, __global const real *av,
                                    __global const real *bx, __global const real *bv,
                                    const int M, const int row0, const int n_rows,
-                                   const int n_cols, const real min_overlap, const real eps,
-                                   const int mirror, __global real *out, const long ld)
+                                   const int n_cols, const int col0, const real min_overlap,
+                                   const real eps, const int mirror, __global real *out,
+                                   const long ld)
 {
-    const int jg = get_global_id(0);
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
     const int i0 = row0 + (int)get_global_id(1) * CLNET_RI;
     const int j0 = jg * CLNET_VW;
     if (i0 >= row0 + n_rows || j0 >= n_cols)
@@ -113,7 +117,7 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
     for (int r = 0; r < CLNET_RI; ++r) {
         const int i = i0 + r;
         if (i < row0 + n_rows)
-            clnet_pearson_store(out, ld, i, row0, j0, n_cols, mirror,
+            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror,
                                 clnet_pearson_finish(n[r], sx[r], sy[r], sxx[r], syy[r], sxy[r],
                                                      min_overlap, eps));
     }
@@ -125,10 +129,10 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
 __kernel void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
                                      __global const real *b, __global const real *b_ok,
                                      const int M, const int row0, const int n_rows,
-                                     const int n_cols, const int mirror,
+                                     const int n_cols, const int col0, const int mirror,
                                      __global real *out, const long ld)
 {
-    const int jg = get_global_id(0);
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
     const int i0 = row0 + (int)get_global_id(1) * (2 * CLNET_RI);
     const int j0 = jg * CLNET_VW;
     if (i0 >= row0 + n_rows || j0 >= n_cols)
@@ -157,7 +161,7 @@ __kernel void clnet_pearson_complete(__global const real *a, __global const real
         v = select(v, (realv)-1, v < (realv)-1);
         v = select(v, (realv)1, v > (realv)1);
         v = select((realv)NAN, v, (ok_b * a_ok[i]) > (realv)0);
-        clnet_pearson_store(out, ld, i, row0, j0, n_cols, mirror, v);
+        clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, v);
     }
 }
 
@@ -250,10 +254,11 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
                                    __global const int *b_miss_ptr, __global const int *b_miss_pos,
                                    const int b_padded,
                                    const int M, const int row0, const int n_rows,
-                                   const int n_cols, const real min_overlap, const real eps,
-                                   const int mirror, __global real *out, const long ld)
+                                   const int n_cols, const int col0, const real min_overlap,
+                                   const real eps, const int mirror, __global real *out,
+                                   const long ld)
 {
-    const int jg = get_global_id(0);
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
     const int i0 = row0 + (int)get_global_id(1) * CLNET_SR;
     const int j0 = jg * CLNET_VW;
     if (i0 >= row0 + n_rows || j0 >= n_cols)
@@ -334,7 +339,93 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
                 }
                 rr = CLNET_VLOAD(0, lanes);
             }
-            clnet_pearson_store(out, ld, i, row0, j0, n_cols, mirror, rr);
+            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, rr);
         }
     }
+}
+
+/* Symmetric top-k without computing any pair twice. Strip s..e-1 is computed against
+ * columns s..N-1 only; its rows merge their candidates along the strip's rows, and
+ * the later rows j >= e merge the strip's column j (r is symmetric). Each row's
+ * running list (best first, empty slots -1 / NaN) lives on the device between strips.
+ * Candidates always arrive in increasing index order (earlier strips first, then the
+ * row's own strip from column s on), so "only a strictly larger r moves ahead" breaks
+ * ties by the lower index, as in clnet_pearson_topk. */
+inline void clnet_topk_load(__global const int *idx, __global const real *val, const int k,
+                            real *best, int *where, int *count)
+{
+    *count = 0;
+    for (int q = 0; q < k; ++q) {
+        if (idx[q] < 0)
+            break;
+        best[q] = val[q];
+        where[q] = idx[q];
+        *count = q + 1;
+    }
+}
+
+inline void clnet_topk_insert(real *best, int *where, int *count, const int k, const real v,
+                              const int j)
+{
+    if (isnan(v) || (*count == k && !(v > best[k - 1])))
+        return;
+    int pos = *count < k ? (*count)++ : k - 1;
+    while (pos > 0 && v > best[pos - 1]) {
+        best[pos] = best[pos - 1];
+        where[pos] = where[pos - 1];
+        --pos;
+    }
+    best[pos] = v;
+    where[pos] = j;
+}
+
+inline void clnet_topk_save(__global int *idx, __global real *val, const int k,
+                            const real *best, const int *where, const int count)
+{
+    for (int q = 0; q < k; ++q) {
+        idx[q] = q < count ? where[q] : -1;
+        val[q] = q < count ? best[q] : (real)NAN;
+    }
+}
+
+/* Rows row0 + get_global_id(0) of a strip whose columns start at col0 (= row0). */
+__kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const long ld,
+                                            const int n_rows, const int row0, const int n_cand,
+                                            const int k, __global int *run_idx,
+                                            __global real *run_val)
+{
+    const int r = get_global_id(0);
+    if (r >= n_rows)
+        return;
+    const int row = row0 + r;
+    real best[CLNET_TOPK_MAX];
+    int where[CLNET_TOPK_MAX];
+    int count;
+    clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
+    __global const real *src = strip + (long)r * ld;
+    for (int c = 0; c < n_cand; ++c) {
+        if (row0 + c != row)
+            clnet_topk_insert(best, where, &count, k, src[c], row0 + c);
+    }
+    clnet_topk_save(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, count);
+}
+
+/* Later rows j = row0 + first_c + get_global_id(0) (< n_total) take the strip's column
+ * j - row0: the strip's rows row0 .. row0 + n_rows - 1 as candidates. */
+__kernel void clnet_pearson_topk_merge_cols(__global const real *strip, const long ld,
+                                            const int n_rows, const int row0, const int first_c,
+                                            const int n_total, const int k,
+                                            __global int *run_idx, __global real *run_val)
+{
+    const int c = first_c + (int)get_global_id(0);
+    const int row = row0 + c;
+    if (row >= n_total)
+        return;
+    real best[CLNET_TOPK_MAX];
+    int where[CLNET_TOPK_MAX];
+    int count;
+    clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
+    for (int r = 0; r < n_rows; ++r)
+        clnet_topk_insert(best, where, &count, k, strip[(long)r * ld + c], row0 + r);
+    clnet_topk_save(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, count);
 }

@@ -322,3 +322,17 @@ def test_opencl_sparse_and_masked_paths_agree(opencl_backend, rng, monkeypatch, 
             got = clnet.pearson(x, y, backend=opencl_backend, dtype=dt)
             assert np.array_equal(np.isnan(got), np.isnan(ref_xy)), (limit, dt)
             assert np.nanmax(np.abs(got - ref_xy)) <= tol, (limit, dt)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_topk_across_many_strips_with_ties(any_backend, rng, monkeypatch, k):
+    """Coarse values make exact ties; a tiny strip budget makes candidates cross strips."""
+    x = np.round(rng.normal(size=(150, 6)) * 1.5)
+    x[rng.random(x.shape) < 0.15] = np.nan
+    x[7] = x[3]
+    x[90] = x[3] * 2 + 1
+    monkeypatch.setattr(P, "STRIP_BUDGET", 150 * 4 * 16)
+    idx, val = clnet.pearson_topk(x, k, backend=any_backend)
+    want_idx, want_val = expected_topk(clnet.pearson(x, backend=any_backend), k, True)
+    assert np.array_equal(idx, want_idx)
+    assert np.allclose(val, want_val, atol=1e-6, rtol=0, equal_nan=True)
