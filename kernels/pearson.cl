@@ -410,22 +410,36 @@ __kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const lo
     clnet_topk_save(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, count);
 }
 
-/* Later rows j = row0 + first_c + get_global_id(0) (< n_total) take the strip's column
- * j - row0: the strip's rows row0 .. row0 + n_rows - 1 as candidates. */
+/* Later rows j = row0 + c for c = first_c + CLNET_MERGE_COLS * get_global_id(0) ...
+ * (j < n_total) take the strip's column c: the strip's rows row0 .. row0 + n_rows - 1
+ * as candidates. One work-item keeps the lists of CLNET_MERGE_COLS neighbouring columns
+ * and walks the strip row by row, so that it reads memory in order. */
+#ifndef CLNET_MERGE_COLS
+#define CLNET_MERGE_COLS 4
+#endif
 __kernel void clnet_pearson_topk_merge_cols(__global const real *strip, const long ld,
                                             const int n_rows, const int row0, const int first_c,
                                             const int n_total, const int k,
                                             __global int *run_idx, __global real *run_val)
 {
-    const int c = first_c + (int)get_global_id(0);
-    const int row = row0 + c;
-    if (row >= n_total)
+    const int c0 = first_c + CLNET_MERGE_COLS * (int)get_global_id(0);
+    const int n_mine = min(CLNET_MERGE_COLS, n_total - row0 - c0);
+    if (n_mine <= 0)
         return;
-    real best[CLNET_TOPK_MAX];
-    int where[CLNET_TOPK_MAX];
-    int count;
-    clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
-    for (int r = 0; r < n_rows; ++r)
-        clnet_topk_insert(best, where, &count, k, strip[(long)r * ld + c], row0 + r);
-    clnet_topk_save(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, count);
+    real best[CLNET_MERGE_COLS][CLNET_TOPK_MAX];
+    int where[CLNET_MERGE_COLS][CLNET_TOPK_MAX];
+    int count[CLNET_MERGE_COLS];
+    for (int q = 0; q < n_mine; ++q) {
+        const long row = row0 + c0 + q;
+        clnet_topk_load(run_idx + row * k, run_val + row * k, k, best[q], where[q], &count[q]);
+    }
+    for (int r = 0; r < n_rows; ++r) {
+        __global const real *src = strip + (long)r * ld + c0;
+        for (int q = 0; q < n_mine; ++q)
+            clnet_topk_insert(best[q], where[q], &count[q], k, src[q], row0 + r);
+    }
+    for (int q = 0; q < n_mine; ++q) {
+        const long row = row0 + c0 + q;
+        clnet_topk_save(run_idx + row * k, run_val + row * k, k, best[q], where[q], count[q]);
+    }
 }
