@@ -329,6 +329,13 @@ def strip_rows(n_cols: int, bytes_per_pair: int, multiple: int = 1) -> int:
     return max(multiple, (rows // multiple) * multiple)
 
 
+def unit_rows(values: np.ndarray, dtype) -> np.ndarray:
+    """Complete, centred rows scaled to unit Euclidean norm (zero rows stay zero):
+    their dot products are the correlations."""
+    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
+    return (values / np.where(norm > 0, norm, 1)).astype(dtype)
+
+
 def select_topk(r: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Per row of ``r`` the k largest values (NaN = undefined), ties by lower column index.
 
@@ -437,10 +444,8 @@ class OpenCLPearsonPlan:
         self.never_defined = self.positions < min_overlap
         up = backend.to_device
         if self.complete:
-            from clnet_fallback.pearson import _unit_rows
-
-            a = _unit_rows(rows.filled, dt)
-            b = a if self.symmetric else _unit_rows(cols.filled, dt)
+            a = unit_rows(rows.filled, dt)
+            b = a if self.symmetric else unit_rows(cols.filled, dt)
             self.d_a = up(_pack(a, self.vw), "prepared rows")
             self.d_a_ok = up(_padded(np.any(a != 0, axis=1).astype(dt), self.vw))
             if self.symmetric:
@@ -455,9 +460,9 @@ class OpenCLPearsonPlan:
 
             self.d_ax, self.d_av = split(rows)
             self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols)
-            missing = (np.count_nonzero(~rows.valid) + (0 if self.symmetric else np.count_nonzero(~cols.valid))) \
-                / max(1, rows.valid.size + (0 if self.symmetric else cols.valid.size))
-            self.sparse = missing <= SPARSE_MISSING_MAX
+            operands = [rows] if self.symmetric else [rows, cols]
+            missing = sum(p.valid.size - np.count_nonzero(p.valid) for p in operands)
+            self.sparse = missing <= SPARSE_MISSING_MAX * sum(p.valid.size for p in operands)
             if self.sparse:
                 self.d_a_sparse = self._sparse_tables(rows)
                 self.d_b_sparse = self.d_a_sparse if self.symmetric else self._sparse_tables(cols)

@@ -6,7 +6,7 @@ column are three matrix products, so there is no Python loop over pairs. Complet
 """
 import numpy as np
 
-from clnet.pearson import select_threshold, select_topk, strip_rows, var_epsilon
+from clnet.pearson import select_threshold, select_topk, strip_rows, unit_rows, var_epsilon
 
 
 class PearsonReference:
@@ -25,8 +25,8 @@ class NumpyPearsonPlan:
         self.eps = var_epsilon(self.dtype)
         self.complete = rows.complete and cols.complete
         if self.complete:
-            self.a = _unit_rows(rows.filled, self.dtype)
-            self.b = self.a if self.symmetric else _unit_rows(cols.filled, self.dtype)
+            self.a = unit_rows(rows.filled, self.dtype)
+            self.b = self.a if self.symmetric else unit_rows(cols.filled, self.dtype)
             self.a_ok = np.any(self.a != 0, axis=1)
             self.b_ok = self.a_ok if self.symmetric else np.any(self.b != 0, axis=1)
             per_pair = 3 * self.dtype.itemsize
@@ -98,8 +98,3 @@ def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps):
     r[~ok] = np.nan
     return r
 
-
-def _unit_rows(values, dtype):
-    """Complete, centred rows scaled to unit Euclidean norm (zero rows stay zero)."""
-    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
-    return (values / np.where(norm > 0, norm, 1)).astype(dtype)
