@@ -605,8 +605,10 @@ class OpenCLPearsonPlan:
         run_idx = np.full((n, k), -1, dtype=np.int32)
         run_val = np.full((n, k), np.nan, dtype=self.dtype)
         with be.lock:
-            d_idx = be.to_device(run_idx, "top-k indices")
-            d_val = be.to_device(run_val, "top-k values")
+            d_idx = be.empty(run_idx.nbytes, "top-k indices")
+            d_val = be.empty(run_val.nbytes, "top-k values")
+            cl.enqueue_copy(be.queue, d_idx, run_idx)
+            cl.enqueue_copy(be.queue, d_val, run_val)
         for start, stop in strips:
             rows = stop - start
             ld = n - start
