@@ -22,6 +22,7 @@ from .backend import (
 )
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
+from .pearson import pearson, pearson_threshold, pearson_topk
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
 __version__ = "0.1.0"
@@ -45,6 +46,9 @@ __all__ = [
     "backends",
     "fnn_forward",
     "get_backend",
+    "pearson",
+    "pearson_threshold",
+    "pearson_topk",
     "register_provider",
     "unregister_provider",
     "use_backend",

@@ -10,6 +10,7 @@ from typing import List, Optional
 # name -> module with main(argv); modules load only when asked for
 BENCHMARKS = {
     "fnn": "clnet.bench.fnn",
+    "pearson": "clnet.bench.pearson",
     "rnn": "clnet.bench.rnn",
 }
 DEMOS = {

@@ -10,13 +10,15 @@ clnet stays cheap and free of cycles.
 
 def opencl_mixins():
     from .fnn import FNNKernels
+    from .pearson import PearsonKernels
     from .rnn import RNNKernels
 
-    return [FNNKernels, RNNKernels]
+    return [FNNKernels, RNNKernels, PearsonKernels]
 
 
 def numpy_mixins():
     from clnet_fallback.fnn import FNNReference
+    from clnet_fallback.pearson import PearsonReference
     from clnet_fallback.rnn import RNNReference
 
-    return [FNNReference, RNNReference]
+    return [FNNReference, RNNReference, PearsonReference]

@@ -1,0 +1,445 @@
+/* Pairwise Pearson correlation with missing data (see clnet/pearson.py).
+ *
+ * Rows arrive centred and scaled on the host, with 0 where a value is missing and a
+ * 1/0 validity mask beside them. They are packed in groups of CLNET_VW rows: the
+ * values of group g at position p are the CLNET_VW consecutive numbers starting at
+ * (g * M + p) * CLNET_VW, so that one work-item streams contiguous memory and a
+ * whole group of columns is one vector load.
+ *
+ * One work-item computes CLNET_RI rows x CLNET_VW columns with explicit vectors (a CPU
+ * runtime such as PoCL does not vectorise the work-item loop around an inner loop):
+ * per position, two vector loads and 6 * CLNET_RI vector FMAs. */
+#include "clnet_common.h"
+
+#ifndef CLNET_VW
+#define CLNET_VW 16
+#endif
+#ifndef CLNET_RI
+#define CLNET_RI 4
+#endif
+
+#define CLNET_CAT2(a, b) a##b
+#define CLNET_CAT(a, b) CLNET_CAT2(a, b)
+typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
+#define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
+#define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
+
+/* r from the six sums, lane by lane; NaN below min_overlap or for (relative) zero
+ * variance, clipped to [-1, 1] in a way that lets nothing else through. */
+inline realv clnet_pearson_finish(realv n, realv sx, realv sy, realv sxx, realv syy,
+                                  realv sxy, real min_overlap, real eps)
+{
+    const realv inv = (realv)1 / n;
+    const realv vx = sxx - sx * sx * inv;
+    const realv vy = syy - sy * sy * inv;
+    const realv cov = sxy - sx * sy * inv;
+    realv r = cov / sqrt(vx * vy);
+    /* Two points are always exactly on a line: the formula's rounding is not. */
+    r = select(r, copysign((realv)1, cov), n == (realv)2);
+    r = select(r, (realv)-1, r < (realv)-1);
+    r = select(r, (realv)1, r > (realv)1);
+    return select((realv)NAN, r, (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy));
+}
+
+/* Store one row of a result tile: lanes j >= n_cols are padding. With `mirror` (the
+ * dense symmetric case) only lanes with j >= i are stored, each also at (j, i). */
+inline void clnet_pearson_store(__global real *out, const long ld, const int i, const int row0,
+                                const int j0, const int col0, const int n_cols, const int mirror,
+                                realv r)
+{
+    __global real *dst = out + (long)(i - row0) * ld + (j0 - col0);
+    if (!mirror && j0 + CLNET_VW <= n_cols) {
+        CLNET_VSTORE(r, 0, dst);
+        return;
+    }
+    real lanes[CLNET_VW];
+    CLNET_VSTORE(r, 0, lanes);
+    for (int l = 0; l < CLNET_VW; ++l) {
+        const int j = j0 + l;
+        if (j >= n_cols)
+            break;
+        if (!mirror) {
+            dst[l] = lanes[l];
+        } else if (j >= i) {
+            dst[l] = lanes[l];
+            out[(long)j * ld + i] = lanes[l];
+        }
+    }
+}
+
+/* Rows row0 .. row0 + n_rows - 1 (row0 a multiple of CLNET_VW) against columns
+ * col0 .. n_cols - 1 (col0 a multiple of CLNET_VW), stored from column 0 of `out`.
+ * Every kernel below takes these arguments. Global size: (column groups from col0,
+ * row blocks of CLNET_RI). With
+ * `mirror`, tiles wholly below the diagonal are skipped and the upper ones stored twice. */
+__kernel void clnet_pearson_masked(__global const real *ax, __global const real *av,
+                                   __global const real *bx, __global const real *bv,
+                                   const int M, const int row0, const int n_rows,
+                                   const int n_cols, const int col0, const real min_overlap,
+                                   const real eps, const int mirror, __global real *out,
+                                   const long ld)
+{
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
+    const int i0 = row0 + (int)get_global_id(1) * CLNET_RI;
+    const int j0 = jg * CLNET_VW;
+    if (i0 >= row0 + n_rows || j0 >= n_cols)
+        return;
+    if (mirror && j0 + CLNET_VW <= i0)
+        return;
+    const long a_off = ((long)(i0 / CLNET_VW) * M) * CLNET_VW + i0 % CLNET_VW;
+    __global const real *pax = ax + a_off;
+    __global const real *pav = av + a_off;
+    __global const real *pbx = bx + (long)jg * M * CLNET_VW;
+    __global const real *pbv = bv + (long)jg * M * CLNET_VW;
+
+    realv n[CLNET_RI], sx[CLNET_RI], sy[CLNET_RI], sxx[CLNET_RI], syy[CLNET_RI], sxy[CLNET_RI];
+#pragma unroll
+    for (int r = 0; r < CLNET_RI; ++r) {
+        n[r] = sx[r] = sy[r] = sxx[r] = syy[r] = sxy[r] = (realv)0;
+    }
+    for (int p = 0; p < M; ++p) {
+        const realv y = CLNET_VLOAD(p, pbx);
+        const realv w = CLNET_VLOAD(p, pbv);
+        const realv yy = y * y;
+#pragma unroll
+        for (int r = 0; r < CLNET_RI; ++r) {
+            const real xi = pax[p * CLNET_VW + r];
+            const real vi = pav[p * CLNET_VW + r];
+            n[r] = fma((realv)vi, w, n[r]);
+            sx[r] = fma((realv)xi, w, sx[r]);
+            sy[r] = fma((realv)vi, y, sy[r]);
+            sxx[r] = fma((realv)(xi * xi), w, sxx[r]);
+            syy[r] = fma((realv)vi, yy, syy[r]);
+            sxy[r] = fma((realv)xi, y, sxy[r]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < CLNET_RI; ++r) {
+        const int i = i0 + r;
+        if (i < row0 + n_rows)
+            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror,
+                                clnet_pearson_finish(n[r], sx[r], sy[r], sxx[r], syy[r], sxy[r],
+                                                     min_overlap, eps));
+    }
+}
+
+/* Complete data: rows are centred and of unit norm, so r is one dot product.
+ * `a_ok` / `b_ok` are 0 for a constant row (its r is NaN). Each work-item computes
+ * 2 * CLNET_RI rows x CLNET_VW columns. */
+__kernel void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
+                                     __global const real *b, __global const real *b_ok,
+                                     const int M, const int row0, const int n_rows,
+                                     const int n_cols, const int col0, const int mirror,
+                                     __global real *out, const long ld)
+{
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
+    const int i0 = row0 + (int)get_global_id(1) * (2 * CLNET_RI);
+    const int j0 = jg * CLNET_VW;
+    if (i0 >= row0 + n_rows || j0 >= n_cols)
+        return;
+    if (mirror && j0 + CLNET_VW <= i0)
+        return;
+    __global const real *pa = a + ((long)(i0 / CLNET_VW) * M) * CLNET_VW + i0 % CLNET_VW;
+    __global const real *pb = b + (long)jg * M * CLNET_VW;
+    realv acc[2 * CLNET_RI];
+#pragma unroll
+    for (int r = 0; r < 2 * CLNET_RI; ++r)
+        acc[r] = (realv)0;
+    for (int p = 0; p < M; ++p) {
+        const realv y = CLNET_VLOAD(p, pb);
+#pragma unroll
+        for (int r = 0; r < 2 * CLNET_RI; ++r)
+            acc[r] = fma((realv)pa[p * CLNET_VW + r], y, acc[r]);
+    }
+    const realv ok_b = CLNET_VLOAD(jg, b_ok);
+#pragma unroll
+    for (int r = 0; r < 2 * CLNET_RI; ++r) {
+        const int i = i0 + r;
+        if (i >= row0 + n_rows)
+            break;
+        realv v = acc[r];
+        v = select(v, (realv)-1, v < (realv)-1);
+        v = select(v, (realv)1, v > (realv)1);
+        v = select((realv)NAN, v, (ok_b * a_ok[i]) > (realv)0);
+        clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, v);
+    }
+}
+
+/* Top-k of each strip row on the device, so that only k candidates per row come back.
+ * One work-item per row keeps its best k in order (largest r first; on equal r the
+ * lower column wins because columns are scanned in increasing order and only a
+ * strictly larger r moves ahead). NaN is never a candidate; `self_col0` >= 0 excludes
+ * column self_col0 + row (a row is not its own neighbour). Unused slots: -1 / NaN. */
+__kernel void clnet_pearson_topk(__global const real *strip, const long ld, const int n_rows,
+                                 const int n_cols, const int k, const int self_col0,
+                                 __global int *out_idx, __global real *out_val)
+{
+    const int row = get_global_id(0);
+    if (row >= n_rows)
+        return;
+    real best[CLNET_TOPK_MAX];
+    int where[CLNET_TOPK_MAX];
+    int count = 0;
+    const int self = self_col0 >= 0 ? self_col0 + row : -1;
+    __global const real *src = strip + (long)row * ld;
+    for (int j = 0; j < n_cols; ++j) {
+        const real v = src[j];
+        if (isnan(v) || j == self)
+            continue;
+        if (count == k && !(v > best[k - 1]))
+            continue;
+        int pos = count < k ? count++ : k - 1;
+        while (pos > 0 && v > best[pos - 1]) {
+            best[pos] = best[pos - 1];
+            where[pos] = where[pos - 1];
+            --pos;
+        }
+        best[pos] = v;
+        where[pos] = j;
+    }
+    for (int q = 0; q < k; ++q) {
+        out_idx[(long)row * k + q] = q < count ? where[q] : -1;
+        out_val[(long)row * k + q] = q < count ? best[q] : (real)NAN;
+    }
+}
+
+/* One pair's six sums straight from the masked data (rows i and j at stride
+ * CLNET_VW): the sparse kernel's fallback for pairs it cannot compute accurately. */
+inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
+                               __global const real *y, __global const real *vy_, const int M,
+                               const real min_overlap, const real eps)
+{
+    real n = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+    for (int p = 0; p < M; ++p) {
+        const real a = x[p * CLNET_VW], va = vx_[p * CLNET_VW];
+        const real b = y[p * CLNET_VW], vb = vy_[p * CLNET_VW];
+        n = fma(va, vb, n);
+        sx = fma(a, vb, sx);
+        sy = fma(va, b, sy);
+        sxx = fma(a * a, vb, sxx);
+        syy = fma(va, b * b, syy);
+        sxy = fma(a, b, sxy);
+    }
+    const real inv = (real)1 / n;
+    const real vx = sxx - sx * sx * inv;
+    const real vy = syy - sy * sy * inv;
+    const real cov = sxy - sx * sy * inv;
+    real r = n == (real)2 ? copysign((real)1, cov) : cov / sqrt(vx * vy);
+    r = r < (real)-1 ? (real)-1 : (r > (real)1 ? (real)1 : r);
+    return (n >= min_overlap && vx > eps * sxx && vy > eps * syy) ? r : (real)NAN;
+}
+
+/* Few missing values: Sxy is one dense product of the zero-filled rows, and the other
+ * five sums are the row totals minus corrections over the *missing* positions only:
+ *   Sx(i,j)  = sum_i - sum over p missing in j of x_i[p]   (Sxx, n alike)
+ *   Sy(i,j)  = sum_j - sum over p missing in i of x_j[p]   (Syy alike)
+ * One work-item computes 8 rows x CLNET_VW columns. The Sx/Sxx/n corrections come out
+ * as 8-vectors over rows (one per column) and are transposed through private memory.
+ * `*_stats` hold per row: sum, sum of squares, count of finite values (three arrays
+ * of the padded row count, back to back).
+ *
+ * Totals minus corrections lose accuracy when the pair's common positions hold little
+ * of a row's sum of squares (the error scales with the row's total, not with the
+ * pair's part of it). Pairs where either row keeps less than half of its total are
+ * recomputed from the masked data by clnet_pearson_pair; with missing values spread
+ * over the rows these are rare. */
+#define CLNET_SR 8
+typedef CLNET_CAT(CLNET_REAL, 8) real8v;
+
+__kernel void clnet_pearson_sparse(__global const real *ax, __global const real *av,
+                                   __global const real *a_stats, const int a_padded,
+                                   __global const int *a_miss_ptr, __global const int *a_miss_pos,
+                                   __global const real *bx, __global const real *bv,
+                                   __global const real *b_stats,
+                                   __global const int *b_miss_ptr, __global const int *b_miss_pos,
+                                   const int b_padded,
+                                   const int M, const int row0, const int n_rows,
+                                   const int n_cols, const int col0, const real min_overlap,
+                                   const real eps, const int mirror, __global real *out,
+                                   const long ld)
+{
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
+    const int i0 = row0 + (int)get_global_id(1) * CLNET_SR;
+    const int j0 = jg * CLNET_VW;
+    if (i0 >= row0 + n_rows || j0 >= n_cols)
+        return;
+    if (mirror && j0 + CLNET_VW <= i0)
+        return;
+    const long a_off = (long)(i0 / CLNET_VW) * M * CLNET_VW + i0 % CLNET_VW;
+    __global const real *pa = ax + a_off;
+    __global const real *pav = av + a_off;
+    __global const real *pb = bx + (long)jg * M * CLNET_VW;
+
+    realv sxy[CLNET_SR];
+#pragma unroll
+    for (int r = 0; r < CLNET_SR; ++r)
+        sxy[r] = (realv)0;
+    for (int p = 0; p < M; ++p) {
+        const realv y = CLNET_VLOAD(p, pb);
+#pragma unroll
+        for (int r = 0; r < CLNET_SR; ++r)
+            sxy[r] = fma((realv)pa[p * CLNET_VW + r], y, sxy[r]);
+    }
+
+    /* Corrections for the columns' missing positions, as vectors over the rows. */
+    real tx[CLNET_SR * CLNET_VW], txx[CLNET_SR * CLNET_VW], tn[CLNET_SR * CLNET_VW];
+    for (int l = 0; l < CLNET_VW; ++l) {
+        real8v cx = (real8v)0, cxx = (real8v)0, cn = (real8v)0;
+        const int j = j0 + l;
+        if (j < n_cols) {
+            for (int q = b_miss_ptr[j]; q < b_miss_ptr[j + 1]; ++q) {
+                const int p = b_miss_pos[q];
+                const real8v x = vload8(0, pa + p * CLNET_VW);
+                cx += x;
+                cxx = fma(x, x, cxx);
+                cn += vload8(0, pav + p * CLNET_VW);
+            }
+        }
+        vstore8(cx, l, tx);
+        vstore8(cxx, l, txx);
+        vstore8(cn, l, tn);
+    }
+
+    const realv sum_b = CLNET_VLOAD(jg, b_stats);
+    const realv ssq_b = CLNET_VLOAD(jg, b_stats + b_padded);
+#pragma unroll
+    for (int r = 0; r < CLNET_SR; ++r) {
+        const int i = i0 + r;
+        if (i < row0 + n_rows) {
+            realv cy = (realv)0, cyy = (realv)0;
+            for (int q = a_miss_ptr[i]; q < a_miss_ptr[i + 1]; ++q) {
+                const realv y = CLNET_VLOAD(a_miss_pos[q], pb);
+                cy += y;
+                cyy = fma(y, y, cyy);
+            }
+            real gx[CLNET_VW], gxx[CLNET_VW], gn[CLNET_VW];
+            for (int l = 0; l < CLNET_VW; ++l) {
+                gx[l] = tx[l * CLNET_SR + r];
+                gxx[l] = txx[l * CLNET_SR + r];
+                gn[l] = tn[l * CLNET_SR + r];
+            }
+            const real ssq_a = a_stats[a_padded + i];
+            const realv sxx = (realv)ssq_a - CLNET_VLOAD(0, gxx);
+            const realv syy = ssq_b - cyy;
+            realv rr = clnet_pearson_finish(
+                (realv)a_stats[2 * a_padded + i] - CLNET_VLOAD(0, gn),
+                (realv)a_stats[i] - CLNET_VLOAD(0, gx), sum_b - cy, sxx, syy, sxy[r],
+                min_overlap, eps);
+            const real two = 2;
+            if (any(((realv)ssq_a > two * sxx) | (ssq_b > two * syy))) {
+                real lanes[CLNET_VW], sa[CLNET_VW], sb[CLNET_VW];
+                CLNET_VSTORE(rr, 0, lanes);
+                CLNET_VSTORE(sxx, 0, sa);
+                CLNET_VSTORE(syy, 0, sb);
+                for (int l = 0; l < CLNET_VW && j0 + l < n_cols; ++l) {
+                    if (ssq_a > two * sa[l] || b_stats[b_padded + j0 + l] > two * sb[l])
+                        lanes[l] = clnet_pearson_pair(pa + r, pav + r, pb + l,
+                                                      bv + (long)jg * M * CLNET_VW + l, M,
+                                                      min_overlap, eps);
+                }
+                rr = CLNET_VLOAD(0, lanes);
+            }
+            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, rr);
+        }
+    }
+}
+
+/* Symmetric top-k without computing any pair twice. Strip s..e-1 is computed against
+ * columns s..N-1 only; its rows merge their candidates along the strip's rows, and
+ * the later rows j >= e merge the strip's column j (r is symmetric). Each row's
+ * running list (best first, empty slots -1 / NaN) lives on the device between strips.
+ * Candidates always arrive in increasing index order (earlier strips first, then the
+ * row's own strip from column s on), so "only a strictly larger r moves ahead" breaks
+ * ties by the lower index, as in clnet_pearson_topk. */
+inline void clnet_topk_load(__global const int *idx, __global const real *val, const int k,
+                            real *best, int *where, int *count)
+{
+    *count = 0;
+    for (int q = 0; q < k; ++q) {
+        if (idx[q] < 0)
+            break;
+        best[q] = val[q];
+        where[q] = idx[q];
+        *count = q + 1;
+    }
+}
+
+inline void clnet_topk_insert(real *best, int *where, int *count, const int k, const real v,
+                              const int j)
+{
+    if (isnan(v) || (*count == k && !(v > best[k - 1])))
+        return;
+    int pos = *count < k ? (*count)++ : k - 1;
+    while (pos > 0 && v > best[pos - 1]) {
+        best[pos] = best[pos - 1];
+        where[pos] = where[pos - 1];
+        --pos;
+    }
+    best[pos] = v;
+    where[pos] = j;
+}
+
+inline void clnet_topk_save(__global int *idx, __global real *val, const int k,
+                            const real *best, const int *where, const int count)
+{
+    for (int q = 0; q < k; ++q) {
+        idx[q] = q < count ? where[q] : -1;
+        val[q] = q < count ? best[q] : (real)NAN;
+    }
+}
+
+/* Rows row0 + get_global_id(0) of a strip whose columns start at col0 (= row0). */
+__kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const long ld,
+                                            const int n_rows, const int row0, const int n_cand,
+                                            const int k, __global int *run_idx,
+                                            __global real *run_val)
+{
+    const int r = get_global_id(0);
+    if (r >= n_rows)
+        return;
+    const int row = row0 + r;
+    real best[CLNET_TOPK_MAX];
+    int where[CLNET_TOPK_MAX];
+    int count;
+    clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
+    __global const real *src = strip + (long)r * ld;
+    for (int c = 0; c < n_cand; ++c) {
+        if (row0 + c != row)
+            clnet_topk_insert(best, where, &count, k, src[c], row0 + c);
+    }
+    clnet_topk_save(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, count);
+}
+
+/* Later rows j = row0 + c for c = first_c + CLNET_MERGE_COLS * get_global_id(0) ...
+ * (j < n_total) take the strip's column c: the strip's rows row0 .. row0 + n_rows - 1
+ * as candidates. One work-item keeps the lists of CLNET_MERGE_COLS neighbouring columns
+ * and walks the strip row by row, so that it reads memory in order. */
+#ifndef CLNET_MERGE_COLS
+#define CLNET_MERGE_COLS 4
+#endif
+__kernel void clnet_pearson_topk_merge_cols(__global const real *strip, const long ld,
+                                            const int n_rows, const int row0, const int first_c,
+                                            const int n_total, const int k,
+                                            __global int *run_idx, __global real *run_val)
+{
+    const int c0 = first_c + CLNET_MERGE_COLS * (int)get_global_id(0);
+    const int n_mine = min(CLNET_MERGE_COLS, n_total - row0 - c0);
+    if (n_mine <= 0)
+        return;
+    real best[CLNET_MERGE_COLS][CLNET_TOPK_MAX];
+    int where[CLNET_MERGE_COLS][CLNET_TOPK_MAX];
+    int count[CLNET_MERGE_COLS];
+    for (int q = 0; q < n_mine; ++q) {
+        const long row = row0 + c0 + q;
+        clnet_topk_load(run_idx + row * k, run_val + row * k, k, best[q], where[q], &count[q]);
+    }
+    for (int r = 0; r < n_rows; ++r) {
+        __global const real *src = strip + (long)r * ld + c0;
+        for (int q = 0; q < n_mine; ++q)
+            clnet_topk_insert(best[q], where[q], &count[q], k, src[q], row0 + r);
+    }
+    for (int q = 0; q < n_mine; ++q) {
+        const long row = row0 + c0 + q;
+        clnet_topk_save(run_idx + row * k, run_val + row * k, k, best[q], where[q], count[q]);
+    }
+}

@@ -1,0 +1,338 @@
+"""Pairwise Pearson correlation: conformance on every backend, the anchors (pandas,
+numpy.corrcoef), precision, sparse outputs, bad input and DataFrames."""
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+
+import clnet
+import clnet.pearson  # noqa: F401  (the module; clnet.pearson is the function)
+from clnet import conformance
+from clnet.backend import Backend
+from clnet.conformance.pearson import case_arrays, expected_topk, pearson_cases
+
+P = sys.modules["clnet.pearson"]
+PEARSON_CHECKS = [c for c in conformance.checks() if c.family == "pearson"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("check", PEARSON_CHECKS, ids=lambda c: c.operation)
+def test_conformance(any_backend, check, dtype):
+    res = conformance.run_check(any_backend, check, dtype)
+    if res.skipped:
+        pytest.skip(res.skipped)
+    assert res.passed, res.failure
+
+
+def test_conformance_checks_are_registered():
+    names = {c.operation for c in PEARSON_CHECKS}
+    assert {"pearson.dense", "pearson.cross", "pearson.diff", "pearson.topk", "pearson.threshold",
+            "pearson.pandas"} <= names
+    assert "clnet.conformance.pearson" in conformance.FAMILY_MODULES
+
+
+# --- anchors -------------------------------------------------------------------------------
+def pandas_corr(x, min_periods):
+    """pandas' pairwise-complete correlation of the rows (pandas correlates columns)."""
+    x = np.where(np.isfinite(x), x, np.nan)
+    return pd.DataFrame(x.T).corr(min_periods=min_periods).to_numpy()
+
+
+@settings(max_examples=25)
+@given(case=pearson_cases(cross=False).map(lambda c: dict(c, offset=0.0, scale=1.0)))
+def test_matches_pandas(case):
+    x, _ = case_arrays(case)
+    if case["transform"] == "diff":
+        x = P.diff_rows(x)
+    want = pandas_corr(x, case["min_overlap"])
+    for spec in [info.spec for info in clnet.backends() if info.usable]:
+        be = clnet.get_backend(spec)
+        if not be.supports_float64:
+            continue
+        got = clnet.pearson(x, min_overlap=case["min_overlap"], backend=be, dtype="float64")
+        assert np.array_equal(np.isnan(got), np.isnan(want)), f"{spec}: NaN pattern differs from pandas"
+        fin = np.isfinite(want)
+        assert np.all(np.abs(got[fin] - want[fin]) <= 1e-9), f"{spec}: differs from pandas"
+
+
+def test_matches_pandas_with_inf_and_min_periods(any_backend, rng):
+    x = rng.normal(size=(40, 25)) + 1e4
+    x[rng.random(x.shape) < 0.4] = np.nan
+    x[rng.random(x.shape) < 0.05] = np.inf
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    for k in (1, 2, 5, 12):
+        want = pandas_corr(x, k)
+        got = clnet.pearson(x, min_overlap=k, backend=any_backend, dtype="float32")
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.nanmax(np.abs(got - want)) <= 1e-4
+
+
+def test_matches_corrcoef_on_complete_data(any_backend, rng):
+    x = rng.normal(size=(97, 257)) * rng.uniform(0.1, 10, (97, 1)) + rng.normal(0, 100, (97, 1))
+    want = np.corrcoef(x)
+    assert np.abs(clnet.pearson(x, backend=any_backend) - want).max() <= 1e-5
+    if any_backend.supports_float64:
+        assert np.abs(clnet.pearson(x, backend=any_backend, dtype="float64") - want).max() <= 1e-12
+    y = rng.normal(size=(13, 257))
+    cross = clnet.pearson(x, y, backend=any_backend)
+    assert np.abs(cross - np.corrcoef(x, y)[:97, 97:]).max() <= 1e-5
+
+
+# --- precision (issue point 3) ---------------------------------------------------------------
+def offset_rows(rng, n=300, m=200, missing=0.5):
+    x = 1e4 + rng.normal(size=(n, m))
+    x[rng.random(x.shape) < missing] = np.nan
+    return x
+
+
+def test_float32_precision_with_offsets_and_heavy_missingness(any_backend, rng):
+    x = offset_rows(rng)
+    ref = clnet.pearson(x, backend="numpy", dtype="float64")
+    got = clnet.pearson(x, backend=any_backend, dtype="float32")
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.nanmax(np.abs(got - ref)) <= 1e-4
+    # The naive one-pass formula on raw float32 sums is far off here: the test has teeth.
+    naive = _one_pass_float32(x[:20])
+    assert np.nanmax(np.abs(naive - ref[:20, :20])) > 1e-2
+
+
+def test_float64_precision_against_pandas(any_backend, rng):
+    if not any_backend.supports_float64:
+        pytest.skip("no float64")
+    x = offset_rows(rng, n=120)
+    got = clnet.pearson(x, backend=any_backend, dtype="float64")
+    want = pandas_corr(x, 2)
+    assert np.nanmax(np.abs(got - want)) <= 1e-10
+
+
+def _one_pass_float32(x):
+    v = np.isfinite(x).astype(np.float32)
+    z = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    n, sx, sxx, sxy = v @ v.T, z @ v.T, (z * z) @ v.T, z @ z.T
+    sy, syy = sx.T, sxx.T
+    with np.errstate(all="ignore"):
+        return (n * sxy - sx * sy) / np.sqrt((n * sxx - sx * sx) * (n * syy - sy * sy))
+
+
+# --- semantics by hand ---------------------------------------------------------------------
+def test_small_example_by_hand(any_backend):
+    x = np.array([[1, 2, 3, np.nan], [2, 4, 7, 1], [3, 2, 1, 0], [5, 5, 5, 5], [1, np.inf, np.nan, -np.inf]])
+    r = clnet.pearson(x, backend=any_backend, dtype="float64" if any_backend.supports_float64 else None)
+    a, b = np.array([1, 2, 3.0]), np.array([2, 4, 7.0])
+    assert r[0, 1] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-6)
+    assert r[0, 2] == pytest.approx(-1.0, abs=1e-6)
+    assert r[1, 2] == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(r[3]).all() and np.isnan(r[:, 3]).all()  # constant row
+    assert np.isnan(r[4]).all()  # one finite value: below min_overlap=2
+    assert np.allclose(np.diag(r)[:3], 1.0)
+
+
+def test_diff_transform_compares_slopes(any_backend):
+    t = np.linspace(0, 1, 30)
+    x = np.vstack([t ** 2, t ** 2 + 5 * t, 3 * t ** 2 + 7, np.sin(6 * t)])
+    x[0, 4] = np.nan
+    r = clnet.pearson(x, transform="diff", backend=any_backend)
+    d = P.diff_rows(x)
+    assert np.isnan(d[0, 3]) and np.isnan(d[0, 4])
+    assert r[0, 2] == pytest.approx(1.0, abs=1e-5)  # same shape, other level and scale
+    want = pandas_corr(d, 2)
+    assert np.nanmax(np.abs(r - want)) <= 1e-4
+
+
+def test_topk_ties_and_padding(any_backend):
+    x = np.array([
+        [1, 2, 3, 4],
+        [2, 4, 6, 8],            # r = 1 with rows 0, 2, 3
+        [1, 2, 3, 4],
+        [10, 20, 30, 40],
+        [4, 3, 2, 1],            # r = -1 with the first four
+        [1, np.nan, np.nan, 5],  # two positions: r = +-1 with all but row 6
+        [np.nan, 1, np.nan, np.nan],  # nothing defined
+    ], dtype=float)
+    idx, val = clnet.pearson_topk(x, 3, backend=any_backend)
+    assert idx[0].tolist() == [1, 2, 3]  # ties by lower index (row 5 is also 1)
+    assert idx[1].tolist() == [0, 2, 3]
+    assert idx[6].tolist() == [-1, -1, -1] and np.isnan(val[6]).all()
+    # Row 5: r = 1 with rows 0..3, -1 with row 4.
+    assert idx[5].tolist() == [0, 1, 2]
+    dense = clnet.pearson(x, backend=any_backend)
+    want_idx, _ = expected_topk(dense, 6, True)
+    idx6, val6 = clnet.pearson_topk(x, 6, backend=any_backend)
+    assert np.array_equal(idx6, want_idx)
+    assert idx6[6].tolist() == [-1] * 6
+
+
+def test_topk_large_k_and_cross(any_backend, rng):
+    x = rng.normal(size=(90, 20))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    dense = clnet.pearson(x, backend=any_backend)
+    for k in (1, 70, 89):  # 70 and 89 are above the device's in-kernel limit
+        idx, val = clnet.pearson_topk(x, k, backend=any_backend)
+        want_idx, want_val = expected_topk(dense, k, True)
+        assert np.array_equal(idx, want_idx), k
+    y = x[:30]
+    idx, _ = clnet.pearson_topk(x, 30, y, backend=any_backend)
+    want_idx, _ = expected_topk(clnet.pearson(x, y, backend=any_backend), 30, False)
+    assert np.array_equal(idx, want_idx)
+    assert (idx[:30, 0] == np.arange(30)).all()  # with Y a row may find itself
+
+
+def test_threshold_sign_and_diagonal(any_backend, rng):
+    x = rng.normal(size=(50, 30))
+    x[1] = -x[0] * 2 + 3
+    x[rng.random(x.shape) < 0.2] = np.nan
+    s = clnet.pearson_threshold(x, 0.0, backend=any_backend)
+    dense = clnet.pearson(x, backend=any_backend)
+    assert s.shape == (50, 50) and s.diagonal().tolist() == [0.0] * 50
+    assert s.nnz == np.isfinite(dense).sum() - np.isfinite(np.diag(dense)).sum()
+    s = clnet.pearson_threshold(x, 0.999, backend=any_backend)
+    assert s[0, 1] == pytest.approx(-1.0, abs=1e-5) and s[1, 0] == s[0, 1]
+    assert clnet.pearson_threshold(x, 1.0, backend=any_backend).nnz <= 2
+
+
+def test_strips_bound_memory_and_agree(any_backend, rng, monkeypatch):
+    """With a tiny strip budget the drivers walk many strips; results do not change."""
+    x = rng.normal(size=(203, 40))
+    x[rng.random(x.shape) < 0.25] = np.nan
+    whole_idx, whole_val = clnet.pearson_topk(x, 7, backend=any_backend)
+    whole_sparse = clnet.pearson_threshold(x, 0.3, backend=any_backend)
+    monkeypatch.setattr(P, "STRIP_BUDGET", 203 * 4 * 20)
+    plan = any_backend.pearson_plan(P.standardise_rows(x), None, np.float32, 2)
+    assert plan.strip_rows < 40
+    idx, val = clnet.pearson_topk(x, 7, backend=any_backend)
+    assert np.array_equal(idx, whole_idx)
+    assert np.allclose(val, whole_val, atol=1e-6, rtol=0, equal_nan=True)  # BLAS sums by block size
+    sparse = clnet.pearson_threshold(x, 0.3, backend=any_backend)
+    assert np.array_equal(sparse.indices, whole_sparse.indices)
+    assert np.allclose(sparse.data, whole_sparse.data, atol=1e-6, rtol=0)
+
+
+def test_opencl_dense_without_one_big_buffer(opencl_backend, rng, monkeypatch):
+    x = rng.normal(size=(70, 33))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    whole = clnet.pearson(x, backend=opencl_backend)
+    monkeypatch.setattr(opencl_backend, "max_alloc", 70 * 70 * 4 - 1)  # forces strips
+    assert np.array_equal(clnet.pearson(x, backend=opencl_backend), whole, equal_nan=True)
+
+
+def test_degenerate_shapes(any_backend):
+    assert clnet.pearson(np.empty((0, 5)), backend=any_backend).shape == (0, 0)
+    assert np.isnan(clnet.pearson(np.ones((3, 0)), backend=any_backend)).all()
+    r = clnet.pearson(np.arange(6.0).reshape(3, 2), transform="diff", backend=any_backend)
+    assert r.shape == (3, 3) and np.isnan(r).all()  # one difference each: below min_overlap
+    r = clnet.pearson(np.array([[1.0, 2, 3]]), min_overlap=1, backend=any_backend)
+    assert r[0, 0] == pytest.approx(1.0)
+
+
+def test_progress_bar(any_backend, rng, capsys):
+    pytest.importorskip("tqdm")
+    x = rng.normal(size=(40, 10))
+    clnet.pearson_topk(x, 3, backend=any_backend, progress=True)
+    assert "pearson top-k" in capsys.readouterr().err
+    clnet.pearson_topk(x, 3, backend=any_backend)  # fast: no bar
+    assert "pearson top-k" not in capsys.readouterr().err
+
+
+# --- DataFrames ------------------------------------------------------------------------------
+def test_dataframe_round_trip(any_backend, rng):
+    x = rng.normal(size=(6, 12))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    names = [f"curve{i}" for i in range(6)]
+    df = pd.DataFrame(x, index=names, columns=[f"t{j}" for j in range(12)])
+    r = clnet.pearson(df, backend=any_backend)
+    assert isinstance(r, pd.DataFrame)
+    assert list(r.index) == names and list(r.columns) == names
+    assert np.array_equal(r.to_numpy(), clnet.pearson(x, backend=any_backend), equal_nan=True)
+    assert np.nanmax(np.abs(r.to_numpy() - df.T.corr().to_numpy())) <= 1e-5
+    cross = clnet.pearson(df, df.iloc[:2], backend=any_backend)
+    assert list(cross.columns) == names[:2]
+    idx, val = clnet.pearson_topk(df, 2, backend=any_backend)
+    assert list(idx.index) == names and idx.shape == (6, 2)
+    nullable = df.astype("Float64")
+    assert np.array_equal(clnet.pearson(nullable, backend=any_backend).to_numpy(), r.to_numpy(),
+                          equal_nan=True)
+
+
+# --- bad input (issue point 7): refused before any device work --------------------------------
+class RecordingBackend(Backend):
+    spec = "recording"
+    description = "records operations; never computes"
+
+    def __init__(self):
+        self.calls = []
+
+    def pearson_plan(self, *args):
+        self.calls.append(args)
+        raise AssertionError("device work started before validation")
+
+
+X = np.arange(20.0).reshape(4, 5)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda be: clnet.pearson(np.arange(5.0), backend=be), ValueError, "X must be 2-dimensional"),
+    (lambda be: clnet.pearson(np.zeros((2, 3, 4)), backend=be), ValueError, "X must be 2-dimensional"),
+    (lambda be: clnet.pearson(X, np.zeros((2, 4)), backend=be), ValueError, "Y must have as many columns"),
+    (lambda be: clnet.pearson(X, np.zeros(5), backend=be), ValueError, "Y must be 2-dimensional"),
+    (lambda be: clnet.pearson(X, min_overlap=0, backend=be), ValueError, "min_overlap"),
+    (lambda be: clnet.pearson(X, min_overlap=2.5, backend=be), TypeError, "min_overlap"),
+    (lambda be: clnet.pearson(X, transform="log", backend=be), ValueError, "transform"),
+    (lambda be: clnet.pearson(X.astype(object), backend=be), TypeError, "X must be a numeric array"),
+    (lambda be: clnet.pearson(X.astype(str), backend=be), TypeError, "X must be a numeric array"),
+    (lambda be: clnet.pearson([["a", "b"], ["c", "d"]], backend=be), TypeError, "X must be a numeric array"),
+    (lambda be: clnet.pearson(X > 3, backend=be), TypeError, "X must hold real numbers"),
+    (lambda be: clnet.pearson(pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}), backend=be), TypeError,
+     "column 'b'"),
+    (lambda be: clnet.pearson_threshold(X, 1.5, backend=be), ValueError, "threshold must lie in [0, 1]"),
+    (lambda be: clnet.pearson_threshold(X, -0.1, backend=be), ValueError, "threshold must lie in [0, 1]"),
+    (lambda be: clnet.pearson_threshold(X, float("nan"), backend=be), ValueError, "threshold"),
+    (lambda be: clnet.pearson_threshold(X, "0.5", backend=be), TypeError, "threshold"),
+    (lambda be: clnet.pearson_topk(X, 0, backend=be), ValueError, "k must be >= 1"),
+    (lambda be: clnet.pearson_topk(X, 4, backend=be), ValueError, "k must be smaller than the number of rows"),
+    (lambda be: clnet.pearson_topk(X, 3, X[:2], backend=be), ValueError, "k must be at most"),
+    (lambda be: clnet.pearson_topk(np.arange(5.0), 1, backend=be), ValueError, "X must be 2-dimensional"),
+    (lambda be: clnet.pearson_topk(X, 1.0, backend=be), TypeError, "k must be an integer"),
+])
+def test_bad_input_is_refused_before_device_work(call, error, words):
+    be = RecordingBackend()
+    with pytest.raises(error) as info:
+        call(be)
+    assert words in str(info.value)
+    assert be.calls == []
+
+
+@pytest.mark.parametrize("missing", [0.02, 0.1, 0.4])
+def test_opencl_sparse_and_masked_paths_agree(opencl_backend, rng, monkeypatch, missing):
+    """Both ways of computing the masked sums, forced on the same data, match the reference."""
+    x = 1e4 + rng.normal(size=(77, 41))
+    x[rng.random(x.shape) < missing] = np.nan
+    x[5] = np.nan
+    x[6, ::2] = 3.0
+    y = x[::3] + rng.normal(size=(26, 41))
+    ref = clnet.pearson(x, backend="numpy", dtype="float64")
+    ref_xy = clnet.pearson(x, y, backend="numpy", dtype="float64")
+    for limit in (0.0, 1.0):
+        monkeypatch.setattr(P, "SPARSE_MISSING_MAX", limit)
+        for dt, tol in (("float32", 1e-4), ("float64", 1e-10)):
+            got = clnet.pearson(x, backend=opencl_backend, dtype=dt)
+            assert np.array_equal(np.isnan(got), np.isnan(ref)), (limit, dt)
+            assert np.nanmax(np.abs(got - ref)) <= tol, (limit, dt)
+            got = clnet.pearson(x, y, backend=opencl_backend, dtype=dt)
+            assert np.array_equal(np.isnan(got), np.isnan(ref_xy)), (limit, dt)
+            assert np.nanmax(np.abs(got - ref_xy)) <= tol, (limit, dt)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_topk_across_many_strips_with_ties(any_backend, rng, monkeypatch, k):
+    """Coarse values make exact ties; a tiny strip budget makes candidates cross strips."""
+    x = np.round(rng.normal(size=(150, 6)) * 1.5)
+    x[rng.random(x.shape) < 0.15] = np.nan
+    x[7] = x[3]
+    x[90] = x[3] * 2 + 1
+    monkeypatch.setattr(P, "STRIP_BUDGET", 150 * 4 * 16)
+    idx, val = clnet.pearson_topk(x, k, backend=any_backend)
+    want_idx, want_val = expected_topk(clnet.pearson(x, backend=any_backend), k, True)
+    assert np.array_equal(idx, want_idx)
+    assert np.allclose(val, want_val, atol=1e-6, rtol=0, equal_nan=True)
