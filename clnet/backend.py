@@ -35,6 +35,7 @@ __all__ = [
     "DeviceError",
     "backends",
     "dispatch",
+    "device_fallback",
     "get_backend",
     "use_backend",
     "resolve_dtype",
@@ -339,7 +340,7 @@ def dispatch(spec: BackendLike, name: str, *args):
     taken out of automatic selection and the operation is rerun on the next usable
     backend, with a warning. A backend the user named fails loudly instead.
     """
-    automatic = spec is None and _context.get() is None and not os.environ.get(ENV_VAR, "").strip()
+    automatic = _is_automatic(spec)
     backend = get_backend(spec)
     try:
         return backend.op(name)(*args)
@@ -351,6 +352,48 @@ def dispatch(spec: BackendLike, name: str, *args):
         warnings.warn(f"clnet: backend {backend.spec!r} failed during {name} ({exc}); "
                       f"falling back to {fallback.spec!r}", RuntimeWarning, stacklevel=3)
         return dispatch(None, name, *args)
+
+
+def _is_automatic(spec) -> bool:
+    return spec is None and _context.get() is None and not os.environ.get(ENV_VAR, "").strip()
+
+
+def device_fallback(fn):
+    """Decorator for public operations that keep no device state between calls.
+
+    A failure of the device while ``fn`` runs (a :class:`DeviceError`, or an OpenCL error
+    from pyopencl) is re-raised as :class:`DeviceError` naming the backend; when the
+    backend was chosen automatically, the device is taken out of automatic selection and
+    the whole operation reruns on the next usable backend with a warning, so a partial
+    result is never returned.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        spec = kwargs.get("backend")
+        automatic = _is_automatic(spec)
+        backend = get_backend(spec)
+        try:
+            return fn(*args, **kwargs)
+        except DeviceError as exc:
+            error = exc
+        except Exception as exc:
+            if not type(exc).__module__.startswith("pyopencl"):
+                raise
+            error = DeviceError(f"backend {backend.spec!r} ({backend.description}) failed during "
+                                f"{fn.__name__}: {exc}")
+            if not automatic:
+                raise error from exc
+        if not automatic:
+            raise error
+        _registry.mark_failed(backend.spec, str(error))
+        fallback = get_backend(None)
+        warnings.warn(f"clnet: backend {backend.spec!r} failed during {fn.__name__} ({error}); "
+                      f"falling back to {fallback.spec!r}", RuntimeWarning, stacklevel=2)
+        return wrapper(*args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

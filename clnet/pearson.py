@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ._validate import as_float, as_int, as_real_array
-from .backend import BackendLike, get_backend
+from .backend import BackendLike, device_fallback, get_backend
 
 __all__ = ["pearson", "pearson_threshold", "pearson_topk"]
 
@@ -200,6 +200,7 @@ def _strips(plan, n_rows: int, desc: str, progress):
 # ---------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------
+@device_fallback
 def pearson(X, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
             backend: BackendLike = None, dtype=None):
     """Pairwise-complete Pearson correlation between the rows of X (and of Y).
@@ -233,6 +234,7 @@ def pearson(X, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
     return out
 
 
+@device_fallback
 def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
                  backend: BackendLike = None, dtype=None, progress=None):
     """Per row of X, the k most correlated rows (of X itself, or of Y): ``(indices, values)``.
@@ -271,6 +273,7 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
     return indices, values
 
 
+@device_fallback
 def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2,
                       transform: Optional[str] = None, backend: BackendLike = None, dtype=None,
                       progress=None):

@@ -201,3 +201,47 @@ def test_recurrent_sequences_are_bitwise_reproducible(any_backend):
     first = lstm(xs, backend=any_backend)[0]
     for _ in range(3):
         np.testing.assert_array_equal(lstm(xs, backend=any_backend)[0], first)
+
+
+class _FlakyPearson(type(clnet.get_backend("numpy"))):
+    """A device whose Pearson kernels fail, as a lost GPU would."""
+    spec = "flaky-pearson"
+    description = "a device that fails during Pearson"
+
+    def pearson_plan(self, *args):
+        raise DeviceError("device 'flaky-pearson' returned CL_OUT_OF_RESOURCES")
+
+
+class _FlakyPearsonProvider:
+    name = "flaky-pearson"
+
+    def candidates(self):
+        return [BackendCandidate("flaky-pearson", _FlakyPearson.description, 10_000, _FlakyPearson)]
+
+
+def test_pearson_falls_back_when_automatic_and_fails_loudly_when_named(monkeypatch):
+    monkeypatch.delenv("CLNET_BACKEND", raising=False)
+    clnet.register_provider(_FlakyPearsonProvider())
+    try:
+        X = np.random.default_rng(3).normal(size=(12, 9))
+        with pytest.raises(DeviceError, match="flaky-pearson"):
+            clnet.pearson_topk(X, 3, backend="flaky-pearson")
+        with pytest.warns(RuntimeWarning, match="failed during pearson_topk.*falling back"):
+            idx, val = clnet.pearson_topk(X, 3)
+        ref_idx, ref_val = clnet.pearson_topk(X, 3, backend="numpy")
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-6)
+    finally:
+        clnet.unregister_provider("flaky-pearson")
+
+
+def test_pyopencl_errors_in_pearson_name_the_device(opencl_backend, monkeypatch):
+    import pyopencl as cl
+
+    def lost(*args, **kwargs):
+        raise cl.LogicError("clEnqueueReadBuffer failed: INVALID_COMMAND_QUEUE")
+
+    monkeypatch.setattr(cl, "enqueue_copy", lost)
+    with pytest.raises(DeviceError) as exc:
+        clnet.pearson(np.random.default_rng(1).normal(size=(20, 30)), backend=opencl_backend)
+    assert opencl_backend.spec in str(exc.value) and "pearson" in str(exc.value)
