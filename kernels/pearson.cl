@@ -72,6 +72,12 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
  * Every kernel below takes these arguments. Global size: (column groups from col0,
  * row blocks of CLNET_RI). With
  * `mirror`, tiles wholly below the diagonal are skipped and the upper ones stored twice. */
+/* Tile and lane of a (non-negative) row index. Unsigned arithmetic on purpose: a signed
+ * `i / VW` next to `i % VW` makes clang emit a `freeze` instruction, which Oclgrind 21.10
+ * cannot simulate with uninitialised-value checking on. */
+#define CLNET_TILE_OF(i) ((int)((uint)(i) / CLNET_VW))
+#define CLNET_LANE_OF(i) ((int)((uint)(i) % CLNET_VW))
+
 __kernel void clnet_pearson_masked(__global const real *ax, __global const real *av,
                                    __global const real *bx, __global const real *bv,
                                    const int M, const int row0, const int n_rows,
@@ -86,7 +92,7 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
         return;
     if (mirror && j0 + CLNET_VW <= i0)
         return;
-    const long a_off = ((long)(i0 / CLNET_VW) * M) * CLNET_VW + i0 % CLNET_VW;
+    const long a_off = ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pax = ax + a_off;
     __global const real *pav = av + a_off;
     __global const real *pbx = bx + (long)jg * M * CLNET_VW;
@@ -139,7 +145,7 @@ __kernel void clnet_pearson_complete(__global const real *a, __global const real
         return;
     if (mirror && j0 + CLNET_VW <= i0)
         return;
-    __global const real *pa = a + ((long)(i0 / CLNET_VW) * M) * CLNET_VW + i0 % CLNET_VW;
+    __global const real *pa = a + ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pb = b + (long)jg * M * CLNET_VW;
     realv acc[2 * CLNET_RI];
 #pragma unroll
@@ -265,7 +271,7 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
         return;
     if (mirror && j0 + CLNET_VW <= i0)
         return;
-    const long a_off = (long)(i0 / CLNET_VW) * M * CLNET_VW + i0 % CLNET_VW;
+    const long a_off = (long)CLNET_TILE_OF(i0) * M * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pa = ax + a_off;
     __global const real *pav = av + a_off;
     __global const real *pb = bx + (long)jg * M * CLNET_VW;

@@ -15,6 +15,7 @@ lane count or work-group size, work split into several launches, float32 and flo
 Each result is also compared with the NumPy reference, so a wrong answer fails too.
 Exits non-zero on a mismatch; Oclgrind's own diagnostics are judged by the caller.
 """
+import importlib
 import sys
 
 import numpy as np
@@ -176,6 +177,42 @@ def rnn_every_cell_and_path(be, dtypes):
             ok &= check(f"rnn.stacked_gru {dt}", lambda b, d: gru(xs, backend=b, dtype=d)[0], be, dt)
     finally:
         rnn.SEQUENCE_PROJECTION = saved
+    return ok
+
+
+@case
+def pearson_every_path(be, dtypes):
+    """Complete, sparse-missing and dense-missing data; dense, cross, diff, top-k (device
+    symmetric lists, per-strip candidates, host selection) and threshold; strips that end
+    mid-tile."""
+    P = importlib.import_module("clnet.pearson")  # clnet.pearson is also the function
+
+    ok = True
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(37, 23)) + np.linspace(0, 3, 23)
+    few = base.copy()
+    few[rng.random(few.shape) < 0.1] = np.nan
+    many = base.copy()
+    many[rng.random(many.shape) < 0.5] = np.nan
+    many[3, :] = np.inf
+    Y = rng.normal(size=(5, 23))
+    saved = P.STRIP_BUDGET
+    P.STRIP_BUDGET = 4096  # several strips, the last one partial
+    try:
+        for label, X in (("complete", base), ("10% missing", few), ("50% missing", many)):
+            for dt in dtypes:
+                ok &= check(f"pearson.dense {label} {dt}", lambda b, d: P.pearson(X, backend=b, dtype=d), be, dt)
+                ok &= check(f"pearson.cross {label} {dt}", lambda b, d: P.pearson(X, Y, backend=b, dtype=d), be, dt)
+                ok &= check(f"pearson.diff {label} {dt}",
+                            lambda b, d: P.pearson(X, transform="diff", min_overlap=3, backend=b, dtype=d), be, dt)
+                for k in (3, 20, 30):  # symmetric device lists, per-strip candidates, host selection
+                    ok &= check(f"pearson.topk k={k} {label} {dt}",
+                                lambda b, d: P.pearson_topk(X, k, backend=b, dtype=d, progress=False)[1], be, dt)
+                ok &= check(f"pearson.threshold {label} {dt}",
+                            lambda b, d: P.pearson_threshold(X, 0.3, backend=b, dtype=d, progress=False).toarray(),
+                            be, dt)
+    finally:
+        P.STRIP_BUDGET = saved
     return ok
 
 
