@@ -201,3 +201,18 @@ entry(EntryPoint("LSTMCell.load_state_dict", lambda be, w_ih, w_hh, b: clnet.LST
                  [_RNG.normal(size=(4 * _H, _I)), _RNG.normal(size=(4 * _H, _H)), np.zeros(4 * _H)]))
 entry(EntryPoint("LSTM.__call__", lambda be, xs, h0, c0: clnet.LSTM(_I, _H, num_layers=2, seed=3)(xs, (h0, c0), backend=be),
                  [_XS, np.zeros((2, _B, _H)), np.zeros((2, _B, _H))]))
+
+
+# --- pairwise Pearson -------------------------------------------------------------------------
+_XP = _RNG.normal(size=(9, 12))
+_XP[_RNG.random(_XP.shape) < 0.2] = np.nan
+_YP = _RNG.normal(size=(4, 12))
+
+entry(EntryPoint("pearson", lambda be, X, Y, mo, tr: clnet.pearson(X, Y, min_overlap=mo, transform=tr, backend=be),
+                 [_XP, _YP, 2, "diff"]))
+entry(EntryPoint("pearson_topk", lambda be, X, k, mo: clnet.pearson_topk(X, k, min_overlap=mo, backend=be,
+                                                                         progress=False),
+                 [_XP, 3, 3]))
+entry(EntryPoint("pearson_threshold", lambda be, X, t, tr: clnet.pearson_threshold(X, t, transform=tr, backend=be,
+                                                                                   progress=False),
+                 [_XP, 0.4, None]))
