@@ -148,6 +148,7 @@ def test_same_inputs_give_bitwise_identical_results(any_backend):
 
 
 # --- work larger than one allocation -------------------------------------------------------
+@pytest.mark.slow
 def test_population_of_100000_networks_runs_within_default_limits(any_backend):
     rng = np.random.default_rng(9)
     hidden = rng.integers(1, 5, size=100_000)
@@ -290,3 +291,17 @@ def test_pearson_from_eight_threads_and_across_strip_splits(any_backend, monkeyp
         idx, val = clnet.pearson_topk(data[i], 4, backend=any_backend)
         np.testing.assert_array_equal(idx, serial[i][1][0])
         np.testing.assert_array_equal(val, serial[i][1][1])
+
+
+@pytest.mark.slow
+def test_pearson_topk_of_50000_rows_within_default_device_limits(opencl_backend):
+    """The N x N matrix (10 GB in float32) never exists: strips fit the device's limits."""
+    rng = np.random.default_rng(22)
+    X = rng.normal(size=(50_000, 200)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    idx, val = clnet.pearson_topk(X, 10, backend=opencl_backend, progress=False)
+    assert idx.shape == (50_000, 10) and np.isfinite(val).all()
+    rows = rng.integers(0, 50_000, size=3)
+    full = clnet.pearson(X[rows], X, backend="numpy", dtype="float64")
+    full[np.arange(3), rows] = -np.inf  # a row is not its own neighbour
+    np.testing.assert_allclose(val[rows], -np.sort(-full, axis=1)[:, :10], atol=1e-4)
