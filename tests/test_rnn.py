@@ -420,19 +420,8 @@ def test_opencl_state_lives_on_the_device(opencl_backend):
 
 
 # ---------------------------------------------------------------------------------------
-# The README section and the benchmark
+# The benchmark (the README's examples run in tests/test_readme.py)
 # ---------------------------------------------------------------------------------------
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sections" / "rnn.md"
-
-
-def test_readme_section_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert blocks, "docs/sections/rnn.md has no python examples"
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)
-
-
 def test_benchmark_runs_on_small_sizes(monkeypatch):
     from clnet.bench import rnn as bench
 

@@ -9,7 +9,7 @@ equal to sorting the dense result, threshold equal to filtering it.
 float32 cases require at least 6 common positions per pair: with fewer, a pair whose
 few values nearly coincide is ill-conditioned for any float32 sum-based method (the
 error grows with sum(x^2) / variance over the pair's positions), see
-docs/sections/pearson.md.
+the README (Pairwise Pearson, Precision).
 """
 from __future__ import annotations
 
