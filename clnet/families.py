@@ -17,6 +17,6 @@ def opencl_mixins():
 
 def numpy_mixins():
     from clnet_fallback.fnn import FNNReference
-    from clnet_fallback.rnn import RNNReference
+    from clnet_fallback.rnn import BPTTReference, RNNReference
 
-    return [FNNReference, RNNReference]
+    return [FNNReference, RNNReference, BPTTReference]

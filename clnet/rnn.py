@@ -314,6 +314,54 @@ class _Cell:
             out = be.op("rnn_sequence")(self._weights(be, dt), state._storage, xv, keeps)
         return np.ascontiguousarray(out.transpose(1, 0, 2)) if batch_first else out
 
+    # -- backpropagation through time -------------------------------------------------------
+    def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
+                          burn_in=0, mask=None, batch_first: bool = False, backend: BackendLike = None,
+                          dtype=None) -> Dict[str, np.ndarray]:
+        """Gradients of a loss through a stored rollout (backpropagation through time).
+
+        The sequence is run forward again from ``initial_state`` with the same ``resets``
+        (as :meth:`sequence` does), saving the activations on the device, then backwards:
+        given ``grad_hs``, the gradient of the loss with respect to every output h_t, it
+        returns the gradient with respect to every weight and bias under PyTorch's names
+        (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``; no biases when
+        ``bias=False``), the inputs (``x``, shaped like ``xs``) and the initial state
+        (``h0``, and ``c0`` for an LSTM). Stored states are constants: nothing changes in
+        the cell or in any state object.
+
+        - ``xs``: ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``), T >= 1.
+        - ``initial_state``: the state before step 0: ``None`` (zeros), a
+          :class:`RecurrentState` of this cell (read, not changed; its backend and dtype
+          are then the defaults), or arrays: ``(h0, c0)`` for an LSTM, ``h0`` for a GRU or
+          RNN, each ``(B, hidden_size)``.
+        - ``resets``: ``(T, B)`` 0/1 or ``None``, the convention of :meth:`step`:
+          ``resets[t, b] = 1`` zeroes environment b's state before step t. The gradient
+          into the state it replaced is exactly zero: resets cut the gradient flow where
+          they cut the state.
+        - ``grad_hs``: ``(T, B, hidden_size)`` (``(B, T, hidden_size)`` with batch_first),
+          or ``None`` for zeros.
+        - ``grad_final``: gradient with respect to the final state after step T - 1:
+          ``(dh_T, dc_T)`` for an LSTM (either may be ``None``), ``dh_T`` otherwise;
+          ``(B, hidden_size)`` each. ``None`` for zeros.
+        - ``truncate=k`` (truncated BPTT, rl_games' ``bptt_len``): the state still flows
+          forward through every step, but no gradient crosses the boundary before step t
+          for t = k, 2k, 3k, ...: the gradient into the state before such a step is zero
+          (as ``h.detach()`` there). ``None`` (default) lets it flow through all T steps.
+        - ``burn_in=n`` (R2D2): steps 0 .. n - 1 only warm up the state. Their outputs'
+          gradients are ignored, they contribute nothing to the weight gradients, ``x``'s
+          gradient is zero there, no gradient flows into the state before step n, so
+          ``h0`` (and ``c0``) get zero gradients when n > 0. 0 <= n < T.
+        - ``mask``: ``(T, B)`` (``(B, T)`` with batch_first) loss mask for padded
+          sequences: ``grad_hs[t, b]`` is multiplied by ``mask[t, b]`` (0 ignores a padded
+          step; weights other than 0 and 1 scale it). The gradient still flows backwards
+          through masked steps from later unmasked ones, and ``grad_final`` is not masked.
+
+        Every argument is checked before any device work. Returns float arrays of the
+        dtype computed in (float32 by default).
+        """
+        return _backward_sequence(self, [self], False, xs, initial_state, resets, grad_hs, grad_final,
+                                  truncate, burn_in, mask, batch_first, backend, dtype)
+
     # -- functional form, like torch ------------------------------------------------------------
     def _functional(self, x, hx, backend, dtype):
         be = get_backend(backend)
@@ -525,6 +573,23 @@ class _Stacked:
             out = cell.sequence(out, state, resets, batch_first=bf)
         return out
 
+    def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
+                          burn_in=0, mask=None, batch_first=None, backend: BackendLike = None,
+                          dtype=None) -> Dict[str, np.ndarray]:
+        """Backpropagation through time through every layer, like :meth:`LSTMCell.backward_sequence`.
+
+        ``grad_hs`` is the gradient of the last layer's outputs; ``initial_state`` is
+        ``None``, a list of one :class:`RecurrentState` per layer, or arrays as in a call:
+        ``(h0, c0)`` (LSTM) or ``h0`` (GRU), each ``(num_layers, B, hidden_size)``;
+        ``grad_final`` likewise for ``(h_n, c_n)``. Resets, truncation and burn-in apply to
+        every layer; the mask to ``grad_hs``. The result holds torch.nn.LSTM's names
+        (``weight_ih_l0``, ``weight_hh_l1``, ...), ``x``, and ``h0`` (``c0``) of shape
+        ``(num_layers, B, hidden_size)``. ``batch_first`` defaults to the model's.
+        """
+        bf = self.batch_first if batch_first is None else bool(batch_first)
+        return _backward_sequence(self, self.layers, True, xs, initial_state, resets, grad_hs, grad_final,
+                                  truncate, burn_in, mask, bf, backend, dtype)
+
     def __call__(self, xs, hx=None, *, backend: BackendLike = None, dtype=None):
         be = get_backend(backend)
         dt = be.check_dtype(dtype)
@@ -586,6 +651,134 @@ class GRU(_Stacked):
 
     _cell_class = GRUCell
     _torch_name = "GRU"
+
+
+# ---------------------------------------------------------------------------------------
+# Backpropagation through time: argument checks shared by cells and stacked layers
+# ---------------------------------------------------------------------------------------
+def _state_arrays(value, name: str, lstm: bool, shape: Tuple[int, ...], dt, what: str):
+    """``(h, c)`` (LSTM) or ``h`` checked against ``shape``; None gives (None, None)."""
+    if value is None:
+        return None, None
+    if lstm:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name} of an LSTM must be a pair ({what}), got {type(value).__name__}")
+        parts = list(value)
+    else:
+        parts = [value, None]
+    out = []
+    for part, sub in zip(parts, ("h", "c")):
+        if part is None:
+            out.append(None)
+            continue
+        arr = as_real_array(part, f"{name} ({sub})", dt)
+        if arr.shape != shape:
+            dims = "(num_layers, batch, hidden_size)" if len(shape) == 3 else "(batch, hidden_size)"
+            raise ValueError(f"{name} ({sub}) must have shape {dims} = {shape}, got shape {arr.shape}")
+        out.append(arr)
+    return out[0], out[1]
+
+
+def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_hs, grad_final, truncate,
+                       burn_in, mask, batch_first, backend, dtype):
+    lstm = model.kind == "lstm"
+    L, H = len(layers), model.hidden_size
+    given: List[RecurrentState] = []
+    if isinstance(initial_state, RecurrentState):
+        if stacked:
+            raise TypeError(f"initial_state of a stacked model must be a list of {L} states (one per layer), "
+                            f"arrays, or None")
+        given = [initial_state]
+    elif stacked and isinstance(initial_state, (list, tuple)) and any(
+            isinstance(s, RecurrentState) for s in initial_state):
+        if len(initial_state) != L or not all(isinstance(s, RecurrentState) for s in initial_state):
+            raise ValueError(f"initial_state must be a list of {L} clnet.RecurrentState (one per layer)")
+        given = list(initial_state)
+    for cell, state in zip(layers, given):
+        if state.cell is not cell:
+            raise ValueError(f"initial_state belongs to another cell ({state.cell!r}); make it with this "
+                             f"model's initial_state()")
+    be = get_backend(backend) if (backend is not None or not given) else given[0].backend
+    dt = be.check_dtype(dtype if (dtype is not None or not given) else given[0].dtype)
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    xv = layers[0]._inputs(xs, "xs", dt, (3,))
+    layout = "(B, T, {})" if batch_first else "(T, B, {})"
+    if batch_first:
+        xv = np.ascontiguousarray(xv.transpose(1, 0, 2))
+    T, B = xv.shape[:2]
+    if T == 0:
+        raise ValueError("xs must hold at least one time step")
+    state_shape = (L, B, H) if stacked else (B, H)
+    for state in given:
+        if state.batch_size != B:
+            raise ValueError(f"xs has batch size {B} but initial_state holds {state.batch_size} environments")
+    pair = "h0, c0" if lstm else "h0"
+    if given:
+        h0 = np.stack([s.h for s in given]).astype(dt)
+        c0 = np.stack([s.c for s in given]).astype(dt) if lstm else None
+    else:
+        h0, c0 = _state_arrays(initial_state, "initial_state", lstm, state_shape, dt, pair)
+        if lstm and initial_state is not None and (h0 is None or c0 is None):
+            raise ValueError("initial_state of an LSTM needs both h0 and c0 (or None for zeros)")
+        h0 = np.zeros((L, B, H), dt) if h0 is None else h0.reshape(L, B, H)
+        c0 = (np.zeros((L, B, H), dt) if c0 is None else c0.reshape(L, B, H)) if lstm else None
+    tb = (B, T) if batch_first else (T, B)
+    keeps = _reset_keep(resets, "resets", tb, dt)
+    if keeps is not None and batch_first:
+        keeps = np.ascontiguousarray(keeps.T)
+    if grad_hs is None:
+        dhs = np.zeros((T, B, H), dt)
+    else:
+        dhs = as_real_array(grad_hs, "grad_hs", dt)
+        want = (B, T, H) if batch_first else (T, B, H)
+        if dhs.shape != want:
+            raise ValueError(f"grad_hs must have the shape of the outputs, {layout.format('hidden_size')} = "
+                             f"{want}, got shape {dhs.shape}")
+        if batch_first:
+            dhs = dhs.transpose(1, 0, 2)
+        dhs = np.array(dhs, dtype=dt, order="C")
+    dhT, dcT = _state_arrays(grad_final, "grad_final", lstm, state_shape, dt, "dh_T, dc_T")
+    dhT = None if dhT is None else dhT.reshape(L, B, H)
+    dcT = None if dcT is None else dcT.reshape(L, B, H)
+    if truncate is not None:
+        truncate = as_int(truncate, "truncate", minimum=1)
+    burn_in = as_int(burn_in, "burn_in", minimum=0)
+    if burn_in >= T:
+        raise ValueError(f"burn_in must be smaller than the number of time steps T = {T} (at least one "
+                         f"step must carry gradient), got {burn_in}")
+    if mask is not None:
+        if hasattr(mask, "detach") and hasattr(mask, "cpu"):
+            mask = mask.detach().cpu().numpy()
+        m = np.asarray(mask)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"mask must be an array of 0/1, booleans or weights, got dtype {m.dtype}")
+        if m.shape != tb:
+            raise ValueError(f"mask must have shape {'(B, T)' if batch_first else '(T, B)'} = {tb} (one "
+                             f"weight per environment and time step), got shape {m.shape}")
+        m = m.astype(dt)
+        dhs *= (m.T if batch_first else m)[:, :, None]
+    dhs[:burn_in] = 0
+    # gkeep[t, b] = 0 where no gradient flows into the state before step t.
+    gkeep = np.ones((T, B), dt) if keeps is None else keeps.copy()
+    if truncate is not None:
+        gkeep[truncate::truncate] = 0
+    if burn_in:
+        gkeep[burn_in] = 0
+    weights = [cell._weights(be, dt) for cell in layers]
+    res = be.op("rnn_backward")(weights, xv, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in)
+    grads: Dict[str, np.ndarray] = {}
+    for l, (cell, g) in enumerate(zip(layers, res["layers"])):
+        suffix = f"_l{l}" if stacked else ""
+        for name in _NAMES:
+            if name in cell._shapes():
+                grads[name + suffix] = g[name]
+    dx = res["x"]
+    grads["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if batch_first else dx
+    grads["h0"] = res["h0"] if stacked else res["h0"][0]
+    if lstm:
+        grads["c0"] = res["c0"] if stacked else res["c0"][0]
+    return grads
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,234 @@
+/* Backpropagation through time for the recurrent cells of kernels/rnn.cl.
+ *
+ * Three passes, all on the device:
+ *  1. clnet_bptt_forward re-runs the sequence with the same resets through rnn.cl's step
+ *     tile, compiled with CLNET_SAVE so that each step also stores its gate activations
+ *     (and the LSTM's c) in `save`; hs (T + 1, B, Hp) holds h0 and then h of every step.
+ *  2. clnet_bptt_backward walks the steps backwards. Step t turns the gradient of its
+ *     output h_t into the gradients of its gate pre-activations dG_t (B, G * Hp), with the
+ *     gate columns interleaved as in rnn.cl (block jb, gate g, lane l); the gradient into
+ *     the state before step t + 1 is dG_{t+1} @ W_hh, a register-tiled product like the
+ *     forward's. gkeep[t, b] = 0 cuts the gradient into the state before step t (a reset,
+ *     a truncation boundary or the end of the burn-in). The LSTM's dc (the GRU's direct
+ *     dh * z path) is carried from step to step in `carry`, each element owned by one
+ *     work-item.
+ *  3. clnet_bptt_gemm accumulates the weight gradients over all T * B rows at once,
+ *     dW_ih = dG^T @ X, dW_hh = dG^T @ H_prev, dx = dG @ W_ih and the bias gradients as
+ *     ones^T @ dG: no per-step weight update.
+ *
+ * Like rnn.cl's sequence kernel, passes 1 and 2 run every step in ONE launch when a
+ * work-group can hold all unit blocks of a row tile (local (1, Hp / VW), a barrier between
+ * steps); otherwise the host launches them once per step with local (1, 1).
+ *
+ * Compile-time parameters: those of rnn.cl, CLNET_SLOTS (saved vectors per unit block:
+ * 5 LSTM, 4 GRU, 1 RNN) and CLNET_GM x CLNET_GN, the register tile of the product
+ * (rows x vectors). */
+#define CLNET_SAVE
+#include "rnn.cl"
+
+#ifndef CLNET_SLOTS
+#define CLNET_SLOTS 1
+#endif
+#ifndef CLNET_GM
+#define CLNET_GM 4
+#endif
+#ifndef CLNET_GN
+#define CLNET_GN 2
+#endif
+
+#define CLNET_SLOT(base, s) CLNET_VLOAD(0, (base) + (s) * CLNET_VW)
+
+/* Steps t0 .. t1 - 1 of the forward, saving. x (with row stride I, a multiple of VW, and
+ * padded columns of zeros) starts at x + x_base; keep is (T, B). */
+__kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const int t1,
+                                 __global const real *Wt,
+                                 __global real *hs,
+                                 __global real *c,
+                                 __global const real *keep, const int has_keep,
+                                 __global const real *bias_hn,
+                                 __global const real *zero_row,
+                                 __global const real *x, const long x_base, const int I,
+                                 __global const real *Wx,
+                                 __global const real *bias_x,
+                                 __global real *save)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    const int jb = get_global_id(1);
+    for (int t = t0; t < t1; ++t) {
+        const long step = (long)t * B;
+        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, hs, step * Hp, hs, (step + B) * Hp, c, keep, step,
+                       has_keep, bias_hn, zero_row, x, x_base + step * I, I, Wx, bias_x,
+                       save, step * CLNET_SLOTS * Hp);
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+}
+
+/* Backward step t for rows m0 .. m0 + RM - 1 and unit block jb; t = -1 writes the
+ * gradient of h0 to dh0 instead (the LSTM's dc0 is left in carry).
+ * Wb is W_hh with interleaved gate rows, (G * Hp, Hp); dhs (T, B, Hp) the gradients of
+ * the outputs (masked), dhT the gradient of the final h, added at t = T - 1. */
+inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B, const int Hp,
+                            const int T,
+                            __global const real *Wb,
+                            __global const real *hs,
+                            __global const real *c0,
+                            __global const real *save,
+                            __global const real *keep, const int has_keep,
+                            __global const real *gkeep,
+                            __global const real *dhs, const long dhs_off,
+                            __global const real *dhT,
+                            __global real *carry,
+                            __global real *dG,
+                            __global real *dGx,
+                            __global real *dh0)
+{
+    const int col = jb * CLNET_GATES * CLNET_VW;
+    const int unit = jb * CLNET_VW;
+    realv acc[CLNET_RM];
+    __global const real *drow[CLNET_RM];
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        acc[r] = (realv)0;
+        drow[r] = dG + ((size_t)(t + 1) * B + min(m0 + r, B - 1)) * CLNET_NC;
+    }
+    if (t + 1 < T) {
+        for (int k = 0; k < CLNET_NC; ++k) {
+            const realv w = CLNET_VLOAD(0, Wb + (size_t)k * Hp + unit);
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                acc[r] = fma((realv)(drow[r][k]), w, acc[r]);
+        }
+    }
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        const int row = m0 + r;
+        if (row >= B)
+            continue;
+        const size_t at = (size_t)row * Hp + unit;
+        /* A cut gradient is exactly zero, even where the product overflowed. */
+        realv dh = (t + 1 < T && gkeep[(long)(t + 1) * B + row] != (real)0) ? acc[r] : (realv)0;
+        if (t < 0) {
+#if defined(CLNET_GRU)
+            dh += CLNET_VLOAD(0, carry + at);
+#endif
+            CLNET_VSTORE(dh, 0, dh0 + at);
+            continue;
+        }
+        const long tb = (long)t * B + row;
+        dh += CLNET_VLOAD(0, dhs + dhs_off + (size_t)tb * Hp + unit);
+        if (t == T - 1)
+            dh += CLNET_VLOAD(0, dhT + at);
+        const int fresh = has_keep && keep[tb] == (real)0;
+        const int flows = gkeep[tb] != (real)0;
+        __global real *dg = dG + (size_t)tb * CLNET_NC + col;
+#if defined(CLNET_LSTM)
+        __global const real *sv = save + (size_t)tb * CLNET_SLOTS * Hp + jb * CLNET_SLOTS * CLNET_VW;
+        const realv i = CLNET_SLOT(sv, 0), f = CLNET_SLOT(sv, 1), g = CLNET_SLOT(sv, 2);
+        const realv o = CLNET_SLOT(sv, 3), tc = clnet_tanh_v(CLNET_SLOT(sv, 4));
+        realv cp = (realv)0;
+        if (!fresh)
+            cp = t ? CLNET_SLOT(sv - (size_t)B * CLNET_SLOTS * Hp, 4) : CLNET_VLOAD(0, c0 + at);
+        const realv dc = CLNET_VLOAD(0, carry + at) + dh * o * ((realv)1 - tc * tc);
+        CLNET_VSTORE(dc * g * i * ((realv)1 - i), 0, dg);
+        CLNET_VSTORE(dc * cp * f * ((realv)1 - f), 0, dg + CLNET_VW);
+        CLNET_VSTORE(dc * i * ((realv)1 - g * g), 0, dg + 2 * CLNET_VW);
+        CLNET_VSTORE(dh * tc * o * ((realv)1 - o), 0, dg + 3 * CLNET_VW);
+        CLNET_VSTORE(flows ? dc * f : (realv)0, 0, carry + at);
+#elif defined(CLNET_GRU)
+        dh += CLNET_VLOAD(0, carry + at);
+        __global const real *sv = save + (size_t)tb * CLNET_SLOTS * Hp + jb * CLNET_SLOTS * CLNET_VW;
+        const realv rg = CLNET_SLOT(sv, 0), z = CLNET_SLOT(sv, 1), n = CLNET_SLOT(sv, 2);
+        const realv hn = CLNET_SLOT(sv, 3);
+        const realv hp = fresh ? (realv)0 : CLNET_VLOAD(0, hs + (size_t)tb * Hp + unit);
+        const realv dan = dh * ((realv)1 - z) * ((realv)1 - n * n);
+        const realv dar = dan * hn * rg * ((realv)1 - rg);
+        const realv daz = dh * (hp - n) * z * ((realv)1 - z);
+        __global real *dgx = dGx + (size_t)tb * CLNET_NC + col;
+        CLNET_VSTORE(dar, 0, dg);
+        CLNET_VSTORE(daz, 0, dg + CLNET_VW);
+        CLNET_VSTORE(dan * rg, 0, dg + 2 * CLNET_VW);
+        CLNET_VSTORE(dar, 0, dgx);
+        CLNET_VSTORE(daz, 0, dgx + CLNET_VW);
+        CLNET_VSTORE(dan, 0, dgx + 2 * CLNET_VW);
+        CLNET_VSTORE(flows ? dh * z : (realv)0, 0, carry + at);
+#else
+        const realv h = CLNET_VLOAD(0, hs + ((size_t)tb + B) * Hp + unit);
+#if defined(CLNET_RNN_RELU)
+        CLNET_VSTORE(select((realv)0, dh, h > (realv)0), 0, dg);
+#else
+        CLNET_VSTORE(dh * ((realv)1 - h * h), 0, dg);
+#endif
+#endif
+    }
+}
+
+/* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0).
+ * global (ceil(B / RM), Hp / VW), local (1, Hp / VW) for a whole range or (1, 1) per step. */
+__kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const int t0, const int t1,
+                                  __global const real *Wb,
+                                  __global const real *hs,
+                                  __global const real *c0,
+                                  __global const real *save,
+                                  __global const real *keep, const int has_keep,
+                                  __global const real *gkeep,
+                                  __global const real *dhs, const long dhs_off,
+                                  __global const real *dhT,
+                                  __global real *carry,
+                                  __global real *dG,
+                                  __global real *dGx,
+                                  __global real *dh0)
+{
+    const int m0 = get_global_id(0) * CLNET_RM;
+    const int jb = get_global_id(1);
+    for (int t = t1 - 1; t >= t0; --t) {
+        clnet_bptt_tile(t, m0, jb, B, Hp, T, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
+                        carry, dG, dGx, dh0);
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+}
+
+/* C[m, n] = sum_k A(m, k) * Bm[k, n] for m < M and n < N (N a multiple of VW), with
+ * A(m, k) = A[a_off + m * sam + k * sak] (strides make A^T, or a row of ones with both
+ * strides 0), Bm and C row-major. A work-item owns a GM x (GN * VW) register tile.
+ * global (ceil(M / GM), ceil(N / (GN * VW))). */
+__kernel void clnet_bptt_gemm(const int M, const int N, const int K,
+                              __global const real *A, const long a_off, const long sam, const long sak,
+                              __global const real *Bm, const long b_off, const long ldb,
+                              __global real *C, const long c_off, const long ldc)
+{
+    const int m0 = get_global_id(0) * CLNET_GM;
+    const int nb0 = get_global_id(1) * CLNET_GN;
+    const int NB = N / CLNET_VW;
+    if (m0 >= M || nb0 >= NB)
+        return;
+    __global const real *arow[CLNET_GM];
+    int ncol[CLNET_GN];
+    realv acc[CLNET_GM][CLNET_GN];
+    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+        arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * sam; /* clamped rows are not stored */
+        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+            acc[r][j] = (realv)0;
+    }
+    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+        ncol[j] = min(nb0 + j, NB - 1) * CLNET_VW;
+    __global const real *bk = Bm + b_off;
+    __global const real *ak[CLNET_GM];
+    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r)
+        ak[r] = arow[r];
+    for (int k = 0; k < K; ++k) {
+        realv bv[CLNET_GN];
+        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+            bv[j] = CLNET_VLOAD(0, bk + ncol[j]);
+        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+            const realv a = (realv)(*ak[r]);
+            ak[r] += sak;
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                acc[r][j] = fma(a, bv[j], acc[r][j]);
+        }
+        bk += ldb;
+    }
+    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+        if (m0 + r >= M)
+            continue;
+        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+            if (nb0 + j < NB)
+                CLNET_VSTORE(acc[r][j], 0, C + c_off + (size_t)(m0 + r) * ldc + ncol[j]);
+    }
+}
