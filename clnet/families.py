@@ -10,9 +10,9 @@ clnet stays cheap and free of cycles.
 
 def opencl_mixins():
     from .fnn import FNNKernels
-    from .rnn import RNNKernels
+    from .rnn import BPTTKernels, RNNKernels
 
-    return [FNNKernels, RNNKernels]
+    return [FNNKernels, RNNKernels, BPTTKernels]
 
 
 def numpy_mixins():

@@ -863,7 +863,8 @@ class RNNKernels:
                 w_ih=up(_interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(_interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
                 b_x=up(_interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"))
+                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                params=params, back=None)
 
     def _rnn_kernel(self, w, name: str, rows: int):
         """The project or recur kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
@@ -1020,6 +1021,174 @@ class RNNKernels:
                       d_out, t * B * hp, c_arg, d_keep, t * B, int(has_keep), w.b_hn,
                       w.zeros, *x_args[2:])
                 h_prev, prev_off = d_out, t * B * hp
+
+
+def _pad_to(n: int, vw: int) -> int:
+    return -(-n // vw) * vw
+
+
+def _uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
+    """Inverse of :func:`_interleave` along ``axis`` (G * Hp interleaved -> G * H stacked)."""
+    a = np.moveaxis(a, axis, 0)
+    hp = a.shape[0] // gates
+    out = a.reshape(hp // vw, gates, vw, -1).transpose(1, 0, 2, 3).reshape(gates, hp, -1)[:, :hidden]
+    return np.moveaxis(out.reshape((gates * hidden,) + a.shape[1:]), 0, axis)
+
+
+_SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
+# Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
+# measured on PoCL (AVX-512, 2 cores) at T=64, B=64, H=128: the weight gradients, which
+# stream A = dG^T down its columns, run best with one full cache line of A per k (16 rows);
+# dx = dG @ W_ih with 8 x 2.
+_GEMM_TILE = {"weights": (16, 1), "inputs": (8, 2), "bias": (1, 2)}
+
+
+class BPTTKernels:
+    """Backpropagation through time on OpenCL (kernels/bptt.cl), for ``backward_sequence``."""
+
+    def _bptt_back(self, w):
+        """W_ih and W_hh with interleaved gate rows for the backward, made once per weights."""
+        if w.back is None:
+            vw = _vector_width(w.dtype)
+            ip = _pad_to(w.inputs, vw)
+            w_ih = np.zeros((w.gates * w.hidden, ip))
+            w_ih[:, :w.inputs] = w.params["weight_ih"]
+            w_hh = np.zeros((w.gates * w.hidden, w.hp))
+            w_hh[:, :w.hidden] = w.params["weight_hh"]
+            fwd = _interleave(w_ih, w.gates, w.hidden, w.hp, vw)  # (Ip, G*Hp), padded input rows zero
+            with self.lock:
+                w.back = SimpleNamespace(
+                    ip=ip, w_ih=self.to_device(fwd.astype(w.dtype), "weight_ih"),
+                    w_ih_t=self.to_device(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
+                    w_hh_t=self.to_device(np.ascontiguousarray(
+                        _interleave(w_hh, w.gates, w.hidden, w.hp, vw).T).astype(w.dtype), "weight_hh"))
+        return w.back
+
+    def _bptt_kernel(self, w, name: str, rows: int, tile=(1, 1)):
+        gm, gn = tile
+        defines = (f"CLNET_GATES={w.gates}", f"CLNET_RM={rows}", _KIND_DEFINE[w.kind],
+                   f"CLNET_SLOTS={_SLOTS[w.kind]}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
+        return self.kernel("bptt", f"clnet_bptt_{name}", w.dtype, defines)
+
+    def _bptt_gemm(self, w, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc):
+        gm, gn = _GEMM_TILE[tile]
+        vw = _vector_width(w.dtype)
+        knl = self._bptt_kernel(w, "gemm", 1, (gm, gn))
+        grid = (-(-M // gm), -(-(N // vw) // gn))
+        knl(self.queue, grid, _LOCAL, np.int32(M), np.int32(N), np.int32(K), A, np.int64(a_off), np.int64(sam),
+            np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), C, np.int64(c_off), np.int64(ldc))
+
+    def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
+        import pyopencl as cl
+
+        T, B, I = xs.shape
+        L = len(layers)
+        dt = layers[0].dtype
+        vw = _vector_width(dt)
+        item = dt.itemsize
+        H, hp = layers[0].hidden, layers[0].hp
+        lstm = layers[0].kind == "lstm"
+        gru = layers[0].kind == "gru"
+
+        def padded(a, width):
+            out = np.zeros(a.shape[:-1] + (width,), dtype=dt)
+            out[..., :a.shape[-1]] = a
+            return out
+
+        backs = [self._bptt_back(w) for w in layers]
+        rows = _step_rows(layers[0].kind, B)
+        blocks = hp // vw
+        grid = (-(-B // rows), blocks)
+        k0 = burn_in * B
+        K = (T - burn_in) * B
+        with self.lock:
+            up = self.to_device
+            d_keep = layers[0].zeros if keeps is None else up(keeps, "reset masks")
+            d_gkeep = up(gkeep, "gradient masks")
+            d_x = up(padded(xs, backs[0].ip), "inputs")
+            fwd = self._bptt_kernel(layers[0], "forward", rows)
+            bwd = self._bptt_kernel(layers[0], "backward", rows)
+            one_launch = (bool(self.device.type & cl.device_type.CPU) and B <= ONE_LAUNCH_BATCH
+                          and blocks <= fwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                self.device)
+                          and blocks <= bwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                self.device))
+            local = (1, blocks) if one_launch else _LOCAL
+            # 1. forward through every layer, saving
+            saved = []
+            x_buf, x_base, x_width = d_x, 0, backs[0].ip
+            for l, (w, back) in enumerate(zip(layers, backs)):
+                slots = _SLOTS[w.kind]
+                d_hs = self.empty((T + 1) * B * hp * item, "hidden states of the sequence")
+                cl.enqueue_copy(self.queue, d_hs, padded(h0[l], hp))
+                d_c0 = up(padded(c0[l], hp), "initial cell state") if lstm else w.zeros
+                d_c = self.empty(B * hp * item, "cell state") if lstm else w.zeros
+                if lstm:
+                    cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=B * hp * item)
+                d_save = self.empty(max(1, T * B * slots * hp) * item, "saved activations")
+                steps = [(0, T)] if one_launch else [(t, t + 1) for t in range(T)]
+                for t0, t1 in steps:
+                    fwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(t0), np.int32(t1),
+                        w.w_hh, d_hs, d_c, d_keep, np.int32(keeps is not None), w.b_hn, w.zeros,
+                        x_buf, np.int64(x_base), np.int32(x_width), back.w_ih, w.b_x, d_save)
+                saved.append((d_hs, d_c0, d_save, x_buf, x_base, x_width))
+                x_buf, x_base, x_width = d_hs, B * hp, hp
+            # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
+            nc = layers[0].gates * hp
+            d_ones = up(np.ones(1, dtype=dt), "ones")
+            d_dhs, dhs_base = up(padded(dhs, hp), "output gradients"), 0
+            results = [None] * L
+            dh0 = np.zeros((L, B, H), dtype=dt)
+            dc0 = np.zeros((L, B, H), dtype=dt) if lstm else None
+            for l in reversed(range(L)):
+                w, back = layers[l], backs[l]
+                d_hs, d_c0, d_save, x_buf, x_base, x_width = saved[l]
+                d_dhT = up(padded(dhT[l], hp), "final state gradient") if dhT is not None else w.zeros
+                carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
+                d_carry = self.empty(B * hp * item, "carried gradient")
+                cl.enqueue_copy(self.queue, d_carry, carry)
+                d_dG = self.empty(T * B * nc * item, "gate gradients")
+                d_dGx = self.empty(T * B * nc * item, "input gate gradients") if gru else d_dG
+                d_dh0 = self.empty(B * hp * item, "initial state gradient")
+                first = -1 if burn_in == 0 else burn_in
+                steps = [(first, T)] if one_launch else [(t, t + 1) for t in range(T - 1, first - 1, -1)]
+                for t0, t1 in steps:
+                    bwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
+                        np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep, np.int32(keeps is not None),
+                        d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG, d_dGx, d_dh0)
+                d_w = self.empty(nc * (x_width + hp + 2) * item, "weight gradients")
+                off_hh, off_b = nc * x_width, nc * (x_width + hp)
+                gemm = self._bptt_gemm
+                gemm(w, "weights", nc, x_width, K, d_dGx, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width, x_width, d_w, 0, x_width)
+                gemm(w, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, d_hs, k0 * hp, hp, d_w, off_hh, hp)
+                gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dGx, k0 * nc, nc, d_w, off_b, nc)
+                if gru:  # elsewhere both biases have the same gradient
+                    gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dG, k0 * nc, nc, d_w, off_b + nc, nc)
+                d_dx = self.empty(T * B * x_width * item, "input gradients")
+                gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx, k0 * x_width,
+                     x_width)
+                host = np.empty(nc * (x_width + hp + 2), dtype=dt)
+                cl.enqueue_copy(self.queue, host, d_w)
+                if burn_in == 0:
+                    hb = np.empty((B, hp), dtype=dt)
+                    cl.enqueue_copy(self.queue, hb, d_dh0)
+                    dh0[l] = hb[:, :H]
+                    if lstm:
+                        cl.enqueue_copy(self.queue, hb, d_carry, is_blocking=True)
+                        dc0[l] = hb[:, :H]
+                self.queue.finish()
+                G = w.gates
+                k_in = w.inputs
+                results[l] = {
+                    "weight_ih": _uninterleave(host[:off_hh].reshape(nc, x_width), G, H, vw, 0)[:, :k_in],
+                    "weight_hh": _uninterleave(host[off_hh:off_b].reshape(nc, hp), G, H, vw, 0)[:, :H],
+                    "bias_ih": _uninterleave(host[off_b:off_b + nc], G, H, vw, 0),
+                    "bias_hh": _uninterleave(host[off_b + nc if gru else off_b:][:nc], G, H, vw, 0)}
+                d_dhs, dhs_base = d_dx, 0
+            dx = np.zeros((T, B, backs[0].ip), dtype=dt)
+            cl.enqueue_copy(self.queue, dx[burn_in:], d_dhs, src_offset=k0 * backs[0].ip * item,
+                            is_blocking=True)
+        return {"layers": results, "x": np.ascontiguousarray(dx[:, :, :I]), "h0": dh0, "c0": dc0}
 
 
 def _fused_projection(runtime) -> bool:

@@ -68,9 +68,9 @@ __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const 
  * Wb is W_hh with interleaved gate rows, (G * Hp, Hp); dhs (T, B, Hp) the gradients of
  * the outputs (masked), dhT the gradient of the final h, added at t = T - 1. */
 inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B, const int Hp,
-                            const int T,
+                            const int T, const int t_low,
                             __global const real *Wb,
-                            __global const real *hs,
+                            __global real *hs,
                             __global const real *c0,
                             __global const real *save,
                             __global const real *keep, const int has_keep,
@@ -112,6 +112,11 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B
             continue;
         }
         const long tb = (long)t * B + row;
+        /* hs[t] becomes H_prev of the weight gradient: the state step t used, zero where it
+         * was reset. Each step zeroes its own output's row when the next step reset it (no
+         * later step reads it), and the last step processed also its own input. */
+        const int zero_next = t + 1 < T && has_keep && keep[tb + B] == (real)0;
+        const int zero_own = t == t_low && has_keep && keep[tb] == (real)0;
         dh += CLNET_VLOAD(0, dhs + dhs_off + (size_t)tb * Hp + unit);
         if (t == T - 1)
             dh += CLNET_VLOAD(0, dhT + at);
@@ -156,14 +161,20 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B
         CLNET_VSTORE(dh * ((realv)1 - h * h), 0, dg);
 #endif
 #endif
+        if (zero_next)
+            CLNET_VSTORE((realv)0, 0, hs + ((size_t)tb + B) * Hp + unit);
+        if (zero_own)
+            CLNET_VSTORE((realv)0, 0, hs + (size_t)tb * Hp + unit);
     }
 }
 
-/* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0).
+/* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0); t_low is the
+ * first step of the whole backward pass.
  * global (ceil(B / RM), Hp / VW), local (1, Hp / VW) for a whole range or (1, 1) per step. */
 __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const int t0, const int t1,
+                                  const int t_low,
                                   __global const real *Wb,
-                                  __global const real *hs,
+                                  __global real *hs,
                                   __global const real *c0,
                                   __global const real *save,
                                   __global const real *keep, const int has_keep,
@@ -178,7 +189,7 @@ __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const 
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb = get_global_id(1);
     for (int t = t1 - 1; t >= t0; --t) {
-        clnet_bptt_tile(t, m0, jb, B, Hp, T, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
+        clnet_bptt_tile(t, m0, jb, B, Hp, T, t_low, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
                         carry, dG, dGx, dh0);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }
