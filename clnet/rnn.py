@@ -1143,7 +1143,7 @@ class BPTTKernels:
             for l in reversed(range(L)):
                 w, back = layers[l], backs[l]
                 d_hs, d_c0, d_save, x_buf, x_base, x_width = saved[l]
-                d_dhT = up(padded(dhT[l], hp), "final state gradient") if dhT is not None else w.zeros
+                d_dhT = up(padded(dhT[l], hp) if dhT is not None else np.zeros((B, hp), dt), "final state gradient")
                 carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
                 d_carry = self.empty(B * hp * item, "carried gradient")
                 cl.enqueue_copy(self.queue, d_carry, carry)

@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
-FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn"]
+FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.bptt"]
 
 try:
     from hypothesis import HealthCheck, Phase, given, settings
