@@ -11,9 +11,11 @@ from typing import List, Optional
 BENCHMARKS = {
     "fnn": "clnet.bench.fnn",
     "rnn": "clnet.bench.rnn",
+    "bptt": "clnet.bench.bptt",
 }
 DEMOS = {
     "population": "clnet.demos.population",
+    "memory": "clnet.demos.memory",
 }
 DEFAULT_DEMO = "population"
 
