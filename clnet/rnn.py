@@ -1119,8 +1119,8 @@ class BPTTKernels:
             x_buf, x_base, x_width = d_x, 0, backs[0].ip
             for l, (w, back) in enumerate(zip(layers, backs)):
                 slots = _SLOTS[w.kind]
+                d_h0 = up(padded(h0[l], hp), "initial state")
                 d_hs = self.empty((T + 1) * B * hp * item, "hidden states of the sequence")
-                cl.enqueue_copy(self.queue, d_hs, padded(h0[l], hp))
                 d_c0 = up(padded(c0[l], hp), "initial cell state") if lstm else w.zeros
                 d_c = self.empty(B * hp * item, "cell state") if lstm else w.zeros
                 if lstm:
@@ -1129,7 +1129,7 @@ class BPTTKernels:
                 steps = [(0, T)] if one_launch else [(t, t + 1) for t in range(T)]
                 for t0, t1 in steps:
                     fwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(t0), np.int32(t1),
-                        w.w_hh, d_hs, d_c, d_keep, np.int32(keeps is not None), w.b_hn, w.zeros,
+                        w.w_hh, d_h0, d_hs, d_c, d_keep, np.int32(keeps is not None), w.b_hn, w.zeros,
                         x_buf, np.int64(x_base), np.int32(x_width), back.w_ih, w.b_x, d_save)
                 saved.append((d_hs, d_c0, d_save, x_buf, x_base, x_width))
                 x_buf, x_base, x_width = d_hs, B * hp, hp

@@ -39,9 +39,11 @@
 #define CLNET_SLOT(base, s) CLNET_VLOAD(0, (base) + (s) * CLNET_VW)
 
 /* Steps t0 .. t1 - 1 of the forward, saving. x (with row stride I, a multiple of VW, and
- * padded columns of zeros) starts at x + x_base; keep is (T, B). */
+ * padded columns of zeros) starts at x + x_base; keep is (T, B). Step 0 reads the state
+ * from h0 (B, Hp) and copies it to hs[0]. */
 __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const int t1,
                                  __global const real *Wt,
+                                 __global const real *h0,
                                  __global real *hs,
                                  __global real *c,
                                  __global const real *keep, const int has_keep,
@@ -54,9 +56,15 @@ __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const 
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb = get_global_id(1);
+    if (t0 == 0) {
+        for (int r = 0; r < CLNET_RM && m0 + r < B; ++r)
+            CLNET_VSTORE(CLNET_VLOAD(0, h0 + (size_t)(m0 + r) * Hp + jb * CLNET_VW), 0,
+                         hs + (size_t)(m0 + r) * Hp + jb * CLNET_VW);
+    }
     for (int t = t0; t < t1; ++t) {
         const long step = (long)t * B;
-        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, hs, step * Hp, hs, (step + B) * Hp, c, keep, step,
+        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c,
+                       keep, step,
                        has_keep, bias_hn, zero_row, x, x_base + step * I, I, Wx, bias_x,
                        save, step * CLNET_SLOTS * Hp);
         barrier(CLK_GLOBAL_MEM_FENCE);
