@@ -1036,6 +1036,12 @@ def _uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) ->
 
 
 _SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
+
+
+def _backward_blocks(rows: int, blocks: int) -> int:
+    """Unit blocks per work-item of the backward step: as many as divide ``blocks`` while
+    the rows x blocks accumulators stay within 24 of AVX-512's 32 vector registers."""
+    return next(bn for bn in (4, 2, 1) if blocks % bn == 0 and rows * bn <= 24)
 # Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
 # measured on PoCL (AVX-512, 2 cores) at T=64, B=64, H=128: the weight gradients, which
 # stream A = dG^T down its columns, run best with one full cache line of A per k (16 rows);
@@ -1064,19 +1070,30 @@ class BPTTKernels:
                         _interleave(w_hh, w.gates, w.hidden, w.hp, vw).T).astype(w.dtype), "weight_hh"))
         return w.back
 
-    def _bptt_kernel(self, w, name: str, rows: int, tile=(1, 1)):
+    def _bptt_kernel(self, w, name: str, rows: int, tile=(1, 1), blocks: int = 1):
         gm, gn = tile
         defines = (f"CLNET_GATES={w.gates}", f"CLNET_RM={rows}", _KIND_DEFINE[w.kind],
-                   f"CLNET_SLOTS={_SLOTS[w.kind]}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
+                   f"CLNET_SLOTS={_SLOTS[w.kind]}", f"CLNET_BN={blocks}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
         return self.kernel("bptt", f"clnet_bptt_{name}", w.dtype, defines)
 
-    def _bptt_gemm(self, w, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc):
+    def _bptt_gemm(self, w, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
+        """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
+        columns of a second matrix to Bm's N."""
         gm, gn = _GEMM_TILE[tile]
         vw = _vector_width(w.dtype)
         knl = self._bptt_kernel(w, "gemm", 1, (gm, gn))
-        grid = (-(-M // gm), -(-(N // vw) // gn))
-        knl(self.queue, grid, _LOCAL, np.int32(M), np.int32(N), np.int32(K), A, np.int64(a_off), np.int64(sam),
-            np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), C, np.int64(c_off), np.int64(ldc))
+        B2, b2_off, ldb2, N2 = right if right is not None else (Bm, b_off, ldb, 0)
+        grid = (-(-M // gm), -(-((N + N2) // vw) // gn))
+        knl(self.queue, grid, _LOCAL, np.int32(M), np.int32(N + N2), np.int32(K), A, np.int64(a_off),
+            np.int64(sam), np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), np.int32(N), B2, np.int64(b2_off),
+            np.int64(ldb2), C, np.int64(c_off), np.int64(ldc))
+
+    def _bptt_upload(self, name, array, what):
+        import pyopencl as cl
+
+        buf = self.workspace(name, array.nbytes, what)
+        cl.enqueue_copy(self.queue, buf, array)
+        return buf
 
     def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
         import pyopencl as cl
@@ -1105,27 +1122,32 @@ class BPTTKernels:
             up = self.to_device
             d_keep = layers[0].zeros if keeps is None else up(keeps, "reset masks")
             d_gkeep = up(gkeep, "gradient masks")
-            d_x = up(padded(xs, backs[0].ip), "inputs")
+            # Large buffers are workspaces kept between calls: allocating and first touching
+            # tens of MiB costs more on CPU devices than some of the kernels.
+            ws = self.workspace
+            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs")
+            bn = _backward_blocks(rows, blocks)
             fwd = self._bptt_kernel(layers[0], "forward", rows)
-            bwd = self._bptt_kernel(layers[0], "backward", rows)
+            bwd = self._bptt_kernel(layers[0], "backward", rows, blocks=bn)
             one_launch = (bool(self.device.type & cl.device_type.CPU) and B <= ONE_LAUNCH_BATCH
                           and blocks <= fwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
                                                                 self.device)
-                          and blocks <= bwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
-                                                                self.device))
+                          and blocks // bn <= bwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                      self.device))
             local = (1, blocks) if one_launch else _LOCAL
+            bgrid, blocal = (grid[0], blocks // bn), ((1, blocks // bn) if one_launch else _LOCAL)
             # 1. forward through every layer, saving
             saved = []
             x_buf, x_base, x_width = d_x, 0, backs[0].ip
             for l, (w, back) in enumerate(zip(layers, backs)):
                 slots = _SLOTS[w.kind]
                 d_h0 = up(padded(h0[l], hp), "initial state")
-                d_hs = self.empty((T + 1) * B * hp * item, "hidden states of the sequence")
+                d_hs = ws(f"bptt.hs{l}", (T + 1) * B * hp * item, "hidden states of the sequence")
                 d_c0 = up(padded(c0[l], hp), "initial cell state") if lstm else w.zeros
                 d_c = self.empty(B * hp * item, "cell state") if lstm else w.zeros
                 if lstm:
                     cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=B * hp * item)
-                d_save = self.empty(max(1, T * B * slots * hp) * item, "saved activations")
+                d_save = ws(f"bptt.save{l}", T * B * slots * hp * item, "saved activations")
                 steps = [(0, T)] if one_launch else [(t, t + 1) for t in range(T)]
                 for t0, t1 in steps:
                     fwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(t0), np.int32(t1),
@@ -1136,7 +1158,7 @@ class BPTTKernels:
             # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
             nc = layers[0].gates * hp
             d_ones = up(np.ones(1, dtype=dt), "ones")
-            d_dhs, dhs_base = up(padded(dhs, hp), "output gradients"), 0
+            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients"), 0
             results = [None] * L
             dh0 = np.zeros((L, B, H), dtype=dt)
             dc0 = np.zeros((L, B, H), dtype=dt) if lstm else None
@@ -1147,24 +1169,30 @@ class BPTTKernels:
                 carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
                 d_carry = self.empty(B * hp * item, "carried gradient")
                 cl.enqueue_copy(self.queue, d_carry, carry)
-                d_dG = self.empty(T * B * nc * item, "gate gradients")
-                d_dGx = self.empty(T * B * nc * item, "input gate gradients") if gru else d_dG
+                d_dG = ws("bptt.dG", T * B * nc * item, "gate gradients")
+                d_dGx = ws("bptt.dGx", T * B * nc * item, "input gate gradients") if gru else d_dG
                 d_dh0 = self.empty(B * hp * item, "initial state gradient")
                 first = -1 if burn_in == 0 else burn_in
                 steps = [(first, T)] if one_launch else [(t, t + 1) for t in range(T - 1, first - 1, -1)]
                 for t0, t1 in steps:
-                    bwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
+                    bwd(self.queue, bgrid, blocal, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
                         np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep, np.int32(keeps is not None),
                         d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG, d_dGx, d_dh0)
-                d_w = self.empty(nc * (x_width + hp + 2) * item, "weight gradients")
-                off_hh, off_b = nc * x_width, nc * (x_width + hp)
+                d_w = ws("bptt.w", nc * (x_width + hp + 2) * item, "weight gradients")
+                off_b = nc * (x_width + hp)
                 gemm = self._bptt_gemm
-                gemm(w, "weights", nc, x_width, K, d_dGx, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width, x_width, d_w, 0, x_width)
-                gemm(w, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, d_hs, k0 * hp, hp, d_w, off_hh, hp)
+                if gru:  # dW_ih and dW_hh come from different gate gradients
+                    gemm(w, "weights", nc, x_width, K, d_dGx, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
+                         x_width, d_w, 0, x_width + hp)
+                    gemm(w, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, d_hs, k0 * hp, hp, d_w, x_width,
+                         x_width + hp)
+                else:
+                    gemm(w, "weights", nc, x_width, K, d_dG, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
+                         x_width, d_w, 0, x_width + hp, right=(d_hs, k0 * hp, hp, hp))
                 gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dGx, k0 * nc, nc, d_w, off_b, nc)
                 if gru:  # elsewhere both biases have the same gradient
                     gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dG, k0 * nc, nc, d_w, off_b + nc, nc)
-                d_dx = self.empty(T * B * x_width * item, "input gradients")
+                d_dx = ws(f"bptt.dx{l % 2}", T * B * x_width * item, "input gradients")
                 gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx, k0 * x_width,
                      x_width)
                 host = np.empty(nc * (x_width + hp + 2), dtype=dt)
@@ -1179,9 +1207,10 @@ class BPTTKernels:
                 self.queue.finish()
                 G = w.gates
                 k_in = w.inputs
+                both = _uninterleave(host[:off_b].reshape(nc, x_width + hp), G, H, vw, 0)
                 results[l] = {
-                    "weight_ih": _uninterleave(host[:off_hh].reshape(nc, x_width), G, H, vw, 0)[:, :k_in],
-                    "weight_hh": _uninterleave(host[off_hh:off_b].reshape(nc, hp), G, H, vw, 0)[:, :H],
+                    "weight_ih": np.ascontiguousarray(both[:, :k_in]),
+                    "weight_hh": np.ascontiguousarray(both[:, x_width:x_width + H]),
                     "bias_ih": _uninterleave(host[off_b:off_b + nc], G, H, vw, 0),
                     "bias_hh": _uninterleave(host[off_b + nc if gru else off_b:][:nc], G, H, vw, 0)}
                 d_dhs, dhs_base = d_dx, 0

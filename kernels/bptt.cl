@@ -13,21 +13,24 @@
  *     dh * z path) is carried from step to step in `carry`, each element owned by one
  *     work-item.
  *  3. clnet_bptt_gemm accumulates the weight gradients over all T * B rows at once,
- *     dW_ih = dG^T @ X, dW_hh = dG^T @ H_prev, dx = dG @ W_ih and the bias gradients as
- *     ones^T @ dG: no per-step weight update.
+ *     [dW_ih | dW_hh] = dG^T @ [X | H_prev] in one product, dx = dG @ W_ih and the bias
+ *     gradients as ones^T @ dG: no per-step weight update.
  *
  * Like rnn.cl's sequence kernel, passes 1 and 2 run every step in ONE launch when a
  * work-group can hold all unit blocks of a row tile (local (1, Hp / VW), a barrier between
  * steps); otherwise the host launches them once per step with local (1, 1).
  *
  * Compile-time parameters: those of rnn.cl, CLNET_SLOTS (saved vectors per unit block:
- * 5 LSTM, 4 GRU, 1 RNN) and CLNET_GM x CLNET_GN, the register tile of the product
- * (rows x vectors). */
+ * 5 LSTM, 4 GRU, 0 RNN), CLNET_BN (unit blocks per work-item of the backward step) and
+ * CLNET_GM x CLNET_GN, the register tile of the product (rows x vectors). */
 #define CLNET_SAVE
 #include "rnn.cl"
 
 #ifndef CLNET_SLOTS
 #define CLNET_SLOTS 1
+#endif
+#ifndef CLNET_BN
+#define CLNET_BN 1
 #endif
 #ifndef CLNET_GM
 #define CLNET_GM 4
@@ -75,7 +78,7 @@ __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const 
  * gradient of h0 to dh0 instead (the LSTM's dc0 is left in carry).
  * Wb is W_hh with interleaved gate rows, (G * Hp, Hp); dhs (T, B, Hp) the gradients of
  * the outputs (masked), dhT the gradient of the final h, added at t = T - 1. */
-inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B, const int Hp,
+inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int B, const int Hp,
                             const int T, const int t_low,
                             __global const real *Wb,
                             __global real *hs,
@@ -90,28 +93,40 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B
                             __global real *dGx,
                             __global real *dh0)
 {
-    const int col = jb * CLNET_GATES * CLNET_VW;
-    const int unit = jb * CLNET_VW;
-    realv acc[CLNET_RM];
+    /* An RM x BN register tile: per k, BN vectors of Wb and RM broadcasts of dG feed
+     * RM * BN FMAs (with BN = 1 the loads would outnumber the FMAs). */
+    realv acc[CLNET_RM][CLNET_BN];
     __global const real *drow[CLNET_RM];
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
-        acc[r] = (realv)0;
+        _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+            acc[r][j] = (realv)0;
         drow[r] = dG + ((size_t)(t + 1) * B + min(m0 + r, B - 1)) * CLNET_NC;
     }
     if (t + 1 < T) {
+        __global const real *wk = Wb + jb0 * CLNET_VW;
         for (int k = 0; k < CLNET_NC; ++k) {
-            const realv w = CLNET_VLOAD(0, Wb + (size_t)k * Hp + unit);
-            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
-                acc[r] = fma((realv)(drow[r][k]), w, acc[r]);
+            realv w[CLNET_BN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+                w[j] = CLNET_VLOAD(0, wk + j * CLNET_VW);
+            wk += Hp;
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+                const realv d = (realv)(drow[r][k]);
+                _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+                    acc[r][j] = fma(d, w[j], acc[r][j]);
+            }
         }
     }
-    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+    _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j) {
         const int row = m0 + r;
         if (row >= B)
             continue;
+        const int jb = jb0 + j;
+        const int col = jb * CLNET_GATES * CLNET_VW;
+        const int unit = jb * CLNET_VW;
         const size_t at = (size_t)row * Hp + unit;
         /* A cut gradient is exactly zero, even where the product overflowed. */
-        realv dh = (t + 1 < T && gkeep[(long)(t + 1) * B + row] != (real)0) ? acc[r] : (realv)0;
+        realv dh = (t + 1 < T && gkeep[(long)(t + 1) * B + row] != (real)0) ? acc[r][j] : (realv)0;
         if (t < 0) {
 #if defined(CLNET_GRU)
             dh += CLNET_VLOAD(0, carry + at);
@@ -177,8 +192,9 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb, const int B
 }
 
 /* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0); t_low is the
- * first step of the whole backward pass.
- * global (ceil(B / RM), Hp / VW), local (1, Hp / VW) for a whole range or (1, 1) per step. */
+ * first step of the whole backward pass. A work-item owns RM rows and BN unit blocks.
+ * global (ceil(B / RM), Hp / VW / BN), local (1, Hp / VW / BN) for a whole range or (1, 1)
+ * per step. */
 __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const int t0, const int t1,
                                   const int t_low,
                                   __global const real *Wb,
@@ -195,21 +211,24 @@ __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const 
                                   __global real *dh0)
 {
     const int m0 = get_global_id(0) * CLNET_RM;
-    const int jb = get_global_id(1);
+    const int jb0 = get_global_id(1) * CLNET_BN;
     for (int t = t1 - 1; t >= t0; --t) {
-        clnet_bptt_tile(t, m0, jb, B, Hp, T, t_low, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
+        clnet_bptt_tile(t, m0, jb0, B, Hp, T, t_low, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
                         carry, dG, dGx, dh0);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }
 }
 
-/* C[m, n] = sum_k A(m, k) * Bm[k, n] for m < M and n < N (N a multiple of VW), with
+/* C[m, n] = sum_k A(m, k) * Bn[k, n] for m < M and n < N (N and N1 multiples of VW), with
  * A(m, k) = A[a_off + m * sam + k * sak] (strides make A^T, or a row of ones with both
- * strides 0), Bm and C row-major. A work-item owns a GM x (GN * VW) register tile.
+ * strides 0) and Bn = [B1 | B2] side by side: columns n < N1 come from B1, the others from
+ * B2 (column n - N1), both row-major, so that dW_ih and dW_hh are ONE product over dG.
+ * C is row-major. A work-item owns a GM x (GN * VW) register tile.
  * global (ceil(M / GM), ceil(N / (GN * VW))). */
 __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
                               __global const real *A, const long a_off, const long sam, const long sak,
-                              __global const real *Bm, const long b_off, const long ldb,
+                              __global const real *B1, const long b1_off, const long ldb1, const int N1,
+                              __global const real *B2, const long b2_off, const long ldb2,
                               __global real *C, const long c_off, const long ldc)
 {
     const int m0 = get_global_id(0) * CLNET_GM;
@@ -217,37 +236,38 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
     const int NB = N / CLNET_VW;
     if (m0 >= M || nb0 >= NB)
         return;
-    __global const real *arow[CLNET_GM];
-    int ncol[CLNET_GN];
+    __global const real *ak[CLNET_GM];
+    __global const real *bk[CLNET_GN];
+    long ld[CLNET_GN];
     realv acc[CLNET_GM][CLNET_GN];
     _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-        arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * sam; /* clamped rows are not stored */
+        ak[r] = A + a_off + (size_t)min(m0 + r, M - 1) * sam; /* clamped rows are not stored */
         _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
             acc[r][j] = (realv)0;
     }
-    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-        ncol[j] = min(nb0 + j, NB - 1) * CLNET_VW;
-    __global const real *bk = Bm + b_off;
-    __global const real *ak[CLNET_GM];
-    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r)
-        ak[r] = arow[r];
+    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+        const int col = min(nb0 + j, NB - 1) * CLNET_VW;
+        bk[j] = col < N1 ? B1 + b1_off + col : B2 + b2_off + (col - N1);
+        ld[j] = col < N1 ? ldb1 : ldb2;
+    }
     for (int k = 0; k < K; ++k) {
         realv bv[CLNET_GN];
-        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-            bv[j] = CLNET_VLOAD(0, bk + ncol[j]);
+        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+            bv[j] = CLNET_VLOAD(0, bk[j]);
+            bk[j] += ld[j];
+        }
         _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
             const realv a = (realv)(*ak[r]);
             ak[r] += sak;
             _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
                 acc[r][j] = fma(a, bv[j], acc[r][j]);
         }
-        bk += ldb;
     }
     _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
         if (m0 + r >= M)
             continue;
         _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
             if (nb0 + j < NB)
-                CLNET_VSTORE(acc[r][j], 0, C + c_off + (size_t)(m0 + r) * ldc + ncol[j]);
+                CLNET_VSTORE(acc[r][j], 0, C + c_off + (size_t)(m0 + r) * ldc + (nb0 + j) * CLNET_VW);
     }
 }
