@@ -15,15 +15,34 @@ Flops: forward 2 * T * B * 4H * (I + H); the backward about twice that.
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
 import clnet
 
-from .rnn import _line, _ratio, _torch, best_times
+from .rnn import _line, _ratio, _torch
 
 CASE = dict(T=64, B=64, I=32, H=128)
 RESET_RATE = 0.01
+# torch's OpenMP threads keep spinning for a while after each call and slow down whatever
+# runs next on a 2-core machine (measured: 3 ms on a 9 ms call); a short pause before every
+# timed call lets them sleep, so no contender pays for the one before it.
+PAUSE = 0.01
+
+
+def best_times(fns, repeat):
+    """Seconds per call of each function: the best of ``repeat`` alternating rounds."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            time.sleep(PAUSE)
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def run(backend: str, repeat: int, echo=print) -> dict:
