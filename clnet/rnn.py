@@ -737,7 +737,9 @@ def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_h
                              f"{want}, got shape {dhs.shape}")
         if batch_first:
             dhs = dhs.transpose(1, 0, 2)
-        dhs = np.array(dhs, dtype=dt, order="C")
+        # a copy only where it will be changed (the caller's array never is)
+        changed = batch_first or mask is not None or burn_in != 0
+        dhs = np.array(dhs, dtype=dt, order="C") if changed else np.ascontiguousarray(dhs, dtype=dt)
     dhT, dcT = _state_arrays(grad_final, "grad_final", lstm, state_shape, dt, "dh_T, dc_T")
     dhT = None if dhT is None else dhT.reshape(L, B, H)
     dcT = None if dcT is None else dcT.reshape(L, B, H)
@@ -758,7 +760,8 @@ def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_h
                              f"weight per environment and time step), got shape {m.shape}")
         m = m.astype(dt)
         dhs *= (m.T if batch_first else m)[:, :, None]
-    dhs[:burn_in] = 0
+    if burn_in:
+        dhs[:burn_in] = 0
     # gkeep[t, b] = 0 where no gradient flows into the state before step t.
     gkeep = np.ones((T, B), dt) if keeps is None else keeps.copy()
     if truncate is not None:
@@ -1108,6 +1111,8 @@ class BPTTKernels:
         gru = layers[0].kind == "gru"
 
         def padded(a, width):
+            if a.shape[-1] == width:
+                return np.ascontiguousarray(a, dtype=dt)
             out = np.zeros(a.shape[:-1] + (width,), dtype=dt)
             out[..., :a.shape[-1]] = a
             return out
