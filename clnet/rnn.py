@@ -1091,12 +1091,22 @@ class BPTTKernels:
             np.int64(sam), np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), np.int32(N), B2, np.int64(b2_off),
             np.int64(ldb2), C, np.int64(c_off), np.int64(ldc))
 
-    def _bptt_upload(self, name, array, what):
+    def _bptt_upload(self, name, array, what, pending):
+        """``array`` copied into the workspace ``name`` without waiting; ``pending`` keeps
+        the host array alive until the caller's final ``queue.finish()``."""
         import pyopencl as cl
 
         buf = self.workspace(name, array.nbytes, what)
-        cl.enqueue_copy(self.queue, buf, array)
+        pending.append(array)
+        cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
         return buf
+
+    def _bptt_rw(self, array, what):
+        import pyopencl as cl
+
+        self.check_alloc(array.nbytes, what)
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=np.ascontiguousarray(array))
 
     def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
         import pyopencl as cl
@@ -1130,7 +1140,8 @@ class BPTTKernels:
             # Large buffers are workspaces kept between calls: allocating and first touching
             # tens of MiB costs more on CPU devices than some of the kernels.
             ws = self.workspace
-            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs")
+            pending = []  # host arrays of transfers not waited for, and what to do after them
+            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs", pending)
             bn = _backward_blocks(rows, blocks)
             fwd = self._bptt_kernel(layers[0], "forward", rows)
             bwd = self._bptt_kernel(layers[0], "backward", rows, blocks=bn)
@@ -1163,7 +1174,7 @@ class BPTTKernels:
             # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
             nc = layers[0].gates * hp
             d_ones = up(np.ones(1, dtype=dt), "ones")
-            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients"), 0
+            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients", pending), 0
             results = [None] * L
             dh0 = np.zeros((L, B, H), dtype=dt)
             dc0 = np.zeros((L, B, H), dtype=dt) if lstm else None
@@ -1172,8 +1183,7 @@ class BPTTKernels:
                 d_hs, d_c0, d_save, x_buf, x_base, x_width = saved[l]
                 d_dhT = up(padded(dhT[l], hp) if dhT is not None else np.zeros((B, hp), dt), "final state gradient")
                 carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
-                d_carry = self.empty(B * hp * item, "carried gradient")
-                cl.enqueue_copy(self.queue, d_carry, carry)
+                d_carry = self._bptt_rw(carry, "carried gradient")
                 d_dG = ws("bptt.dG", T * B * nc * item, "gate gradients")
                 d_dGx = ws("bptt.dGx", T * B * nc * item, "input gate gradients") if gru else d_dG
                 d_dh0 = self.empty(B * hp * item, "initial state gradient")
@@ -1200,28 +1210,37 @@ class BPTTKernels:
                 d_dx = ws(f"bptt.dx{l % 2}", T * B * x_width * item, "input gradients")
                 gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx, k0 * x_width,
                      x_width)
+                # Read back without waiting (the in-order queue finishes each read before the
+                # next layer reuses the workspaces); one finish at the end.
                 host = np.empty(nc * (x_width + hp + 2), dtype=dt)
-                cl.enqueue_copy(self.queue, host, d_w)
+                cl.enqueue_copy(self.queue, host, d_w, is_blocking=False)
+                states = None
                 if burn_in == 0:
-                    hb = np.empty((B, hp), dtype=dt)
-                    cl.enqueue_copy(self.queue, hb, d_dh0)
-                    dh0[l] = hb[:, :H]
+                    states = (np.empty((B, hp), dtype=dt), np.empty((B, hp), dtype=dt) if lstm else None)
+                    cl.enqueue_copy(self.queue, states[0], d_dh0, is_blocking=False)
                     if lstm:
-                        cl.enqueue_copy(self.queue, hb, d_carry, is_blocking=True)
-                        dc0[l] = hb[:, :H]
-                self.queue.finish()
-                G = w.gates
-                k_in = w.inputs
-                both = _uninterleave(host[:off_b].reshape(nc, x_width + hp), G, H, vw, 0)
-                results[l] = {
-                    "weight_ih": np.ascontiguousarray(both[:, :k_in]),
-                    "weight_hh": np.ascontiguousarray(both[:, x_width:x_width + H]),
-                    "bias_ih": _uninterleave(host[off_b:off_b + nc], G, H, vw, 0),
-                    "bias_hh": _uninterleave(host[off_b + nc if gru else off_b:][:nc], G, H, vw, 0)}
+                        cl.enqueue_copy(self.queue, states[1], d_carry, is_blocking=False)
+                pending.append((l, w, x_width, host, states, d_carry, d_dh0))
                 d_dhs, dhs_base = d_dx, 0
             dx = np.zeros((T, B, backs[0].ip), dtype=dt)
             cl.enqueue_copy(self.queue, dx[burn_in:], d_dhs, src_offset=k0 * backs[0].ip * item,
-                            is_blocking=True)
+                            is_blocking=False)
+            self.queue.finish()
+        for entry in pending:
+            if not isinstance(entry, tuple):
+                continue
+            l, w, x_width, host, states, _, _ = entry
+            G, off_b = w.gates, nc * (x_width + hp)
+            both = _uninterleave(host[:off_b].reshape(nc, x_width + hp), G, H, vw, 0)
+            results[l] = {
+                "weight_ih": np.ascontiguousarray(both[:, :w.inputs]),
+                "weight_hh": np.ascontiguousarray(both[:, x_width:x_width + H]),
+                "bias_ih": _uninterleave(host[off_b:off_b + nc], G, H, vw, 0),
+                "bias_hh": _uninterleave(host[off_b + nc if gru else off_b:][:nc], G, H, vw, 0)}
+            if states is not None:
+                dh0[l] = states[0][:, :H]
+                if lstm:
+                    dc0[l] = states[1][:, :H]
         return {"layers": results, "x": np.ascontiguousarray(dx[:, :, :I]), "h0": dh0, "c0": dc0}
 
 
