@@ -27,20 +27,23 @@ CASE = dict(T=64, B=64, I=32, H=128)
 RESET_RATE = 0.01
 # torch's OpenMP threads keep spinning for a while after each call and slow down whatever
 # runs next on a 2-core machine (measured: 3 ms on a 9 ms call); a short pause before every
-# timed call lets them sleep, so no contender pays for the one before it.
+# timed call lets them sleep. The order of the contenders also rotates from round to round,
+# so that none always runs after the same one (with its caches evicted by it).
 PAUSE = 0.01
 
 
 def best_times(fns, repeat):
-    """Seconds per call of each function: the best of ``repeat`` alternating rounds."""
+    """Seconds per call of each function: the best of ``repeat`` rounds, each running every
+    function once, in an order that rotates by one each round."""
     for fn in fns:
         fn()
     best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
+    for r in range(repeat):
+        for j in range(len(fns)):
+            i = (j + r) % len(fns)
             time.sleep(PAUSE)
             t0 = time.perf_counter()
-            fn()
+            fns[i]()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
