@@ -7,9 +7,15 @@ or run over a sequence), :class:`LSTM` and :class:`GRU` (stacked layers called l
 device for OpenCL). Semantics and weight layouts are PyTorch's: see
 ``shared/docs/SEMANTICS.md``, recurrent cells.
 
+Backpropagation through time over a stored rollout: ``backward_sequence`` on every cell
+and stacked model (gradients of every weight, the inputs and the initial state; resets,
+truncation windows, burn-in and loss masks), on the device through the mixin
+:class:`BPTTKernels` and ``kernels/bptt.cl``.
+
 Every public method validates all of its arguments before any device work, so a bad
-call raises and leaves the state untouched. The OpenCL implementation is the mixin
-:class:`RNNKernels` at the bottom; the NumPy reference is ``clnet_fallback.rnn``.
+call raises and leaves the state untouched. The OpenCL implementation is the mixins
+:class:`RNNKernels` and :class:`BPTTKernels` at the bottom; the NumPy reference is
+``clnet_fallback.rnn``.
 """
 from __future__ import annotations
 
