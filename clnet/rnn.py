@@ -1047,6 +1047,15 @@ def _uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) ->
 _SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
 
 
+_I32, _I64 = np.int32, np.int64
+_BPTT_SCALARS = {
+    "forward": [_I32, _I32, _I32, _I32, None, None, None, None, None, _I32, None, None, None, _I64, _I32, None,
+                None, None],
+    "backward": [_I32] * 6 + [None] * 5 + [_I32, None, None, _I64] + [None] * 5,
+    "gemm": [_I32, _I32, _I32, None, _I64, _I64, _I64, None, _I64, _I64, _I32, None, _I64, _I64, None, _I64, _I64],
+}
+
+
 def _bptt_rows(kind: str, batch: int, units: int) -> int:
     """Rows per work-item of the BPTT passes: of the step kernel's two tile heights, the one
     whose row tiles spread most evenly over the compute units (larger on a tie). A
@@ -1095,7 +1104,12 @@ class BPTTKernels:
         gm, gn = tile
         defines = (f"CLNET_GATES={w.gates}", f"CLNET_RM={rows}", _KIND_DEFINE[w.kind],
                    f"CLNET_SLOTS={_SLOTS[w.kind]}", f"CLNET_BN={blocks}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
-        return self.kernel("bptt", f"clnet_bptt_{name}", w.dtype, defines)
+        knl = self.kernel("bptt", f"clnet_bptt_{name}", w.dtype, defines)
+        typed = self.__dict__.setdefault("_bptt_typed", set())
+        if id(knl) not in typed:  # typed scalars: one fast call sets all arguments (see _SCALARS)
+            knl.set_scalar_arg_dtypes(_BPTT_SCALARS[name])
+            typed.add(id(knl))
+        return knl
 
     def _bptt_gemm(self, w, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
         """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
