@@ -720,10 +720,7 @@ def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_h
         if state.batch_size != B:
             raise ValueError(f"xs has batch size {B} but initial_state holds {state.batch_size} environments")
     pair = "h0, c0" if lstm else "h0"
-    if given:
-        h0 = np.stack([s.h for s in given]).astype(dt)
-        c0 = np.stack([s.c for s in given]).astype(dt) if lstm else None
-    else:
+    if not given:
         h0, c0 = _state_arrays(initial_state, "initial_state", lstm, state_shape, dt, pair)
         if lstm and initial_state is not None and (h0 is None or c0 is None):
             raise ValueError("initial_state of an LSTM needs both h0 and c0 (or None for zeros)")
@@ -774,6 +771,9 @@ def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_h
         gkeep[truncate::truncate] = 0
     if burn_in:
         gkeep[burn_in] = 0
+    if given:  # read only now that every argument is known to be good
+        h0 = np.stack([s.h for s in given]).astype(dt)
+        c0 = np.stack([s.c for s in given]).astype(dt) if lstm else None
     weights = [cell._weights(be, dt) for cell in layers]
     res = be.op("rnn_backward")(weights, xv, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in)
     grads: Dict[str, np.ndarray] = {}
