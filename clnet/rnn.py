@@ -1123,17 +1123,18 @@ class BPTTKernels:
             np.int64(sam), np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), np.int32(N), B2, np.int64(b2_off),
             np.int64(ldb2), C, np.int64(c_off), np.int64(ldc))
 
-    def _bptt_upload(self, name, array, what, pending):
-        """``array`` copied into the workspace ``name`` without waiting; ``pending`` keeps
-        the host array alive until the caller's final ``queue.finish()``."""
+    def _bptt_upload(self, name, array, what, keep_alive):
+        """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds
+        the host array until the caller's final ``queue.finish()``."""
         import pyopencl as cl
 
         buf = self.workspace(name, array.nbytes, what)
-        pending.append(array)
+        keep_alive.append(array)
         cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
         return buf
 
     def _bptt_rw(self, array, what):
+        """A new read-write device buffer holding a copy of ``array``."""
         import pyopencl as cl
 
         self.check_alloc(array.nbytes, what)
@@ -1172,8 +1173,8 @@ class BPTTKernels:
             # Large buffers are workspaces kept between calls: allocating and first touching
             # tens of MiB costs more on CPU devices than some of the kernels.
             ws = self.workspace
-            pending = []  # host arrays of transfers not waited for, and what to do after them
-            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs", pending)
+            keep_alive, reads = [], []  # host arrays of transfers not waited for
+            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs", keep_alive)
             bn = _backward_blocks(rows, blocks)
             fwd = self._bptt_kernel(layers[0], "forward", rows)
             bwd = self._bptt_kernel(layers[0], "backward", rows, blocks=bn)
@@ -1206,14 +1207,15 @@ class BPTTKernels:
             # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
             nc = layers[0].gates * hp
             d_ones = up(np.ones(1, dtype=dt), "ones")
-            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients", pending), 0
+            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients", keep_alive), 0
             results = [None] * L
             dh0 = np.zeros((L, B, H), dtype=dt)
             dc0 = np.zeros((L, B, H), dtype=dt) if lstm else None
             for l in reversed(range(L)):
                 w, back = layers[l], backs[l]
                 d_hs, d_c0, d_save, x_buf, x_base, x_width = saved[l]
-                d_dhT = up(padded(dhT[l], hp) if dhT is not None else np.zeros((B, hp), dt), "final state gradient")
+                d_dhT = up(padded(dhT[l], hp) if dhT is not None else np.zeros((B, hp), dt),
+                           "final state gradient")
                 carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
                 d_carry = self._bptt_rw(carry, "carried gradient")
                 d_dG = ws("bptt.dG", T * B * nc * item, "gate gradients")
@@ -1223,8 +1225,9 @@ class BPTTKernels:
                 steps = [(first, T)] if one_launch else [(t, t + 1) for t in range(T - 1, first - 1, -1)]
                 for t0, t1 in steps:
                     bwd(self.queue, bgrid, blocal, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
-                        np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep, np.int32(keeps is not None),
-                        d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG, d_dGx, d_dh0)
+                        np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep,
+                        np.int32(keeps is not None), d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG,
+                        d_dGx, d_dh0)
                 d_w = ws("bptt.w", nc * (x_width + hp + 2) * item, "weight gradients")
                 off_b = nc * (x_width + hp)
                 gemm = self._bptt_gemm
@@ -1240,8 +1243,8 @@ class BPTTKernels:
                 if gru:  # elsewhere both biases have the same gradient
                     gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dG, k0 * nc, nc, d_w, off_b + nc, nc)
                 d_dx = ws(f"bptt.dx{l % 2}", T * B * x_width * item, "input gradients")
-                gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx, k0 * x_width,
-                     x_width)
+                gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx,
+                     k0 * x_width, x_width)
                 # Read back without waiting (the in-order queue finishes each read before the
                 # next layer reuses the workspaces); one finish at the end.
                 host = np.empty(nc * (x_width + hp + 2), dtype=dt)
@@ -1252,16 +1255,13 @@ class BPTTKernels:
                     cl.enqueue_copy(self.queue, states[0], d_dh0, is_blocking=False)
                     if lstm:
                         cl.enqueue_copy(self.queue, states[1], d_carry, is_blocking=False)
-                pending.append((l, w, x_width, host, states, d_carry, d_dh0))
+                reads.append((l, w, x_width, host, states))
                 d_dhs, dhs_base = d_dx, 0
             dx = np.zeros((T, B, backs[0].ip), dtype=dt)
             cl.enqueue_copy(self.queue, dx[burn_in:], d_dhs, src_offset=k0 * backs[0].ip * item,
                             is_blocking=False)
             self.queue.finish()
-        for entry in pending:
-            if not isinstance(entry, tuple):
-                continue
-            l, w, x_width, host, states, _, _ = entry
+        for l, w, x_width, host, states in reads:
             G, off_b = w.gates, nc * (x_width + hp)
             both = _uninterleave(host[:off_b].reshape(nc, x_width + hp), G, H, vw, 0)
             results[l] = {
