@@ -351,8 +351,9 @@ class _Cell:
           ``(B, hidden_size)`` each. ``None`` for zeros.
         - ``truncate=k`` (truncated BPTT, rl_games' ``bptt_len``): the state still flows
           forward through every step, but no gradient crosses the boundary before step t
-          for t = k, 2k, 3k, ...: the gradient into the state before such a step is zero
-          (as ``h.detach()`` there). ``None`` (default) lets it flow through all T steps.
+          for t = k, 2k, 3k, ... (counted from the first step of ``xs``, burn-in included):
+          the gradient into the state before such a step is zero (as ``h.detach()`` there).
+          ``None`` (default) lets it flow through all T steps.
         - ``burn_in=n`` (R2D2): steps 0 .. n - 1 only warm up the state. Their outputs'
           gradients are ignored, they contribute nothing to the weight gradients, ``x``'s
           gradient is zero there, no gradient flows into the state before step n, so
