@@ -1052,7 +1052,7 @@ _I32, _I64 = np.int32, np.int64
 _BPTT_SCALARS = {
     "forward": [_I32, _I32, _I32, _I32, None, None, None, None, None, _I32, None, None, None, _I64, _I32, None,
                 None, None],
-    "backward": [_I32] * 6 + [None] * 5 + [_I32, None, None, _I64] + [None] * 5,
+    "backward": [_I32] * 6 + [None] * 5 + [_I32, None, None, _I64] + [None] * 6,
     "gemm": [_I32, _I32, _I32, None, _I64, _I64, _I64, None, _I64, _I64, _I32, None, _I64, _I64, None, _I64, _I64],
 }
 
@@ -1076,8 +1076,8 @@ def _backward_blocks(rows: int, blocks: int) -> int:
 # Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
 # measured on PoCL (AVX-512, 2 cores) at T=64, B=64, I=32, H=128: the weight gradients
 # run best with 12 x 2 (1.9 ms against 2.7 ms for 16 x 1 and 3.2 ms for 4 x 4: 24 FMAs per
-# 14 loads), dx = dG @ W_ih with 8 x 2; the bias sums are a single row.
-_GEMM_TILE = {"weights": (12, 2), "inputs": (8, 2), "bias": (1, 2)}
+# 14 loads), dx = dG @ W_ih with 8 x 2.
+_GEMM_TILE = {"weights": (12, 2), "inputs": (8, 2)}
 
 
 class BPTTKernels:
@@ -1207,7 +1207,6 @@ class BPTTKernels:
                 x_buf, x_base, x_width = d_hs, B * hp, hp
             # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
             nc = layers[0].gates * hp
-            d_ones = up(np.ones(1, dtype=dt), "ones")
             d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients", keep_alive), 0
             results = [None] * L
             dh0 = np.zeros((L, B, H), dtype=dt)
@@ -1222,15 +1221,17 @@ class BPTTKernels:
                 d_dG = ws("bptt.dG", T * B * nc * item, "gate gradients")
                 d_dGx = ws("bptt.dGx", T * B * nc * item, "input gate gradients") if gru else d_dG
                 d_dh0 = self.empty(B * hp * item, "initial state gradient")
+                bias_cols = 2 * nc if gru else nc
+                bias_sums = np.zeros((bgrid[0], bias_cols), dt)
+                d_bias = self._bptt_rw(bias_sums, "bias gradients")
                 first = -1 if burn_in == 0 else burn_in
                 steps = [(first, T)] if one_launch else [(t, t + 1) for t in range(T - 1, first - 1, -1)]
                 for t0, t1 in steps:
                     bwd(self.queue, bgrid, blocal, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
                         np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep,
                         np.int32(keeps is not None), d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG,
-                        d_dGx, d_dh0)
-                d_w = ws("bptt.w", nc * (x_width + hp + 2) * item, "weight gradients")
-                off_b = nc * (x_width + hp)
+                        d_dGx, d_dh0, d_bias)
+                d_w = ws("bptt.w", nc * (x_width + hp) * item, "weight gradients")
                 gemm = self._bptt_gemm
                 if gru:  # dW_ih and dW_hh come from different gate gradients
                     gemm(w, "weights", nc, x_width, K, d_dGx, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
@@ -1240,36 +1241,41 @@ class BPTTKernels:
                 else:
                     gemm(w, "weights", nc, x_width, K, d_dG, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
                          x_width, d_w, 0, x_width + hp, right=(d_hs, k0 * hp, hp, hp))
-                gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dGx, k0 * nc, nc, d_w, off_b, nc)
-                if gru:  # elsewhere both biases have the same gradient
-                    gemm(w, "bias", 1, nc, K, d_ones, 0, 0, 0, d_dG, k0 * nc, nc, d_w, off_b + nc, nc)
                 d_dx = ws(f"bptt.dx{l % 2}", T * B * x_width * item, "input gradients")
                 gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx,
                      k0 * x_width, x_width)
                 # Read back without waiting (the in-order queue finishes each read before the
                 # next layer reuses the workspaces); one finish at the end.
-                host = np.empty(nc * (x_width + hp + 2), dtype=dt)
+                host = np.empty((nc, x_width + hp), dtype=dt)
                 cl.enqueue_copy(self.queue, host, d_w, is_blocking=False)
+                cl.enqueue_copy(self.queue, bias_sums, d_bias, is_blocking=False)
                 states = None
                 if burn_in == 0:
                     states = (np.empty((B, hp), dtype=dt), np.empty((B, hp), dtype=dt) if lstm else None)
                     cl.enqueue_copy(self.queue, states[0], d_dh0, is_blocking=False)
                     if lstm:
                         cl.enqueue_copy(self.queue, states[1], d_carry, is_blocking=False)
-                reads.append((l, w, x_width, host, states))
+                reads.append((l, w, x_width, host, bias_sums, states))
                 d_dhs, dhs_base = d_dx, 0
             dx = np.zeros((T, B, backs[0].ip), dtype=dt)
             cl.enqueue_copy(self.queue, dx[burn_in:], d_dhs, src_offset=k0 * backs[0].ip * item,
                             is_blocking=False)
             self.queue.finish()
-        for l, w, x_width, host, states in reads:
-            G, off_b = w.gates, nc * (x_width + hp)
-            both = _uninterleave(host[:off_b].reshape(nc, x_width + hp), G, H, vw, 0)
+        for l, w, x_width, host, bias_sums, states in reads:
+            G = w.gates
+            both = _uninterleave(host, G, H, vw, 0)
+            sums = bias_sums.sum(axis=0)
+            b_hh = sums[:nc]
+            b_ih = b_hh
+            if gru:  # the input side differs in the n gate only
+                b_ih = b_hh.reshape(-1, G, vw).copy()
+                b_ih[:, 2] = sums[nc:].reshape(-1, G, vw)[:, 2]
+                b_ih = b_ih.reshape(-1)
             results[l] = {
                 "weight_ih": np.ascontiguousarray(both[:, :w.inputs]),
                 "weight_hh": np.ascontiguousarray(both[:, x_width:x_width + H]),
-                "bias_ih": _uninterleave(host[off_b:off_b + nc], G, H, vw, 0),
-                "bias_hh": _uninterleave(host[off_b + nc if gru else off_b:][:nc], G, H, vw, 0)}
+                "bias_ih": _uninterleave(b_ih, G, H, vw, 0),
+                "bias_hh": _uninterleave(b_hh, G, H, vw, 0)}
             if states is not None:
                 dh0[l] = states[0][:, :H]
                 if lstm:

@@ -12,9 +12,10 @@
  *     a truncation boundary or the end of the burn-in). The LSTM's dc (the GRU's direct
  *     dh * z path) is carried from step to step in `carry`, each element owned by one
  *     work-item.
+ *     The bias gradients, sums of dG, are accumulated on the way, per row tile.
  *  3. clnet_bptt_gemm accumulates the weight gradients over all T * B rows at once,
- *     [dW_ih | dW_hh] = dG^T @ [X | H_prev] in one product, dx = dG @ W_ih and the bias
- *     gradients as ones^T @ dG: no per-step weight update.
+ *     [dW_ih | dW_hh] = dG^T @ [X | H_prev] in one product, and dx = dG @ W_ih: no
+ *     per-step weight update.
  *
  * Like rnn.cl's sequence kernel, passes 1 and 2 run every step in ONE launch when a
  * work-group can hold all unit blocks of a row tile (local (1, Hp / VW), a barrier between
@@ -40,6 +41,12 @@
 #endif
 
 #define CLNET_SLOT(base, s) CLNET_VLOAD(0, (base) + (s) * CLNET_VW)
+/* columns of a row of bias partial sums: the GRU's input-side n gate has its own */
+#ifdef CLNET_GRU
+#define CLNET_BIAS_COLS (2 * CLNET_NC)
+#else
+#define CLNET_BIAS_COLS CLNET_NC
+#endif
 
 /* Steps t0 .. t1 - 1 of the forward, saving. x (with row stride I, a multiple of VW, and
  * padded columns of zeros) starts at x + x_base; keep is (T, B). Step 0 reads the state
@@ -74,8 +81,10 @@ __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const 
     }
 }
 
-/* Backward step t for rows m0 .. m0 + RM - 1 and unit block jb; t = -1 writes the
- * gradient of h0 to dh0 instead (the LSTM's dc0 is left in carry).
+/* Backward step t for rows m0 .. m0 + RM - 1 and unit blocks jb0 .. jb0 + BN - 1; t = -1
+ * writes the gradient of h0 to dh0 instead (the LSTM's dc0 is left in carry). dbias has a
+ * row of CLNET_BIAS_COLS partial sums per row tile (for the GRU: the sums of dG, then
+ * those of the input side's n gate in the n slots).
  * Wb is W_hh with interleaved gate rows, (G * Hp, Hp); dhs (T, B, Hp) the gradients of
  * the outputs (masked), dhT the gradient of the final h, added at t = T - 1. */
 inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int B, const int Hp,
@@ -91,7 +100,8 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
                             __global real *carry,
                             __global real *dG,
                             __global real *dGx,
-                            __global real *dh0)
+                            __global real *dh0,
+                            __global real *dbias)
 {
     /* An RM x BN register tile: per k, BN vectors of Wb and RM broadcasts of dG feed
      * RM * BN FMAs (with BN = 1 the loads would outnumber the FMAs). */
@@ -146,6 +156,15 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
         const int fresh = has_keep && keep[tb] == (real)0;
         const int flows = gkeep[tb] != (real)0;
         __global real *dg = dG + (size_t)tb * CLNET_NC + col;
+        /* The bias gradients are sums of dG over rows and steps: each row tile adds its
+         * rows into its own row of dbias (zeroed by the host). */
+        __global real *bsum = dbias + (size_t)(m0 / CLNET_RM) * CLNET_BIAS_COLS + col;
+#define CLNET_GATE_OUT(g, v)                                                              \
+        {                                                                                 \
+            const realv v_ = (v);                                                         \
+            CLNET_VSTORE(v_, 0, dg + (g) * CLNET_VW);                                      \
+            CLNET_VSTORE(CLNET_VLOAD(0, bsum + (g) * CLNET_VW) + v_, 0, bsum + (g) * CLNET_VW); \
+        }
 #if defined(CLNET_LSTM)
         __global const real *sv = save + (size_t)tb * CLNET_SLOTS * Hp + jb * CLNET_SLOTS * CLNET_VW;
         const realv i = CLNET_SLOT(sv, 0), f = CLNET_SLOT(sv, 1), g = CLNET_SLOT(sv, 2);
@@ -154,10 +173,10 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
         if (!fresh)
             cp = t ? CLNET_SLOT(sv - (size_t)B * CLNET_SLOTS * Hp, 4) : CLNET_VLOAD(0, c0 + at);
         const realv dc = CLNET_VLOAD(0, carry + at) + dh * o * ((realv)1 - tc * tc);
-        CLNET_VSTORE(dc * g * i * ((realv)1 - i), 0, dg);
-        CLNET_VSTORE(dc * cp * f * ((realv)1 - f), 0, dg + CLNET_VW);
-        CLNET_VSTORE(dc * i * ((realv)1 - g * g), 0, dg + 2 * CLNET_VW);
-        CLNET_VSTORE(dh * tc * o * ((realv)1 - o), 0, dg + 3 * CLNET_VW);
+        CLNET_GATE_OUT(0, dc * g * i * ((realv)1 - i));
+        CLNET_GATE_OUT(1, dc * cp * f * ((realv)1 - f));
+        CLNET_GATE_OUT(2, dc * i * ((realv)1 - g * g));
+        CLNET_GATE_OUT(3, dh * tc * o * ((realv)1 - o));
         CLNET_VSTORE(flows ? dc * f : (realv)0, 0, carry + at);
 #elif defined(CLNET_GRU)
         dh += CLNET_VLOAD(0, carry + at);
@@ -169,21 +188,25 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
         const realv dar = dan * hn * rg * ((realv)1 - rg);
         const realv daz = dh * (hp - n) * z * ((realv)1 - z);
         __global real *dgx = dGx + (size_t)tb * CLNET_NC + col;
-        CLNET_VSTORE(dar, 0, dg);
-        CLNET_VSTORE(daz, 0, dg + CLNET_VW);
-        CLNET_VSTORE(dan * rg, 0, dg + 2 * CLNET_VW);
+        CLNET_GATE_OUT(0, dar);
+        CLNET_GATE_OUT(1, daz);
+        CLNET_GATE_OUT(2, dan * rg);
         CLNET_VSTORE(dar, 0, dgx);
         CLNET_VSTORE(daz, 0, dgx + CLNET_VW);
         CLNET_VSTORE(dan, 0, dgx + 2 * CLNET_VW);
+        /* the input-side n gate differs (no r); its sums follow the NC recurrent ones */
+        __global real *bn = bsum + CLNET_NC + 2 * CLNET_VW;
+        CLNET_VSTORE(CLNET_VLOAD(0, bn) + dan, 0, bn);
         CLNET_VSTORE(flows ? dh * z : (realv)0, 0, carry + at);
 #else
         const realv h = CLNET_VLOAD(0, hs + ((size_t)tb + B) * Hp + unit);
 #if defined(CLNET_RNN_RELU)
-        CLNET_VSTORE(select((realv)0, dh, h > (realv)0), 0, dg);
+        CLNET_GATE_OUT(0, select((realv)0, dh, h > (realv)0));
 #else
-        CLNET_VSTORE(dh * ((realv)1 - h * h), 0, dg);
+        CLNET_GATE_OUT(0, dh * ((realv)1 - h * h));
 #endif
 #endif
+#undef CLNET_GATE_OUT
         if (zero_next)
             CLNET_VSTORE((realv)0, 0, hs + ((size_t)tb + B) * Hp + unit);
         if (zero_own)
@@ -208,20 +231,20 @@ __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const 
                                   __global real *carry,
                                   __global real *dG,
                                   __global real *dGx,
-                                  __global real *dh0)
+                                  __global real *dh0,
+                                  __global real *dbias)
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb0 = get_global_id(1) * CLNET_BN;
     for (int t = t1 - 1; t >= t0; --t) {
         clnet_bptt_tile(t, m0, jb0, B, Hp, T, t_low, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
-                        carry, dG, dGx, dh0);
+                        carry, dG, dGx, dh0, dbias);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }
 }
 
 /* C[m, n] = sum_k A(m, k) * Bn[k, n] for m < M and n < N (N and N1 multiples of VW), with
- * A(m, k) = A[a_off + m * sam + k * sak] (strides make A^T, or a row of ones with both
- * strides 0) and Bn = [B1 | B2] side by side: columns n < N1 come from B1, the others from
+ * A(m, k) = A[a_off + m * sam + k * sak] (strides make A^T) and Bn = [B1 | B2] side by side: columns n < N1 come from B1, the others from
  * B2 (column n - N1), both row-major, so that dW_ih and dW_hh are ONE product over dG.
  * C is row-major. A work-item owns a GM x (GN * VW) register tile.
  * global (ceil(M / GM), ceil(N / (GN * VW))). */
