@@ -8,7 +8,7 @@ rates, truncation windows, burn-in prefixes, loss masks and final-state gradient
   against ``torch.autograd`` in tests/test_bptt.py; torch is not needed here).
 - ``bptt.finite_differences``: the gradient agrees with central finite differences of
   the loss computed by the float64 NumPy forward, along a random direction per
-  gradient. Truncation and burn-in make the gradient that of a surrogate loss in which
+  gradient (smooth cells only: differences across the relu's kink mean nothing). Truncation and burn-in make the gradient that of a surrogate loss in which
   the state at each cut is a constant; the finite differences run that surrogate: the
   sequence in windows between cuts, each window started from the unperturbed state.
 """
@@ -211,5 +211,9 @@ if st is not None:
     for _name, _kinds in (("lstm", ("lstm",)), ("gru", ("gru",)), ("rnn", ("rnn_tanh", "rnn_relu")),
                           ("stacked_lstm", ("stacked_lstm",)), ("stacked_gru", ("stacked_gru",))):
         register(Check(f"bptt.{_name}", "bptt", lambda k=_kinds: bptt_cases(k), _eval_reference, _describe))
-    register(Check("bptt.finite_differences", "bptt_fd", lambda: bptt_cases(KINDS + STACKED),
-                   _eval_finite_differences, _describe))
+    # Not the relu RNN: central differences straddle its kink wherever a pre-activation lies
+    # within the step of zero (hypothesis finds such cases); its gradient is checked against
+    # the reference above and against torch in the tests.
+    register(Check("bptt.finite_differences", "bptt_fd",
+                   lambda: bptt_cases(("lstm", "gru", "rnn_tanh") + STACKED), _eval_finite_differences,
+                   _describe))
