@@ -12,9 +12,11 @@ BENCHMARKS = {
     "fnn": "clnet.bench.fnn",
     "pearson": "clnet.bench.pearson",
     "rnn": "clnet.bench.rnn",
+    "bptt": "clnet.bench.bptt",
 }
 DEMOS = {
     "population": "clnet.demos.population",
+    "memory": "clnet.demos.memory",
 }
 DEFAULT_DEMO = "population"
 

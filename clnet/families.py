@@ -11,14 +11,14 @@ clnet stays cheap and free of cycles.
 def opencl_mixins():
     from .fnn import FNNKernels
     from .pearson import PearsonKernels
-    from .rnn import RNNKernels
+    from .rnn import BPTTKernels, RNNKernels
 
-    return [FNNKernels, RNNKernels, PearsonKernels]
+    return [FNNKernels, RNNKernels, BPTTKernels, PearsonKernels]
 
 
 def numpy_mixins():
     from clnet_fallback.fnn import FNNReference
     from clnet_fallback.pearson import PearsonReference
-    from clnet_fallback.rnn import RNNReference
+    from clnet_fallback.rnn import BPTTReference, RNNReference
 
-    return [FNNReference, RNNReference, PearsonReference]
+    return [FNNReference, RNNReference, BPTTReference, PearsonReference]

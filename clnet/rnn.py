@@ -7,9 +7,15 @@ or run over a sequence), :class:`LSTM` and :class:`GRU` (stacked layers called l
 device for OpenCL). Semantics and weight layouts are PyTorch's: see
 ``shared/docs/SEMANTICS.md``, recurrent cells.
 
+Backpropagation through time over a stored rollout: ``backward_sequence`` on every cell
+and stacked model (gradients of every weight, the inputs and the initial state; resets,
+truncation windows, burn-in and loss masks), on the device through the mixin
+:class:`BPTTKernels` and ``kernels/bptt.cl``.
+
 Every public method validates all of its arguments before any device work, so a bad
-call raises and leaves the state untouched. The OpenCL implementation is the mixin
-:class:`RNNKernels` at the bottom; the NumPy reference is ``clnet_fallback.rnn``.
+call raises and leaves the state untouched. The OpenCL implementation is the mixins
+:class:`RNNKernels` and :class:`BPTTKernels` at the bottom; the NumPy reference is
+``clnet_fallback.rnn``.
 """
 from __future__ import annotations
 
@@ -314,6 +320,55 @@ class _Cell:
             out = be.op("rnn_sequence")(self._weights(be, dt), state._storage, xv, keeps)
         return np.ascontiguousarray(out.transpose(1, 0, 2)) if batch_first else out
 
+    # -- backpropagation through time -------------------------------------------------------
+    def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
+                          burn_in=0, mask=None, batch_first: bool = False, backend: BackendLike = None,
+                          dtype=None) -> Dict[str, np.ndarray]:
+        """Gradients of a loss through a stored rollout (backpropagation through time).
+
+        The sequence is run forward again from ``initial_state`` with the same ``resets``
+        (as :meth:`sequence` does), saving the activations on the device, then backwards:
+        given ``grad_hs``, the gradient of the loss with respect to every output h_t, it
+        returns the gradient with respect to every weight and bias under PyTorch's names
+        (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``; no biases when
+        ``bias=False``), the inputs (``x``, shaped like ``xs``) and the initial state
+        (``h0``, and ``c0`` for an LSTM). Stored states are constants: nothing changes in
+        the cell or in any state object.
+
+        - ``xs``: ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``), T >= 1.
+        - ``initial_state``: the state before step 0: ``None`` (zeros), a
+          :class:`RecurrentState` of this cell (read, not changed; its backend and dtype
+          are then the defaults), or arrays: ``(h0, c0)`` for an LSTM, ``h0`` for a GRU or
+          RNN, each ``(B, hidden_size)``.
+        - ``resets``: ``(T, B)`` 0/1 or ``None``, the convention of :meth:`step`:
+          ``resets[t, b] = 1`` zeroes environment b's state before step t. The gradient
+          into the state it replaced is exactly zero: resets cut the gradient flow where
+          they cut the state.
+        - ``grad_hs``: ``(T, B, hidden_size)`` (``(B, T, hidden_size)`` with batch_first),
+          or ``None`` for zeros.
+        - ``grad_final``: gradient with respect to the final state after step T - 1:
+          ``(dh_T, dc_T)`` for an LSTM (either may be ``None``), ``dh_T`` otherwise;
+          ``(B, hidden_size)`` each. ``None`` for zeros.
+        - ``truncate=k`` (truncated BPTT, rl_games' ``bptt_len``): the state still flows
+          forward through every step, but no gradient crosses the boundary before step t
+          for t = k, 2k, 3k, ... (counted from the first step of ``xs``, burn-in included):
+          the gradient into the state before such a step is zero (as ``h.detach()`` there).
+          ``None`` (default) lets it flow through all T steps.
+        - ``burn_in=n`` (R2D2): steps 0 .. n - 1 only warm up the state. Their outputs'
+          gradients are ignored, they contribute nothing to the weight gradients, ``x``'s
+          gradient is zero there, no gradient flows into the state before step n, so
+          ``h0`` (and ``c0``) get zero gradients when n > 0. 0 <= n < T.
+        - ``mask``: ``(T, B)`` (``(B, T)`` with batch_first) loss mask for padded
+          sequences: ``grad_hs[t, b]`` is multiplied by ``mask[t, b]`` (0 ignores a padded
+          step; weights other than 0 and 1 scale it). The gradient still flows backwards
+          through masked steps from later unmasked ones, and ``grad_final`` is not masked.
+
+        Every argument is checked before any device work. Returns float arrays of the
+        dtype computed in (float32 by default).
+        """
+        return _backward_sequence(self, [self], False, xs, initial_state, resets, grad_hs, grad_final,
+                                  truncate, burn_in, mask, batch_first, backend, dtype)
+
     # -- functional form, like torch ------------------------------------------------------------
     def _functional(self, x, hx, backend, dtype):
         be = get_backend(backend)
@@ -525,6 +580,23 @@ class _Stacked:
             out = cell.sequence(out, state, resets, batch_first=bf)
         return out
 
+    def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
+                          burn_in=0, mask=None, batch_first=None, backend: BackendLike = None,
+                          dtype=None) -> Dict[str, np.ndarray]:
+        """Backpropagation through time through every layer, like :meth:`LSTMCell.backward_sequence`.
+
+        ``grad_hs`` is the gradient of the last layer's outputs; ``initial_state`` is
+        ``None``, a list of one :class:`RecurrentState` per layer, or arrays as in a call:
+        ``(h0, c0)`` (LSTM) or ``h0`` (GRU), each ``(num_layers, B, hidden_size)``;
+        ``grad_final`` likewise for ``(h_n, c_n)``. Resets, truncation and burn-in apply to
+        every layer; the mask to ``grad_hs``. The result holds torch.nn.LSTM's names
+        (``weight_ih_l0``, ``weight_hh_l1``, ...), ``x``, and ``h0`` (``c0``) of shape
+        ``(num_layers, B, hidden_size)``. ``batch_first`` defaults to the model's.
+        """
+        bf = self.batch_first if batch_first is None else bool(batch_first)
+        return _backward_sequence(self, self.layers, True, xs, initial_state, resets, grad_hs, grad_final,
+                                  truncate, burn_in, mask, bf, backend, dtype)
+
     def __call__(self, xs, hx=None, *, backend: BackendLike = None, dtype=None):
         be = get_backend(backend)
         dt = be.check_dtype(dtype)
@@ -586,6 +658,137 @@ class GRU(_Stacked):
 
     _cell_class = GRUCell
     _torch_name = "GRU"
+
+
+# ---------------------------------------------------------------------------------------
+# Backpropagation through time: argument checks shared by cells and stacked layers
+# ---------------------------------------------------------------------------------------
+def _state_arrays(value, name: str, lstm: bool, shape: Tuple[int, ...], dt, what: str):
+    """``(h, c)`` (LSTM) or ``h`` checked against ``shape``; None gives (None, None)."""
+    if value is None:
+        return None, None
+    if lstm:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name} of an LSTM must be a pair ({what}), got {type(value).__name__}")
+        parts = list(value)
+    else:
+        parts = [value, None]
+    out = []
+    for part, sub in zip(parts, ("h", "c")):
+        if part is None:
+            out.append(None)
+            continue
+        arr = as_real_array(part, f"{name} ({sub})", dt)
+        if arr.shape != shape:
+            dims = "(num_layers, batch, hidden_size)" if len(shape) == 3 else "(batch, hidden_size)"
+            raise ValueError(f"{name} ({sub}) must have shape {dims} = {shape}, got shape {arr.shape}")
+        out.append(arr)
+    return out[0], out[1]
+
+
+def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_hs, grad_final, truncate,
+                       burn_in, mask, batch_first, backend, dtype):
+    lstm = model.kind == "lstm"
+    L, H = len(layers), model.hidden_size
+    given: List[RecurrentState] = []
+    if isinstance(initial_state, RecurrentState):
+        if stacked:
+            raise TypeError(f"initial_state of a stacked model must be a list of {L} states (one per layer), "
+                            f"arrays, or None")
+        given = [initial_state]
+    elif stacked and isinstance(initial_state, (list, tuple)) and any(
+            isinstance(s, RecurrentState) for s in initial_state):
+        if len(initial_state) != L or not all(isinstance(s, RecurrentState) for s in initial_state):
+            raise ValueError(f"initial_state must be a list of {L} clnet.RecurrentState (one per layer)")
+        given = list(initial_state)
+    for cell, state in zip(layers, given):
+        if state.cell is not cell:
+            raise ValueError(f"initial_state belongs to another cell ({state.cell!r}); make it with this "
+                             f"model's initial_state()")
+    be = get_backend(backend) if (backend is not None or not given) else given[0].backend
+    dt = be.check_dtype(dtype if (dtype is not None or not given) else given[0].dtype)
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    xv = layers[0]._inputs(xs, "xs", dt, (3,))
+    layout = "(B, T, {})" if batch_first else "(T, B, {})"
+    if batch_first:
+        xv = np.ascontiguousarray(xv.transpose(1, 0, 2))
+    T, B = xv.shape[:2]
+    if T == 0:
+        raise ValueError("xs must hold at least one time step")
+    state_shape = (L, B, H) if stacked else (B, H)
+    for state in given:
+        if state.batch_size != B:
+            raise ValueError(f"xs has batch size {B} but initial_state holds {state.batch_size} environments")
+    pair = "h0, c0" if lstm else "h0"
+    if not given:
+        h0, c0 = _state_arrays(initial_state, "initial_state", lstm, state_shape, dt, pair)
+        if lstm and initial_state is not None and (h0 is None or c0 is None):
+            raise ValueError("initial_state of an LSTM needs both h0 and c0 (or None for zeros)")
+        h0 = np.zeros((L, B, H), dt) if h0 is None else h0.reshape(L, B, H)
+        c0 = (np.zeros((L, B, H), dt) if c0 is None else c0.reshape(L, B, H)) if lstm else None
+    tb = (B, T) if batch_first else (T, B)
+    keeps = _reset_keep(resets, "resets", tb, dt)
+    if keeps is not None and batch_first:
+        keeps = np.ascontiguousarray(keeps.T)
+    if grad_hs is None:
+        dhs = np.zeros((T, B, H), dt)
+    else:
+        dhs = as_real_array(grad_hs, "grad_hs", dt)
+        want = (B, T, H) if batch_first else (T, B, H)
+        if dhs.shape != want:
+            raise ValueError(f"grad_hs must have the shape of the outputs, {layout.format('hidden_size')} = "
+                             f"{want}, got shape {dhs.shape}")
+        if batch_first:
+            dhs = dhs.transpose(1, 0, 2)
+        # a copy only where it will be changed (the caller's array never is)
+        changed = batch_first or mask is not None or burn_in != 0
+        dhs = np.array(dhs, dtype=dt, order="C") if changed else np.ascontiguousarray(dhs, dtype=dt)
+    dhT, dcT = _state_arrays(grad_final, "grad_final", lstm, state_shape, dt, "dh_T, dc_T")
+    dhT = None if dhT is None else dhT.reshape(L, B, H)
+    dcT = None if dcT is None else dcT.reshape(L, B, H)
+    if truncate is not None:
+        truncate = as_int(truncate, "truncate", minimum=1)
+    burn_in = as_int(burn_in, "burn_in", minimum=0)
+    if burn_in >= T:
+        raise ValueError(f"burn_in must be smaller than the number of time steps T = {T} (at least one "
+                         f"step must carry gradient), got {burn_in}")
+    if mask is not None:
+        if hasattr(mask, "detach") and hasattr(mask, "cpu"):
+            mask = mask.detach().cpu().numpy()
+        m = np.asarray(mask)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"mask must be an array of 0/1, booleans or weights, got dtype {m.dtype}")
+        if m.shape != tb:
+            raise ValueError(f"mask must have shape {'(B, T)' if batch_first else '(T, B)'} = {tb} (one "
+                             f"weight per environment and time step), got shape {m.shape}")
+        m = m.astype(dt)
+        dhs *= (m.T if batch_first else m)[:, :, None]
+    if burn_in:
+        dhs[:burn_in] = 0
+    # gkeep[t, b] = 0 where no gradient flows into the state before step t.
+    gkeep = np.ones((T, B), dt) if keeps is None else keeps.copy()
+    if truncate is not None:
+        gkeep[truncate::truncate] = 0
+    if burn_in:
+        gkeep[burn_in] = 0
+    if given:  # read only now that every argument is known to be good
+        h0 = np.stack([s.h for s in given]).astype(dt)
+        c0 = np.stack([s.c for s in given]).astype(dt) if lstm else None
+    weights = [cell._weights(be, dt) for cell in layers]
+    res = be.op("rnn_backward")(weights, xv, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in)
+    grads: Dict[str, np.ndarray] = {}
+    for l, (cell, g) in enumerate(zip(layers, res["layers"])):
+        suffix = f"_l{l}" if stacked else ""
+        for name in _NAMES:
+            if name in cell._shapes():
+                grads[name + suffix] = g[name]
+    dx = res["x"]
+    grads["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if batch_first else dx
+    grads["h0"] = res["h0"] if stacked else res["h0"][0]
+    if lstm:
+        grads["c0"] = res["c0"] if stacked else res["c0"][0]
+    return grads
 
 
 # ---------------------------------------------------------------------------------------
@@ -670,7 +873,8 @@ class RNNKernels:
                 w_ih=up(_interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(_interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
                 b_x=up(_interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"))
+                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                params=params, back=None)
 
     def _rnn_kernel(self, w, name: str, rows: int):
         """The project or recur kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
@@ -827,6 +1031,256 @@ class RNNKernels:
                       d_out, t * B * hp, c_arg, d_keep, t * B, int(has_keep), w.b_hn,
                       w.zeros, *x_args[2:])
                 h_prev, prev_off = d_out, t * B * hp
+
+
+def _pad_to(n: int, vw: int) -> int:
+    return -(-n // vw) * vw
+
+
+def _uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
+    """Inverse of :func:`_interleave` along ``axis`` (G * Hp interleaved -> G * H stacked)."""
+    a = np.moveaxis(a, axis, 0)
+    hp = a.shape[0] // gates
+    out = a.reshape(hp // vw, gates, vw, -1).transpose(1, 0, 2, 3).reshape(gates, hp, -1)[:, :hidden]
+    return np.moveaxis(out.reshape((gates * hidden,) + a.shape[1:]), 0, axis)
+
+
+_SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
+
+
+_I32, _I64 = np.int32, np.int64
+_BPTT_SCALARS = {
+    "forward": [_I32, _I32, _I32, _I32, None, None, None, None, None, _I32, None, None, None, _I64, _I32, None,
+                None, None],
+    "backward": [_I32] * 6 + [None] * 5 + [_I32, None, None, _I64] + [None] * 6,
+    "gemm": [_I32, _I32, _I32, None, _I64, _I64, _I64, None, _I64, _I64, _I32, None, _I64, _I64, None, _I64, _I64],
+}
+
+
+def _bptt_rows(kind: str, batch: int, units: int) -> int:
+    """Rows per work-item of the BPTT passes: of the step kernel's two tile heights, the one
+    whose row tiles spread most evenly over the compute units (larger on a tie). A
+    one-launch pass runs one work-group per row tile from start to end, so an uneven split
+    leaves a core idle: at B=64 on 2 cores, 16 tiles of 4 rows ran the forward 12% faster
+    than 11 tiles of 6."""
+    def balance(rows):
+        tiles = -(-batch // rows)
+        return tiles / (-(-tiles // units) * units)
+    return max(reversed(_STEP_ROWS[kind]), key=balance)
+
+
+def _backward_blocks(rows: int, blocks: int) -> int:
+    """Unit blocks per work-item of the backward step: as many as divide ``blocks`` while
+    the rows x blocks accumulators stay within 24 of AVX-512's 32 vector registers."""
+    return next(bn for bn in (4, 2, 1) if blocks % bn == 0 and rows * bn <= 24)
+# Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
+# measured on PoCL (AVX-512, 2 cores) at T=64, B=64, I=32, H=128: the weight gradients
+# run best with 12 x 2 (1.9 ms against 2.7 ms for 16 x 1 and 3.2 ms for 4 x 4: 24 FMAs per
+# 14 loads), dx = dG @ W_ih with 8 x 2.
+_GEMM_TILE = {"weights": (12, 2), "inputs": (8, 2)}
+
+
+class BPTTKernels:
+    """Backpropagation through time on OpenCL (kernels/bptt.cl), for ``backward_sequence``."""
+
+    def _bptt_back(self, w):
+        """W_ih and W_hh with interleaved gate rows for the backward, made once per weights."""
+        if w.back is None:
+            vw = _vector_width(w.dtype)
+            ip = _pad_to(w.inputs, vw)
+            w_ih = np.zeros((w.gates * w.hidden, ip))
+            w_ih[:, :w.inputs] = w.params["weight_ih"]
+            w_hh = np.zeros((w.gates * w.hidden, w.hp))
+            w_hh[:, :w.hidden] = w.params["weight_hh"]
+            fwd = _interleave(w_ih, w.gates, w.hidden, w.hp, vw)  # (Ip, G*Hp), padded input rows zero
+            with self.lock:
+                w.back = SimpleNamespace(
+                    ip=ip, w_ih=self.to_device(fwd.astype(w.dtype), "weight_ih"),
+                    w_ih_t=self.to_device(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
+                    w_hh_t=self.to_device(np.ascontiguousarray(
+                        _interleave(w_hh, w.gates, w.hidden, w.hp, vw).T).astype(w.dtype), "weight_hh"))
+        return w.back
+
+    def _bptt_kernel(self, w, name: str, rows: int, tile=(1, 1), blocks: int = 1):
+        gm, gn = tile
+        defines = (f"CLNET_GATES={w.gates}", f"CLNET_RM={rows}", _KIND_DEFINE[w.kind],
+                   f"CLNET_SLOTS={_SLOTS[w.kind]}", f"CLNET_BN={blocks}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
+        knl = self.kernel("bptt", f"clnet_bptt_{name}", w.dtype, defines)
+        typed = self.__dict__.setdefault("_bptt_typed", set())
+        if id(knl) not in typed:  # typed scalars: one fast call sets all arguments (see _SCALARS)
+            knl.set_scalar_arg_dtypes(_BPTT_SCALARS[name])
+            typed.add(id(knl))
+        return knl
+
+    def _bptt_gemm(self, w, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
+        """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
+        columns of a second matrix to Bm's N."""
+        gm, gn = _GEMM_TILE[tile]
+        vw = _vector_width(w.dtype)
+        knl = self._bptt_kernel(w, "gemm", 1, (gm, gn))
+        B2, b2_off, ldb2, N2 = right if right is not None else (Bm, b_off, ldb, 0)
+        grid = (-(-M // gm), -(-((N + N2) // vw) // gn))
+        knl(self.queue, grid, _LOCAL, np.int32(M), np.int32(N + N2), np.int32(K), A, np.int64(a_off),
+            np.int64(sam), np.int64(sak), Bm, np.int64(b_off), np.int64(ldb), np.int32(N), B2, np.int64(b2_off),
+            np.int64(ldb2), C, np.int64(c_off), np.int64(ldc))
+
+    def _bptt_upload(self, name, array, what, keep_alive):
+        """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds
+        the host array until the caller's final ``queue.finish()``."""
+        import pyopencl as cl
+
+        buf = self.workspace(name, array.nbytes, what)
+        keep_alive.append(array)
+        cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
+        return buf
+
+    def _bptt_rw(self, array, what):
+        """A new read-write device buffer holding a copy of ``array``."""
+        import pyopencl as cl
+
+        self.check_alloc(array.nbytes, what)
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=np.ascontiguousarray(array))
+
+    def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
+        import pyopencl as cl
+
+        T, B, I = xs.shape
+        L = len(layers)
+        dt = layers[0].dtype
+        vw = _vector_width(dt)
+        item = dt.itemsize
+        H, hp = layers[0].hidden, layers[0].hp
+        lstm = layers[0].kind == "lstm"
+        gru = layers[0].kind == "gru"
+
+        def padded(a, width):
+            if a.shape[-1] == width:
+                return np.ascontiguousarray(a, dtype=dt)
+            out = np.zeros(a.shape[:-1] + (width,), dtype=dt)
+            out[..., :a.shape[-1]] = a
+            return out
+
+        backs = [self._bptt_back(w) for w in layers]
+        rows = _bptt_rows(layers[0].kind, B, int(self.device.max_compute_units))
+        blocks = hp // vw
+        grid = (-(-B // rows), blocks)
+        k0 = burn_in * B
+        K = (T - burn_in) * B
+        with self.lock:
+            up = self.to_device
+            d_keep = layers[0].zeros if keeps is None else up(keeps, "reset masks")
+            d_gkeep = up(gkeep, "gradient masks")
+            # Large buffers are workspaces kept between calls: allocating and first touching
+            # tens of MiB costs more on CPU devices than some of the kernels.
+            ws = self.workspace
+            keep_alive, reads = [], []  # host arrays of transfers not waited for
+            d_x = self._bptt_upload("bptt.x", padded(xs, backs[0].ip), "inputs", keep_alive)
+            bn = _backward_blocks(rows, blocks)
+            fwd = self._bptt_kernel(layers[0], "forward", rows)
+            bwd = self._bptt_kernel(layers[0], "backward", rows, blocks=bn)
+            one_launch = (bool(self.device.type & cl.device_type.CPU) and B <= ONE_LAUNCH_BATCH
+                          and blocks <= fwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                self.device)
+                          and blocks // bn <= bwd.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                      self.device))
+            local = (1, blocks) if one_launch else _LOCAL
+            bgrid, blocal = (grid[0], blocks // bn), ((1, blocks // bn) if one_launch else _LOCAL)
+            # 1. forward through every layer, saving
+            saved = []
+            x_buf, x_base, x_width = d_x, 0, backs[0].ip
+            for l, (w, back) in enumerate(zip(layers, backs)):
+                slots = _SLOTS[w.kind]
+                d_h0 = up(padded(h0[l], hp), "initial state")
+                d_hs = ws(f"bptt.hs{l}", (T + 1) * B * hp * item, "hidden states of the sequence")
+                d_c0 = up(padded(c0[l], hp), "initial cell state") if lstm else w.zeros
+                d_c = self.empty(B * hp * item, "cell state") if lstm else w.zeros
+                if lstm:
+                    cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=B * hp * item)
+                d_save = ws(f"bptt.save{l}", T * B * slots * hp * item, "saved activations")
+                steps = [(0, T)] if one_launch else [(t, t + 1) for t in range(T)]
+                for t0, t1 in steps:
+                    fwd(self.queue, grid, local, np.int32(B), np.int32(hp), np.int32(t0), np.int32(t1),
+                        w.w_hh, d_h0, d_hs, d_c, d_keep, np.int32(keeps is not None), w.b_hn, w.zeros,
+                        x_buf, np.int64(x_base), np.int32(x_width), back.w_ih, w.b_x, d_save)
+                saved.append((d_hs, d_c0, d_save, x_buf, x_base, x_width))
+                x_buf, x_base, x_width = d_hs, B * hp, hp
+            # 2. backward, top layer first; a layer's dx is the gradient of the outputs below
+            nc = layers[0].gates * hp
+            d_dhs, dhs_base = self._bptt_upload("bptt.dhs", padded(dhs, hp), "output gradients", keep_alive), 0
+            results = [None] * L
+            dh0 = np.zeros((L, B, H), dtype=dt)
+            dc0 = np.zeros((L, B, H), dtype=dt) if lstm else None
+            for l in reversed(range(L)):
+                w, back = layers[l], backs[l]
+                d_hs, d_c0, d_save, x_buf, x_base, x_width = saved[l]
+                d_dhT = up(padded(dhT[l], hp) if dhT is not None else np.zeros((B, hp), dt),
+                           "final state gradient")
+                carry = padded(dcT[l], hp) if (lstm and dcT is not None) else np.zeros((B, hp), dt)
+                d_carry = self._bptt_rw(carry, "carried gradient")
+                d_dG = ws("bptt.dG", T * B * nc * item, "gate gradients")
+                d_dGx = ws("bptt.dGx", T * B * nc * item, "input gate gradients") if gru else d_dG
+                d_dh0 = self.empty(B * hp * item, "initial state gradient")
+                bias_cols = 2 * nc if gru else nc
+                bias_sums = np.zeros((bgrid[0], bias_cols), dt)
+                d_bias = self._bptt_rw(bias_sums, "bias gradients")
+                first = -1 if burn_in == 0 else burn_in
+                steps = [(first, T)] if one_launch else [(t, t + 1) for t in range(T - 1, first - 1, -1)]
+                for t0, t1 in steps:
+                    bwd(self.queue, bgrid, blocal, np.int32(B), np.int32(hp), np.int32(T), np.int32(t0),
+                        np.int32(t1), np.int32(burn_in), back.w_hh_t, d_hs, d_c0, d_save, d_keep,
+                        np.int32(keeps is not None), d_gkeep, d_dhs, np.int64(dhs_base), d_dhT, d_carry, d_dG,
+                        d_dGx, d_dh0, d_bias)
+                d_w = ws("bptt.w", nc * (x_width + hp) * item, "weight gradients")
+                gemm = self._bptt_gemm
+                if gru:  # dW_ih and dW_hh come from different gate gradients
+                    gemm(w, "weights", nc, x_width, K, d_dGx, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
+                         x_width, d_w, 0, x_width + hp)
+                    gemm(w, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, d_hs, k0 * hp, hp, d_w, x_width,
+                         x_width + hp)
+                else:
+                    gemm(w, "weights", nc, x_width, K, d_dG, k0 * nc, 1, nc, x_buf, x_base + k0 * x_width,
+                         x_width, d_w, 0, x_width + hp, right=(d_hs, k0 * hp, hp, hp))
+                d_dx = ws(f"bptt.dx{l % 2}", T * B * x_width * item, "input gradients")
+                gemm(w, "inputs", K, x_width, nc, d_dGx, k0 * nc, nc, 1, back.w_ih_t, 0, x_width, d_dx,
+                     k0 * x_width, x_width)
+                # Read back without waiting (the in-order queue finishes each read before the
+                # next layer reuses the workspaces); one finish at the end.
+                host = np.empty((nc, x_width + hp), dtype=dt)
+                cl.enqueue_copy(self.queue, host, d_w, is_blocking=False)
+                cl.enqueue_copy(self.queue, bias_sums, d_bias, is_blocking=False)
+                states = None
+                if burn_in == 0:
+                    states = (np.empty((B, hp), dtype=dt), np.empty((B, hp), dtype=dt) if lstm else None)
+                    cl.enqueue_copy(self.queue, states[0], d_dh0, is_blocking=False)
+                    if lstm:
+                        cl.enqueue_copy(self.queue, states[1], d_carry, is_blocking=False)
+                reads.append((l, w, x_width, host, bias_sums, states))
+                d_dhs, dhs_base = d_dx, 0
+            dx = np.zeros((T, B, backs[0].ip), dtype=dt)
+            cl.enqueue_copy(self.queue, dx[burn_in:], d_dhs, src_offset=k0 * backs[0].ip * item,
+                            is_blocking=False)
+            self.queue.finish()
+        for l, w, x_width, host, bias_sums, states in reads:
+            G = w.gates
+            both = _uninterleave(host, G, H, vw, 0)
+            sums = bias_sums.sum(axis=0)
+            b_hh = sums[:nc]
+            b_ih = b_hh
+            if gru:  # the input side differs in the n gate only
+                b_ih = b_hh.reshape(-1, G, vw).copy()
+                b_ih[:, 2] = sums[nc:].reshape(-1, G, vw)[:, 2]
+                b_ih = b_ih.reshape(-1)
+            results[l] = {
+                "weight_ih": np.ascontiguousarray(both[:, :w.inputs]),
+                "weight_hh": np.ascontiguousarray(both[:, x_width:x_width + H]),
+                "bias_ih": _uninterleave(b_ih, G, H, vw, 0),
+                "bias_hh": _uninterleave(b_hh, G, H, vw, 0)}
+            if states is not None:
+                dh0[l] = states[0][:, :H]
+                if lstm:
+                    dc0[l] = states[1][:, :H]
+        return {"layers": results, "x": np.ascontiguousarray(dx[:, :, :I]), "h0": dh0, "c0": dc0}
 
 
 def _fused_projection(runtime) -> bool:

@@ -43,6 +43,21 @@ typedef float16 realv;
 
 #define CLNET_NC (CLNET_GATES * Hp) /* columns of Wt and of projected gates */
 
+/* With CLNET_SAVE (kernels/bptt.cl) a step also stores what backpropagation through time
+ * needs, CLNET_SLOTS vectors per unit block in save (B, CLNET_SLOTS * Hp) of its step,
+ * slot s of block jb at column jb * CLNET_SLOTS * VW + s * VW: LSTM i, f, g, o and the new
+ * c; GRU r, z, n and W_hn h + b_hn. An Elman RNN needs nothing but its h. */
+#ifdef CLNET_SAVE
+#define CLNET_SAVE_PARAMS , __global real *save, const long save_off
+#define CLNET_SAVE_ARGS(off) , save, (off)
+#define CLNET_STORE_SLOT(s, v) \
+    CLNET_VSTORE((v), 0, save + save_off + (size_t)row * CLNET_SLOTS * Hp + jb * CLNET_SLOTS * CLNET_VW + (s) * CLNET_VW)
+#else
+#define CLNET_SAVE_PARAMS
+#define CLNET_SAVE_ARGS(off)
+#define CLNET_STORE_SLOT(s, v)
+#endif
+
 inline realv clnet_sigmoid_v(realv z)
 {
     return (realv)1 / ((realv)1 + exp(-z));
@@ -120,7 +135,8 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
                            __global const real *zero_row,
                            __global const real *x, const long x_off, const int I,
                            __global const real *Wx,
-                           __global const real *bias_x)
+                           __global const real *bias_x
+                           CLNET_SAVE_PARAMS)
 {
     const int col = jb * CLNET_GATES * CLNET_VW;
     const int unit = jb * CLNET_VW;
@@ -174,11 +190,21 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
         const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
         const realv c1 = f * c0 + i * g;
         CLNET_VSTORE(c1, 0, c + at);
+        CLNET_STORE_SLOT(0, i);
+        CLNET_STORE_SLOT(1, f);
+        CLNET_STORE_SLOT(2, g);
+        CLNET_STORE_SLOT(3, o);
+        CLNET_STORE_SLOT(4, c1);
         CLNET_VSTORE(o * clnet_tanh_v(c1), 0, h_next + hn_off + at);
 #elif defined(CLNET_GRU)
         const realv rg = clnet_sigmoid_v(acc[r][0]);
         const realv z = clnet_sigmoid_v(acc[r][1]);
-        const realv n = clnet_tanh_v(acc[r][2] + rg * (hn[r] + CLNET_VLOAD(0, bias_hn + unit)));
+        const realv hnb = hn[r] + CLNET_VLOAD(0, bias_hn + unit);
+        const realv n = clnet_tanh_v(acc[r][2] + rg * hnb);
+        CLNET_STORE_SLOT(0, rg);
+        CLNET_STORE_SLOT(1, z);
+        CLNET_STORE_SLOT(2, n);
+        CLNET_STORE_SLOT(3, hnb);
         const realv hp = fresh[r] ? (realv)0 : CLNET_VLOAD(0, h_prev + hp_off + at);
         CLNET_VSTORE(((realv)1 - z) * n + z * hp, 0, h_next + hn_off + at);
 #else
@@ -193,6 +219,7 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
     }
 }
 
+#ifndef CLNET_SAVE /* kernels/bptt.cl has its own loops over the steps */
 /* One time step. global (ceil(B / RM), Hp / VW). */
 __kernel void clnet_rnn_recur(const int B, const int Hp,
                               __global const real *Wt,
@@ -241,6 +268,8 @@ __kernel void clnet_rnn_run(const int B, const int Hp, const int T,
         barrier(CLK_GLOBAL_MEM_FENCE);
     }
 }
+
+#endif
 
 /* buf[b, :] = 0 where keep[b] == 0, for B rows of width W: resets states in place. */
 __kernel void clnet_rnn_zero_rows(const int B, const int W, __global real *buf,

@@ -216,3 +216,34 @@ entry(EntryPoint("pearson_topk", lambda be, X, k, mo: clnet.pearson_topk(X, k, m
 entry(EntryPoint("pearson_threshold", lambda be, X, t, tr: clnet.pearson_threshold(X, t, transform=tr, backend=be,
                                                                                    progress=False),
                  [_XP, 0.4, None]))
+
+
+# --- backpropagation through time -----------------------------------------------------------
+_BPTT_CELL = clnet.LSTMCell(3, 5, seed=0)
+_BPTT_T, _BPTT_B = 4, 2
+
+
+def _bptt(be, xs, state, resets, grad_hs, grad_final, truncate, burn_in, mask):
+    grads = _BPTT_CELL.backward_sequence(xs, state, resets, grad_hs, grad_final, truncate=truncate,
+                                         burn_in=burn_in, mask=mask, backend=be)
+    return tuple(grads[k] for k in sorted(grads))
+
+
+entry(EntryPoint("LSTMCell.backward_sequence", _bptt,
+                 [_RNG.normal(size=(_BPTT_T, _BPTT_B, 3)),
+                  (_RNG.normal(size=(_BPTT_B, 5)), _RNG.normal(size=(_BPTT_B, 5))),
+                  np.array([[0, 1], [0, 0], [1, 0], [0, 0]]), _RNG.normal(size=(_BPTT_T, _BPTT_B, 5)),
+                  (_RNG.normal(size=(_BPTT_B, 5)), None), 2, 1, np.array([[1, 1], [1, 0], [0, 1], [1, 1]])]))
+
+_BPTT_GRU = clnet.GRU(3, 4, num_layers=2, seed=1)
+
+
+def _bptt_stacked(be, xs, h0, resets, grad_hs, grad_final, mask):
+    grads = _BPTT_GRU.backward_sequence(xs, h0, resets, grad_hs, grad_final, mask=mask, backend=be)
+    return tuple(grads[k] for k in sorted(grads))
+
+
+entry(EntryPoint("GRU.backward_sequence", _bptt_stacked,
+                 [_RNG.normal(size=(_BPTT_T, _BPTT_B, 3)), _RNG.normal(size=(2, _BPTT_B, 4)),
+                  np.array([[1, 0], [0, 0], [0, 1], [0, 0]]), _RNG.normal(size=(_BPTT_T, _BPTT_B, 4)),
+                  _RNG.normal(size=(2, _BPTT_B, 4)), None]))

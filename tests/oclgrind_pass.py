@@ -9,9 +9,10 @@ one (shown by tests/test_oclgrind.py's own control case). Never reusing memory i
 the stricter check: a kernel that read stale data would read a fresh, uninitialised
 buffer here and be reported.
 
-Small sizes, every kernel and code path: every activation and aggregation with one
-sample per work-item and with SIMD lanes, batch sizes that are not multiples of the
-lane count or work-group size, work split into several launches, float32 and float64.
+Small sizes, every kernel and code path (backpropagation through time included): every
+activation and aggregation with one sample per work-item and with SIMD lanes, batch
+sizes that are not multiples of the lane count or work-group size, work split into
+several launches, float32 and float64.
 Each result is also compared with the NumPy reference, so a wrong answer fails too.
 Exits non-zero on a mismatch; Oclgrind's own diagnostics are judged by the caller.
 """
@@ -213,6 +214,44 @@ def pearson_every_path(be, dtypes):
                             be, dt)
     finally:
         P.STRIP_BUDGET = saved
+@case
+def bptt_every_cell(be, dtypes):
+    """backward_sequence of every cell kind and stacked layers, with resets, truncation,
+    burn-in, masks and final-state gradients, through the one-launch and the per-step paths."""
+    from clnet import rnn
+    from clnet.conformance import Comparison, compare
+
+    ok = True
+    rng = np.random.default_rng(4)
+    models = [("lstm", clnet.LSTMCell(2, 17, seed=1)), ("gru", clnet.GRUCell(3, 5, seed=2)),
+              ("rnn_tanh", clnet.RNNCell(1, 17, seed=3)),
+              ("rnn_relu", clnet.RNNCell(2, 3, nonlinearity="relu", seed=4)),
+              ("stacked_lstm", clnet.LSTM(2, 9, num_layers=2, seed=5)), ("stacked_gru", clnet.GRU(3, 4, 2, seed=6))]
+    saved = rnn.ONE_LAUNCH_BATCH
+    try:
+        for one_launch in (True, False):
+            rnn.ONE_LAUNCH_BATCH = saved if one_launch else 0
+            for name, model in models:
+                T, B = 4, 3
+                lstm = "lstm" in name
+                lead = (2, B, model.hidden_size) if name.startswith("stacked") else (B, model.hidden_size)
+                args = dict(xs=rng.normal(size=(T, B, model.input_size)),
+                            initial_state=((rng.normal(size=lead), rng.normal(size=lead)) if lstm
+                                           else rng.normal(size=lead)),
+                            resets=rng.random((T, B)) < 0.3, grad_hs=rng.normal(size=(T, B, model.hidden_size)),
+                            grad_final=(rng.normal(size=lead), None) if lstm else rng.normal(size=lead),
+                            truncate=2, burn_in=int(one_launch), mask=rng.random((T, B)) < 0.7)
+                for dt in dtypes:
+                    got = model.backward_sequence(**args, backend=be, dtype=dt)
+                    ref = model.backward_sequence(**args, backend="numpy", dtype="float64")
+                    ctl = model.backward_sequence(**args, backend="numpy", dtype=dt)
+                    msgs = [compare(Comparison(k, got[k], ref[k], ctl[k]), "bptt", np.dtype(dt))[2] for k in ref]
+                    msg = "\n".join(m for m in msgs if m)
+                    label = f"bptt {name} {'one launch' if one_launch else 'per step'} {dt}"
+                    print(f"{'FAIL' if msg else 'ok  '} {label}" + (f"\n{msg}" if msg else ""), flush=True)
+                    ok &= not msg
+    finally:
+        rnn.ONE_LAUNCH_BATCH = saved
     return ok
 
 

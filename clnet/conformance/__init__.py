@@ -27,7 +27,8 @@ import numpy as np
 from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
-FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.pearson"]
+FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.bptt",
+                  "clnet.conformance.pearson"]
 
 try:
     from hypothesis import HealthCheck, Phase, given, settings

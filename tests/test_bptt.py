@@ -1,0 +1,345 @@
+"""Backpropagation through time: conformance on every backend, torch.autograd as the oracle
+(resets, truncation, burn-in, masks, stacked layers), finite differences on the float64
+fallback, bad input, and the memory demo learning beyond chance."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import clnet
+from clnet import conformance
+from clnet.conformance import bptt as bptt_checks
+
+BPTT_CHECKS = [c for c in conformance.checks() if c.operation.startswith("bptt.")]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("check", BPTT_CHECKS, ids=lambda c: c.operation)
+def test_conformance(any_backend, check, dtype):
+    result = conformance.run_check(any_backend, check, dtype)
+    assert result.passed, result.failure
+
+
+def test_checks_are_listed_for_the_command_line():
+    names = {c.operation for c in BPTT_CHECKS}
+    assert {"bptt.lstm", "bptt.gru", "bptt.rnn", "bptt.stacked_lstm", "bptt.stacked_gru",
+            "bptt.finite_differences"} <= names
+
+
+# ---------------------------------------------------------------------------------------
+# torch.autograd is the oracle
+# ---------------------------------------------------------------------------------------
+def torch_grads(module, xs, h0, c0, resets, grad_hs, grad_final=None, truncate=None, burn_in=0, mask=None):
+    """Gradients from torch.autograd, stepping ``module`` (a torch cell, or nn.LSTM / nn.GRU
+    one step at a time): resets multiply the state by (1 - reset) before a step, truncation
+    detaches the state at every k-th step, burn-in steps run under no_grad."""
+    stacked = isinstance(module, (torch.nn.LSTM, torch.nn.GRU))
+    lstm = isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell))
+    dt = next(module.parameters()).dtype
+    module.zero_grad()
+    x = torch.tensor(xs, dtype=dt, requires_grad=True)
+    h = torch.tensor(h0, dtype=dt, requires_grad=True)
+    c = torch.tensor(c0, dtype=dt, requires_grad=True) if lstm else None
+    keep = torch.tensor(1 - np.asarray(resets, dtype=np.float64), dtype=dt)
+    hk, ck = h, c
+    outs = []
+    for t in range(xs.shape[0]):
+        if (truncate and t and t % truncate == 0) or (burn_in and t == burn_in):
+            hk = hk.detach()
+            ck = ck.detach() if lstm else None
+        k = keep[t][None, :, None] if stacked else keep[t][:, None]
+        hk = hk * k
+        ck = ck * k if lstm else None
+        with torch.set_grad_enabled(t >= burn_in):
+            if stacked:
+                out, state = module(x[t:t + 1], (hk, ck) if lstm else hk)
+                out = out[0]
+            else:
+                state = module(x[t], (hk, ck) if lstm else hk)
+                out = state[0] if lstm else state
+        hk, ck = (state if lstm else (state, None))
+        outs.append(out)
+    g = torch.tensor(grad_hs, dtype=dt)
+    if mask is not None:
+        g = g * torch.tensor(np.asarray(mask, dtype=np.float64), dtype=dt)[:, :, None]
+    loss = (torch.stack(outs)[burn_in:] * g[burn_in:]).sum()
+    if grad_final is not None:
+        fh, fc = grad_final if lstm else (grad_final, None)
+        loss = loss + (hk * torch.tensor(fh, dtype=dt)).sum()
+        if fc is not None:
+            loss = loss + (ck * torch.tensor(fc, dtype=dt)).sum()
+    loss.backward()
+    out = {name: p.grad.numpy() for name, p in module.named_parameters()}
+    out["x"] = x.grad.numpy()
+    out["h0"] = np.zeros(h0.shape) if h.grad is None else h.grad.numpy()
+    if lstm:
+        out["c0"] = np.zeros(c0.shape) if c.grad is None else c.grad.numpy()
+    return out
+
+
+def _modules():
+    torch.manual_seed(0)
+    return {
+        "lstm": (torch.nn.LSTMCell(5, 7), clnet.LSTMCell),
+        "lstm_nobias": (torch.nn.LSTMCell(1, 33, bias=False), clnet.LSTMCell),
+        "gru": (torch.nn.GRUCell(6, 17), clnet.GRUCell),
+        "gru_nobias": (torch.nn.GRUCell(3, 1, bias=False), clnet.GRUCell),
+        "rnn_tanh": (torch.nn.RNNCell(4, 9), clnet.RNNCell),
+        "rnn_relu": (torch.nn.RNNCell(4, 19, nonlinearity="relu"), clnet.RNNCell),
+        "stacked_lstm": (torch.nn.LSTM(5, 20, num_layers=2), clnet.LSTM),
+        "stacked_gru": (torch.nn.GRU(3, 18, num_layers=3), clnet.GRU),
+    }
+
+
+SCENARIOS = {
+    "plain": dict(),
+    "resets": dict(reset_rate=0.25),
+    "truncate": dict(reset_rate=0.1, truncate=3),
+    "burn_in": dict(reset_rate=0.1, burn_in=4),
+    "mask": dict(reset_rate=0.1, mask=True),
+    "everything": dict(reset_rate=0.2, truncate=2, burn_in=3, mask=True, final=True),
+    "final_only": dict(final=True, zero_outputs=True),
+}
+
+
+def _arrays(module, scenario, T=10, B=6, seed=0):
+    rng = np.random.default_rng(seed)
+    stacked = isinstance(module, (torch.nn.LSTM, torch.nn.GRU))
+    lstm = isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell))
+    H = module.hidden_size
+    lead = (module.num_layers, B, H) if stacked else (B, H)
+    a = dict(xs=rng.normal(size=(T, B, module.input_size)), h0=rng.normal(size=lead), c0=rng.normal(size=lead),
+             resets=rng.random((T, B)) < scenario.get("reset_rate", 0.0), grad_hs=rng.normal(size=(T, B, H)),
+             truncate=scenario.get("truncate"), burn_in=scenario.get("burn_in", 0),
+             mask=(rng.random((T, B)) < 0.6) if scenario.get("mask") else None)
+    if scenario.get("zero_outputs"):
+        a["grad_hs"] = np.zeros_like(a["grad_hs"])
+    a["grad_final"] = None
+    if scenario.get("final"):
+        a["grad_final"] = (rng.normal(size=lead), rng.normal(size=lead)) if lstm else rng.normal(size=lead)
+    return a
+
+
+def _clnet_grads(model, a, lstm, backend, dtype):
+    return model.backward_sequence(a["xs"], (a["h0"], a["c0"]) if lstm else a["h0"], a["resets"], a["grad_hs"],
+                                   a["grad_final"], truncate=a["truncate"], burn_in=a["burn_in"], mask=a["mask"],
+                                   backend=backend, dtype=dtype)
+
+
+def _assert_grads_close(got, ref, rtol, atol):
+    assert set(got) == set(ref), (sorted(got), sorted(ref))
+    for name in ref:
+        scale = max(1.0, float(np.max(np.abs(ref[name])))) if ref[name].size else 1.0
+        np.testing.assert_allclose(got[name], ref[name], rtol=rtol, atol=atol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("which", list(_modules()))
+def test_matches_torch_autograd(any_backend, which, scenario):
+    module, cls = _modules()[which]
+    model = cls.from_torch(module)
+    lstm = isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell))
+    a = _arrays(module, SCENARIOS[scenario])
+    ref = torch_grads(module.double(), a["xs"], a["h0"], a["c0"] if lstm else None, a["resets"], a["grad_hs"],
+                      a["grad_final"], a["truncate"], a["burn_in"], a["mask"])
+    got = _clnet_grads(model, a, lstm, any_backend, "float32")
+    _assert_grads_close(got, ref, rtol=2e-4, atol=2e-5)
+    if any_backend.supports_float64:
+        got = _clnet_grads(model, a, lstm, any_backend, "float64")
+        _assert_grads_close(got, ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_whole_sequence_matches_torch_module_backward(any_backend, kind):
+    """Without resets the oracle is simply torch.nn.LSTM over the whole sequence (oneDNN's backward)."""
+    torch.manual_seed(1)
+    module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(8, 24, num_layers=2, batch_first=True)
+    model = (clnet.LSTM if kind == "lstm" else clnet.GRU).from_torch(module)
+    rng = np.random.default_rng(1)
+    B, T = 5, 12
+    xs = rng.normal(size=(B, T, 8)).astype(np.float32)
+    g = rng.normal(size=(B, T, 24)).astype(np.float32)
+    x = torch.tensor(xs, requires_grad=True)
+    out, _ = module(x)
+    out.backward(torch.tensor(g))
+    got = model.backward_sequence(xs, None, None, g, backend=any_backend)  # batch_first from the model
+    assert got["x"].shape == (B, T, 8)
+    np.testing.assert_allclose(got["x"], x.grad.numpy(), rtol=1e-4, atol=2e-5)
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=5e-5, err_msg=name)
+
+
+def test_rollout_collected_with_step_then_backward(any_backend):
+    """The use case: act with step() and device-resident state, store the rollout, then
+    backward_sequence from the stored initial state with the same resets equals torch."""
+    torch.manual_seed(2)
+    tcell = torch.nn.LSTMCell(4, 16)
+    cell = clnet.LSTMCell.from_torch(tcell)
+    rng = np.random.default_rng(2)
+    B, T = 8, 15
+    state = cell.initial_state(B, backend=any_backend)
+    state.set(rng.normal(size=(B, 16)), rng.normal(size=(B, 16)))
+    start = (state.h, state.c)
+    xs, resets, hs = [], [], []
+    starts = np.zeros(B, dtype=bool)
+    for t in range(T):
+        x = rng.normal(size=(B, 4)).astype(np.float32)
+        hs.append(cell.step(x, state, reset=starts))
+        xs.append(x)
+        resets.append(starts)
+        starts = rng.random(B) < 0.2
+    xs, resets = np.stack(xs), np.stack(resets)
+    g = rng.normal(size=(T, B, 16))
+    got = cell.backward_sequence(xs, start, resets, g, truncate=5, backend=any_backend)
+    ref = torch_grads(tcell.double(), xs.astype(np.float64), start[0], start[1], resets, g, truncate=5)
+    _assert_grads_close(got, ref, rtol=2e-4, atol=2e-5)
+
+
+def test_recurrent_state_as_initial_state_is_read_not_changed(any_backend):
+    cell = clnet.GRUCell(3, 5, seed=0)
+    rng = np.random.default_rng(0)
+    h0 = rng.normal(size=(4, 5))
+    state = cell.initial_state(4, backend=any_backend)
+    state.set(h0)
+    xs, g = rng.normal(size=(6, 4, 3)), rng.normal(size=(6, 4, 5))
+    from_state = cell.backward_sequence(xs, state, None, g)
+    from_array = cell.backward_sequence(xs, h0, None, g, backend=any_backend)
+    for name in from_array:
+        np.testing.assert_allclose(from_state[name], from_array[name], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(state.h, h0.astype(np.float32))
+    stacked = clnet.LSTM(3, 5, num_layers=2, seed=1)
+    states = stacked.initial_state(4, backend=any_backend)
+    got = stacked.backward_sequence(xs, states, None, g)
+    zeros = stacked.backward_sequence(xs, None, None, g, backend=any_backend)
+    np.testing.assert_allclose(got["weight_hh_l1"], zeros["weight_hh_l1"], rtol=1e-6, atol=1e-7)
+    assert got["h0"].shape == got["c0"].shape == (2, 4, 5)
+
+
+def test_names_batch_first_and_no_bias(any_backend):
+    cell = clnet.RNNCell(3, 5, bias=False, nonlinearity="relu", seed=0)
+    rng = np.random.default_rng(0)
+    xs, g = rng.normal(size=(4, 7, 3)), rng.normal(size=(4, 7, 5))
+    got = cell.backward_sequence(xs, None, np.zeros((4, 7)), g, batch_first=True, backend=any_backend)
+    assert set(got) == {"weight_ih", "weight_hh", "x", "h0"}
+    ref = cell.backward_sequence(xs.transpose(1, 0, 2), None, None, g.transpose(1, 0, 2), backend=any_backend)
+    np.testing.assert_allclose(got["x"], ref["x"].transpose(1, 0, 2), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["weight_hh"], ref["weight_hh"], rtol=1e-6, atol=1e-7)
+
+
+def test_resets_cut_the_gradient_exactly(any_backend):
+    """A reset before every step of the first column makes h0's gradient exactly zero there;
+    truncate=1 and burn-in leave no gradient into h0 at all."""
+    cell = clnet.LSTMCell(2, 6, seed=3)
+    rng = np.random.default_rng(3)
+    xs, g = rng.normal(size=(5, 3, 2)), rng.normal(size=(5, 3, 6))
+    resets = np.zeros((5, 3))
+    resets[0, 0] = 1
+    got = cell.backward_sequence(xs, (rng.normal(size=(3, 6)), rng.normal(size=(3, 6))), resets, g,
+                                 backend=any_backend)
+    assert np.all(got["h0"][0] == 0) and np.all(got["c0"][0] == 0)
+    assert np.all(got["h0"][1:] != 0)
+    cut = cell.backward_sequence(xs, None, None, g, burn_in=2, backend=any_backend)
+    assert np.all(cut["h0"] == 0) and np.all(cut["c0"] == 0) and np.all(cut["x"][:2] == 0)
+    assert np.all(cut["x"][2:] != 0)
+
+
+def test_finite_differences_on_the_float64_fallback():
+    case = dict(kind="stacked_lstm", T=7, B=3, I=4, H=5, layers=2, bias=True, scale=1.0, reset_rate=0.2,
+                truncate=3, burn_in=2, mask_rate=0.5, final=True, seed=7)
+    for cmp in bptt_checks._eval_finite_differences(clnet.get_backend("numpy"), np.dtype("float64"), case):
+        np.testing.assert_allclose(cmp.got, cmp.reference, rtol=1e-6, atol=1e-7, err_msg=cmp.name)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: clear errors before any device work
+# ---------------------------------------------------------------------------------------
+T, B, I, H = 6, 4, 3, 5
+
+
+def _good(lstm=True, stacked=False):
+    rng = np.random.default_rng(0)
+    lead = (2, B, H) if stacked else (B, H)
+    return dict(xs=rng.normal(size=(T, B, I)),
+                initial_state=(np.zeros(lead), np.zeros(lead)) if lstm else np.zeros(lead),
+                resets=np.zeros((T, B)), grad_hs=rng.normal(size=(T, B, H)))
+
+
+BAD = [
+    ("grad_hs", dict(grad_hs=np.zeros((T, B, H + 1))), ValueError, r"grad_hs must have the shape .*\(6, 4, 5\)"),
+    ("grad_hs", dict(grad_hs=np.zeros((T - 1, B, H))), ValueError, r"grad_hs must have the shape"),
+    ("grad_hs", dict(grad_hs="nope"), TypeError, r"grad_hs"),
+    ("mask", dict(mask=np.ones((T, B + 1))), ValueError, r"mask must have shape \(T, B\) = \(6, 4\)"),
+    ("mask", dict(mask=np.ones(T)), ValueError, r"mask must have shape"),
+    ("mask", dict(mask=np.array(["a"] * T * B).reshape(T, B)), TypeError, r"mask must be an array"),
+    ("truncate", dict(truncate=0), ValueError, r"truncate must be >= 1"),
+    ("truncate", dict(truncate=1.5), TypeError, r"truncate must be an integer"),
+    ("burn_in", dict(burn_in=T), ValueError, r"burn_in must be smaller than the number of time steps T = 6"),
+    ("burn_in", dict(burn_in=-1), ValueError, r"burn_in must be >= 0"),
+    ("resets", dict(resets=np.zeros((T, B + 1))), ValueError, r"resets must have shape \(6, 4\)"),
+    ("resets", dict(resets=np.full((T, B), 2)), ValueError, r"resets must hold only 0 and 1"),
+    ("initial_state", dict(initial_state=(np.zeros((B + 1, H)), np.zeros((B + 1, H)))), ValueError,
+     r"initial_state \(h\) must have shape \(batch, hidden_size\) = \(4, 5\)"),
+    ("initial_state", dict(initial_state=(np.zeros((B, H)), np.zeros((B, H + 1)))), ValueError,
+     r"initial_state \(c\) must have shape"),
+    ("initial_state", dict(initial_state=np.zeros((B, H))), TypeError, r"initial_state of an LSTM must be a pair"),
+    ("grad_final", dict(grad_final=(np.zeros((B, H + 1)), None)), ValueError, r"grad_final \(h\) must have shape"),
+    ("xs", dict(xs=np.zeros((T, B, I + 1))), ValueError, r"xs must have 3 features"),
+    ("xs", dict(xs=np.zeros((0, B, I))), ValueError, r"at least one time step"),
+]
+
+
+@pytest.fixture
+def no_device_work(monkeypatch):
+    """Any call that reaches a backend's rnn_backward fails the test."""
+    calls = []
+    from clnet_fallback.rnn import BPTTReference
+
+    from clnet.rnn import BPTTKernels
+
+    def forbidden(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("rnn_backward ran although the arguments were bad")
+
+    monkeypatch.setattr(BPTTReference, "rnn_backward", forbidden)
+    monkeypatch.setattr(BPTTKernels, "rnn_backward", forbidden)
+    return calls
+
+
+@pytest.mark.parametrize("arg,change,exc,message", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_is_refused_before_device_work(any_backend, no_device_work, arg, change, exc, message):
+    cell = clnet.LSTMCell(I, H, seed=0)
+    kwargs = _good()
+    kwargs.update(change)
+    with pytest.raises(exc, match=message):
+        cell.backward_sequence(**kwargs, backend=any_backend)
+    assert not no_device_work
+
+
+def test_bad_states_are_refused(any_backend, no_device_work):
+    cell, other = clnet.GRUCell(I, H, seed=0), clnet.GRUCell(I, H, seed=1)
+    kwargs = _good(lstm=False)
+    with pytest.raises(ValueError, match="initial_state belongs to another cell"):
+        cell.backward_sequence(**dict(kwargs, initial_state=other.initial_state(B, backend=any_backend)))
+    with pytest.raises(ValueError, match=r"xs has batch size 4 but initial_state holds 3"):
+        cell.backward_sequence(**dict(kwargs, initial_state=cell.initial_state(3, backend=any_backend)))
+    stacked = clnet.LSTM(I, H, num_layers=2, seed=0)
+    good = _good(stacked=True)
+    with pytest.raises(ValueError, match=r"list of 2 clnet.RecurrentState"):
+        stacked.backward_sequence(**dict(good, initial_state=stacked.initial_state(B)[:1]), backend=any_backend)
+    with pytest.raises(ValueError, match=re.escape("(num_layers, batch, hidden_size) = (2, 4, 5)")):
+        stacked.backward_sequence(**dict(good, initial_state=(np.zeros((1, B, H)), np.zeros((1, B, H)))),
+                                  backend=any_backend)
+    assert not no_device_work
+
+
+# ---------------------------------------------------------------------------------------
+# The worked example
+# ---------------------------------------------------------------------------------------
+def test_memory_demo_learns_beyond_chance(capsys):
+    from clnet.demos import memory
+
+    result = memory.train(iterations=60, envs=64, delay=8, hidden=32, seed=0, backend=None, echo=print)
+    out = capsys.readouterr().out
+    assert "success" in out
+    assert result["success"] > 0.7, out
