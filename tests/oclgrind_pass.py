@@ -214,6 +214,9 @@ def pearson_every_path(be, dtypes):
                             be, dt)
     finally:
         P.STRIP_BUDGET = saved
+    return ok
+
+
 @case
 def bptt_every_cell(be, dtypes):
     """backward_sequence of every cell kind and stacked layers, with resets, truncation,
