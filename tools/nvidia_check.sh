@@ -41,14 +41,17 @@ python3 -m clnet info 2>&1 | tee "$OUT/info.txt"
 SPEC=${SPEC:-opencl:nvidia}
 
 step "conformance on $SPEC"
-timeout 240 python3 -m clnet conformance --backend "$SPEC" --max-examples "${EXAMPLES:-25}" 2>&1 | tee "$OUT/conformance.txt"
+timeout "${CONFORMANCE_S:-120}" python3 -m clnet conformance --backend "$SPEC" --max-examples "${EXAMPLES:-10}" 2>&1 \
+    | tee "$OUT/conformance.txt"
 
 step "bench fnn"
-timeout 90 python3 -m clnet bench fnn --backend "$SPEC" --backend numpy 2>&1 | tee "$OUT/bench_fnn.txt"
-for b in rnn pearson bptt; do
-    if python3 -m clnet bench "$b" --help >/dev/null 2>&1; then
-        step "bench $b"
-        timeout 120 python3 -m clnet bench "$b" --backend "$SPEC" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_$b.txt"
-    fi
-done
+timeout 60 python3 -m clnet bench fnn --backend "$SPEC" --backend numpy 2>&1 | tee "$OUT/bench_fnn.txt"
+step "bench rnn"
+timeout 75 python3 -m clnet bench rnn --backend "$SPEC" --repeat 3 2>&1 | tee "$OUT/bench_rnn.txt"
+step "bench pearson"
+timeout 75 python3 -m clnet bench pearson --backend "$SPEC" 2>&1 | tee "$OUT/bench_pearson.txt"
+step "bench bptt"
+timeout 45 python3 -m clnet bench bptt --backend "$SPEC" --repeat 10 2>&1 | tee "$OUT/bench_bptt.txt"
+step "demo memory"
+timeout 30 python3 -m clnet demo memory --backend "$SPEC" 2>&1 | tee "$OUT/demo_memory.txt"
 step "done"
