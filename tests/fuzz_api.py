@@ -91,9 +91,12 @@ def _as_float(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def _same(a, b) -> bool:
+def _same(a, b, near_overflow: bool = False) -> bool:
+    """Equal within float32 rounding. With ``near_overflow`` (inputs near the float32 limit),
+    elements where either side overflowed are not compared: whether a sum of huge terms
+    reaches inf there depends on the order of accumulation, which backends may choose."""
     if isinstance(a, tuple) or isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y, near_overflow) for x, y in zip(a, b))
     if hasattr(a, "toarray"):
         a, b = a.toarray(), b.toarray()
     a, b = np.asarray(a), np.asarray(b)
@@ -101,7 +104,23 @@ def _same(a, b) -> bool:
         return False
     if a.dtype.kind not in "fc":
         return np.array_equal(a, b)
-    return np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=2e-3, equal_nan=True)
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if near_overflow:
+        keep = np.isfinite(a) & np.isfinite(b) & (np.abs(a) < 1e30) & (np.abs(b) < 1e30)
+        a, b = a[keep], b[keep]
+    return np.allclose(a, b, rtol=2e-3, atol=2e-3, equal_nan=True)
+
+
+def _near_overflow(slots) -> bool:
+    for v in slots:
+        for part in (v if isinstance(v, tuple) else (v,)):
+            try:
+                arr = np.asarray(part, dtype=np.float64)
+            except (TypeError, ValueError):
+                continue
+            if arr.size and np.nanmax(np.where(np.isfinite(arr), np.abs(arr), 0)) > 1e20:
+                return True
+    return False
 
 
 def run_call(ep: EntryPoint, backend, slots) -> str:
@@ -129,7 +148,7 @@ def run_call(ep: EntryPoint, backend, slots) -> str:
             ref = ep.call(clnet.get_backend("numpy"), *slots)
         except ALLOWED as exc:
             raise AssertionError(f"{ep.name} returned on {backend.spec} but the reference raised {exc}")
-        assert _same(got, ref), f"{ep.name}{tuple(map(_short, slots))} differs from the reference"
+        assert _same(got, ref, _near_overflow(slots)), f"{ep.name}{tuple(map(_short, slots))} differs from the reference"
     COUNTER["returned"] += 1
     return "returned"
 

@@ -17,11 +17,11 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 
 step "install"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl || exit 1
 else
     python3 -m pip install -q --target "$SITE" pyopencl neat-python || exit 1
 fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$SITE" . || exit 1
 export PYTHONPATH="$SITE"
 cd /tmp  # run from outside the checkout: the installed package, as a user would
 
