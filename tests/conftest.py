@@ -61,3 +61,19 @@ def pytest_terminal_summary(terminalreporter):
     if c["calls"]:
         terminalreporter.write_line(f"fuzz: {c['calls']} public API calls with malformed arguments "
                                     f"({c['returned']} returned the reference result, {c['raised']} raised a clear error)")
+
+
+def install_plugin(folder, module: str, source: str, entry_points: str, *, dist: str = None) -> str:
+    """Make ``folder`` hold a module and the dist-info of a distribution declaring
+    ``entry_points`` (the text of entry_points.txt), as ``pip install`` of a plugin
+    would; returns the folder to put on PYTHONPATH."""
+    import pathlib
+
+    folder = pathlib.Path(folder)
+    if source is not None:
+        (folder / f"{module}.py").write_text(source)
+    info = folder / f"{dist or module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {(dist or module).replace('_', '-')}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return str(folder)

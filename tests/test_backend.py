@@ -12,7 +12,7 @@ import clnet
 from clnet.backend import BackendCandidate, BackendUnavailable
 from clnet.opencl import KernelBuildError, OpenCLProvider
 
-from conftest import OPENCL
+from conftest import OPENCL, install_plugin
 
 
 def test_backends_lists_numpy_and_every_opencl_device():
@@ -215,11 +215,7 @@ PLUGIN = textwrap.dedent('''
 
 
 def test_third_party_plugin_registers_through_entry_points(tmp_path):
-    (tmp_path / "clnet_dummy_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "clnet_dummy_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clnet-dummy-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[clnet.backends]\ndummy = clnet_dummy_plugin:DummyProvider\n")
+    install_plugin(tmp_path, "clnet_dummy_plugin", PLUGIN, "[clnet.backends]\ndummy = clnet_dummy_plugin:DummyProvider\n")
     script = textwrap.dedent('''
         import clnet, clnet_dummy_plugin
         specs = [i.spec for i in clnet.backends() if i.usable]
@@ -247,10 +243,7 @@ def test_third_party_plugin_registers_through_entry_points(tmp_path):
 
 
 def test_broken_plugin_does_not_break_import(tmp_path):
-    dist = tmp_path / "clnet_bad_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clnet-bad-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[clnet.backends]\nbad = no_such_module_anywhere:Provider\n")
+    install_plugin(tmp_path, "clnet_bad_plugin", None, "[clnet.backends]\nbad = no_such_module_anywhere:Provider\n")
     script = ("import clnet\ninfo = {i.spec: i for i in clnet.backends()}\n"
               "assert not info['bad'].usable and 'No module named' in info['bad'].reason, info\n"
               "assert info['numpy'].usable\nprint('ok')")

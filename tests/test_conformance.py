@@ -10,7 +10,7 @@ import pytest
 import clnet
 from clnet import conformance
 
-from conftest import USABLE
+from conftest import USABLE, install_plugin
 
 CHECKS = conformance.checks()
 
@@ -79,11 +79,7 @@ SKEWED_PLUGIN = textwrap.dedent('''
 
 
 def test_cli_conformance_fails_on_a_wrong_backend(tmp_path):
-    (tmp_path / "skewed_plugin.py").write_text(SKEWED_PLUGIN)
-    dist = tmp_path / "skewed_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: skewed-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[clnet.backends]\nskewed = skewed_plugin:Provider\n")
+    install_plugin(tmp_path, "skewed_plugin", SKEWED_PLUGIN, "[clnet.backends]\nskewed = skewed_plugin:Provider\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     res = _cli("conformance", "--backend", "skewed", "--max-examples", "5", "--operation", "fnn.layered", env=env)
     assert res.returncode != 0

@@ -95,6 +95,27 @@ def test_allocation_beyond_the_device_limit_names_device_and_size(opencl_backend
     assert opencl_backend.device_name in str(exc.value) and "MiB" in str(exc.value)
 
 
+def run_in_threads(job, n=8):
+    """``[job(0), ..., job(n-1)]`` computed by n threads started together; re-raises errors."""
+    results, errors = [None] * n, []
+    barrier = threading.Barrier(n)
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = job(i)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    return results
+
+
 # --- threads -------------------------------------------------------------------------------
 def test_one_backend_from_eight_threads(any_backend):
     rng = np.random.default_rng(5)
@@ -107,28 +128,12 @@ def test_one_backend_from_eight_threads(any_backend):
         jobs.append((pop, x, s, w))
     serial = [(pop(x, backend=any_backend), clnet.fnn_forward(s, w, x, backend=any_backend, activation="tanh"))
               for pop, x, s, w in jobs]
-    results = [None] * 8
-    errors = []
-    barrier = threading.Barrier(8)
+    def job(i):
+        pop, x, s, w = jobs[i]
+        return [(pop(x, backend=any_backend), clnet.fnn_forward(s, w, x, backend=any_backend, activation="tanh"))
+                for _ in range(5)]
 
-    def work(i):
-        try:
-            pop, x, s, w = jobs[i]
-            barrier.wait()
-            out = []
-            for _ in range(5):
-                out.append((pop(x, backend=any_backend),
-                            clnet.fnn_forward(s, w, x, backend=any_backend, activation="tanh")))
-            results[i] = out
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not errors, errors
+    results = run_in_threads(job)
     for i in range(8):
         for got_pop, got_layered in results[i]:
             np.testing.assert_array_equal(got_pop, serial[i][0])
@@ -174,22 +179,7 @@ def test_stateful_lstm_stepping_from_eight_threads(any_backend):
         return np.stack(hs), state.c
 
     serial = [rollout(i) for i in range(8)]
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = rollout(i)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not errors, errors
+    results = run_in_threads(rollout)
     for i in range(8):
         np.testing.assert_array_equal(results[i][0], serial[i][0])
         np.testing.assert_array_equal(results[i][1], serial[i][1])
@@ -259,23 +249,8 @@ def test_pearson_from_eight_threads_and_across_strip_splits(any_backend, monkeyp
         X[rng.random(X.shape) < 0.05 * (t % 3)] = np.nan
         data.append(X)
     serial = [(clnet.pearson(X, backend=any_backend), clnet.pearson_topk(X, 4, backend=any_backend)) for X in data]
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = (clnet.pearson(data[i], backend=any_backend),
-                          clnet.pearson_topk(data[i], 4, backend=any_backend))
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not errors, errors
+    results = run_in_threads(lambda i: (clnet.pearson(data[i], backend=any_backend),
+                                        clnet.pearson_topk(data[i], 4, backend=any_backend)))
     for i in range(8):
         np.testing.assert_array_equal(results[i][0], serial[i][0])
         np.testing.assert_array_equal(results[i][1][0], serial[i][1][0])
