@@ -553,6 +553,7 @@ class OpenCLPearsonPlan:
         self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
         self._d_strip = None
         self._d_flagged = None if self.complete else backend.empty(4, "rescue counter")
+        self._zero = np.zeros(1, np.int32)  # kept alive for the non-blocking resets
 
     def _sparse_tables(self, prepared: Prepared):
         """Per-row totals (sum, sum of squares, count) and the lists of missing positions."""
@@ -577,7 +578,7 @@ class OpenCLPearsonPlan:
 
         be = self.be
         if not self.complete:
-            cl.enqueue_copy(be.queue, self._d_flagged, np.zeros(1, np.int32))
+            cl.enqueue_copy(be.queue, self._d_flagged, self._zero, is_blocking=False)
         col_groups = -(-(self.n_cols - col0) // self.vw)
         if not self.complete and self.sparse:
             row_blocks = -(-(stop - start) // 8)  # CLNET_SR
