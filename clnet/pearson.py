@@ -16,7 +16,13 @@ How it is computed, on every backend:
    columns: ``block`` (the dense strip), ``topk`` and ``threshold`` (only the selected
    pairs come back). The six pairwise-masked sums n, Sx, Sy, Sxx, Syy, Sxy of a strip
    are masked matrix products; complete data needs only one product.
-3. The drivers here walk the rows strip by strip, so the sparse outputs never hold more
+3. Where r is formed from the sums, a pair whose variance over its common positions
+   cancels (below rescue_fraction(dtype) of its sum of squares: typically a handful of
+   common positions whose values nearly coincide) is marked RESCUE; the host recomputes
+   exactly those pairs in float64 with a two-pass formula (rescue_pairs) and patches
+   them in before any dense output or selection (OpenCL: a counter says whether a strip
+   has any; device top-k strips are patched and written back before the merges).
+4. The drivers here walk the rows strip by strip, so the sparse outputs never hold more
    than one strip of the N x N matrix, and show a progress bar (tqdm, when installed)
    once a run has taken a few seconds.
 
