@@ -16,7 +16,13 @@ How it is computed, on every backend:
    columns: ``block`` (the dense strip), ``topk`` and ``threshold`` (only the selected
    pairs come back). The six pairwise-masked sums n, Sx, Sy, Sxx, Syy, Sxy of a strip
    are masked matrix products; complete data needs only one product.
-3. The drivers here walk the rows strip by strip, so the sparse outputs never hold more
+3. Where r is formed from the sums, a pair whose variance over its common positions
+   cancels (below rescue_fraction(dtype) of its sum of squares: typically a handful of
+   common positions whose values nearly coincide) is marked RESCUE; the host recomputes
+   exactly those pairs in float64 with a two-pass formula (rescue_pairs) and patches
+   them in before any dense output or selection (OpenCL: a counter says whether a strip
+   has any; device top-k strips are patched and written back before the merges).
+4. The drivers here walk the rows strip by strip, so the sparse outputs never hold more
    than one strip of the N x N matrix, and show a progress bar (tqdm, when installed)
    once a run has taken a few seconds.
 
@@ -327,6 +333,83 @@ def var_epsilon(dtype) -> float:
     return 64.0 * float(np.finfo(dtype).eps)
 
 
+# A pair whose r cannot be trusted from its sums is marked with this value (outside
+# [-1, 1], exact in every dtype) and recomputed on the host, see rescue_fraction.
+RESCUE = 2.0
+# Accuracy the rescue guarantees for the pairs it leaves alone, per dtype.
+RESCUE_TARGET = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+# Pairs recomputed on the host at once (bounds the host's working memory).
+RESCUE_CHUNK = 4096
+
+
+def rescue_fraction(dtype) -> float:
+    """Relative pairwise variance below which a pair's r is recomputed on the host.
+
+    With the rows centred on their own means, the sums of a pair carry rounding errors of
+    a few units of ``eps * Sxx`` (``Sxx``: the sum of squares over the common positions),
+    so ``vx = Sxx - Sx^2 / n`` is known to about ``eps * Sxx / vx`` relatively, and r
+    alike (also through ``Sxy - Sx Sy / n``, bounded by the same ratios). A pair with
+    ``vx < tau * Sxx`` or ``vy < tau * Syy`` is recomputed; the others keep an error of
+    a few ``eps / tau``. ``tau = 16 eps / target`` leaves a factor 16 for those "few":
+    about 0.019 in float32 (target 1e-4), 3.6e-5 in float64 (target 1e-10). Typical
+    pairs have vx close to Sxx; those flagged are mostly pairs with a handful of common
+    positions whose values nearly coincide.
+    """
+    dt = np.dtype(dtype)
+    return 16.0 * float(np.finfo(dt).eps) / RESCUE_TARGET.get(dt, 1e-4)
+
+
+def rescue_pairs(rows: "Prepared", cols: "Prepared", i: np.ndarray, j: np.ndarray,
+                 min_overlap: int) -> np.ndarray:
+    """r of the pairs (rows[i], cols[j]) in float64 with a two-pass formula.
+
+    Over the common positions of each pair: values shifted by the pair's first common
+    value (a row constant there becomes exactly zero), then the pairwise means are
+    subtracted and the centred products summed. Vectorised over the pairs, in chunks.
+    Zero variance means, as for the float64 sums, a variance at most var_epsilon(float64)
+    times the sum of squares (exactly zero for a constant stretch).
+    """
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    out = np.empty(len(i))
+    eps = var_epsilon(np.float64)
+    for s in range(0, len(i), RESCUE_CHUNK):
+        a, b = i[s:s + RESCUE_CHUNK], j[s:s + RESCUE_CHUNK]
+        w = rows.valid[a] & cols.valid[b]
+        x = rows.filled[a]
+        y = cols.filled[b]
+        n = w.sum(axis=1)
+        first = np.argmax(w, axis=1)[:, None]
+        with np.errstate(all="ignore"):
+            sxx = np.einsum("ij,ij->i", x * w, x)
+            syy = np.einsum("ij,ij->i", y * w, y)
+            x = np.where(w, x - np.take_along_axis(x, first, axis=1), 0.0)
+            y = np.where(w, y - np.take_along_axis(y, first, axis=1), 0.0)
+            cnt = np.maximum(n, 1)[:, None]
+            x = np.where(w, x - x.sum(axis=1, keepdims=True) / cnt, 0.0)
+            y = np.where(w, y - y.sum(axis=1, keepdims=True) / cnt, 0.0)
+            vx = np.einsum("ij,ij->i", x, x)
+            vy = np.einsum("ij,ij->i", y, y)
+            cov = np.einsum("ij,ij->i", x, y)
+            r = cov / np.sqrt(vx * vy)
+        r = np.where(n == 2, np.copysign(1.0, cov), r)  # two points lie exactly on a line
+        r = np.clip(r, -1.0, 1.0)
+        ok = (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy)
+        out[s:s + RESCUE_CHUNK] = np.where(ok, r, np.nan)
+    return out
+
+
+def patch_rescued(r: np.ndarray, row0: int, col0: int, rows: "Prepared", cols: "Prepared",
+                  min_overlap: int, where=None) -> int:
+    """Replace the RESCUE marks of ``r`` (rows row0.., columns col0.. of the result) by
+    their float64 two-pass values, in place; ``where`` (a boolean mask of the marks),
+    when the caller has it. Returns the number of pairs recomputed."""
+    a, b = np.nonzero(r == RESCUE if where is None else where)
+    if len(a):
+        r[a, b] = rescue_pairs(rows, cols, a + row0, b + col0, min_overlap)
+    return len(a)
+
+
 def strip_rows(n_cols: int, bytes_per_pair: int, multiple: int = 1) -> int:
     rows = max(multiple, STRIP_BUDGET // max(1, n_cols * bytes_per_pair))
     return max(multiple, (rows // multiple) * multiple)
@@ -443,6 +526,8 @@ class OpenCLPearsonPlan:
         self.positions = rows.shape[1]
         self.min_overlap = min_overlap
         self.eps = var_epsilon(dt)
+        self.tau = rescue_fraction(dt)
+        self.rows, self.cols = rows, cols  # float64, for the pairs recomputed on the host
         self.complete = rows.complete and cols.complete
         self.never_defined = self.positions < min_overlap
         up = backend.to_device
@@ -473,6 +558,8 @@ class OpenCLPearsonPlan:
         self.strip_rows = max(self.vw, (limit // max(1, self.n_cols * dt.itemsize)) // self.vw * self.vw)
         self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
         self._d_strip = None
+        self._d_flagged = None if self.complete else backend.empty(4, "rescue counter")
+        self._zero = np.zeros(1, np.int32)  # kept alive for the non-blocking resets
 
     def _sparse_tables(self, prepared: Prepared):
         """Per-row totals (sum, sum of squares, count) and the lists of missing positions."""
@@ -491,7 +578,13 @@ class OpenCLPearsonPlan:
 
     # -- kernels ------------------------------------------------------------------------------
     def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool, col0: int = 0) -> None:
+        """Rows start..stop-1 against columns col0.. into ``out`` (row stride ``ld``). Pairs
+        marked RESCUE are counted in the plan's counter, see :meth:`_rescued`."""
+        import pyopencl as cl
+
         be = self.be
+        if not self.complete:
+            cl.enqueue_copy(be.queue, self._d_flagged, self._zero, is_blocking=False)
         col_groups = -(-(self.n_cols - col0) // self.vw)
         if not self.complete and self.sparse:
             row_blocks = -(-(stop - start) // 8)  # CLNET_SR
@@ -502,7 +595,7 @@ class OpenCLPearsonPlan:
                     self.d_bx, self.d_bv, b_stats, b_ptr, b_pos, b_padded, np.int32(self.positions),
                     np.int32(start), np.int32(stop - start), np.int32(self.n_cols), np.int32(col0),
                     self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
-                    np.int32(mirror), out, np.int64(ld))
+                    np.int32(mirror), out, np.int64(ld), self.dtype.type(self.tau), self._d_flagged)
         elif self.complete:
             row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
@@ -515,8 +608,31 @@ class OpenCLPearsonPlan:
             args = (self.d_ax, self.d_av, self.d_bx, self.d_bv, np.int32(self.positions),
                     np.int32(start), np.int32(stop - start), np.int32(self.n_cols), np.int32(col0),
                     self.dtype.type(self.min_overlap), self.dtype.type(self.eps),
-                    np.int32(mirror), out, np.int64(ld))
+                    np.int32(mirror), out, np.int64(ld), self.dtype.type(self.tau), self._d_flagged)
         knl(be.queue, (col_groups, row_blocks), None, *args)
+
+    def _rescued(self) -> bool:
+        """Whether the last block launch marked any pair for recomputation (see
+        clnet.pearson.rescue_fraction). Complete data never needs it."""
+        import pyopencl as cl
+
+        if self.complete:
+            return False
+        count = np.zeros(1, np.int32)
+        cl.enqueue_copy(self.be.queue, count, self._d_flagged)
+        return bool(count[0])
+
+    def _rescue_on_device(self, buf, start: int, stop: int, ld: int, col0: int = 0) -> None:
+        """After a block launch into ``buf``: when pairs were marked, recompute them on the
+        host and write the strip back, so that the device selections see exact values."""
+        import pyopencl as cl
+
+        if not self._rescued():
+            return
+        strip = np.empty((stop - start, ld), dtype=self.dtype)
+        cl.enqueue_copy(self.be.queue, strip, buf)
+        patch_rescued(strip[:, :self.n_cols - col0], start, col0, self.rows, self.cols, self.min_overlap)
+        cl.enqueue_copy(self.be.queue, buf, strip)
 
     def _strip_buffer(self):
         if self._d_strip is None:
@@ -538,6 +654,9 @@ class OpenCLPearsonPlan:
             buf = self._strip_buffer()
             self._enqueue_block(start, stop, buf, self.n_cols, False)
             cl.enqueue_copy(self.be.queue, out, buf)
+            rescued = self._rescued()
+        if rescued:
+            patch_rescued(out, start, 0, self.rows, self.cols, self.min_overlap)
         return out
 
     def dense(self) -> np.ndarray:
@@ -553,6 +672,9 @@ class OpenCLPearsonPlan:
                 buf = self.be.empty(nbytes, "the correlation matrix")
                 self._enqueue_block(0, self.n_rows, buf, self.n_cols, True)
                 cl.enqueue_copy(self.be.queue, out, buf)
+                rescued = self._rescued()
+            if rescued:  # marked at (i, j) and (j, i) alike
+                patch_rescued(out, 0, 0, self.rows, self.cols, self.min_overlap)
             return out
         out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
         for start in range(0, self.n_rows, self.strip_rows):
@@ -580,6 +702,7 @@ class OpenCLPearsonPlan:
             d_idx = be.empty(idx.nbytes, "top-k indices")
             d_val = be.empty(val.nbytes, "top-k values")
             self._enqueue_block(start, stop, buf, self.n_cols, False)
+            self._rescue_on_device(buf, start, stop, self.n_cols)
             knl = be.kernel("pearson", "clnet_pearson_topk", self.dtype, self.defines)
             knl(be.queue, _list_global(rows), (LIST_GROUP,), buf, np.int64(self.n_cols), np.int32(rows),
                 np.int32(self.n_cols), np.int32(k), np.int32(start if self.symmetric else -1),
@@ -618,6 +741,7 @@ class OpenCLPearsonPlan:
             with be.lock:
                 buf = self._strip_buffer()
                 self._enqueue_block(start, stop, buf, ld, False, col0=start)
+                self._rescue_on_device(buf, start, stop, ld, col0=start)
                 merge_rows = be.kernel("pearson", "clnet_pearson_topk_merge_rows", self.dtype, defines)
                 merge_rows(be.queue, _list_global(rows), (LIST_GROUP,), buf, np.int64(ld),
                            np.int32(rows), np.int32(start), np.int32(ld), np.int32(k), d_idx, d_val)

@@ -2,11 +2,13 @@
 
 Vectorised with BLAS: the six pairwise-masked sums of a strip of rows against every
 column are three matrix products, so there is no Python loop over pairs. Complete data
-(no missing value anywhere) needs one product of unit-norm rows.
+(no missing value anywhere) needs one product of unit-norm rows. Pairs whose sums cancel
+(see clnet.pearson.rescue_fraction) are recomputed in float64 with a two-pass formula.
 """
 import numpy as np
 
-from clnet.pearson import select_threshold, select_topk, strip_rows, unit_rows, var_epsilon
+from clnet.pearson import (RESCUE, patch_rescued, rescue_fraction, select_threshold, select_topk,
+                          strip_rows, unit_rows, var_epsilon)
 
 
 class PearsonReference:
@@ -23,6 +25,8 @@ class NumpyPearsonPlan:
         self.positions = rows.shape[1]
         self.min_overlap = min_overlap
         self.eps = var_epsilon(self.dtype)
+        self.tau = rescue_fraction(self.dtype)
+        self.rows, self.cols = rows, cols  # float64, for the pairs recomputed on the host
         self.complete = rows.complete and cols.complete
         if self.complete:
             self.a = unit_rows(rows.filled, self.dtype)
@@ -62,7 +66,10 @@ class NumpyPearsonPlan:
             syy = vi @ self.right_xx
             sx, n, sxx = first[:b], first[b:2 * b], first[2 * b:]
             sy, sxy = second[:b], second[b:]
-            return finish(n, sx, sy, sxx, syy, sxy, self.min_overlap, self.eps)
+            r, flagged = finish(n, sx, sy, sxx, syy, sxy, self.min_overlap, self.eps, self.tau)
+        if flagged.any():
+            patch_rescued(r, start, 0, self.rows, self.cols, self.min_overlap, where=flagged)
+        return r
 
     def dense(self):
         out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
@@ -85,8 +92,10 @@ class NumpyPearsonPlan:
         return select_threshold(self.block(start, stop), t, start, self.symmetric)
 
 
-def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps):
-    """r from the six sums over the common positions of each pair (rows pre-centred)."""
+def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps, tau):
+    """r from the six sums over the common positions of each pair (rows pre-centred),
+    and the mask of the pairs whose variances cancel (below ``tau`` times their sums of
+    squares): those hold RESCUE and must be recomputed (clnet.pearson.patch_rescued)."""
     inv = 1 / n
     vx = sxx - sx * sx * inv
     vy = syy - sy * sy * inv
@@ -96,5 +105,7 @@ def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps):
     ok = (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy)
     r = np.clip(r, -1, 1, out=r)
     r[~ok] = np.nan
-    return r
+    flagged = (n >= min_overlap) & ((vx < tau * sxx) | (vy < tau * syy))
+    r[flagged] = RESCUE
+    return r, flagged
 

@@ -24,10 +24,18 @@ typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
 #define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
 #define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
 
+/* A pair whose variances cancel in its sums is marked with CLNET_RESCUE (outside
+ * [-1, 1]) and recomputed on the host in float64 (clnet.pearson.rescue_fraction): with
+ * vx < tau * Sxx (or vy < tau * Syy) the sums no longer determine r to the target
+ * accuracy. Such pairs are rare (mostly a handful of common positions whose values
+ * nearly coincide); a kernel that stores one also increments *flagged. */
+#define CLNET_RESCUE 2
+
 /* r from the six sums, lane by lane; NaN below min_overlap or for (relative) zero
- * variance, clipped to [-1, 1] in a way that lets nothing else through. */
+ * variance, clipped to [-1, 1] in a way that lets nothing else through; CLNET_RESCUE
+ * where the variances cancel (which covers zero variance: the host decides). */
 inline realv clnet_pearson_finish(realv n, realv sx, realv sy, realv sxx, realv syy,
-                                  realv sxy, real min_overlap, real eps)
+                                  realv sxy, real min_overlap, real eps, real tau)
 {
     const realv inv = (realv)1 / n;
     const realv vx = sxx - sx * sx * inv;
@@ -38,7 +46,24 @@ inline realv clnet_pearson_finish(realv n, realv sx, realv sy, realv sxx, realv 
     r = select(r, copysign((realv)1, cov), n == (realv)2);
     r = select(r, (realv)-1, r < (realv)-1);
     r = select(r, (realv)1, r > (realv)1);
-    return select((realv)NAN, r, (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy));
+    r = select((realv)NAN, r, (n >= min_overlap) & (vx > eps * sxx) & (vy > eps * syy));
+    return select(r, (realv)CLNET_RESCUE, (n >= min_overlap) & ((vx < tau * sxx) | (vy < tau * syy)));
+}
+
+/* Counts (at most once per call) a stored CLNET_RESCUE mark of row i, lanes j0.. . */
+inline void clnet_pearson_flag(const realv r, const int i, const int j0, const int n_cols,
+                               const int mirror, __global int *flagged)
+{
+    if (!any(r == (realv)CLNET_RESCUE))
+        return;
+    real lanes[CLNET_VW];
+    CLNET_VSTORE(r, 0, lanes);
+    for (int l = 0; l < CLNET_VW && j0 + l < n_cols; ++l) {
+        if (lanes[l] == (real)CLNET_RESCUE && (!mirror || j0 + l >= i)) {
+            atomic_inc(flagged);
+            return;
+        }
+    }
 }
 
 /* Store one row of a result tile: lanes j >= n_cols are padding. With `mirror` (the
@@ -83,7 +108,7 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
                                    const int M, const int row0, const int n_rows,
                                    const int n_cols, const int col0, const real min_overlap,
                                    const real eps, const int mirror, __global real *out,
-                                   const long ld)
+                                   const long ld, const real tau, __global int *flagged)
 {
     const int jg = col0 / CLNET_VW + (int)get_global_id(0);
     const int i0 = row0 + (int)get_global_id(1) * CLNET_RI;
@@ -122,10 +147,12 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
 #pragma unroll
     for (int r = 0; r < CLNET_RI; ++r) {
         const int i = i0 + r;
-        if (i < row0 + n_rows)
-            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror,
-                                clnet_pearson_finish(n[r], sx[r], sy[r], sxx[r], syy[r], sxy[r],
-                                                     min_overlap, eps));
+        if (i < row0 + n_rows) {
+            const realv rr = clnet_pearson_finish(n[r], sx[r], sy[r], sxx[r], syy[r], sxy[r],
+                                                  min_overlap, eps, tau);
+            clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, rr);
+            clnet_pearson_flag(rr, i, j0, n_cols, mirror, flagged);
+        }
     }
 }
 
@@ -213,7 +240,7 @@ __kernel void clnet_pearson_topk(__global const real *strip, const long ld, cons
  * CLNET_VW): the sparse kernel's fallback for pairs it cannot compute accurately. */
 inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
                                __global const real *y, __global const real *vy_, const int M,
-                               const real min_overlap, const real eps)
+                               const real min_overlap, const real eps, const real tau)
 {
     real n = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
     for (int p = 0; p < M; ++p) {
@@ -232,6 +259,8 @@ inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
     const real cov = sxy - sx * sy * inv;
     real r = n == (real)2 ? copysign((real)1, cov) : cov / sqrt(vx * vy);
     r = r < (real)-1 ? (real)-1 : (r > (real)1 ? (real)1 : r);
+    if (n >= min_overlap && (vx < tau * sxx || vy < tau * syy))
+        return (real)CLNET_RESCUE;
     return (n >= min_overlap && vx > eps * sxx && vy > eps * syy) ? r : (real)NAN;
 }
 
@@ -262,7 +291,7 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
                                    const int M, const int row0, const int n_rows,
                                    const int n_cols, const int col0, const real min_overlap,
                                    const real eps, const int mirror, __global real *out,
-                                   const long ld)
+                                   const long ld, const real tau, __global int *flagged)
 {
     const int jg = col0 / CLNET_VW + (int)get_global_id(0);
     const int i0 = row0 + (int)get_global_id(1) * CLNET_SR;
@@ -330,7 +359,7 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
             realv rr = clnet_pearson_finish(
                 (realv)a_stats[2 * a_padded + i] - CLNET_VLOAD(0, gn),
                 (realv)a_stats[i] - CLNET_VLOAD(0, gx), sum_b - cy, sxx, syy, sxy[r],
-                min_overlap, eps);
+                min_overlap, eps, tau);
             const real two = 2;
             if (any(((realv)ssq_a > two * sxx) | (ssq_b > two * syy))) {
                 real lanes[CLNET_VW], sa[CLNET_VW], sb[CLNET_VW];
@@ -341,11 +370,12 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
                     if (ssq_a > two * sa[l] || b_stats[b_padded + j0 + l] > two * sb[l])
                         lanes[l] = clnet_pearson_pair(pa + r, pav + r, pb + l,
                                                       bv + (long)jg * M * CLNET_VW + l, M,
-                                                      min_overlap, eps);
+                                                      min_overlap, eps, tau);
                 }
                 rr = CLNET_VLOAD(0, lanes);
             }
             clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, rr);
+            clnet_pearson_flag(rr, i, j0, n_cols, mirror, flagged);
         }
     }
 }

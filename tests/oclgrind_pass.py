@@ -185,7 +185,7 @@ def rnn_every_cell_and_path(be, dtypes):
 def pearson_every_path(be, dtypes):
     """Complete, sparse-missing and dense-missing data; dense, cross, diff, top-k (device
     symmetric lists, per-strip candidates, host selection) and threshold; strips that end
-    mid-tile."""
+    mid-tile; pairs marked for the host's float64 rescue (their counter is an atomic)."""
     P = importlib.import_module("clnet.pearson")  # clnet.pearson is also the function
 
     ok = True
@@ -196,6 +196,12 @@ def pearson_every_path(be, dtypes):
     many = base.copy()
     many[rng.random(many.shape) < 0.5] = np.nan
     many[3, :] = np.inf
+    for X in (few, many):  # rows 6 and 7 share 3 nearly coinciding values: rescued pairs
+        X[6:8] = np.nan
+        X[6, 10:] = rng.normal(size=13)
+        X[7, 3:10] = rng.normal(size=7)
+        X[6, :3] = 5 + 1e-3 * rng.normal(size=3)
+        X[7, :3] = -4 + 1e-3 * rng.normal(size=3)
     Y = rng.normal(size=(5, 23))
     saved = P.STRIP_BUDGET
     P.STRIP_BUDGET = 4096  # several strips, the last one partial

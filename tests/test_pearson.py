@@ -107,6 +107,86 @@ def test_float64_precision_against_pandas(any_backend, rng):
     assert np.nanmax(np.abs(got - want)) <= 1e-10
 
 
+def few_overlap_rows(rng, pairs=40, m=60, offset=1e4):
+    """Pairs of rows (2p, 2p + 1) that share only 2 to 5 positions, where their values
+    nearly coincide (spread 1e-3 around a level a few units off the row's own mean),
+    on large offsets; elsewhere each row has ordinary values on positions of its own.
+    Before the rescue, float32 was off by up to 2 (NaN or a wrong sign) on such pairs."""
+    x = np.full((2 * pairs, m), np.nan)
+    for p in range(pairs):
+        common = rng.choice(m, size=int(rng.integers(2, 6)), replace=False)
+        rest = rng.permutation(np.setdiff1d(np.arange(m), common))
+        for q, own in ((2 * p, rest[:20]), (2 * p + 1, rest[20:40])):
+            x[q, own] = offset + 3 * rng.normal(size=len(own))
+            x[q, common] = offset + rng.uniform(-6, 6) + 1e-3 * rng.normal(size=len(common))
+    x[0, np.isfinite(x[1])] = 7.5 + offset  # a pair constant over its common positions: NaN
+    return x
+
+
+def test_float32_few_coinciding_common_values(any_backend, rng, monkeypatch):
+    """Issue point 3 with 2 to 5 common positions of nearly coinciding values: every path
+    (dense, strips, cross, top-k on and off the device, threshold, both ways of the
+    masked sums) within 1e-4 of the float64 reference, same NaN pattern."""
+    x = few_overlap_rows(rng)
+    ref = clnet.pearson(x, backend="numpy", dtype="float64")
+    assert np.isnan(ref[0, 1]) and np.isfinite(ref[2, 3])
+    pairs = np.arange(2, len(x), 2)
+    assert np.isfinite(ref[pairs, pairs + 1]).all()
+    naive = _one_pass_float32(x)  # the test has teeth: the raw sums are useless here
+    assert np.nanmax(np.abs(naive - ref)[pairs, pairs + 1]) > 1e-2 or np.isnan(naive[pairs, pairs + 1]).any()
+
+    def close(got, want, what):
+        assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN pattern differs"
+        assert np.nanmax(np.abs(got - want)) <= 1e-4, f"{what}: off by {np.nanmax(np.abs(got - want)):.3g}"
+
+    for limit in (0.0, 1.0):  # OpenCL: masked products, then totals minus corrections
+        monkeypatch.setattr(P, "SPARSE_MISSING_MAX", limit)
+        for dt in ("float32", "float64"):
+            if dt == "float64" and not any_backend.supports_float64:
+                continue
+            got = clnet.pearson(x, backend=any_backend, dtype=dt)
+            close(got, ref, f"dense {dt}")
+            if dt == "float64":
+                assert np.nanmax(np.abs(got - ref)) <= 1e-10
+            close(clnet.pearson(x, x[::3], backend=any_backend, dtype=dt), ref[:, ::3], f"cross {dt}")
+            for k in (1, 3, 20, 70):  # device lists (symmetric, per strip) and host selection
+                idx, val = clnet.pearson_topk(x, k, backend=any_backend, dtype=dt)
+                want_idx, want_val = expected_topk(got, k, True)
+                assert np.array_equal(idx, want_idx), (dt, k)
+                rows = np.arange(len(x))[:, None]
+                close(val, np.where(idx >= 0, ref[rows, np.maximum(idx, 0)], np.nan), f"top-{k} {dt}")
+            s = clnet.pearson_threshold(x, 0.5, backend=any_backend, dtype=dt).tocoo()
+            keep = np.abs(np.nan_to_num(got)) >= 0.5
+            np.fill_diagonal(keep, False)
+            assert s.nnz == keep.sum()
+            close(s.data, ref[s.row, s.col], f"threshold {dt}")
+    monkeypatch.setattr(P, "STRIP_BUDGET", len(x) * 4 * 8)  # many strips, device lists across them
+    for k in (3, 20):
+        idx, val = clnet.pearson_topk(x, k, backend=any_backend)
+        want_idx, _ = expected_topk(clnet.pearson(x, backend=any_backend), k, True)
+        assert np.array_equal(idx, want_idx), k
+
+
+def test_rescue_only_where_needed(rng):
+    """The host recomputes only pairs whose variances cancel: none on ordinary data."""
+    x = offset_rows(rng, n=100, m=80, missing=0.3)
+    plan = clnet.get_backend("numpy").pearson_plan(P.standardise_rows(x), None, np.float32, 2)
+    calls = []
+    real = P.rescue_pairs
+    try:
+        P.rescue_pairs = lambda *a: calls.append(len(a[2])) or real(*a)
+        plan.block(0, 100)
+        assert calls == []
+    finally:
+        P.rescue_pairs = real
+    few = few_overlap_rows(rng, pairs=3)
+    prepared = P.standardise_rows(few)
+    r = P.rescue_pairs(prepared, prepared, np.array([0, 2, 4]), np.array([1, 3, 5]), 2)
+    want = clnet.pearson(few, backend="numpy", dtype="float64")
+    assert np.isnan(r[0]) and np.allclose(r[1:], want[[2, 4], [3, 5]], atol=1e-12, rtol=0)
+    assert 1e-3 < P.rescue_fraction(np.float32) < 0.05 and P.rescue_fraction(np.float64) < 1e-4
+
+
 def _one_pass_float32(x):
     v = np.isfinite(x).astype(np.float32)
     z = np.where(np.isfinite(x), x, 0).astype(np.float32)
