@@ -273,17 +273,37 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
         bk[j] = col < N1 ? B1 + b1_off + col : B2 + b2_off + (col - N1);
         ld[j] = col < N1 ? ldb1 : ldb2;
     }
-    for (int k = 0; k < K; ++k) {
-        realv bv[CLNET_GN];
-        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-            bv[j] = CLNET_VLOAD(0, bk[j]);
-            bk[j] += ld[j];
+    if (sam == 1 && m0 + CLNET_GM <= M) {
+        /* A^T with a whole tile of rows (the weight gradients): the GM values of A for one
+         * k are adjacent, read through ONE pointer (GM pointers would not fit the general
+         * purpose registers next to the loop's others). */
+        __global const real *ap = ak[0];
+        for (int k = 0; k < K; ++k) {
+            realv bv[CLNET_GN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                bv[j] = CLNET_VLOAD(0, bk[j]);
+                bk[j] += ld[j];
+            }
+            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                const realv a = (realv)(ap[r]);
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                    acc[r][j] = fma(a, bv[j], acc[r][j]);
+            }
+            ap += sak;
         }
-        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-            const realv a = (realv)(*ak[r]);
-            ak[r] += sak;
-            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-                acc[r][j] = fma(a, bv[j], acc[r][j]);
+    } else {
+        for (int k = 0; k < K; ++k) {
+            realv bv[CLNET_GN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                bv[j] = CLNET_VLOAD(0, bk[j]);
+                bk[j] += ld[j];
+            }
+            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                const realv a = (realv)(*ak[r]);
+                ak[r] += sak;
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                    acc[r][j] = fma(a, bv[j], acc[r][j]);
+            }
         }
     }
     _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
