@@ -112,7 +112,22 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
             acc[r][j] = (realv)0;
         drow[r] = dG + ((size_t)(t + 1) * B + min(m0 + r, B - 1)) * CLNET_NC;
     }
-    if (t + 1 < T) {
+    if (t + 1 < T && m0 + CLNET_RM <= B) {
+        /* a whole tile of rows: one pointer with constant offsets reads all of them */
+        __global const real *wk = Wb + jb0 * CLNET_VW;
+        __global const real *d0 = drow[0];
+        for (int k = 0; k < CLNET_NC; ++k) {
+            realv w[CLNET_BN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+                w[j] = CLNET_VLOAD(0, wk + j * CLNET_VW);
+            wk += Hp;
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+                const realv d = (realv)(d0[r * CLNET_NC + k]);
+                _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+                    acc[r][j] = fma(d, w[j], acc[r][j]);
+            }
+        }
+    } else if (t + 1 < T) {
         __global const real *wk = Wb + jb0 * CLNET_VW;
         for (int k = 0; k < CLNET_NC; ++k) {
             realv w[CLNET_BN];
@@ -273,17 +288,37 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
         bk[j] = col < N1 ? B1 + b1_off + col : B2 + b2_off + (col - N1);
         ld[j] = col < N1 ? ldb1 : ldb2;
     }
-    for (int k = 0; k < K; ++k) {
-        realv bv[CLNET_GN];
-        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-            bv[j] = CLNET_VLOAD(0, bk[j]);
-            bk[j] += ld[j];
+    if (sam == 1 && m0 + CLNET_GM <= M) {
+        /* A^T with a whole tile of rows (the weight gradients): the GM values of A for one
+         * k are adjacent, read through ONE pointer (GM pointers would not fit the general
+         * purpose registers next to the loop's others). */
+        __global const real *ap = ak[0];
+        for (int k = 0; k < K; ++k) {
+            realv bv[CLNET_GN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                bv[j] = CLNET_VLOAD(0, bk[j]);
+                bk[j] += ld[j];
+            }
+            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                const realv a = (realv)(ap[r]);
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                    acc[r][j] = fma(a, bv[j], acc[r][j]);
+            }
+            ap += sak;
         }
-        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-            const realv a = (realv)(*ak[r]);
-            ak[r] += sak;
-            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-                acc[r][j] = fma(a, bv[j], acc[r][j]);
+    } else {
+        for (int k = 0; k < K; ++k) {
+            realv bv[CLNET_GN];
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                bv[j] = CLNET_VLOAD(0, bk[j]);
+                bk[j] += ld[j];
+            }
+            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                const realv a = (realv)(*ak[r]);
+                ak[r] += sak;
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                    acc[r][j] = fma(a, bv[j], acc[r][j]);
+            }
         }
     }
     _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
