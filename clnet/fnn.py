@@ -7,16 +7,15 @@ reference is ``clnet_fallback.fnn``.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from ._validate import as_float, as_int, as_real_array
 from .backend import BackendLike, dispatch, get_backend
-from .functions import ACTIVATIONS, activation_id, aggregation_id, neat_activation_name
+from .functions import activation_id, aggregation_id, neat_activation_name
 
 __all__ = ["FNN", "FNNPopulation", "fnn_forward", "weight_count"]
 

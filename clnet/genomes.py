@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-import numpy as np
-
 from .functions import ACTIVATIONS, AGGREGATIONS
 
 

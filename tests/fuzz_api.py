@@ -11,7 +11,7 @@ arguments, or raise ValueError, TypeError or MemoryError with a message. Anythin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np

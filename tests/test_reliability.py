@@ -1,6 +1,5 @@
 """Device faults, thread safety and determinism."""
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ import clnet
 from clnet.backend import BackendCandidate, DeviceError
 from clnet.genomes import random_genome
 
-from conftest import OPENCL
 
 
 def _population(seed, size=30):

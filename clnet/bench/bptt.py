@@ -15,13 +15,12 @@ Flops: forward 2 * T * B * 4H * (I + H); the backward about twice that.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 import clnet
 
-from .rnn import _line, _ratio, _torch
+from . import best_times as _best_times, line, optional_torch, ratio
 
 CASE = dict(T=64, B=64, I=32, H=128)
 RESET_RATE = 0.01
@@ -33,26 +32,11 @@ PAUSE = 0.01
 
 
 def best_times(fns, repeat):
-    """Seconds per call of each function: the best of ``repeat`` rounds, each running every
-    function once, in an order that rotates by one each round."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for r in range(repeat):
-        for j in range(len(fns)):
-            i = (j + r) % len(fns)
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            fns[i]()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+    return _best_times(fns, repeat, pause=PAUSE)
 
 
 def run(backend: str, repeat: int, echo=print) -> dict:
-    torch = _torch()
-    if torch is None:
-        echo("torch is not installed: the PyTorch peers are skipped. Install the pinned CPU build with "
-             "pip install torch==2.13.0 (any other version may download several GB).")
+    torch = optional_torch(echo)
     be = clnet.get_backend(backend)
     T, B, I, H = CASE["T"], CASE["B"], CASE["I"], CASE["H"]
     flops = 3 * 2.0 * T * B * 4 * H * (I + H)
@@ -102,16 +86,16 @@ def run(backend: str, repeat: int, echo=print) -> dict:
                          max(2, repeat // 4))
     figures["numpy fallback backward_sequence, resets"] = t_np
     for label, seconds in figures.items():
-        echo(_line(label, seconds, "call", flops))
+        echo(line(label, seconds, "call", flops))
     echo("")
     if torch is not None:
-        echo(_ratio("speed-up over torch.nn.LSTM (no resets)",
+        echo(ratio("speed-up over torch.nn.LSTM (no resets)",
                     figures["torch.nn.LSTM forward + backward (no resets)"] / figures[labels[1]], 1.0))
-        echo(_ratio("  the same with resets (torch.nn.LSTM cannot reset)",
+        echo(ratio("  the same with resets (torch.nn.LSTM cannot reset)",
                     figures["torch.nn.LSTM forward + backward (no resets)"] / figures[labels[0]]))
-        echo(_ratio("speed-up over the torch.nn.LSTMCell loop with resets",
+        echo(ratio("speed-up over the torch.nn.LSTMCell loop with resets",
                     figures["torch.nn.LSTMCell loop + backward, resets"] / figures[labels[0]]))
-    echo(_ratio("speed-up over the NumPy fallback", t_np / figures[labels[0]]))
+    echo(ratio("speed-up over the NumPy fallback", t_np / figures[labels[0]]))
     return figures
 
 

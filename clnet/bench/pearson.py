@@ -20,15 +20,11 @@ import time
 
 import numpy as np
 
+from . import best_time
+
 
 def _best(fn, repeat: int) -> float:
-    fn()  # warm-up: kernel builds, caches
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeat)
 
 
 def _data(n, m, missing, seed=0):

@@ -10,38 +10,18 @@ Flops of one LSTM step: 2 * B * 4H * (I + H).
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable, List, Optional
 
 import numpy as np
 
 import clnet
+
+from . import best_time, best_times, line, optional_torch, ratio
 
 # The three cases of issue 3 with their targets.
 STEP_CASE = dict(B=256, I=128, H=256)
 SMALL_CASE = dict(B=16, I=64, H=128, T=100)
 LARGE_CASE = dict(B=1024, I=256, H=512, T=100)
 RESET_RATE = 0.01  # share of environments whose episode ends at each step
-
-
-def best_time(fn: Callable[[], object], repeat: int, number: int = 1) -> float:
-    """Seconds per call: the best of ``repeat`` timings of ``number`` calls, after a warm-up."""
-    return best_times([fn], repeat, number)[0]
-
-
-def best_times(fns: List[Callable[[], object]], repeat: int, number: int = 1) -> List[float]:
-    """Like :func:`best_time` for several contenders, timed in alternating rounds so that
-    a machine shared with other work slows every contender alike and ratios stay fair."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            best[i] = min(best[i], (time.perf_counter() - t0) / number)
-    return best
 
 
 def lstm_flops(B, I, H) -> float:
@@ -56,33 +36,8 @@ def matmul_gflops(repeat: int) -> float:
     return 2.0 * n ** 3 / best_time(lambda: a @ b, repeat, 3) / 1e9
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _line(label: str, seconds: float, per: str = "step", flops: Optional[float] = None) -> str:
-    text = f"  {label:<52} {seconds * 1e6:10.1f} us/{per}"
-    if flops:
-        text += f"  {flops / seconds / 1e9:7.1f} GFLOP/s"
-    return text
-
-
-def _ratio(label: str, value: float, target: Optional[float] = None) -> str:
-    text = f"  {label:<52} {value:10.2f}x"
-    if target is not None:
-        text += f"   (target >= {target:g}x: {'met' if value >= target else 'NOT met'})"
-    return text
-
-
 def run(backend: str, repeat: int, echo=print) -> dict:
-    torch = _torch()
-    if torch is None:
-        echo("torch is not installed: the PyTorch peers are skipped. Install the pinned CPU build with "
-             "pip install torch==2.13.0 (any other version may download several GB).")
+    torch = optional_torch(echo)
     be = clnet.get_backend(backend)
     ref = clnet.get_backend("numpy")
     rng = np.random.default_rng(0)
@@ -119,16 +74,16 @@ def run(backend: str, repeat: int, echo=print) -> dict:
         contenders.append(torch_step)
     times = best_times(contenders, repeat, 20)
     t_cl = times[0]
-    echo(_line(f"clnet {be.spec} step (state on the device)", t_cl, flops=lstm_flops(B, I, H)))
+    echo(line(f"clnet {be.spec} step (state on the device)", t_cl, flops=lstm_flops(B, I, H)))
     figures["step_clnet_us"] = t_cl * 1e6
-    echo(_line("clnet numpy fallback step", t_np, flops=lstm_flops(B, I, H)))
+    echo(line("clnet numpy fallback step", t_np, flops=lstm_flops(B, I, H)))
     if torch is not None:
         t_t = times[1]
-        echo(_line("torch.nn.LSTMCell step (no_grad)", t_t, flops=lstm_flops(B, I, H)))
+        echo(line("torch.nn.LSTMCell step (no_grad)", t_t, flops=lstm_flops(B, I, H)))
         figures["step_torch_us"] = t_t * 1e6
         figures["step_ratio"] = t_t / t_cl
-        echo(_ratio("speed-up over torch.nn.LSTMCell", t_t / t_cl, 1.0))
-    echo(_ratio("speed-up over the numpy fallback", t_np / t_cl))
+        echo(ratio("speed-up over torch.nn.LSTMCell", t_t / t_cl, 1.0))
+    echo(ratio("speed-up over the numpy fallback", t_np / t_cl))
 
     # --- 2. small batch, a sequence of T steps ----------------------------------------------
     B, I, H, T = (SMALL_CASE[k] for k in "BIHT")
@@ -163,19 +118,19 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     # A sequence here takes milliseconds: more rounds cost little and steady the figures.
     times = [t / T for t in best_times(contenders, 4 * repeat)]
     t_cl_r, t_cl_n = times[:2]
-    echo(_line(f"clnet {be.spec} sequence with resets", t_cl_r, flops=fl))
-    echo(_line(f"clnet {be.spec} sequence without resets", t_cl_n, flops=fl))
-    echo(_line("clnet numpy fallback sequence with resets", t_np, flops=fl))
+    echo(line(f"clnet {be.spec} sequence with resets", t_cl_r, flops=fl))
+    echo(line(f"clnet {be.spec} sequence without resets", t_cl_n, flops=fl))
+    echo(line("clnet numpy fallback sequence with resets", t_np, flops=fl))
     figures.update(small_resets_us=t_cl_r * 1e6, small_noresets_us=t_cl_n * 1e6)
     if torch is not None:
         t_loop, t_lstm = times[2:]
-        echo(_line("torch.nn.LSTMCell loop with resets (no_grad)", t_loop, flops=fl))
-        echo(_line("torch.nn.LSTM whole sequence (no resets)", t_lstm, flops=fl))
+        echo(line("torch.nn.LSTMCell loop with resets (no_grad)", t_loop, flops=fl))
+        echo(line("torch.nn.LSTM whole sequence (no resets)", t_lstm, flops=fl))
         figures.update(small_torch_loop_us=t_loop * 1e6, small_torch_lstm_us=t_lstm * 1e6,
                        small_ratio_loop=t_loop / t_cl_r, small_ratio_lstm=t_lstm / t_cl_n)
-        echo(_ratio("with resets: speed-up over the LSTMCell loop", t_loop / t_cl_r, 2.0))
-        echo(_ratio("without resets: speed-up over torch.nn.LSTM", t_lstm / t_cl_n, 1.0))
-    echo(_ratio("with resets: speed-up over the numpy fallback", t_np / t_cl_r))
+        echo(ratio("with resets: speed-up over the LSTMCell loop", t_loop / t_cl_r, 2.0))
+        echo(ratio("without resets: speed-up over torch.nn.LSTM", t_lstm / t_cl_n, 1.0))
+    echo(ratio("with resets: speed-up over the numpy fallback", t_np / t_cl_r))
 
     # --- 3. large batch, throughput ---------------------------------------------------------
     B, I, H, T = (LARGE_CASE[k] for k in "BIHT")
@@ -198,15 +153,15 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     times = best_times(contenders, max(1, repeat // 2))
     t_cl = times[0] / T
     rate = fl / t_cl / 1e9
-    echo(_line(f"clnet {be.spec} sequence", t_cl, flops=fl))
-    echo(_line("clnet numpy fallback sequence (first 10 steps)", t_np, flops=fl))
+    echo(line(f"clnet {be.spec} sequence", t_cl, flops=fl))
+    echo(line("clnet numpy fallback sequence (first 10 steps)", t_np, flops=fl))
     # The roof is measured again after this case and the higher figure kept (conservative:
     # a machine shared with other work only ever lowers a measured rate).
     roof = max(roof, matmul_gflops(repeat))
     figures.update(numpy_matmul_gflops=roof, large_clnet_gflops=rate, large_share_of_matmul=rate / roof)
     if torch is not None:
         t_lstm = times[1] / T
-        echo(_line("torch.nn.LSTM whole sequence", t_lstm, flops=fl))
+        echo(line("torch.nn.LSTM whole sequence", t_lstm, flops=fl))
         figures["large_torch_gflops"] = fl / t_lstm / 1e9
         echo(f"  {'torch.nn.LSTM share of numpy matmul':<52} {fl / t_lstm / 1e9 / roof:10.0%}")
     echo(f"  {'numpy float32 matmul (best of both measurements)':<52} {roof:10.1f} GFLOP/s")
@@ -215,7 +170,7 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     return figures
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clnet bench rnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="opencl", help="clnet backend to measure (default: opencl)")

@@ -19,7 +19,7 @@ import importlib
 import math
 import os
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,7 +31,7 @@ FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.confo
                   "clnet.conformance.pearson"]
 
 try:
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     _HYPOTHESIS_ERROR = None

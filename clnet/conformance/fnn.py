@@ -11,7 +11,7 @@ import numpy as np
 from .. import fnn as F
 from .. import genomes
 from ..backend import get_backend
-from ..functions import ACTIVATIONS, AGGREGATIONS
+from ..functions import ACTIVATIONS
 from . import Check, Comparison, register
 
 try:
