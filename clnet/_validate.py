@@ -11,16 +11,22 @@ from typing import Optional, Sequence
 import numpy as np
 
 
+def host_array(value) -> np.ndarray:
+    """``value`` as a NumPy array; torch tensors are detached and moved to the CPU first
+    (recognised without importing torch)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 def as_real_array(value, name: str, dtype, *, ndim: Optional[Sequence[int]] = None) -> np.ndarray:
     """``value`` as a C-contiguous array of ``dtype`` (float32 or float64).
 
     Accepts real numbers of any integer or float dtype, lists and anything with
     ``__array__`` (torch tensors included). Refuses bool, complex, object and string data.
     """
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
     try:
-        arr = np.asarray(value)
+        arr = host_array(value)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be a numeric array; it could not be converted ({exc})") from None
     kind = arr.dtype.kind

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._validate import as_int, as_real_array
+from ._validate import as_int, as_real_array, host_array
 from .backend import Backend, BackendLike, get_backend
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RecurrentState"]
@@ -40,9 +40,7 @@ def _reset_keep(mask, name: str, shape: Tuple[int, ...], dtype) -> Optional[np.n
     """A reset mask as ``keep = 1 - mask`` in ``dtype``; None when nothing is reset."""
     if mask is None:
         return None
-    if hasattr(mask, "detach") and hasattr(mask, "cpu"):
-        mask = mask.detach().cpu().numpy()
-    arr = np.asarray(mask)
+    arr = host_array(mask)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be an array of 0/1 or booleans, got dtype {arr.dtype}")
     if arr.shape != shape:
@@ -754,9 +752,7 @@ def _backward_sequence(model, layers, stacked, xs, initial_state, resets, grad_h
         raise ValueError(f"burn_in must be smaller than the number of time steps T = {T} (at least one "
                          f"step must carry gradient), got {burn_in}")
     if mask is not None:
-        if hasattr(mask, "detach") and hasattr(mask, "cpu"):
-            mask = mask.detach().cpu().numpy()
-        m = np.asarray(mask)
+        m = host_array(mask)
         if m.dtype.kind not in "biuf":
             raise TypeError(f"mask must be an array of 0/1, booleans or weights, got dtype {m.dtype}")
         if m.shape != tb:
