@@ -103,6 +103,19 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
 #define CLNET_TILE_OF(i) ((int)((uint)(i) / CLNET_VW))
 #define CLNET_LANE_OF(i) ((int)((uint)(i) % CLNET_VW))
 
+/* The tile of pairs a work-item owns: rows i0 .. i0 + ROWS - 1 of the strip against the
+ * VW columns from j0 (column group jg). Work-items past the strip's end return, and with
+ * `mirror` (X against itself) so do tiles wholly below the diagonal, which the host fills
+ * from their mirror image. Declares jg, i0 and j0. */
+#define CLNET_PAIR_TILE(ROWS)                                            \
+    const int jg = col0 / CLNET_VW + (int)get_global_id(0);             \
+    const int i0 = row0 + (int)get_global_id(1) * (ROWS);               \
+    const int j0 = jg * CLNET_VW;                                       \
+    if (i0 >= row0 + n_rows || j0 >= n_cols)                            \
+        return;                                                         \
+    if (mirror && j0 + CLNET_VW <= i0)                                  \
+        return
+
 __kernel void clnet_pearson_masked(__global const real *ax, __global const real *av,
                                    __global const real *bx, __global const real *bv,
                                    const int M, const int row0, const int n_rows,
@@ -110,13 +123,7 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
                                    const real eps, const int mirror, __global real *out,
                                    const long ld, const real tau, __global int *flagged)
 {
-    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
-    const int i0 = row0 + (int)get_global_id(1) * CLNET_RI;
-    const int j0 = jg * CLNET_VW;
-    if (i0 >= row0 + n_rows || j0 >= n_cols)
-        return;
-    if (mirror && j0 + CLNET_VW <= i0)
-        return;
+    CLNET_PAIR_TILE(CLNET_RI);
     const long a_off = ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pax = ax + a_off;
     __global const real *pav = av + a_off;
@@ -165,13 +172,7 @@ __kernel void clnet_pearson_complete(__global const real *a, __global const real
                                      const int n_cols, const int col0, const int mirror,
                                      __global real *out, const long ld)
 {
-    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
-    const int i0 = row0 + (int)get_global_id(1) * (2 * CLNET_RI);
-    const int j0 = jg * CLNET_VW;
-    if (i0 >= row0 + n_rows || j0 >= n_cols)
-        return;
-    if (mirror && j0 + CLNET_VW <= i0)
-        return;
+    CLNET_PAIR_TILE((2 * CLNET_RI));
     __global const real *pa = a + ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pb = b + (long)jg * M * CLNET_VW;
     realv acc[2 * CLNET_RI];
@@ -293,13 +294,7 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
                                    const real eps, const int mirror, __global real *out,
                                    const long ld, const real tau, __global int *flagged)
 {
-    const int jg = col0 / CLNET_VW + (int)get_global_id(0);
-    const int i0 = row0 + (int)get_global_id(1) * CLNET_SR;
-    const int j0 = jg * CLNET_VW;
-    if (i0 >= row0 + n_rows || j0 >= n_cols)
-        return;
-    if (mirror && j0 + CLNET_VW <= i0)
-        return;
+    CLNET_PAIR_TILE(CLNET_SR);
     const long a_off = (long)CLNET_TILE_OF(i0) * M * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pa = ax + a_off;
     __global const real *pav = av + a_off;
