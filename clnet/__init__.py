@@ -8,6 +8,7 @@ Quick start::
     for info in clnet.backends():
         print(info)
 """
+from . import contract
 from .backend import (
     Backend,
     BackendCandidate,
@@ -16,6 +17,7 @@ from .backend import (
     DeviceError,
     backends,
     get_backend,
+    notes,
     register_provider,
     unregister_provider,
     use_backend,
@@ -46,6 +48,7 @@ __all__ = [
     "backends",
     "fnn_forward",
     "get_backend",
+    "notes",
     "pearson",
     "pearson_threshold",
     "pearson_topk",

@@ -23,8 +23,6 @@ DEFAULT_DEMO = "population"
 
 def cmd_info(args) -> int:
     import clnet
-    from clnet.opencl import nvidia_hint
-
     print(f"clnet {clnet.__version__}")
     infos = clnet.backends()
     print(f"{'spec':<16} {'status':<10}  description")
@@ -39,9 +37,8 @@ def cmd_info(args) -> int:
         print(f"default backend: {chosen.spec} ({chosen.description})")
     except Exception as exc:
         print(f"default backend: none ({exc})")
-    hint = nvidia_hint()
-    if hint:
-        print("note: " + hint)
+    for note in clnet.notes():
+        print("note: " + note)
     return 0
 
 
@@ -53,7 +50,9 @@ def cmd_conformance(args) -> int:
     failures = [r for r in results if not r.passed and not r.skipped]
     for r in failures:
         print(f"\n--- {r.backend} {r.operation} {r.dtype} failed:\n{r.failure}")
-    print(f"\n{len(results) - len(failures)} passed, {len(failures)} failed")
+    skipped = [r for r in results if r.skipped]
+    passed = len(results) - len(failures) - len(skipped)
+    print(f"\n{passed} passed, {len(failures)} failed" + (f", {len(skipped)} skipped" if skipped else ""))
     return 1 if failures or not results else 0
 
 

@@ -20,9 +20,11 @@ import threading
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Iterable, Iterator, List, Optional, Union
+from typing import Callable, Iterable, Iterator, List, Optional, TypeVar, Union
 
 import numpy as np
+
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "clnet.backends"
 ENV_VAR = "CLNET_BACKEND"
@@ -34,9 +36,10 @@ __all__ = [
     "BackendUnavailable",
     "DeviceError",
     "backends",
-    "dispatch",
-    "device_fallback",
+    "call",
+    "run",
     "get_backend",
+    "notes",
     "use_backend",
     "resolve_dtype",
 ]
@@ -65,9 +68,9 @@ class DeviceError(RuntimeError):
 class Backend:
     """Base class of a concrete backend (the NumPy reference, one OpenCL device, ...).
 
-    Operation families add methods (``fnn_layered``, ``fnn_graph``, ...). An operation
-    that a backend lacks raises ``NotImplementedError`` naming both, through
-    :meth:`op`.
+    A backend also inherits the operation families it implements, declared with their
+    signatures in :mod:`clnet.contract` (``class MyBackend(Backend, FNNOps)``). Public
+    operations reach it through :func:`call` / :func:`run`, never by attribute access.
     """
 
     #: spec string that selects exactly this backend, e.g. ``"numpy"`` or ``"opencl:0:0"``
@@ -78,13 +81,23 @@ class Backend:
     supports_float64: bool = True
 
     def op(self, name: str) -> Callable:
-        method = getattr(self, name, None)
-        if method is None:
+        """The operation ``name`` of a family this backend declares."""
+        from .contract import families_of, operation_family
+
+        family = operation_family(name)
+        if family is None:
+            raise ValueError(f"{name!r} is not an operation of the backend contract (clnet/contract.py)")
+        if family not in families_of(self):
             raise NotImplementedError(
-                f"backend {self.spec!r} does not implement the operation {name!r}; "
-                f"choose another backend with backend=... or clnet.use_backend(...)"
-            )
-        return method
+                f"backend {self.spec!r} does not implement the operation {name!r} (family "
+                f"{family.name!r}); choose another backend with backend=... or clnet.use_backend(...)")
+        return getattr(self, name)
+
+    def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
+        """The clnet error for a driver's exception ``exc`` raised during ``operation``
+        (a :class:`DeviceError`, or MemoryError when the device ran out of memory), or
+        None when ``exc`` is not the driver's. A backend over a driver overrides this."""
+        return None
 
     def check_dtype(self, dtype) -> np.dtype:
         dt = resolve_dtype(dtype)
@@ -209,7 +222,9 @@ class _Registry:
             if cand.spec in self._failures:
                 raise self._failures[cand.spec]
             try:
+                _check_contract(cand)
                 backend = cand.load()
+                _check_contract(backend)
             except BackendUnavailable as exc:
                 self._failures[cand.spec] = exc
                 raise
@@ -236,6 +251,16 @@ class _Registry:
                 infos.append(BackendInfo(cand.spec, cand.description, cand.priority, True))
         return infos
 
+    def notes(self) -> List[str]:
+        """Hints the providers give about this machine (``provider.notes()``, optional)."""
+        found = []
+        for provider in list(self.providers().values()):
+            try:
+                found.extend(n for n in getattr(provider, "notes", lambda: [])() if n)
+            except Exception:  # a hint must never break listing
+                continue
+        return found
+
     def mark_failed(self, spec: str, reason: str) -> None:
         """Take a backend that failed during use out of automatic selection."""
         with self._lock:
@@ -261,6 +286,20 @@ class _Registry:
         detail = "; ".join(reasons) if reasons else "no backend is registered"
         raise BackendUnavailable(what, detail, "run 'python -m clnet info' to see every backend and why "
                                  "it cannot run; is clnet installed (pip install .)?")
+
+    def specs_matching(self, spec: str) -> List[str]:
+        """Every candidate spec that ``spec`` names: all of a provider's for ``"opencl"``,
+        those whose platform (and device) match for ``"opencl:P"`` / ``"opencl:P:D"``."""
+        name, _, selector = spec.strip().partition(":")
+        provider = self.providers().get(name.lower())
+        if provider is None:
+            known = ", ".join(sorted(self.providers())) or "none"
+            raise ValueError(f"unknown backend {spec!r}; registered backends: {known}")
+        cands = provider.candidates()
+        if not selector:
+            return [c.spec for c in cands]
+        matcher = getattr(provider, "match", None)
+        return [c.spec for c in (matcher(selector, cands) if matcher else cands) if matcher or c.spec == spec]
 
     def select(self, spec: str) -> Backend:
         if not isinstance(spec, str) or not spec.strip():
@@ -289,6 +328,20 @@ class _Registry:
         return self.load(chosen[0])
 
 
+def _check_contract(obj) -> None:
+    """Refuse a backend (or the class a candidate loads) that implements a family in part."""
+    from .contract import ContractError, check_backend
+
+    target = getattr(obj, "load", obj)
+    if isinstance(obj, BackendCandidate) and not isinstance(target, type):
+        return  # a factory: checked once it has made the backend
+    try:
+        check_backend(target)
+    except ContractError as exc:
+        spec = obj.spec if isinstance(obj, (Backend, BackendCandidate)) else str(target)
+        raise BackendUnavailable(spec, str(exc), "complete the family or stop inheriting it") from None
+
+
 def _entry_points():
     eps = metadata.entry_points()
     if hasattr(eps, "select"):
@@ -303,6 +356,18 @@ _context: contextvars.ContextVar = contextvars.ContextVar("clnet_backend", defau
 def backends() -> List[BackendInfo]:
     """Every registered backend and OpenCL device: spec, usable or not, and why not."""
     return _registry.info()
+
+
+def notes() -> List[str]:
+    """Hints about this machine from the backend providers (e.g. an NVIDIA GPU without its
+    OpenCL platform), shown by ``python -m clnet info``."""
+    return _registry.notes()
+
+
+def specs_matching(spec: str) -> List[str]:
+    """The specs of every device ``spec`` selects (``"opencl"``: all OpenCL devices), usable or
+    not: the way ``CLNET_TEST`` picks the backends the test suite runs on."""
+    return _registry.specs_matching(spec)
 
 
 def register_provider(provider, *, replace: bool = False) -> None:
@@ -332,68 +397,48 @@ def get_backend(spec: BackendLike = None) -> Backend:
     return _registry.best(_registry.candidates(), "automatic selection")
 
 
-def dispatch(spec: BackendLike, name: str, *args):
-    """Run operation ``name`` on the backend ``spec`` resolves to.
+def call(spec: BackendLike, operation: str, *args, stateless: bool = True):
+    """Run the backend operation ``operation(*args)``: the one path from the public API to
+    a backend (see :func:`run`)."""
+    return run(spec, operation, lambda backend: backend.op(operation)(*args), stateless=stateless)
 
-    When the backend was chosen automatically (no argument, no :func:`use_backend`, no
-    ``CLNET_BACKEND``) and its device fails with :class:`DeviceError`, the device is
-    taken out of automatic selection and the operation is rerun on the next usable
-    backend, with a warning. A backend the user named fails loudly instead.
+
+def run(spec: BackendLike, operation: str, work: Callable[[Backend], T], *, stateless: bool = True) -> T:
+    """Resolve ``spec`` and run ``work(backend)``, where ``work`` calls backend operations.
+
+    A driver's error (pyopencl's, or any backend's: :meth:`Backend.translate_error`) comes
+    out as :class:`DeviceError` or MemoryError naming the device and ``operation``. When
+    the backend was chosen automatically (no argument, no :func:`use_backend`, no
+    ``CLNET_BACKEND``) and ``stateless`` is true, a device failure takes the device out of
+    automatic selection and ``work`` reruns on the next usable backend, with a warning; a
+    backend the user named fails loudly instead. ``work`` returns nothing partial: it
+    either finishes or raises. Operations on state that lives on one backend (a
+    :class:`clnet.RecurrentState`) pass ``stateless=False``.
     """
-    automatic = _is_automatic(spec)
+    automatic = stateless and _is_automatic(spec)
     backend = get_backend(spec)
     try:
-        return backend.op(name)(*args)
+        try:
+            return work(backend)
+        except DeviceError:
+            raise
+        except Exception as exc:
+            translated = backend.translate_error(exc, operation)
+            if translated is None:
+                raise
+            raise translated from exc
     except DeviceError as exc:
         if not automatic:
             raise
         _registry.mark_failed(backend.spec, str(exc))
         fallback = get_backend(None)
-        warnings.warn(f"clnet: backend {backend.spec!r} failed during {name} ({exc}); "
+        warnings.warn(f"clnet: backend {backend.spec!r} failed during {operation} ({exc}); "
                       f"falling back to {fallback.spec!r}", RuntimeWarning, stacklevel=3)
-        return dispatch(None, name, *args)
+        return run(None, operation, work, stateless=stateless)
 
 
 def _is_automatic(spec) -> bool:
     return spec is None and _context.get() is None and not os.environ.get(ENV_VAR, "").strip()
-
-
-def device_fallback(fn):
-    """Decorator for public operations that keep no device state between calls.
-
-    A failure of the device while ``fn`` runs (a :class:`DeviceError`, or an OpenCL error
-    from pyopencl) is re-raised as :class:`DeviceError` naming the backend; when the
-    backend was chosen automatically, the device is taken out of automatic selection and
-    the whole operation reruns on the next usable backend with a warning, so a partial
-    result is never returned.
-    """
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        spec = kwargs.get("backend")
-        automatic = _is_automatic(spec)
-        backend = get_backend(spec)
-        try:
-            return fn(*args, **kwargs)
-        except DeviceError as exc:
-            error = exc
-        except Exception as exc:
-            if not type(exc).__module__.startswith("pyopencl"):
-                raise
-            error = DeviceError(f"backend {backend.spec!r} ({backend.description}) failed during "
-                                f"{fn.__name__}: {exc}")
-            if not automatic:
-                raise error from exc
-        if not automatic:
-            raise error
-        _registry.mark_failed(backend.spec, str(error))
-        fallback = get_backend(None)
-        warnings.warn(f"clnet: backend {backend.spec!r} failed during {fn.__name__} ({error}); "
-                      f"falling back to {fallback.spec!r}", RuntimeWarning, stacklevel=2)
-        return wrapper(*args, **kwargs)
-
-    return wrapper
 
 
 @contextlib.contextmanager

@@ -1,14 +1,16 @@
 """NumPy reference of the feed-forward networks (vectorised over the batch)."""
 import numpy as np
 
+from clnet.contract import FNNOps
 from clnet.functions import AGGREGATIONS
 
 from .functions import activate, aggregate
 
 
-class FNNReference:
-    def fnn_layered(self, sizes, weights, biases, acts, x, dtype):
+class FNNReference(FNNOps):
+    def fnn_layered(self, net, x, dtype):
         dtype = np.dtype(dtype)
+        sizes, weights, biases, acts = net.sizes, net.weights, net.biases, net.activations
         h = x.astype(dtype, copy=False)
         w_off = b_off = 0
         with np.errstate(all="ignore"):

@@ -3,20 +3,22 @@
 Vectorised with BLAS: the six pairwise-masked sums of a strip of rows against every
 column are three matrix products, so there is no Python loop over pairs. Complete data
 (no missing value anywhere) needs one product of unit-norm rows. Pairs whose sums cancel
-(see clnet.pearson.rescue_fraction) are recomputed in float64 with a two-pass formula.
+(see clnet.common.pearson.rescue_fraction) are recomputed in float64 with a two-pass
+formula.
 """
 import numpy as np
 
-from clnet.pearson import (RESCUE, patch_rescued, rescue_fraction, select_threshold, select_topk,
-                          strip_rows, unit_rows, var_epsilon)
+from clnet.common.pearson import (RESCUE, patch_rescued, rescue_fraction, select_threshold, select_topk,
+                                  strip_rows, unit_rows, var_epsilon)
+from clnet.contract import PearsonOps, PearsonPlan
 
 
-class PearsonReference:
+class PearsonReference(PearsonOps):
     def pearson_plan(self, rows, cols, dtype, min_overlap):
         return NumpyPearsonPlan(rows, cols, dtype, min_overlap)
 
 
-class NumpyPearsonPlan:
+class NumpyPearsonPlan(PearsonPlan):
     def __init__(self, rows, cols, dtype, min_overlap):
         self.dtype = np.dtype(dtype)
         self.symmetric = cols is None
@@ -95,7 +97,7 @@ class NumpyPearsonPlan:
 def finish(n, sx, sy, sxx, syy, sxy, min_overlap, eps, tau):
     """r from the six sums over the common positions of each pair (rows pre-centred),
     and the mask of the pairs whose variances cancel (below ``tau`` times their sums of
-    squares): those hold RESCUE and must be recomputed (clnet.pearson.patch_rescued)."""
+    squares): those hold RESCUE and must be recomputed (clnet.common.pearson.patch_rescued)."""
     inv = 1 / n
     vx = sxx - sx * sx * inv
     vy = syy - sy * sy * inv

@@ -13,6 +13,10 @@
 
 typedef CLNET_REAL real;
 
+/* Token pasting after macro expansion, e.g. CLNET_CAT(float, 16) -> float16. */
+#define CLNET_CAT2(a, b) a##b
+#define CLNET_CAT(a, b) CLNET_CAT2(a, b)
+
 /* Clamp that lets NaN through: the host reference does the same, so non-finite
  * values propagate identically on every backend (fmin/fmax would swallow NaN). */
 inline real clnet_clamp(real z, real lo, real hi)

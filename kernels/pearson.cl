@@ -1,4 +1,4 @@
-/* Pairwise Pearson correlation with missing data (see clnet/pearson.py).
+/* Pairwise Pearson correlation with missing data (host side: clnet/opencl/pearson.py).
  *
  * Rows arrive centred and scaled on the host, with 0 where a value is missing and a
  * 1/0 validity mask beside them. They are packed in groups of CLNET_VW rows: the
@@ -12,24 +12,24 @@
 #include "clnet_common.h"
 
 #ifndef CLNET_VW
-#define CLNET_VW 16
+#error "CLNET_VW (values per vector) is set by the host: clnet/opencl/pearson.py"
 #endif
 #ifndef CLNET_RI
 #define CLNET_RI 4
 #endif
 
-#define CLNET_CAT2(a, b) a##b
-#define CLNET_CAT(a, b) CLNET_CAT2(a, b)
 typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
 #define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
 #define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
 
 /* A pair whose variances cancel in its sums is marked with CLNET_RESCUE (outside
- * [-1, 1]) and recomputed on the host in float64 (clnet.pearson.rescue_fraction): with
+ * [-1, 1]) and recomputed on the host in float64 (clnet.common.pearson.rescue_fraction): with
  * vx < tau * Sxx (or vy < tau * Syy) the sums no longer determine r to the target
  * accuracy. Such pairs are rare (mostly a handful of common positions whose values
  * nearly coincide); a kernel that stores one also increments *flagged. */
-#define CLNET_RESCUE 2
+#ifndef CLNET_RESCUE
+#error "CLNET_RESCUE is set by the host from clnet.common.pearson.RESCUE"
+#endif
 
 /* r from the six sums, lane by lane; NaN below min_overlap or for (relative) zero
  * variance, clipped to [-1, 1] in a way that lets nothing else through; CLNET_RESCUE
@@ -279,8 +279,13 @@ inline real clnet_pearson_pair(__global const real *x, __global const real *vx_,
  * pair's part of it). Pairs where either row keeps less than half of its total are
  * recomputed from the masked data by clnet_pearson_pair; with missing values spread
  * over the rows these are rare. */
-#define CLNET_SR 8
-typedef CLNET_CAT(CLNET_REAL, 8) real8v;
+#ifndef CLNET_SR /* rows per work-item of clnet_pearson_sparse: clnet/opencl/pearson.py */
+#error "CLNET_SR is set by the host: clnet/opencl/pearson.py"
+#endif
+/* the CLNET_SR rows of a tile as one vector (SR must be a vector length: 2, 4, 8, 16) */
+typedef CLNET_CAT(CLNET_REAL, CLNET_SR) realsr;
+#define CLNET_SR_LOAD CLNET_CAT(vload, CLNET_SR)
+#define CLNET_SR_STORE CLNET_CAT(vstore, CLNET_SR)
 
 __kernel void clnet_pearson_sparse(__global const real *ax, __global const real *av,
                                    __global const real *a_stats, const int a_padded,
@@ -314,20 +319,20 @@ __kernel void clnet_pearson_sparse(__global const real *ax, __global const real 
     /* Corrections for the columns' missing positions, as vectors over the rows. */
     real tx[CLNET_SR * CLNET_VW], txx[CLNET_SR * CLNET_VW], tn[CLNET_SR * CLNET_VW];
     for (int l = 0; l < CLNET_VW; ++l) {
-        real8v cx = (real8v)0, cxx = (real8v)0, cn = (real8v)0;
+        realsr cx = (realsr)0, cxx = (realsr)0, cn = (realsr)0;
         const int j = j0 + l;
         if (j < n_cols) {
             for (int q = b_miss_ptr[j]; q < b_miss_ptr[j + 1]; ++q) {
                 const int p = b_miss_pos[q];
-                const real8v x = vload8(0, pa + p * CLNET_VW);
+                const realsr x = CLNET_SR_LOAD(0, pa + p * CLNET_VW);
                 cx += x;
                 cxx = fma(x, x, cxx);
-                cn += vload8(0, pav + p * CLNET_VW);
+                cn += CLNET_SR_LOAD(0, pav + p * CLNET_VW);
             }
         }
-        vstore8(cx, l, tx);
-        vstore8(cxx, l, txx);
-        vstore8(cn, l, tn);
+        CLNET_SR_STORE(cx, l, tx);
+        CLNET_SR_STORE(cxx, l, txx);
+        CLNET_SR_STORE(cn, l, tn);
     }
 
     const realv sum_b = CLNET_VLOAD(jg, b_stats);

@@ -18,21 +18,18 @@
  * steps of a small-batch sequence in one launch), clnet_rnn_project (the inputs of many
  * steps at once, for the batched projection mode), clnet_rnn_zero_rows (state.reset).
  *
- * Compile-time parameters: CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
+ * Compile-time parameters: CLNET_VW, CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
  * CLNET_LSTM, CLNET_GRU, CLNET_RNN_TANH, CLNET_RNN_RELU. */
 #include "clnet_common.h"
 
-#ifdef CLNET_USE_DOUBLE
-#define CLNET_VW 8
-typedef double8 realv;
-#define CLNET_VLOAD vload8
-#define CLNET_VSTORE vstore8
-#else
-#define CLNET_VW 16
-typedef float16 realv;
-#define CLNET_VLOAD vload16
-#define CLNET_VSTORE vstore16
+/* The vector width comes from the host (clnet/opencl/rnn.py, vector_width), which lays
+ * out the weights and states in blocks of that many units. */
+#ifndef CLNET_VW
+#error "CLNET_VW (units per vector) is set by the host: clnet/opencl/rnn.py"
 #endif
+typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
+#define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
+#define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
 
 #ifndef CLNET_GATES
 #define CLNET_GATES 4

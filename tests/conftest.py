@@ -1,7 +1,10 @@
 """Shared fixtures: every test that takes ``any_backend`` runs once per usable backend.
 
-With CLNET_REQUIRE_OPENCL=1 (set by CI) a machine without a usable OpenCL device fails
-the run instead of silently testing only the NumPy fallback.
+``CLNET_TEST`` restricts the backends the suite runs on, in the manner of PYOPENCL_TEST:
+spec strings separated by ``;``, each naming every device it matches, e.g.
+``CLNET_TEST="numpy;opencl:pocl"`` or ``CLNET_TEST="opencl:intel"``. Unset, every usable
+backend runs. With CLNET_REQUIRE_OPENCL=1 (set by CI) a run without a usable OpenCL
+device fails instead of silently testing only the NumPy fallback.
 """
 import os
 
@@ -19,8 +22,30 @@ except ImportError:  # pragma: no cover
     pass
 
 
+def _selected(value: str):
+    """The specs ``CLNET_TEST`` names; an entry that names nothing is a usage error."""
+    chosen = set()
+    for item in (part.strip() for part in value.split(";")):
+        if not item:
+            continue
+        try:
+            found = clnet.backend.specs_matching(item)
+        except ValueError as exc:
+            raise pytest.UsageError(f"CLNET_TEST entry {item!r}: {exc}") from None
+        if not found:
+            raise pytest.UsageError(f"CLNET_TEST entry {item!r} matches no backend or device; "
+                                    f"'python -m clnet info' lists them")
+        chosen.update(found)
+    return chosen
+
+
 def _usable_specs():
-    return [info.spec for info in clnet.backends() if info.usable]
+    usable = [info.spec for info in clnet.backends() if info.usable]
+    selection = os.environ.get("CLNET_TEST", "").strip()
+    if not selection:
+        return usable
+    chosen = _selected(selection)
+    return [s for s in usable if s in chosen]
 
 
 USABLE = _usable_specs()

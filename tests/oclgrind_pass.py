@@ -35,7 +35,7 @@ def _kept_buffer(*args, **kwargs):
 cl.Buffer = _kept_buffer
 
 import clnet
-from clnet import fnn
+from clnet.opencl import fnn
 from clnet.functions import ACTIVATIONS, AGGREGATIONS
 
 CASES = []
@@ -152,7 +152,7 @@ def _rnn_run(cell, xs, resets, mode, backend, dtype):
 
 @case
 def rnn_every_cell_and_path(be, dtypes):
-    from clnet import rnn
+    from clnet.opencl import rnn
 
     ok = True
     rng = np.random.default_rng(4)
@@ -186,7 +186,7 @@ def pearson_every_path(be, dtypes):
     """Complete, sparse-missing and dense-missing data; dense, cross, diff, top-k (device
     symmetric lists, per-strip candidates, host selection) and threshold; strips that end
     mid-tile; pairs marked for the host's float64 rescue (their counter is an atomic)."""
-    P = importlib.import_module("clnet.pearson")  # clnet.pearson is also the function
+    P = importlib.import_module("clnet.common.pearson")  # strip sizes
 
     ok = True
     rng = np.random.default_rng(5)
@@ -208,15 +208,15 @@ def pearson_every_path(be, dtypes):
     try:
         for label, X in (("complete", base), ("10% missing", few), ("50% missing", many)):
             for dt in dtypes:
-                ok &= check(f"pearson.dense {label} {dt}", lambda b, d: P.pearson(X, backend=b, dtype=d), be, dt)
-                ok &= check(f"pearson.cross {label} {dt}", lambda b, d: P.pearson(X, Y, backend=b, dtype=d), be, dt)
+                ok &= check(f"pearson.dense {label} {dt}", lambda b, d: clnet.pearson(X, backend=b, dtype=d), be, dt)
+                ok &= check(f"pearson.cross {label} {dt}", lambda b, d: clnet.pearson(X, Y, backend=b, dtype=d), be, dt)
                 ok &= check(f"pearson.diff {label} {dt}",
-                            lambda b, d: P.pearson(X, transform="diff", min_overlap=3, backend=b, dtype=d), be, dt)
+                            lambda b, d: clnet.pearson(X, transform="diff", min_overlap=3, backend=b, dtype=d), be, dt)
                 for k in (3, 20, 30):  # symmetric device lists, per-strip candidates, host selection
                     ok &= check(f"pearson.topk k={k} {label} {dt}",
-                                lambda b, d: P.pearson_topk(X, k, backend=b, dtype=d, progress=False)[1], be, dt)
+                                lambda b, d: clnet.pearson_topk(X, k, backend=b, dtype=d, progress=False)[1], be, dt)
                 ok &= check(f"pearson.threshold {label} {dt}",
-                            lambda b, d: P.pearson_threshold(X, 0.3, backend=b, dtype=d, progress=False).toarray(),
+                            lambda b, d: clnet.pearson_threshold(X, 0.3, backend=b, dtype=d, progress=False).toarray(),
                             be, dt)
     finally:
         P.STRIP_BUDGET = saved
@@ -227,7 +227,7 @@ def pearson_every_path(be, dtypes):
 def bptt_every_cell(be, dtypes):
     """backward_sequence of every cell kind and stacked layers, with resets, truncation,
     burn-in, masks and final-state gradients, through the one-launch and the per-step paths."""
-    from clnet import rnn
+    from clnet.opencl import rnn
     from clnet.conformance import Comparison, compare
 
     ok = True

@@ -191,31 +191,50 @@ def test_float64_on_a_device_without_doubles_is_a_clear_error():
 
 
 PLUGIN = textwrap.dedent('''
-    """A third-party clnet backend: it delegates to the NumPy reference and counts calls."""
+    """A third-party clnet backend: the FNN family, delegated to the NumPy reference, counting calls."""
     import clnet
     from clnet.backend import Backend, BackendCandidate
+    from clnet.contract import FNNOps
     import clnet_fallback
 
     CALLS = []
 
-    class DummyBackend(Backend):
+    class DummyBackend(Backend, FNNOps):
         spec = "dummy"
         description = "third-party test backend"
 
-        def fnn_layered(self, *args):
+        def fnn_layered(self, net, x, dtype):
             CALLS.append("fnn_layered")
-            return clnet_fallback.make_backend().fnn_layered(*args)
+            return clnet_fallback.make_backend().fnn_layered(net, x, dtype)
+
+        def fnn_graph(self, pop, x, dtype):
+            CALLS.append("fnn_graph")
+            return clnet_fallback.make_backend().fnn_graph(pop, x, dtype)
+
+    class HalfBackend(Backend, FNNOps):
+        """Declares the FNN family but implements only half of it: refused when loaded."""
+        spec = "half"
+
+        def fnn_layered(self, net, x, dtype):
+            raise AssertionError("a partial backend must never run")
 
     class DummyProvider:
         name = "dummy"
 
         def candidates(self):
             return [BackendCandidate("dummy", DummyBackend.description, 1, DummyBackend)]
+
+    class HalfProvider:
+        name = "half"
+
+        def candidates(self):
+            return [BackendCandidate("half", "partial", 1, HalfBackend)]
 ''')
 
 
 def test_third_party_plugin_registers_through_entry_points(tmp_path):
-    install_plugin(tmp_path, "clnet_dummy_plugin", PLUGIN, "[clnet.backends]\ndummy = clnet_dummy_plugin:DummyProvider\n")
+    install_plugin(tmp_path, "clnet_dummy_plugin", PLUGIN, "[clnet.backends]\ndummy = clnet_dummy_plugin:DummyProvider\n"
+                   "half = clnet_dummy_plugin:HalfProvider\n")
     script = textwrap.dedent('''
         import clnet, clnet_dummy_plugin
         specs = [i.spec for i in clnet.backends() if i.usable]
@@ -226,13 +245,24 @@ def test_third_party_plugin_registers_through_entry_points(tmp_path):
         with clnet.use_backend("dummy"):
             clnet.fnn_forward([1, 1], [2.0], [3.0])
         assert len(clnet_dummy_plugin.CALLS) == 2
-        # An operation the plugin does not provide is a clear error, not an AttributeError.
+        pop = clnet.FNNPopulation([clnet.FNN.from_structure([1, 1], [1.0])])
+        assert pop([1.0], backend="dummy").tolist() == [[1.0]]
+        # An operation of a family the plugin does not declare is a clear error, not an AttributeError.
         try:
-            clnet.FNNPopulation([clnet.FNN.from_structure([1, 1], [1.0])])([1.0], backend="dummy")
+            clnet.pearson([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]], backend="dummy")
         except NotImplementedError as exc:
-            assert "dummy" in str(exc) and "fnn_graph" in str(exc)
+            assert "dummy" in str(exc) and "pearson_plan" in str(exc)
         else:
             raise AssertionError("missing operation not reported")
+        # A backend that implements a family in part is refused, naming what it lacks.
+        half = {i.spec: i for i in clnet.backends()}["half"]
+        assert not half.usable and "fnn_graph" in half.reason and "fnn" in half.reason, half
+        try:
+            clnet.get_backend("half")
+        except clnet.BackendUnavailable as exc:
+            assert "fnn_graph" in str(exc)
+        else:
+            raise AssertionError("partial backend accepted")
         print("plugin ok")
     ''')
     env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))

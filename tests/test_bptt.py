@@ -287,9 +287,9 @@ BAD = [
 def no_device_work(monkeypatch):
     """Any call that reaches a backend's rnn_backward fails the test."""
     calls = []
-    from clnet_fallback.rnn import BPTTReference
+    from clnet_fallback.bptt import BPTTReference
 
-    from clnet.rnn import BPTTKernels
+    from clnet.opencl.bptt import BPTTKernels
 
     def forbidden(*args, **kwargs):
         calls.append(args)

@@ -75,7 +75,7 @@ def test_unbatched_and_batched_shapes(any_backend):
 
 def test_large_batch_split_into_chunks_is_identical(opencl_backend, rng, monkeypatch):
     """Work larger than the scratch budget runs in pieces with bitwise identical results."""
-    from clnet import fnn
+    from clnet.opencl import fnn
 
     structure = [3, 40, 40, 2]
     net = clnet.FNN.from_structure(structure, rng.normal(size=clnet.weight_count(structure)), activation="tanh")

@@ -18,6 +18,9 @@ def test_wheel_contains_kernels_fallback_and_entry_points(tmp_path):
         assert f"clnet/kernels/{cl.name}" in names
     assert "clnet_fallback/__init__.py" in names and "clnet_fallback/fnn.py" in names
     assert "clnet/conformance/__init__.py" in names
+    for module in ("opencl/__init__.py", "opencl/runtime.py", "opencl/rnn.py", "common/packing.py", "contract.py"):
+        assert f"clnet/{module}" in names, module
+    assert "clnet_fallback/bptt.py" in names
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     assert "[clnet.backends]" in text and "numpy = clnet_fallback:NumpyProvider" in text

@@ -239,7 +239,7 @@ def test_pyopencl_errors_in_pearson_name_the_device(opencl_backend, monkeypatch)
 def test_pearson_from_eight_threads_and_across_strip_splits(any_backend, monkeypatch):
     import importlib
 
-    P = importlib.import_module("clnet.pearson")
+    P = importlib.import_module("clnet.common.pearson")  # strip sizes
     rng = np.random.default_rng(21)
     data = []
     for t in range(8):

@@ -428,7 +428,7 @@ def test_benchmark_runs_on_small_sizes(monkeypatch):
 
 def test_long_sequences_are_projected_in_chunks(opencl_backend, monkeypatch):
     """The projected gates of a long sequence are computed chunk by chunk within a budget."""
-    import clnet.rnn as rnn_module
+    import clnet.opencl.rnn as rnn_module
 
     cell = clnet.LSTMCell(3, 18, seed=0)
     rng = np.random.default_rng(8)
@@ -487,7 +487,7 @@ def test_large_batch_matches_torch(any_backend, kind):
 def test_every_sequence_mode(opencl_backend, monkeypatch, mode, kind):
     """All steps in one launch, a launch per step with the projection inside, or the inputs
     projected for many steps at once (in chunks): the same sequence."""
-    import clnet.rnn as rnn_module
+    import clnet.opencl.rnn as rnn_module
     from clnet.conformance.rnn import make_cell
 
     monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", "batched" if mode == "batched" else "fused")

@@ -1,4 +1,4 @@
-"""Benchmark of the recurrent cells: ``python -m clnet bench rnn [--backend SPEC] [--repeat N]``.
+"""Benchmark of the recurrent cells: ``python -m clnet bench rnn [--backend SPEC] [--repeat N] [--stacked-only]``.
 
 Every figure is measured in this one run, on this machine: clnet's LSTM (OpenCL, state on
 the device) against ``torch.nn.LSTMCell`` stepped in a Python loop under ``no_grad`` (what
@@ -6,6 +6,10 @@ RL code with episode resets does), ``torch.nn.LSTM`` (a whole sequence through o
 resets possible), the NumPy fallback, and NumPy's float32 matrix product as the machine's
 practical compute roof. Times are the best of ``--repeat`` runs; float32 throughout.
 Flops of one LSTM step: 2 * B * 4H * (I + H).
+
+Case 4 is a stacked ``clnet.LSTM(num_layers=2)`` with the weights of a
+``torch.nn.LSTM(num_layers=2)`` (``clnet.LSTM.from_torch``), whole sequences through both,
+with the largest difference of their outputs; ``--stacked-only`` runs this case alone.
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ STEP_CASE = dict(B=256, I=128, H=256)
 SMALL_CASE = dict(B=16, I=64, H=128, T=100)
 LARGE_CASE = dict(B=1024, I=256, H=512, T=100)
 RESET_RATE = 0.01  # share of environments whose episode ends at each step
+# Case 4: a stacked LSTM with the input size, hidden size and length of SMALL_CASE, at each
+# of these batch sizes.
+STACKED_CASE = dict(B=(16, 256), L=2)
+STACKED_TOL = 1e-4  # float32 bound on max |clnet - torch| of the outputs
 
 
 def lstm_flops(B, I, H) -> float:
@@ -36,7 +44,7 @@ def matmul_gflops(repeat: int) -> float:
     return 2.0 * n ** 3 / best_time(lambda: a @ b, repeat, 3) / 1e9
 
 
-def run(backend: str, repeat: int, echo=print) -> dict:
+def run(backend: str, repeat: int, echo=print, stacked_only: bool = False) -> dict:
     torch = optional_torch(echo)
     be = clnet.get_backend(backend)
     ref = clnet.get_backend("numpy")
@@ -45,6 +53,9 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     echo(f"clnet backend: {be.spec} ({be.description})")
     if torch is not None:
         echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if stacked_only:
+        figures.update(run_stacked(be, torch, repeat, echo))
+        return figures
 
     roof = matmul_gflops(repeat)
     figures["numpy_matmul_gflops"] = roof
@@ -167,6 +178,56 @@ def run(backend: str, repeat: int, echo=print) -> dict:
     echo(f"  {'numpy float32 matmul (best of both measurements)':<52} {roof:10.1f} GFLOP/s")
     echo(f"  {'clnet share of numpy matmul':<52} {rate / roof:10.0%}   (target >= 60%: "
          f"{'met' if rate / roof >= 0.6 else 'NOT met'})")
+
+    figures.update(run_stacked(be, torch, repeat, echo))
+    return figures
+
+
+def run_stacked(be, torch, repeat: int, echo=print) -> dict:
+    """Case 4: ``clnet.LSTM(num_layers=L).sequence`` against ``torch.nn.LSTM(num_layers=L)``."""
+    I, H, T = (SMALL_CASE[k] for k in "IHT")
+    L = STACKED_CASE["L"]
+    rng = np.random.default_rng(4)  # its own generator: the same inputs when run alone
+    figures = {}
+    for B in STACKED_CASE["B"]:
+        fl = lstm_flops(B, I, H) + (L - 1) * lstm_flops(B, H, H)
+        echo(f"\n4. stacked LSTM, {L} layers, sequence B={B}, I={I}, H={H}, T={T} "
+             f"({fl / 1e6:.0f} MFLOP/step)")
+        xs = rng.standard_normal((T, B, I)).astype(np.float32)
+        if torch is not None:
+            tlstm = torch.nn.LSTM(I, H, num_layers=L)
+            model = clnet.LSTM.from_torch(tlstm)
+            xst = torch.from_numpy(xs)
+        else:
+            model = clnet.LSTM(I, H, L, seed=4)
+        states = model.initial_state(B, backend=be)
+        contenders = [lambda: model.sequence(xs, states)]
+        if torch is not None:
+            def torch_lstm():
+                with torch.no_grad():
+                    return tlstm(xst)[0]
+
+            contenders.append(torch_lstm)
+        # Same rounds as case 2 at small batches; a B=256 sequence takes far longer.
+        rounds = 4 * repeat if B <= SMALL_CASE["B"] else repeat
+        times = [t / T for t in best_times(contenders, rounds)]
+        t_cl = times[0]
+        key = f"stacked_b{B}"
+        echo(line(f"clnet {be.spec} LSTM(num_layers={L}).sequence", t_cl, flops=fl))
+        figures[f"{key}_clnet_us"] = t_cl * 1e6
+        if torch is not None:
+            t_t = times[1]
+            echo(line(f"torch.nn.LSTM(num_layers={L}) whole sequence", t_t, flops=fl))
+            figures.update({f"{key}_torch_us": t_t * 1e6, f"{key}_ratio": t_t / t_cl})
+            echo(ratio(f"speed-up over torch.nn.LSTM(num_layers={L})", t_t / t_cl))
+            # Both from zero states: the timed states above have run on.
+            out = model.sequence(xs, model.initial_state(B, backend=be))
+            with torch.no_grad():
+                want = tlstm(xst)[0].numpy()
+            diff = float(np.max(np.abs(out.astype(np.float64) - want)))
+            figures[f"{key}_max_abs_diff"] = diff
+            echo(f"  {'max |clnet - torch| of the outputs':<52} {diff:10.1e}   (float32 bound "
+                 f"{STACKED_TOL:g}: {'met' if diff < STACKED_TOL else 'NOT met'})")
     return figures
 
 
@@ -175,6 +236,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="opencl", help="clnet backend to measure (default: opencl)")
     parser.add_argument("--repeat", type=int, default=5, help="timings per figure; the best is kept")
+    parser.add_argument("--stacked-only", action="store_true",
+                        help="run only case 4, the stacked LSTM against torch.nn.LSTM(num_layers=2)")
     args = parser.parse_args(argv)
-    run(args.backend, max(1, args.repeat))
+    run(args.backend, max(1, args.repeat), stacked_only=args.stacked_only)
     return 0

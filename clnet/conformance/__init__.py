@@ -11,7 +11,10 @@ reference; ``evaluate`` may also raise AssertionError for properties that are no
 comparisons (a sequence equals its steps, a state is not aliased, ...).
 
 Operation families register their checks in ``clnet/conformance/<family>.py``;
-:data:`FAMILY_MODULES` lists those modules.
+:data:`FAMILY_MODULES` lists those modules. Before any of them, the API check
+(:func:`api_check`, operation ``contract.api``) compares the backend with the contract of
+clnet/contract.py: every operation of every family it declares is present with the
+contract's signature. Checks of a family a backend does not declare are skipped.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import contract
 from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
@@ -204,6 +208,52 @@ def run_check(backend: Backend, check: Check, dtype, *, max_examples: Optional[i
     return res
 
 
+API_CHECK = "contract.api"
+
+
+def _plan_mismatches(backend: Backend) -> List[str]:
+    """The Pearson plan's methods against :class:`clnet.contract.PearsonPlan` (a plan of two
+    small rows is made for it)."""
+    from ..common.pearson import standardise_rows
+
+    rows = standardise_rows(np.array([[1.0, 2.0, 4.0], [2.0, 1.0, 0.0]]))
+    plan = backend.op("pearson_plan")(rows, None, np.dtype(np.float32), 2)
+    problems = []
+    for op in contract.PearsonPlan.operations():
+        mine = getattr(type(plan), op, None)
+        if mine is None:
+            problems.append(f"pearson plan.{op}: missing")
+            continue
+        want = contract.parameters_of(vars(contract.PearsonPlan)[op])
+        if contract.parameters_of(mine) != want:
+            problems.append(f"pearson plan.{op}: parameters differ from the contract's {[n for n, _ in want]}")
+    if not isinstance(getattr(plan, "strip_rows", None), int) or plan.strip_rows < 1:
+        problems.append("pearson plan.strip_rows: must be a positive int")
+    return problems
+
+
+def api_check(backend: Backend) -> Result:
+    """The backend against the contract: declared families complete, signatures equal."""
+    res = Result(backend.spec, API_CHECK, "-")
+    declared = contract.families_of(backend)
+    problems = [] if declared else ["it declares no family of clnet/contract.py"]
+    problems += contract.signature_mismatches(backend)
+    if contract.PearsonOps in declared and not problems:
+        try:
+            problems += _plan_mismatches(backend)
+        except Exception as exc:  # a plan that cannot even be made fails the check
+            problems.append(f"pearson_plan on two rows raised {type(exc).__name__}: {exc}")
+    res.cases = sum(len(f.operations()) for f in declared)
+    if problems:
+        res.failure = "the backend does not match clnet/contract.py:\n  " + "\n  ".join(problems)
+    return res
+
+
+def _declares(backend: Backend, check: Check) -> bool:
+    family = contract.operation_family_by_name(check.operation.split(".")[0])
+    return family is None or family in contract.families_of(backend)
+
+
 def usable_backends(spec: Optional[str] = None) -> List[Backend]:
     if spec:
         return [get_backend(spec)]
@@ -219,11 +269,19 @@ def run(specs: Optional[Sequence[str]] = None, *, max_examples: Optional[int] = 
         targets.extend(usable_backends(spec))
     results = []
     for backend in targets:
+        if not operations or any(API_CHECK.startswith(o) or o.startswith(API_CHECK) for o in operations):
+            results.append(api_check(backend))
+            if echo:
+                echo(results[-1].line())
         for check in checks():
             if operations and not any(check.operation.startswith(o) for o in operations):
                 continue
             for dt in dtypes:
-                res = run_check(backend, check, dt, max_examples=max_examples, profile=profile)
+                if _declares(backend, check):
+                    res = run_check(backend, check, dt, max_examples=max_examples, profile=profile)
+                else:
+                    res = Result(backend.spec, check.operation, np.dtype(dt).name,
+                                 skipped="the backend does not implement this family")
                 results.append(res)
                 if echo:
                     echo(res.line())

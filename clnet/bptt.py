@@ -1,0 +1,191 @@
+"""Backpropagation through time: the checks behind every ``backward_sequence``.
+
+:meth:`clnet.LSTMCell.backward_sequence` (and those of GRUCell, RNNCell, LSTM, GRU)
+validate their arguments here, turn resets, truncation, burn-in and the loss mask into
+the masks of the contract's ``rnn_backward`` (clnet/contract.py, BPTT family), and hand
+the gradients back under PyTorch's names. Semantics: docs/SEMANTICS.md, backpropagation
+through time. Every argument is checked before any device work, and nothing in the
+model or in any state changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._validate import as_int, as_real_array, host_array
+from .backend import call, get_backend
+from .rnn import PARAMETER_NAMES, RecurrentState, reset_keep
+
+__all__ = ["backward_sequence"]
+
+
+def _state_arrays(value, name: str, lstm: bool, shape: Tuple[int, ...], dt, what: str):
+    """``(h, c)`` (LSTM) or ``h`` checked against ``shape``; None gives (None, None)."""
+    if value is None:
+        return None, None
+    if lstm:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name} of an LSTM must be a pair ({what}), got {type(value).__name__}")
+        parts = list(value)
+    else:
+        parts = [value, None]
+    out = []
+    for part, sub in zip(parts, ("h", "c")):
+        if part is None:
+            out.append(None)
+            continue
+        arr = as_real_array(part, f"{name} ({sub})", dt)
+        if arr.shape != shape:
+            dims = "(num_layers, batch, hidden_size)" if len(shape) == 3 else "(batch, hidden_size)"
+            raise ValueError(f"{name} ({sub}) must have shape {dims} = {shape}, got shape {arr.shape}")
+        out.append(arr)
+    return out[0], out[1]
+
+
+def _given_states(layers, stacked: bool, initial_state) -> List[RecurrentState]:
+    """The RecurrentState objects passed as ``initial_state`` (none when arrays or None)."""
+    L = len(layers)
+    given: List[RecurrentState] = []
+    if isinstance(initial_state, RecurrentState):
+        if stacked:
+            raise TypeError(f"initial_state of a stacked model must be a list of {L} states (one per layer), "
+                            f"arrays, or None")
+        given = [initial_state]
+    elif stacked and isinstance(initial_state, (list, tuple)) and any(
+            isinstance(s, RecurrentState) for s in initial_state):
+        if len(initial_state) != L or not all(isinstance(s, RecurrentState) for s in initial_state):
+            raise ValueError(f"initial_state must be a list of {L} clnet.RecurrentState (one per layer)")
+        given = list(initial_state)
+    for cell, state in zip(layers, given):
+        if state.cell is not cell:
+            raise ValueError(f"initial_state belongs to another cell ({state.cell!r}); make it with this "
+                             f"model's initial_state()")
+    return given
+
+
+@dataclass
+class Rollout:
+    """The validated inputs of one backward pass, time-major, in the computing dtype."""
+
+    xs: np.ndarray
+    keeps: Optional[np.ndarray]
+    dhs: np.ndarray
+    gkeep: np.ndarray
+    burn_in: int
+
+    @property
+    def steps(self) -> Tuple[int, int]:
+        return self.xs.shape[0], self.xs.shape[1]
+
+
+def _output_gradients(grad_hs, mask, burn_in: int, T: int, B: int, H: int, batch_first: bool, dt) -> np.ndarray:
+    """``grad_hs`` time-major, multiplied by the loss mask and zeroed in the burn-in; a copy
+    wherever it is changed (the caller's array never is)."""
+    layout = "(B, T, {})" if batch_first else "(T, B, {})"
+    if grad_hs is None:
+        return np.zeros((T, B, H), dt)
+    dhs = as_real_array(grad_hs, "grad_hs", dt)
+    want = (B, T, H) if batch_first else (T, B, H)
+    if dhs.shape != want:
+        raise ValueError(f"grad_hs must have the shape of the outputs, {layout.format('hidden_size')} = "
+                         f"{want}, got shape {dhs.shape}")
+    if batch_first:
+        dhs = dhs.transpose(1, 0, 2)
+    changed = batch_first or mask is not None or burn_in != 0
+    dhs = np.array(dhs, dtype=dt, order="C") if changed else np.ascontiguousarray(dhs, dtype=dt)
+    if mask is not None:
+        tb = (B, T) if batch_first else (T, B)
+        m = host_array(mask)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"mask must be an array of 0/1, booleans or weights, got dtype {m.dtype}")
+        if m.shape != tb:
+            raise ValueError(f"mask must have shape {'(B, T)' if batch_first else '(T, B)'} = {tb} (one "
+                             f"weight per environment and time step), got shape {m.shape}")
+        m = m.astype(dt)
+        dhs *= (m.T if batch_first else m)[:, :, None]
+    if burn_in:
+        dhs[:burn_in] = 0
+    return dhs
+
+
+def _rollout(first, xs, resets, grad_hs, truncate, burn_in, mask, batch_first, dt) -> Rollout:
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    xv = first._inputs(xs, "xs", dt, (3,))
+    if batch_first:
+        xv = np.ascontiguousarray(xv.transpose(1, 0, 2))
+    T, B = xv.shape[:2]
+    if T == 0:
+        raise ValueError("xs must hold at least one time step")
+    keeps = reset_keep(resets, "resets", (B, T) if batch_first else (T, B), dt)
+    if keeps is not None and batch_first:
+        keeps = np.ascontiguousarray(keeps.T)
+    if truncate is not None:
+        truncate = as_int(truncate, "truncate", minimum=1)
+    burn_in = as_int(burn_in, "burn_in", minimum=0)
+    if burn_in >= T:
+        raise ValueError(f"burn_in must be smaller than the number of time steps T = {T} (at least one "
+                         f"step must carry gradient), got {burn_in}")
+    dhs = _output_gradients(grad_hs, mask, burn_in, T, B, first.hidden_size, batch_first, dt)
+    # gkeep[t, b] = 0 where no gradient flows into the state before step t.
+    gkeep = np.ones((T, B), dt) if keeps is None else keeps.copy()
+    if truncate is not None:
+        gkeep[truncate::truncate] = 0
+    if burn_in:
+        gkeep[burn_in] = 0
+    return Rollout(xv, keeps, dhs, gkeep, burn_in)
+
+
+def _initial_arrays(initial_state, lstm: bool, L: int, B: int, H: int, stacked: bool, dt):
+    shape = (L, B, H) if stacked else (B, H)
+    h0, c0 = _state_arrays(initial_state, "initial_state", lstm, shape, dt, "h0, c0" if lstm else "h0")
+    if lstm and initial_state is not None and (h0 is None or c0 is None):
+        raise ValueError("initial_state of an LSTM needs both h0 and c0 (or None for zeros)")
+    h0 = np.zeros((L, B, H), dt) if h0 is None else h0.reshape(L, B, H)
+    c0 = (np.zeros((L, B, H), dt) if c0 is None else c0.reshape(L, B, H)) if lstm else None
+    return h0, c0
+
+
+def backward_sequence(model, layers: Sequence, stacked: bool, xs, initial_state, resets, grad_hs, grad_final,
+                      truncate, burn_in, mask, batch_first, backend, dtype) -> Dict[str, np.ndarray]:
+    """The body of every ``backward_sequence`` (see :meth:`clnet.LSTMCell.backward_sequence`)."""
+    lstm = model.kind == "lstm"
+    L, H = len(layers), model.hidden_size
+    given = _given_states(layers, stacked, initial_state)
+    be = get_backend(backend) if (backend is not None or not given) else given[0].backend
+    dt = be.check_dtype(dtype if (dtype is not None or not given) else given[0].dtype)
+    roll = _rollout(layers[0], xs, resets, grad_hs, truncate, burn_in, mask, batch_first, dt)
+    T, B = roll.steps
+    for state in given:
+        if state.batch_size != B:
+            raise ValueError(f"xs has batch size {B} but initial_state holds {state.batch_size} environments")
+    if not given:
+        h0, c0 = _initial_arrays(initial_state, lstm, L, B, H, stacked, dt)
+    dhT, dcT = _state_arrays(grad_final, "grad_final", lstm, (L, B, H) if stacked else (B, H), dt, "dh_T, dc_T")
+    dhT = None if dhT is None else dhT.reshape(L, B, H)
+    dcT = None if dcT is None else dcT.reshape(L, B, H)
+    if given:  # read only now that every argument is known to be good
+        h0 = np.stack([s.h for s in given]).astype(dt)
+        c0 = np.stack([s.c for s in given]).astype(dt) if lstm else None
+    weights = [cell._weights(be, dt) for cell in layers]
+    res = call(be, "rnn_backward", weights, roll.xs, h0, c0, roll.keeps, roll.gkeep, roll.dhs, dhT, dcT,
+               roll.burn_in)
+    return _named_gradients(layers, stacked, lstm, batch_first, res)
+
+
+def _named_gradients(layers, stacked: bool, lstm: bool, batch_first: bool, res) -> Dict[str, np.ndarray]:
+    """The backend's result under PyTorch's names (``weight_ih_l0``, ... when stacked)."""
+    grads: Dict[str, np.ndarray] = {}
+    for l, (cell, g) in enumerate(zip(layers, res["layers"])):
+        suffix = f"_l{l}" if stacked else ""
+        for name in PARAMETER_NAMES:
+            if name in cell._shapes():
+                grads[name + suffix] = g[name]
+    dx = res["x"]
+    grads["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if batch_first else dx
+    grads["h0"] = res["h0"] if stacked else res["h0"][0]
+    if lstm:
+        grads["c0"] = res["c0"] if stacked else res["c0"][0]
+    return grads

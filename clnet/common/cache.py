@@ -1,0 +1,52 @@
+"""One way to keep a backend's copies of host objects: :class:`DeviceCache`.
+
+Populations, layered networks, a cell's weights and a backend's workspaces all hold a
+``DeviceCache``. A backend asks it for the copy it made earlier under a key of its own
+choosing (``cache.get(backend, key, make)``); the first call makes it. Entries are
+per backend and vanish with the backend (weak references), so one object can be used
+on several devices at once, and an id() reused by a new backend can never return a
+stale copy. Whoever changes the host object calls :meth:`DeviceCache.clear`.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable, Hashable, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class DeviceCache:
+    """Copies made by backends, keyed first by the backend object, then by a key."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_backend: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def get(self, backend, key: Hashable, make: Callable[[], T],
+            fits: Optional[Callable[[T], bool]] = None) -> T:
+        """The copy ``backend`` stored under ``key``; made by ``make()`` when missing, or
+        when ``fits`` says the stored one no longer serves (a workspace too small). The
+        stored entry is dropped before ``make`` runs, so its memory can be reused."""
+        with self._lock:
+            entries = self._by_backend.setdefault(backend, {})
+            value = entries.get(key)
+            if value is not None and (fits is None or fits(value)):
+                return value
+            entries.pop(key, None)
+        value = make()
+        with self._lock:
+            self._by_backend.setdefault(backend, {})[key] = value
+        return value
+
+    def clear(self) -> None:
+        """Forget every copy (the host object changed)."""
+        with self._lock:
+            self._by_backend.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(e) for e in self._by_backend.values())
+
+    def __repr__(self) -> str:
+        return f"<DeviceCache of {len(self)} copies>"

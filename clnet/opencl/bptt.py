@@ -1,0 +1,299 @@
+"""Backpropagation through time on OpenCL (kernels/bptt.cl): the BPTT family of clnet/contract.py.
+
+Three passes, all on the device (see bptt.cl): the forward re-run saving activations
+layer by layer, the backward step by step from the top layer down (a layer's input
+gradient is the output gradient of the layer below), and per layer one product for the
+weight gradients and one for the input gradient. Everything is enqueued without waiting;
+the host reads the gradients once, at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..contract import BPTTOps
+from . import rnn as R
+from .runtime import cl
+
+# Saved vectors per unit block of a step (bptt.cl's CLNET_SLOTS): LSTM i, f, g, o and c;
+# GRU r, z, n and W_hn h + b_hn; an Elman RNN needs nothing but its h.
+SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
+# Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
+# measured on PoCL (AVX-512, 2 cores) at T=64, B=64, I=32, H=128: the weight gradients
+# run best with 12 x 2 (1.9 ms against 2.7 ms for 16 x 1 and 3.2 ms for 4 x 4: 24 FMAs per
+# 14 loads), dx = dG @ W_ih with 8 x 2.
+GEMM_TILE = {"weights": (12, 2), "inputs": (8, 2)}
+
+
+def bptt_rows(kind: str, batch: int, units: int) -> int:
+    """Rows per work-item of the BPTT passes: of the step kernel's two tile heights, the one
+    whose row tiles spread most evenly over the compute units (larger on a tie). A
+    one-launch pass runs one work-group per row tile from start to end, so an uneven split
+    leaves a core idle: at B=64 on 2 cores, 16 tiles of 4 rows ran the forward 12% faster
+    than 11 tiles of 6."""
+    def balance(rows):
+        tiles = -(-batch // rows)
+        return tiles / (-(-tiles // units) * units)
+    return max(reversed(R.STEP_ROWS[kind]), key=balance)
+
+
+def backward_blocks(rows: int, blocks: int) -> int:
+    """Unit blocks per work-item of the backward step: as many as divide ``blocks`` while
+    the rows x blocks accumulators stay within 24 of AVX-512's 32 vector registers."""
+    return next(bn for bn in (4, 2, 1) if blocks % bn == 0 and rows * bn <= 24)
+
+
+@dataclass
+class BackWeights:
+    """A layer's weights as the backward needs them: W_ih with padded input rows (Ip, G*Hp),
+    its transpose, and W_hh's transpose, gate rows interleaved."""
+
+    ip: int
+    w_ih: "cl.Buffer"
+    w_ih_t: "cl.Buffer"
+    w_hh_t: "cl.Buffer"
+
+
+@dataclass
+class Sizes:
+    """The shape of one backward_sequence call and the launch geometry chosen for it."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+    hp: int
+    kind: str
+    dtype: np.dtype
+    burn_in: int
+    rows: int
+    blocks: int
+    bn: int
+    one_launch: bool = False
+
+    @property
+    def nc(self) -> int:
+        return R.GATES[self.kind] * self.hp
+
+    @property
+    def item(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return (-(-self.B // self.rows), self.blocks)
+
+    def steps(self, first: int, backwards: bool) -> List[Tuple[int, int]]:
+        """The (t0, t1) ranges of the launches of a pass over steps first..T-1."""
+        if self.one_launch:
+            return [(first, self.T)]
+        order = range(self.T - 1, first - 1, -1) if backwards else range(first, self.T)
+        return [(t, t + 1) for t in order]
+
+
+@dataclass
+class SavedLayer:
+    """What the forward pass of one layer leaves for its backward: h0 and every h, the
+    initial c, the saved activations, and where the layer's inputs are."""
+
+    hs: "cl.Buffer"
+    c0: "cl.Buffer"
+    save: "cl.Buffer"
+    x_buf: "cl.Buffer"
+    x_base: int
+    x_width: int
+
+
+@dataclass
+class PendingGradients:
+    """Host arrays a layer's gradients are being read into (filled at the final finish)."""
+
+    weights: np.ndarray
+    bias_sums: np.ndarray
+    dh0: Optional[np.ndarray]
+    dc0: Optional[np.ndarray]
+    x_width: int
+
+
+def padded(a: np.ndarray, width: int, dtype) -> np.ndarray:
+    """``a`` with its last axis zero-padded to ``width``, in ``dtype``, C-contiguous."""
+    if a.shape[-1] == width:
+        return np.ascontiguousarray(a, dtype=dtype)
+    out = np.zeros(a.shape[:-1] + (width,), dtype=dtype)
+    out[..., :a.shape[-1]] = a
+    return out
+
+
+class BPTTKernels(BPTTOps):
+    def _back_weights(self, w: R.CellWeights) -> BackWeights:
+        def make():
+            fwd = self.padded_input_weights(w)  # (Ip, G*Hp), padded input rows zero
+            w_hh = np.zeros((w.gates * w.hidden, w.hp))
+            w_hh[:, :w.hidden] = w.params["weight_hh"]
+            vw = R.vector_width(w.dtype)
+            w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
+            up = self.to_device
+            return BackWeights(fwd.shape[0], up(fwd.astype(w.dtype), "weight_ih"),
+                               up(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
+                               up(w_hh_t.astype(w.dtype), "weight_hh"))
+
+        return w.device_copies.get(self, "bptt", make)
+
+    def _bptt_kernel(self, sz: Sizes, name: str, rows: int, tile=(1, 1), blocks: int = 1):
+        gm, gn = tile
+        extra = (f"CLNET_SLOTS={SLOTS[sz.kind]}", f"CLNET_BN={blocks}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
+        return self.kernel("bptt", f"clnet_bptt_{name}", sz.dtype, R.kernel_defines(sz.kind, sz.dtype, rows, *extra))
+
+    def _bptt_sizes(self, layers, xs, burn_in: int) -> Sizes:
+        T, B, I = xs.shape
+        w = layers[0]
+        rows = bptt_rows(w.kind, B, int(self.device.max_compute_units))
+        blocks = w.hp // R.vector_width(w.dtype)
+        sz = Sizes(T, B, I, w.hidden, w.hp, w.kind, w.dtype, burn_in, rows, blocks, backward_blocks(rows, blocks))
+        if self.is_cpu and B <= R.ONE_LAUNCH_BATCH:
+            fwd = self._bptt_kernel(sz, "forward", rows)
+            bwd = self._bptt_kernel(sz, "backward", rows, blocks=sz.bn)
+            sz.one_launch = (blocks <= fwd.work_group_size(self.device)
+                             and blocks // sz.bn <= bwd.work_group_size(self.device))
+        return sz
+
+    def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
+        sz = self._bptt_sizes(layers, xs, burn_in)
+        backs = [self._back_weights(w) for w in layers]
+        pending: List[PendingGradients] = [None] * len(layers)
+        with self.lock:
+            keep_alive = []  # host arrays of transfers not waited for
+            d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
+            d_gkeep = self.to_device(gkeep, "gradient masks")
+            d_x = self.upload("bptt.x", padded(xs, backs[0].ip, sz.dtype), "inputs", keep_alive)
+            saved = self._forward_layers(sz, layers, backs, d_x, h0, c0, d_keep, keeps is not None)
+            d_grad = self.upload("bptt.dhs", padded(dhs, sz.hp, sz.dtype), "output gradients", keep_alive)
+            for l in reversed(range(len(layers))):
+                # a layer's dx is the gradient of the outputs of the layer below
+                final = (None if dhT is None else dhT[l], None if dcT is None else dcT[l])
+                pending[l], d_grad = self._backward_layer(sz, l, layers[l], backs[l], saved[l], d_grad, final,
+                                                          d_keep, keeps is not None, d_gkeep)
+            dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
+            cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
+                            is_blocking=False)
+            self.queue.finish()
+        return self._gradients(sz, layers, pending, dx)
+
+    def _forward_layers(self, sz: Sizes, layers, backs, d_x, h0, c0, d_keep, has_keep: bool) -> List[SavedLayer]:
+        """Pass 1: every layer forward, saving h, c and the gate activations."""
+        lstm = sz.kind == "lstm"
+        fwd = self._bptt_kernel(sz, "forward", sz.rows)
+        local = (1, sz.blocks) if sz.one_launch else R.LOCAL
+        saved = []
+        x_buf, x_base, x_width = d_x, 0, backs[0].ip
+        for l, (w, back) in enumerate(zip(layers, backs)):
+            d_h0 = self.to_device(padded(h0[l], sz.hp, sz.dtype), "initial state")
+            d_hs = self.workspace(f"bptt.hs{l}", (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
+            d_c0 = self.to_device(padded(c0[l], sz.hp, sz.dtype), "initial cell state") if lstm else w.zeros
+            d_c = self.empty(sz.B * sz.hp * sz.item, "cell state") if lstm else w.zeros
+            if lstm:
+                cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=sz.B * sz.hp * sz.item)
+            d_save = self.workspace(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
+                                    "saved activations")
+            for t0, t1 in sz.steps(0, backwards=False):
+                fwd(self.queue, sz.grid, local, B=sz.B, Hp=sz.hp, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0, hs=d_hs, c=d_c,
+                    keep=d_keep, has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros, x=x_buf, x_base=x_base,
+                    I=x_width, Wx=back.w_ih, bias_x=w.b_x, save=d_save)
+            saved.append(SavedLayer(d_hs, d_c0, d_save, x_buf, x_base, x_width))
+            x_buf, x_base, x_width = d_hs, sz.B * sz.hp, sz.hp
+        return saved
+
+    def _backward_layer(self, sz: Sizes, l: int, w, back: BackWeights, saved: SavedLayer, d_dhs, final,
+                        d_keep, has_keep: bool, d_gkeep):
+        """Pass 2 and 3 of one layer: the backward steps, then the gradient products.
+        Returns the pending reads of its gradients and the buffer of its input gradient."""
+        dhT, dcT = final
+        zeros = np.zeros((sz.B, sz.hp), sz.dtype)
+        d_dhT = self.to_device(padded(dhT, sz.hp, sz.dtype) if dhT is not None else zeros, "final state gradient")
+        carry = padded(dcT, sz.hp, sz.dtype) if (sz.kind == "lstm" and dcT is not None) else zeros
+        d_carry = self.copy_of(carry, "carried gradient")
+        d_dG = self.workspace("bptt.dG", sz.T * sz.B * sz.nc * sz.item, "gate gradients")
+        d_dGx = (self.workspace("bptt.dGx", sz.T * sz.B * sz.nc * sz.item, "input gate gradients")
+                 if sz.kind == "gru" else d_dG)
+        d_dh0 = self.empty(sz.B * sz.hp * sz.item, "initial state gradient")
+        bias_sums = np.zeros((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), sz.dtype)
+        d_bias = self.copy_of(bias_sums, "bias gradients")
+        bwd = self._bptt_kernel(sz, "backward", sz.rows, blocks=sz.bn)
+        grid = (sz.grid[0], sz.blocks // sz.bn)
+        local = (1, sz.blocks // sz.bn) if sz.one_launch else R.LOCAL
+        for t0, t1 in sz.steps(-1 if sz.burn_in == 0 else sz.burn_in, backwards=True):
+            bwd(self.queue, grid, local, B=sz.B, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, t_low=sz.burn_in, Wb=back.w_hh_t,
+                hs=saved.hs, c0=saved.c0, save=saved.save, keep=d_keep, has_keep=int(has_keep), gkeep=d_gkeep,
+                dhs=d_dhs, dhs_off=0, dhT=d_dhT, carry=d_carry, dG=d_dG, dGx=d_dGx, dh0=d_dh0, dbias=d_bias)
+        d_w = self._weight_gradients(sz, w, saved, d_dG, d_dGx)
+        d_dx = self.workspace(f"bptt.dx{l % 2}", sz.T * sz.B * saved.x_width * sz.item, "input gradients")
+        k0 = sz.burn_in * sz.B
+        self._gemm(sz, "inputs", (sz.T - sz.burn_in) * sz.B, saved.x_width, sz.nc, d_dGx, k0 * sz.nc, sz.nc, 1,
+                   back.w_ih_t, 0, saved.x_width, d_dx, k0 * saved.x_width, saved.x_width)
+        # Read back without waiting (the in-order queue finishes each read before the next
+        # layer reuses the workspaces); one finish at the end.
+        reads = PendingGradients(np.empty((sz.nc, saved.x_width + sz.hp), dtype=sz.dtype), bias_sums, None, None,
+                                 saved.x_width)
+        cl.enqueue_copy(self.queue, reads.weights, d_w, is_blocking=False)
+        cl.enqueue_copy(self.queue, bias_sums, d_bias, is_blocking=False)
+        if sz.burn_in == 0:
+            reads.dh0 = np.empty((sz.B, sz.hp), dtype=sz.dtype)
+            cl.enqueue_copy(self.queue, reads.dh0, d_dh0, is_blocking=False)
+            if sz.kind == "lstm":
+                reads.dc0 = np.empty((sz.B, sz.hp), dtype=sz.dtype)
+                cl.enqueue_copy(self.queue, reads.dc0, d_carry, is_blocking=False)
+        return reads, d_dx
+
+    def _weight_gradients(self, sz: Sizes, w, saved: SavedLayer, d_dG, d_dGx):
+        """[dW_ih | dW_hh] = dG^T @ [X | H_prev] over the steps after the burn-in."""
+        xw, hp, nc = saved.x_width, sz.hp, sz.nc
+        k0, K = sz.burn_in * sz.B, (sz.T - sz.burn_in) * sz.B
+        d_w = self.workspace("bptt.w", nc * (xw + hp) * sz.item, "weight gradients")
+        x_rows = (saved.x_buf, saved.x_base + k0 * xw, xw)
+        if sz.kind == "gru":  # dW_ih and dW_hh come from different gate gradients
+            self._gemm(sz, "weights", nc, xw, K, d_dGx, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp)
+            self._gemm(sz, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, saved.hs, k0 * hp, hp, d_w, xw, xw + hp)
+        else:
+            self._gemm(sz, "weights", nc, xw, K, d_dG, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp,
+                       right=(saved.hs, k0 * hp, hp, hp))
+        return d_w
+
+    def _gemm(self, sz: Sizes, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
+        """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
+        columns of a second matrix to Bm's N."""
+        gm, gn = GEMM_TILE[tile]
+        vw = R.vector_width(sz.dtype)
+        knl = self._bptt_kernel(sz, "gemm", 1, (gm, gn))
+        B2, b2_off, ldb2, N2 = right if right is not None else (Bm, b_off, ldb, 0)
+        grid = (-(-M // gm), -(-((N + N2) // vw) // gn))
+        knl(self.queue, grid, R.LOCAL, M=M, N=N + N2, K=K, A=A, a_off=a_off, sam=sam, sak=sak, B1=Bm, b1_off=b_off,
+            ldb1=ldb, N1=N, B2=B2, b2_off=b2_off, ldb2=ldb2, C=C, c_off=c_off, ldc=ldc)
+
+    def _gradients(self, sz: Sizes, layers, pending: List[PendingGradients], dx: np.ndarray) -> dict:
+        """The gradients read back, un-interleaved into PyTorch's layout."""
+        L, H, vw, nc = len(layers), sz.H, R.vector_width(sz.dtype), sz.nc
+        lstm = sz.kind == "lstm"
+        results = []
+        dh0 = np.zeros((L, sz.B, H), dtype=sz.dtype)
+        dc0 = np.zeros((L, sz.B, H), dtype=sz.dtype) if lstm else None
+        for l, (w, got) in enumerate(zip(layers, pending)):
+            G = w.gates
+            both = R.uninterleave(got.weights, G, H, vw, 0)
+            sums = got.bias_sums.sum(axis=0)
+            b_hh = b_ih = sums[:nc]
+            if sz.kind == "gru":  # the input side differs in the n gate only
+                b_ih = b_hh.reshape(-1, G, vw).copy()
+                b_ih[:, 2] = sums[nc:].reshape(-1, G, vw)[:, 2]
+                b_ih = b_ih.reshape(-1)
+            results.append({
+                "weight_ih": np.ascontiguousarray(both[:, :w.inputs]),
+                "weight_hh": np.ascontiguousarray(both[:, got.x_width:got.x_width + H]),
+                "bias_ih": R.uninterleave(b_ih, G, H, vw, 0),
+                "bias_hh": R.uninterleave(b_hh, G, H, vw, 0)})
+            if got.dh0 is not None:
+                dh0[l] = got.dh0[:, :H]
+                if lstm:
+                    dc0[l] = got.dc0[:, :H]
+        return {"layers": results, "x": np.ascontiguousarray(dx[:, :, :sz.I]), "h0": dh0, "c0": dc0}

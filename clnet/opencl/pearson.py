@@ -1,0 +1,303 @@
+"""Pairwise Pearson on OpenCL (kernels/pearson.cl): the Pearson family of clnet/contract.py.
+
+An :class:`OpenCLPearsonPlan` keeps the prepared rows on the device, packed in groups of
+CLNET_VW rows, and computes strips of r: complete data as one product of unit rows,
+missing data as masked sums (or, with few missing values, totals minus corrections over
+the missing positions). Pairs marked CLNET_RESCUE are recomputed on the host in float64
+(clnet.common.pearson) and patched in; top-k lists are selected on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..common import pearson as host
+from ..common.pearson import Prepared, patch_rescued, rescue_fraction, select_threshold, select_topk, \
+    unit_rows, var_epsilon
+from ..contract import PearsonOps, PearsonPlan
+from .runtime import cl
+
+# Rows of k up to this many are selected on the device; larger k on the host.
+TOPK_MAX = 64
+# Up to this fraction of missing values, the five masked sums are computed as totals
+# minus corrections over the missing positions (work grows with what is missing);
+# above it, as masked products (fixed work per pair and position).
+SPARSE_MISSING_MAX = 0.25
+# Private memory of one work-item of clnet_pearson_topk_merge_cols: it holds
+# CLNET_MERGE_COLS lists of CLNET_TOPK_MAX candidates (more overflows PoCL's stacks).
+MERGE_LIST_SLOTS = 256
+# Largest k for which X against itself computes each pair once (see topk_symmetric).
+SYMMETRIC_TOPK_MAX = 16
+# Rows per work-item of clnet_pearson_sparse (CLNET_SR): a vector length dividing CLNET_VW.
+SPARSE_ROWS = 8
+
+
+class PearsonKernels(PearsonOps):
+    def pearson_plan(self, rows, cols, dtype, min_overlap):
+        return OpenCLPearsonPlan(self, rows, cols, dtype, min_overlap)
+
+
+# Work-group size of the kernels that keep top-k lists in private memory. Left to
+# itself PoCL picks large work-groups for large launches and lays out every
+# work-item's private arrays at once, which overflows its thread stacks.
+LIST_GROUP = 8
+
+
+def _list_global(items: int):
+    return (-(-items // LIST_GROUP) * LIST_GROUP,)
+
+
+def _pack(values: np.ndarray, group: int) -> np.ndarray:
+    """(N, M) -> groups of ``group`` rows, position-major inside a group (see pearson.cl)."""
+    n, m = values.shape
+    g = -(-n // group)
+    padded = np.zeros((g * group, m), dtype=values.dtype)
+    padded[:n] = values
+    return np.ascontiguousarray(padded.reshape(g, group, m).transpose(0, 2, 1))
+
+
+def _padded(values: np.ndarray, group: int) -> np.ndarray:
+    out = np.zeros(-(-len(values) // group) * group, dtype=values.dtype)
+    out[:len(values)] = values
+    return out
+
+
+@dataclass
+class SparseTables:
+    """Per-row totals (sum, sum of squares, count; rows padded to ``padded``) and the lists
+    of missing positions (``ptr[i]:ptr[i+1]`` into ``pos``), on the device."""
+
+    stats: "cl.Buffer"
+    padded: int
+    ptr: "cl.Buffer"
+    pos: "cl.Buffer"
+
+
+class OpenCLPearsonPlan(PearsonPlan):
+    """Prepared rows on one OpenCL device, and the strip operations of the drivers."""
+
+    ROW_BLOCK = 4  # CLNET_RI: rows per work-item (twice that for complete data)
+
+    def __init__(self, backend, rows: Prepared, cols: Optional[Prepared], dtype, min_overlap: int):
+        self.be = backend
+        self.dtype = dt = np.dtype(dtype)
+        self.vw = 16 if dt == np.float32 else 8
+        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.ROW_BLOCK}", f"CLNET_SR={SPARSE_ROWS}",
+                        f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}")
+        self.symmetric = cols is None
+        cols = rows if cols is None else cols
+        self.n_rows, self.n_cols = rows.shape[0], cols.shape[0]
+        self.positions = rows.shape[1]
+        self.min_overlap = min_overlap
+        self.eps = var_epsilon(dt)
+        self.tau = rescue_fraction(dt)
+        self.rows, self.cols = rows, cols  # float64, for the pairs recomputed on the host
+        self.complete = rows.complete and cols.complete
+        self.never_defined = self.positions < min_overlap
+        up = backend.to_device
+        if self.complete:
+            a = unit_rows(rows.filled, dt)
+            b = a if self.symmetric else unit_rows(cols.filled, dt)
+            self.d_a = up(_pack(a, self.vw), "prepared rows")
+            self.d_a_ok = up(_padded(np.any(a != 0, axis=1).astype(dt), self.vw))
+            if self.symmetric:
+                self.d_b, self.d_b_ok = self.d_a, self.d_a_ok
+            else:
+                self.d_b = up(_pack(b, self.vw), "prepared columns")
+                self.d_b_ok = up(_padded(np.any(b != 0, axis=1).astype(dt), self.vw))
+        else:
+            def split(prepared):
+                return (up(_pack(prepared.filled.astype(dt), self.vw), "prepared values"),
+                        up(_pack(prepared.valid.astype(dt), self.vw), "validity mask"))
+
+            self.d_ax, self.d_av = split(rows)
+            self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols)
+            operands = [rows] if self.symmetric else [rows, cols]
+            missing = sum(p.valid.size - np.count_nonzero(p.valid) for p in operands)
+            self.sparse = missing <= SPARSE_MISSING_MAX * sum(p.valid.size for p in operands)
+            if self.sparse:
+                self.d_a_sparse = self._sparse_tables(rows)
+                self.d_b_sparse = self.d_a_sparse if self.symmetric else self._sparse_tables(cols)
+        limit = min(host.STRIP_BUDGET, backend.max_alloc)
+        self.strip_rows = max(self.vw, (limit // max(1, self.n_cols * dt.itemsize)) // self.vw * self.vw)
+        self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
+        self._d_strip = None
+        self._d_flagged = None if self.complete else backend.empty(4, "rescue counter")
+        self._zero = np.zeros(1, np.int32)  # kept alive for the non-blocking resets
+
+    def _sparse_tables(self, prepared: Prepared):
+        """Per-row totals (sum, sum of squares, count) and the lists of missing positions."""
+        x = prepared.filled
+        padded = -(-len(x) // self.vw) * self.vw
+        stats = np.zeros((3, padded))
+        stats[0, :len(x)] = x.sum(axis=1)
+        stats[1, :len(x)] = np.einsum("ij,ij->i", x, x)
+        stats[2, :len(x)] = prepared.count
+        pos = np.flatnonzero(~prepared.valid) % x.shape[1]  # row by row, in order
+        ptr = np.zeros(len(x) + 1, dtype=np.int32)
+        ptr[1:] = np.cumsum(x.shape[1] - prepared.count)
+        up = self.be.to_device
+        return SparseTables(up(stats.astype(self.dtype)), padded, up(ptr),
+                            up(pos.astype(np.int32), "missing positions"))
+
+    # -- kernels ------------------------------------------------------------------------------
+    def _enqueue_block(self, start: int, stop: int, out, ld: int, mirror: bool, col0: int = 0) -> None:
+        """Rows start..stop-1 against columns col0.. into ``out`` (row stride ``ld``). Pairs
+        marked RESCUE are counted in the plan's counter, see :meth:`_rescued`."""
+        be = self.be
+        if not self.complete:
+            cl.enqueue_copy(be.queue, self._d_flagged, self._zero, is_blocking=False)
+        col_groups = -(-(self.n_cols - col0) // self.vw)
+        tile = dict(M=self.positions, row0=start, n_rows=stop - start, n_cols=self.n_cols, col0=col0,
+                    mirror=int(mirror), out=out, ld=ld)
+        masked = dict(min_overlap=float(self.min_overlap), eps=self.eps, tau=self.tau, flagged=self._d_flagged)
+        if not self.complete and self.sparse:
+            row_blocks = -(-(stop - start) // SPARSE_ROWS)
+            knl = be.kernel("pearson", "clnet_pearson_sparse", self.dtype, self.defines)
+            a, b = self.d_a_sparse, self.d_b_sparse
+            args = dict(ax=self.d_ax, av=self.d_av, a_stats=a.stats, a_padded=a.padded, a_miss_ptr=a.ptr,
+                        a_miss_pos=a.pos, bx=self.d_bx, bv=self.d_bv, b_stats=b.stats, b_miss_ptr=b.ptr,
+                        b_miss_pos=b.pos, b_padded=b.padded, **tile, **masked)
+        elif self.complete:
+            row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
+            knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
+            args = dict(a=self.d_a, a_ok=self.d_a_ok, b=self.d_b, b_ok=self.d_b_ok, **tile)
+        else:
+            row_blocks = -(-(stop - start) // self.ROW_BLOCK)
+            knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
+            args = dict(ax=self.d_ax, av=self.d_av, bx=self.d_bx, bv=self.d_bv, **tile, **masked)
+        knl(be.queue, (col_groups, row_blocks), None, **args)
+
+    def _rescued(self) -> bool:
+        """Whether the last block launch marked any pair for recomputation (see
+        clnet.common.pearson.rescue_fraction). Complete data never needs it."""
+        if self.complete:
+            return False
+        count = np.zeros(1, np.int32)
+        cl.enqueue_copy(self.be.queue, count, self._d_flagged)
+        return bool(count[0])
+
+    def _rescue_on_device(self, buf, start: int, stop: int, ld: int, col0: int = 0) -> None:
+        """After a block launch into ``buf``: when pairs were marked, recompute them on the
+        host and write the strip back, so that the device selections see exact values."""
+        if not self._rescued():
+            return
+        strip = np.empty((stop - start, ld), dtype=self.dtype)
+        cl.enqueue_copy(self.be.queue, strip, buf)
+        patch_rescued(strip[:, :self.n_cols - col0], start, col0, self.rows, self.cols, self.min_overlap)
+        cl.enqueue_copy(self.be.queue, buf, strip)
+
+    def _strip_buffer(self):
+        if self._d_strip is None:
+            self._d_strip = self.be.empty(self.strip_rows * self.n_cols * self.dtype.itemsize,
+                                          "a strip of correlations")
+        return self._d_strip
+
+    def _all_nan(self, n_rows: int) -> np.ndarray:
+        return np.full((n_rows, self.n_cols), np.nan, dtype=self.dtype)
+
+    # -- strip operations -----------------------------------------------------------------------
+    def block(self, start: int, stop: int) -> np.ndarray:
+        if self.never_defined:
+            return self._all_nan(stop - start)
+        out = np.empty((stop - start, self.n_cols), dtype=self.dtype)
+        with self.be.lock:
+            buf = self._strip_buffer()
+            self._enqueue_block(start, stop, buf, self.n_cols, False)
+            cl.enqueue_copy(self.be.queue, out, buf)
+            rescued = self._rescued()
+        if rescued:
+            patch_rescued(out, start, 0, self.rows, self.cols, self.min_overlap)
+        return out
+
+    def dense(self) -> np.ndarray:
+        if self.never_defined:
+            return self._all_nan(self.n_rows)
+        nbytes = self.n_rows * self.n_cols * self.dtype.itemsize
+        if self.symmetric and nbytes <= self.be.max_alloc:
+            # One launch over the upper triangle, each value stored at (i, j) and (j, i).
+            out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
+            with self.be.lock:
+                buf = self.be.empty(nbytes, "the correlation matrix")
+                self._enqueue_block(0, self.n_rows, buf, self.n_cols, True)
+                cl.enqueue_copy(self.be.queue, out, buf)
+                rescued = self._rescued()
+            if rescued:  # marked at (i, j) and (j, i) alike
+                patch_rescued(out, 0, 0, self.rows, self.cols, self.min_overlap)
+            return out
+        out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
+        for start in range(0, self.n_rows, self.strip_rows):
+            stop = min(self.n_rows, start + self.strip_rows)
+            out[start:stop] = self.block(start, stop)
+        return out
+
+    def topk(self, start: int, stop: int, k: int):
+        rows = stop - start
+        if self.never_defined:
+            return np.full((rows, k), -1, np.int64), np.full((rows, k), np.nan, self.dtype)
+        if k > TOPK_MAX:
+            r = self.block(start, stop)
+            if self.symmetric:
+                d = np.arange(rows)
+                r[d, start + d] = np.nan
+            return select_topk(r, k)
+        idx = np.empty((rows, k), dtype=np.int32)
+        val = np.empty((rows, k), dtype=self.dtype)
+        be = self.be
+        with be.lock:
+            buf = self._strip_buffer()
+            d_idx = be.empty(idx.nbytes, "top-k indices")
+            d_val = be.empty(val.nbytes, "top-k values")
+            self._enqueue_block(start, stop, buf, self.n_cols, False)
+            self._rescue_on_device(buf, start, stop, self.n_cols)
+            knl = be.kernel("pearson", "clnet_pearson_topk", self.dtype, self.defines)
+            knl(be.queue, _list_global(rows), (LIST_GROUP,), strip=buf, ld=self.n_cols, n_rows=rows,
+                n_cols=self.n_cols, k=k, self_col0=start if self.symmetric else -1, out_idx=d_idx, out_val=d_val)
+            cl.enqueue_copy(be.queue, idx, d_idx)
+            cl.enqueue_copy(be.queue, val, d_val)
+        return idx.astype(np.int64), val
+
+    def threshold(self, start: int, stop: int, t: float):
+        return select_threshold(self.block(start, stop), t, start, self.symmetric)
+
+    def topk_symmetric(self, k: int, strips):
+        """Top-k of X against itself over the upper triangle only (see pearson.cl), or
+        None (nothing consumed from ``strips``) where the per-strip way must be used."""
+        # Measured on PoCL (N=50,000): twice as fast as full strips for k=10, but the
+        # column merge of long lists (k=40) costs more than the pairs it saves.
+        if k > SYMMETRIC_TOPK_MAX or self.never_defined or not self.symmetric:
+            return None
+        be = self.be
+        cap = SYMMETRIC_TOPK_MAX
+        cols_per_item = MERGE_LIST_SLOTS // cap
+        defines = self.defines[:-1] + (f"CLNET_TOPK_MAX={cap}", f"CLNET_MERGE_COLS={cols_per_item}")
+        n = self.n_rows
+        run_idx = np.full((n, k), -1, dtype=np.int32)
+        run_val = np.full((n, k), np.nan, dtype=self.dtype)
+        with be.lock:
+            d_idx = be.empty(run_idx.nbytes, "top-k indices")
+            d_val = be.empty(run_val.nbytes, "top-k values")
+            cl.enqueue_copy(be.queue, d_idx, run_idx)
+            cl.enqueue_copy(be.queue, d_val, run_val)
+        for start, stop in strips:
+            rows = stop - start
+            ld = n - start
+            with be.lock:
+                buf = self._strip_buffer()
+                self._enqueue_block(start, stop, buf, ld, False, col0=start)
+                self._rescue_on_device(buf, start, stop, ld, col0=start)
+                merge_rows = be.kernel("pearson", "clnet_pearson_topk_merge_rows", self.dtype, defines)
+                merge_rows(be.queue, _list_global(rows), (LIST_GROUP,), strip=buf, ld=ld, n_rows=rows, row0=start,
+                           n_cand=ld, k=k, run_idx=d_idx, run_val=d_val)
+                if stop < n:
+                    merge_cols = be.kernel("pearson", "clnet_pearson_topk_merge_cols", self.dtype, defines)
+                    merge_cols(be.queue, _list_global(-(-(n - stop) // cols_per_item)), (LIST_GROUP,),
+                               strip=buf, ld=ld, n_rows=rows, row0=start, first_c=rows, n_total=n, k=k,
+                               run_idx=d_idx, run_val=d_val)
+                be.queue.finish()  # keeps the progress bar honest; the device is busy anyway
+        with be.lock:
+            cl.enqueue_copy(be.queue, run_idx, d_idx)
+            cl.enqueue_copy(be.queue, run_val, d_val)
+        return run_idx.astype(np.int64), run_val

@@ -1,0 +1,320 @@
+"""Recurrent cells on OpenCL (kernels/rnn.cl): the RNN family of clnet/contract.py.
+
+Weights are interleaved by gate (see rnn.cl's layout) and hidden units padded to Hp, a
+multiple of the vector width; padded units have zero weights, so their h and c stay
+zero. A state is two h buffers (a step reads one and writes the other) and, for an
+LSTM, one c buffer, all on the device. Stacked layers pass their outputs from layer to
+layer on the device: one upload of the inputs, one read-back of the last layer's outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..common.cache import DeviceCache
+from ..contract import RNNOps
+from .runtime import cl
+
+# Where a sequence's input projection x @ W_ih^T happens: "fused" into each step's launch
+# (the step kernel's reduction runs over I + H), or "batched" for many steps at once by one
+# large product per chunk before the recurrence (what oneDNN does), or "auto": fused on CPU
+# devices, batched elsewhere. Measured on PoCL (2 cores, AVX-512), fused is as fast at
+# B=16 and faster from B=64 on (1.2x at B=64, 1.15x at B=256, 1.3x at B=1024): the batched
+# product runs near peak, but writing and re-reading its gates costs more than it saves,
+# while a longer reduction per launch amortises each step's fixed costs.
+SEQUENCE_PROJECTION = "auto"
+# A sequence of at most this many environments runs all its steps in ONE launch on CPU
+# devices (a work-group per row tile, a barrier between steps). Measured on PoCL: 2x faster
+# than a launch per step at B=16..64, about as fast at B=256 (H=256) and slower past that,
+# as each work-group re-reads the weights every step. BPTT's passes follow it too.
+ONE_LAUNCH_BATCH = 128
+# Batched projection: the gates of a long sequence in chunks of at most this many bytes.
+GATE_BUDGET = 64 * 2**20
+# Rows of the register tile of one work-item (RM rows x G gates vectors, within the 32
+# vector registers of AVX-512), measured on PoCL: the input projection runs best with
+# the largest tile; the step kernel too, except at small batch where more work-items
+# spread better over the cores.
+PROJECT_ROWS = {"lstm": 6, "gru": 8, "rnn_tanh": 12, "rnn_relu": 12}
+STEP_ROWS = {"lstm": (4, 6), "gru": (4, 6), "rnn_tanh": (8, 12), "rnn_relu": (8, 12)}
+SMALL_BATCH = 64
+# One work-item per work-group: each work-item is already a vectorised register tile, and
+# PoCL runs larger groups no faster (measured) while the default choice is up to 1.7x slower.
+LOCAL = (1, 1)
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+KIND_DEFINE = {"lstm": "CLNET_LSTM", "gru": "CLNET_GRU", "rnn_tanh": "CLNET_RNN_TANH",
+               "rnn_relu": "CLNET_RNN_RELU"}
+
+
+def vector_width(dtype) -> int:
+    """Hidden units per vector in rnn.cl and bptt.cl (passed to them as CLNET_VW)."""
+    return 8 if np.dtype(dtype) == np.float64 else 16
+
+
+def pad_to(n: int, vw: int) -> int:
+    return -(-n // vw) * vw
+
+
+def step_rows(kind: str, batch: int) -> int:
+    small, large = STEP_ROWS[kind]
+    return small if batch < SMALL_BATCH else large
+
+
+def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int) -> np.ndarray:
+    """(G*H, K) gate-stacked weights -> (K, G*Hp) with columns (block, gate, lane)."""
+    K = w.shape[1]
+    padded = np.zeros((gates, hp, K))
+    padded[:, :hidden] = w.reshape(gates, hidden, K)
+    return np.ascontiguousarray(
+        padded.reshape(gates, hp // vw, vw, K).transpose(3, 1, 0, 2).reshape(K, gates * hp))
+
+
+def uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
+    """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked)."""
+    a = np.moveaxis(a, axis, 0)
+    hp = a.shape[0] // gates
+    out = a.reshape(hp // vw, gates, vw, -1).transpose(1, 0, 2, 3).reshape(gates, hp, -1)[:, :hidden]
+    return np.moveaxis(out.reshape((gates * hidden,) + a.shape[1:]), 0, axis)
+
+
+def kernel_defines(kind: str, dtype, rows: int, *extra: str) -> tuple:
+    return (f"CLNET_VW={vector_width(dtype)}", f"CLNET_GATES={GATES[kind]}", f"CLNET_RM={rows}",
+            KIND_DEFINE[kind]) + extra
+
+
+@dataclass(eq=False)
+class CellWeights:
+    """A cell's weights on one device: W_ih (I, G*Hp) and W_hh (Hp, G*Hp) interleaved,
+    the biases that are simply added folded into ``b_x``, the GRU's b_hn apart, and a
+    zero row. ``params`` keeps the float64 host weights for the derived copies in
+    ``device_copies`` (padded input weights, BPTT's transposes)."""
+
+    kind: str
+    hidden: int
+    hp: int
+    gates: int
+    inputs: int
+    dtype: np.dtype
+    w_ih: "cl.Buffer"
+    w_hh: "cl.Buffer"
+    b_x: "cl.Buffer"
+    b_hn: "cl.Buffer"
+    zeros: "cl.Buffer"
+    params: Dict[str, np.ndarray]
+    device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
+
+
+@dataclass(eq=False)
+class StateBuffers:
+    """h (double-buffered: ``h_bufs[cur]`` is the current one) and c of a batch, (B, Hp)."""
+
+    kind: str
+    batch: int
+    hidden: int
+    hp: int
+    dtype: np.dtype
+    h_bufs: List["cl.Buffer"]
+    c: Optional["cl.Buffer"]
+    cur: int = 0
+
+    @property
+    def h(self) -> "cl.Buffer":
+        return self.h_bufs[self.cur]
+
+
+@dataclass
+class LayerInput:
+    """Where a layer's inputs are: a buffer of rows of ``width`` values, and the input
+    weights with that many rows (padded with zero rows when the rows are padded)."""
+
+    buf: "cl.Buffer"
+    width: int
+    w_ih: "cl.Buffer"
+
+
+class RNNKernels(RNNOps):
+    def rnn_prepare(self, kind, params, hidden, dtype):
+        dt = np.dtype(dtype)
+        G, H, vw = GATES[kind], hidden, vector_width(dt)
+        hp = pad_to(H, vw)
+        zeros = np.zeros(G * H)
+        b_ih = params.get("bias_ih", zeros)
+        b_hh = params.get("bias_hh", zeros)
+        # Recurrent biases that are simply added are folded into the input projection;
+        # the GRU's b_hn sits inside r * (W_hn h + b_hn) and stays separate.
+        b_x = b_ih + b_hh
+        b_hn = np.zeros(hp)
+        if kind == "gru":
+            b_x = b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H)])
+            b_hn[:H] = b_hh[2 * H:]
+        w_hh = np.zeros((G * H, hp))
+        w_hh[:, :H] = params["weight_hh"]
+        with self.lock:
+            up = self.to_device
+            return CellWeights(
+                kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
+                w_ih=up(interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
+                w_hh=up(interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
+                b_x=up(interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
+                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                params=params)
+
+    def padded_input_weights(self, w: CellWeights) -> np.ndarray:
+        """W_ih interleaved with its input rows padded to a multiple of the vector width
+        (zero rows), as (Ip, G*Hp): for inputs stored in padded rows (a lower layer's h)."""
+        vw = vector_width(w.dtype)
+        w_ih = np.zeros((w.gates * w.hidden, pad_to(w.inputs, vw)))
+        w_ih[:, :w.inputs] = w.params["weight_ih"]
+        return interleave(w_ih, w.gates, w.hidden, w.hp, vw)
+
+    def _padded_input_buffer(self, w: CellWeights) -> "cl.Buffer":
+        return w.device_copies.get(self, "w_ih padded", lambda: self.to_device(
+            self.padded_input_weights(w).astype(w.dtype), "weight_ih"))
+
+    def _rnn_kernel(self, w: CellWeights, name: str, rows: int):
+        """The project, recur or run kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
+        return self.kernel("rnn", f"clnet_rnn_{name}", w.dtype, kernel_defines(w.kind, w.dtype, rows))
+
+    # -- state ------------------------------------------------------------------------------
+    def rnn_state_new(self, kind, batch, hidden, dtype):
+        dt = np.dtype(dtype)
+        hp = pad_to(hidden, vector_width(dt))
+        zeros = np.zeros((batch, hp), dtype=dt)
+        self.check_alloc(zeros.nbytes, "hidden state")
+        with self.lock:
+            bufs = [self.copy_of(zeros, "hidden state") for _ in range(2)]
+            c = self.copy_of(zeros, "cell state") if kind == "lstm" else None
+        return StateBuffers(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, c=c)
+
+    def _read_rows(self, s: StateBuffers, buf, rows: int) -> np.ndarray:
+        host = np.empty((rows, s.hp), dtype=s.dtype)
+        cl.enqueue_copy(self.queue, host, buf, is_blocking=True)
+        return host if s.hp == s.hidden else np.ascontiguousarray(host[:, :s.hidden])
+
+    def rnn_state_read(self, storage, which):
+        with self.lock:
+            return self._read_rows(storage, storage.h if which == "h" else storage.c, storage.batch)
+
+    def rnn_state_write(self, storage, h, c):
+        def padded(a):
+            out = np.zeros((storage.batch, storage.hp), dtype=storage.dtype)
+            out[:, :storage.hidden] = a
+            return out
+
+        with self.lock:
+            cl.enqueue_copy(self.queue, storage.h, padded(h), is_blocking=True)
+            if c is not None:
+                cl.enqueue_copy(self.queue, storage.c, padded(c), is_blocking=True)
+
+    def rnn_state_reset(self, storage, keep):
+        width = storage.hp
+        n = storage.batch * width
+        with self.lock:
+            knl = self.kernel("rnn", "clnet_rnn_zero_rows", storage.dtype, (f"CLNET_VW={vector_width(storage.dtype)}",))
+            d_keep = self.to_device(keep.astype(storage.dtype), "reset mask")
+            for buf in [storage.h] + ([storage.c] if storage.c is not None else []):
+                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=buf, keep=d_keep)
+            self.queue.finish()
+
+    # -- stepping ---------------------------------------------------------------------------
+    def rnn_step(self, weights, storage, x, keep):
+        """One launch: the step kernel projects x itself; only x (and the mask) go up and h
+        comes down. Buffers are reused between steps and h is double-buffered."""
+        w, s = weights, storage
+        B, I = x.shape
+        with self.lock:
+            d_x = self.workspace("rnn.x", x.nbytes, "inputs")
+            cl.enqueue_copy(self.queue, d_x, x, is_blocking=True)
+            d_keep = w.zeros
+            if keep is not None:
+                d_keep = self.workspace("rnn.keep", keep.nbytes, "reset mask")
+                cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
+            rows = step_rows(w.kind, B)
+            recur = self._rnn_kernel(w, "recur", rows)
+            recur(self.queue, (-(-B // rows), s.hp // vector_width(s.dtype)), LOCAL, B=B, Hp=s.hp,
+                  Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
+                  hn_off=0, c=s.c if s.c is not None else w.zeros, keep=d_keep, keep_off=0,
+                  has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
+                  Wx=w.w_ih, bias_x=w.b_x)
+            s.cur = 1 - s.cur
+            return self._read_rows(s, s.h, B)
+
+    def rnn_sequence(self, weights, storage, xs, keeps):
+        """T steps without a host round trip, then one read-back of every h (see
+        :meth:`_run_layer` for how the steps are launched)."""
+        return self.rnn_sequence_stacked([weights], [storage], xs, keeps)
+
+    def rnn_sequence_stacked(self, layers, storages, xs, keeps):
+        T, B, I = xs.shape
+        s_last = storages[-1]
+        item = s_last.dtype.itemsize
+        with self.lock:
+            source = LayerInput(self.to_device(xs, "inputs"), I, layers[0].w_ih)
+            d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
+            for l, (w, s) in enumerate(zip(layers, storages)):
+                # Intermediate layers' outputs stay in two alternating workspaces.
+                d_out = (self.empty(T * B * s.hp * item, "hidden states of the sequence")
+                         if l == len(layers) - 1 else
+                         self.workspace(f"rnn.layer{l % 2}", T * B * s.hp * item, "hidden states of a layer"))
+                self._run_layer(w, s, source, d_keep, keeps is not None, d_out, T, B)
+                if l + 1 < len(layers):
+                    source = LayerInput(d_out, s.hp, self._padded_input_buffer(layers[l + 1]))
+            host = np.empty((T, B, s_last.hp), dtype=s_last.dtype)
+            cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
+        return host if s_last.hp == s_last.hidden else np.ascontiguousarray(host[:, :, :s_last.hidden])
+
+    def _run_layer(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
+                   d_out, T: int, B: int) -> None:
+        """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and leave its state at the
+        last step. Small batches on CPU devices run all T steps in one launch
+        (:data:`ONE_LAUNCH_BATCH`); otherwise each step is one launch, enqueued back to back,
+        its input projection fused into it or batched per chunk (:data:`SEQUENCE_PROJECTION`)."""
+        rows = step_rows(w.kind, B)
+        blocks = s.hp // vector_width(s.dtype)
+        fused = fused_projection(self)
+        run = self._rnn_kernel(w, "run", rows) if fused and B <= ONE_LAUNCH_BATCH else None
+        if run is not None and blocks <= run.work_group_size(self.device):
+            run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
+                out=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep, has_keep=int(has_keep),
+                bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
+        else:
+            self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, rows, fused)
+        item = s.dtype.itemsize
+        cl.enqueue_copy(self.queue, s.h, d_out, byte_count=B * s.hp * item, src_offset=(T - 1) * B * s.hp * item)
+
+    def _launch_steps(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
+                      d_out, T: int, B: int, rows: int, fused: bool) -> None:
+        """One launch per step (and, batched, one projection per chunk of steps)."""
+        hp, I = s.hp, source.width
+        nc = w.gates * hp
+        blocks = hp // vector_width(s.dtype)
+        recur = self._rnn_kernel(w, "recur", rows)
+        chunk = T if fused else max(1, min(T, GATE_BUDGET // (B * nc * s.dtype.itemsize)))
+        if not fused:
+            project = self._rnn_kernel(w, "project", PROJECT_ROWS[w.kind])
+            d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
+        h_prev, prev_off = s.h, 0
+        common = dict(B=B, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
+                      has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros)
+        for t0 in range(0, T, chunk):
+            m = min(chunk, T - t0) * B
+            if not fused:
+                project(self.queue, (-(-m // PROJECT_ROWS[w.kind]), blocks), LOCAL, M=m, K=I, Hp=hp, A=source.buf,
+                        a_off=t0 * B * I, Wt=source.w_ih, bias=w.b_x, out=d_gx)
+            for t in range(t0, t0 + m // B):
+                if fused:  # the step projects its own inputs
+                    x_args = dict(gx=w.zeros, gx_off=0, x=source.buf, x_off=t * B * I, I=I, Wx=source.w_ih,
+                                  bias_x=w.b_x)
+                else:  # the projection added the input biases already
+                    x_args = dict(gx=d_gx, gx_off=(t - t0) * B * nc, x=w.zeros, x_off=0, I=0, Wx=w.zeros,
+                                  bias_x=w.zeros)
+                recur(self.queue, (-(-B // rows), blocks), LOCAL, **common, **x_args, h_prev=h_prev,
+                      hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B)
+                h_prev, prev_off = d_out, t * B * hp
+
+
+def fused_projection(runtime) -> bool:
+    if SEQUENCE_PROJECTION == "auto":
+        return runtime.is_cpu
+    return SEQUENCE_PROJECTION == "fused"

@@ -1,0 +1,238 @@
+"""OpenCL runtime of one device: context, queue, cached programs and kernels, buffers.
+
+:class:`OpenCLRuntime` is the base of every OpenCL backend (clnet/opencl/backend.py adds
+the operation families). Programs are built once per (family, dtype, defines); kernels
+are :class:`~clnet.opencl.args.BoundKernel` objects, called with named arguments checked
+against their declaration in ``kernels/<family>.cl``. A driver error during an operation
+becomes a :class:`~clnet.DeviceError` or MemoryError naming the device (see
+:meth:`OpenCLRuntime.translate_error` and :func:`clnet.backend.run`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..backend import Backend, BackendUnavailable, DeviceError
+from ..common.cache import DeviceCache
+from .args import BoundKernel, signature
+
+try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
+    import pyopencl as cl
+    IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # pragma: no cover - exercised only on broken installs
+    cl = None
+    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def kernel_dir() -> Path:
+    """Folder with the .cl sources: clnet/kernels in an installed package, or the checkout's
+    top-level kernels/ (beside clnet/)."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "kernels", package.parent / "kernels"):
+        if (candidate / "clnet_common.h").is_file():
+            return candidate
+    raise FileNotFoundError(f"clnet's OpenCL sources were not found next to {package}; reinstall clnet")
+
+
+class KernelBuildError(DeviceError):
+    """A kernel failed to compile. Carries the device, the options and the build log."""
+
+    def __init__(self, device: str, source_name: str, options: Sequence[str], log: str, saved: str):
+        self.device = device
+        self.options = list(options)
+        self.log = log
+        self.source_path = saved
+        super().__init__(
+            f"building {source_name} failed on device {device!r}\n"
+            f"options: {' '.join(self.options)}\n"
+            f"source saved to: {saved}\n"
+            f"build log:\n{log.strip() or '(empty)'}"
+        )
+
+
+_PROBE_SOURCE = """
+__kernel void clnet_probe(__global float *x) { int i = get_global_id(0); x[i] = 2.0f * x[i] + 1.0f; }
+"""
+
+
+class OpenCLRuntime(Backend):
+    """Context, queue, program cache and buffer helpers for one device."""
+
+    def __init__(self, platform, device, spec: str, description: str):
+        self.spec = spec
+        self.description = description
+        self.platform = platform
+        self.device = device
+        self.device_name = device.name.strip()
+        self.supports_float64 = bool(device.double_fp_config) or "cl_khr_fp64" in device.extensions
+        self.max_alloc = int(device.max_mem_alloc_size)
+        self.global_mem = int(device.global_mem_size)
+        self.max_work_group = int(device.max_work_group_size)
+        # One queue per device: operations enqueue under this lock so that threads sharing
+        # the backend never interleave the argument setting and enqueueing of a kernel.
+        self.lock = threading.RLock()
+        self._programs: Dict[Tuple[str, str, Tuple[str, ...]], "cl.Program"] = {}
+        self._kernels: Dict[tuple, BoundKernel] = {}
+        self._workspaces = DeviceCache()  # scratch and output buffers kept between calls
+        try:
+            self.context = cl.Context([device])
+            self.queue = cl.CommandQueue(self.context)
+        except Exception as exc:
+            raise BackendUnavailable(spec, f"creating a context on {self.device_name!r} failed: {exc}",
+                                     "check the device's driver") from exc
+        self._probe()
+
+    def _probe(self) -> None:
+        try:
+            prg = self._build(_PROBE_SOURCE, "probe kernel", ())
+            x = np.arange(8, dtype=np.float32)
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=x)
+            prg.clnet_probe(self.queue, (8,), None, buf)
+            out = np.empty_like(x)
+            cl.enqueue_copy(self.queue, out, buf)
+            self.queue.finish()
+        except KernelBuildError as exc:
+            first = next((ln for ln in exc.log.splitlines() if ln.strip()), "no build log")
+            raise BackendUnavailable(
+                self.spec, f"its OpenCL compiler fails ({first.strip()})",
+                "use another OpenCL runtime for this device (on Debian: apt-get install pocl-opencl-icd "
+                "and uninstall pocl-binary-distribution), or select another backend") from exc
+        except Exception as exc:
+            raise BackendUnavailable(self.spec, f"running a probe kernel failed: {exc}",
+                                     "check the device's driver") from exc
+        if not np.array_equal(out, 2 * x + 1):
+            raise BackendUnavailable(self.spec, "a probe kernel returned wrong results",
+                                     "update the device's driver or select another backend")
+
+    def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
+        """pyopencl's errors as clnet's: MemoryError when the device ran out, else DeviceError."""
+        if cl is None or not isinstance(exc, cl.Error):
+            return None
+        where = f"OpenCL device {self.device_name!r} ({self.spec})"
+        if isinstance(exc, cl.MemoryError):
+            return MemoryError(f"{where} ran out of memory during {operation} ({exc}); use smaller "
+                               f"inputs or another backend")
+        return DeviceError(f"{where} failed during {operation}: {exc}")
+
+    @property
+    def is_cpu(self) -> bool:
+        return bool(self.device.type & cl.device_type.CPU)
+
+    # -- programs ---------------------------------------------------------------------------
+    def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
+        opts = list(options)
+        program = None
+        try:
+            program = cl.Program(self.context, source)
+            with warnings.catch_warnings():
+                # Compiler chatter is hidden unless asked for (PYOPENCL_COMPILER_OUTPUT=1).
+                warnings.simplefilter("ignore")
+                return program.build(options=opts)
+        except Exception as exc:
+            log = ""
+            try:
+                log = program.get_build_info(self.device, cl.program_build_info.LOG) if program else ""
+            except Exception:
+                pass
+            log = (log or "").strip() or str(exc)
+            digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+            saved = os.path.join(tempfile.gettempdir(), f"clnet-build-failure-{digest}.cl")
+            try:
+                Path(saved).write_text(source)
+            except OSError:
+                saved = "(could not be saved)"
+            raise KernelBuildError(self.device_name, name, opts, log, saved) from exc
+
+    def program(self, family: str, dtype, defines: Sequence[str] = ()) -> "cl.Program":
+        """The compiled ``kernels/<family>.cl`` for ``dtype``; built once per (source, options)."""
+        dt = self.check_dtype(dtype)
+        opts = ["-I", str(kernel_dir()), "-D", f"CLNET_REAL={'double' if dt == np.float64 else 'float'}"]
+        if dt == np.float64:
+            opts += ["-D", "CLNET_USE_DOUBLE"]
+        for d in defines:
+            opts += ["-D", d]
+        key = (family, dt.name, tuple(opts))
+        with self.lock:
+            prg = self._programs.get(key)
+            if prg is None:
+                src_path = kernel_dir() / f"{family}.cl"
+                source = src_path.read_text()
+                prg = self._build(source, src_path.name, opts)
+                self._programs[key] = prg
+            return prg
+
+    def kernel(self, family: str, name: str, dtype, defines: Sequence[str] = ()) -> BoundKernel:
+        """The kernel ``name`` of ``kernels/<family>.cl``, built once per (dtype, defines) and
+        called with named arguments (see clnet/opencl/args.py).
+
+        A kernel object holds its arguments, so callers set them and enqueue while
+        holding ``self.lock``.
+        """
+        key = (family, name, np.dtype(dtype).name, tuple(defines))
+        with self.lock:
+            knl = self._kernels.get(key)
+            if knl is None:
+                sig = signature(kernel_dir() / f"{family}.cl", name)
+                knl = BoundKernel(cl.Kernel(self.program(family, dtype, defines), name), sig,
+                                  np.dtype(dtype), cl.MemoryObjectHolder)
+                self._kernels[key] = knl
+            return knl
+
+    # -- buffers ----------------------------------------------------------------------------
+    def check_alloc(self, nbytes: int, what: str) -> None:
+        if nbytes > self.max_alloc:
+            raise MemoryError(
+                f"{what} needs {nbytes / 2**20:.1f} MiB in one buffer, more than device "
+                f"{self.device_name!r} allows ({self.max_alloc / 2**20:.1f} MiB per allocation); "
+                f"split the work into smaller pieces")
+
+    def to_device(self, array: np.ndarray, what: str = "array") -> "cl.Buffer":
+        array = np.ascontiguousarray(array)
+        self.check_alloc(array.nbytes, what)
+        mf = cl.mem_flags
+        if array.nbytes == 0:
+            return cl.Buffer(self.context, mf.READ_ONLY, 4)
+        return cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=array)
+
+    def workspace(self, name: str, nbytes: int, what: str = "workspace") -> "cl.Buffer":
+        """A device buffer reused across calls (grown when too small).
+
+        Allocating and first-touching large buffers costs more than small kernels on
+        CPU devices, so scratch and output space is kept. Callers hold ``self.lock``
+        and finish their queue work before releasing it, so one buffer per name is safe.
+        """
+        nbytes = max(int(nbytes), 4)
+
+        def allocate():
+            self.check_alloc(nbytes, what)
+            return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, nbytes)
+
+        return self._workspaces.get(self, name, allocate, fits=lambda buf: buf.size >= nbytes)
+
+    def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
+        """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds
+        the host array until the caller's final ``queue.finish()``."""
+        buf = self.workspace(name, array.nbytes, what)
+        keep_alive.append(array)
+        cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
+        return buf
+
+    def copy_of(self, array: np.ndarray, what: str) -> "cl.Buffer":
+        """A new read-write device buffer holding a copy of ``array``."""
+        array = np.ascontiguousarray(array)
+        self.check_alloc(array.nbytes, what)
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=array)
+
+    def empty(self, nbytes: int, what: str = "buffer") -> "cl.Buffer":
+        self.check_alloc(nbytes, what)
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(int(nbytes), 4))
+
+
