@@ -14,11 +14,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._validate import as_int, as_real_array, host_array
+from ._validate import as_int, as_real_array
 from .backend import call, get_backend
-from .rnn import PARAMETER_NAMES, RecurrentState, reset_keep
+from .state import RecurrentState, per_step_array, reset_keep
 
 __all__ = ["backward_sequence"]
+
+# Gradients of the weights come back under PyTorch's names (with _l0, _l1, ... when stacked).
+PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _state_arrays(value, name: str, lstm: bool, shape: Tuple[int, ...], dt, what: str):
@@ -97,13 +100,8 @@ def _output_gradients(grad_hs, mask, burn_in: int, T: int, B: int, H: int, batch
     dhs = np.array(dhs, dtype=dt, order="C") if changed else np.ascontiguousarray(dhs, dtype=dt)
     if mask is not None:
         tb = (B, T) if batch_first else (T, B)
-        m = host_array(mask)
-        if m.dtype.kind not in "biuf":
-            raise TypeError(f"mask must be an array of 0/1, booleans or weights, got dtype {m.dtype}")
-        if m.shape != tb:
-            raise ValueError(f"mask must have shape {'(B, T)' if batch_first else '(T, B)'} = {tb} (one "
-                             f"weight per environment and time step), got shape {m.shape}")
-        m = m.astype(dt)
+        m = per_step_array(mask, "mask", tb, holds="0/1, booleans or weights", each="weight",
+                           layout="(B, T) = " if batch_first else "(T, B) = ").astype(dt)
         dhs *= (m.T if batch_first else m)[:, :, None]
     if burn_in:
         dhs[:burn_in] = 0

@@ -69,6 +69,19 @@ def _prepare_inputs(inputs, n_inputs: int, dtype) -> Tuple[np.ndarray, bool]:
     return x, single
 
 
+def _evaluate(operation: str, network, n_inputs: int, inputs, backend: BackendLike, dtype):
+    """``operation`` (fnn_layered or fnn_graph) of ``network`` on the checked inputs, and
+    whether a single sample was given. An empty batch gives an empty result of the right
+    shape without reaching the backend."""
+    dt = get_backend(backend).check_dtype(dtype)
+    x, single = _prepare_inputs(inputs, n_inputs, dt)
+    if x.shape[0] == 0:
+        n_out = network.n_outputs
+        shape = (0, n_out) if operation == "fnn_layered" else (network.size, 0, n_out)
+        return np.empty(shape, dtype=dt), single
+    return call(backend, operation, network, x, dt), single
+
+
 class FNN:
     """A feed-forward network, layered or an evolved graph. Call it: ``net(inputs)``.
 
@@ -168,15 +181,11 @@ class FNN:
 
     # -- evaluation ----------------------------------------------------------------------------
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
-        be = get_backend(backend)
-        dt = be.check_dtype(dtype)
-        x, single = _prepare_inputs(inputs, self.n_inputs, dt)
-        if x.shape[0] == 0:
-            out = np.empty((0, self.n_outputs), dtype=dt)
-        elif self._layered is not None:
-            out = call(backend, "fnn_layered", self._layered, x, dt)
+        if self._layered is not None:
+            out, single = _evaluate("fnn_layered", self._layered, self.n_inputs, inputs, backend, dtype)
         else:
-            out = call(backend, "fnn_graph", self.packed, x, dt)[0]
+            out, single = _evaluate("fnn_graph", self.packed, self.n_inputs, inputs, backend, dtype)
+            out = out[0]
         return out[0] if single else out
 
 
@@ -236,12 +245,6 @@ class FNNPopulation:
                 f"outputs, {self.num_nodes} nodes, {self.num_connections} connections in all>")
 
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
-        be = get_backend(backend)
-        dt = be.check_dtype(dtype)
-        x, single = _prepare_inputs(inputs, self.n_inputs, dt)
-        if x.shape[0] == 0:
-            out = np.empty((len(self), 0, self.n_outputs), dtype=dt)
-        else:
-            out = call(backend, "fnn_graph", self.packed, x, dt)
+        out, single = _evaluate("fnn_graph", self.packed, self.n_inputs, inputs, backend, dtype)
         return out[:, 0] if single else out
 

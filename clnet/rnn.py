@@ -22,36 +22,20 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._validate import as_int, as_real_array, host_array
+from ._validate import as_int, as_real_array
 from .backend import Backend, BackendLike, call, get_backend
+from .bptt import backward_sequence
 from .common.cache import DeviceCache
+from .state import RecurrentState, reset_keep
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RecurrentState"]
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 # ---------------------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------------------
-def reset_keep(mask, name: str, shape: Tuple[int, ...], dtype) -> Optional[np.ndarray]:
-    """A reset mask as ``keep = 1 - mask`` in ``dtype``; None when nothing is reset."""
-    if mask is None:
-        return None
-    arr = host_array(mask)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be an array of 0/1 or booleans, got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape} (one flag per environment"
-                         f"{' and time step' if len(shape) == 2 else ''}), got shape {arr.shape}")
-    if arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1 (1 = a new episode started before this step)")
-    if not arr.any():
-        return None
-    return (1 - arr.astype(dtype))
-
-
 def _check_matrix(value, name: str, shape: Tuple[int, ...]) -> np.ndarray:
     arr = as_real_array(value, name, np.float64)
     if arr.shape != shape:
@@ -63,79 +47,6 @@ def _torch_module(module, expected: Tuple[str, ...]):
     name = type(module).__name__
     if name not in expected:
         raise TypeError(f"module must be a torch.nn.{' or torch.nn.'.join(expected)}, got {name}")
-
-
-# ---------------------------------------------------------------------------------------
-# The state kept between steps
-# ---------------------------------------------------------------------------------------
-class RecurrentState:
-    """h (and c for an LSTM) of a batch of environments, kept by one backend.
-
-    Made by ``cell.initial_state(batch_size)``. On an OpenCL backend it lives in device
-    buffers and only moves when read (:attr:`h`, :attr:`c`) or written (:meth:`set`).
-    It belongs to the cell and backend that made it; other cells refuse it. It never
-    shares memory with arrays the caller passes in or gets back.
-    """
-
-    def __init__(self, cell, backend: Backend, dtype, batch_size: int, storage):
-        self._cell = cell
-        self._backend = backend
-        self._dtype = np.dtype(dtype)
-        self._batch = batch_size
-        self._storage = storage
-
-    @property
-    def cell(self):
-        return self._cell
-
-    @property
-    def backend(self) -> Backend:
-        return self._backend
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch
-
-    @property
-    def h(self) -> np.ndarray:
-        """The hidden state ``(batch_size, hidden_size)``, copied back from the backend."""
-        return call(self._backend, "rnn_state_read", self._storage, "h", stateless=False)
-
-    @property
-    def c(self) -> np.ndarray:
-        """The LSTM cell state ``(batch_size, hidden_size)``; GRU and RNN cells have none."""
-        if self._cell.kind != "lstm":
-            raise AttributeError(f"a {type(self._cell).__name__} state has no cell state c (only LSTMs do)")
-        return call(self._backend, "rnn_state_read", self._storage, "c", stateless=False)
-
-    def reset(self, mask=None) -> None:
-        """Zero h (and c) of the environments where ``mask`` is 1; all of them when omitted."""
-        if mask is None:
-            mask = np.ones(self._batch, dtype=bool)
-        keep = reset_keep(mask, "mask", (self._batch,), self._dtype)
-        if keep is not None:
-            call(self._backend, "rnn_state_reset", self._storage, keep, stateless=False)
-
-    def set(self, h, c=None) -> None:
-        """Overwrite the state, e.g. with one stored in a rollout buffer for re-evaluation."""
-        shape = (self._batch, self._cell.hidden_size)
-        hv = self._cell._state_array(h, "h", shape, self._dtype)
-        cv = None
-        if self._cell.kind == "lstm":
-            if c is None:
-                raise ValueError("an LSTM state needs both h and c: state.set(h, c)")
-            cv = self._cell._state_array(c, "c", shape, self._dtype)
-        elif c is not None:
-            raise ValueError(f"a {type(self._cell).__name__} state has no cell state c; call state.set(h)")
-        call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
-
-    def __repr__(self) -> str:
-        return (f"<clnet.RecurrentState of a {type(self._cell).__name__}: batch {self._batch}, "
-                f"hidden {self._cell.hidden_size}, {self._dtype.name} on {self._backend.spec}>")
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,8 +272,6 @@ class _Cell:
         Every argument is checked before any device work. Returns float arrays of the
         dtype computed in (float32 by default).
         """
-        from .bptt import backward_sequence
-
         return backward_sequence(self, [self], False, xs, initial_state, resets, grad_hs, grad_final,
                                  truncate, burn_in, mask, batch_first, backend, dtype)
 
@@ -605,8 +514,6 @@ class _Stacked:
         ``(num_layers, B, hidden_size)``. ``batch_first`` defaults to the model's.
         """
         bf = self.batch_first if batch_first is None else bool(batch_first)
-        from .bptt import backward_sequence
-
         return backward_sequence(self, self.layers, True, xs, initial_state, resets, grad_hs, grad_final,
                                  truncate, burn_in, mask, bf, backend, dtype)
 

@@ -98,3 +98,12 @@ def test_the_import_rule_catches_every_form(tmp_path, source, forbidden):
     assert _violations([probe], [forbidden], name="clnet.probe") != []
     probe.write_text("import numpy as np\nfrom .common import packing\n")
     assert _violations([probe], [forbidden], name="clnet.probe") == []
+
+
+def test_shared_host_code_imports_nothing_above_it():
+    shared = list((CLNET / "common").rglob("*.py")) + [CLNET / f for f in
+                                                        ("functions.py", "_validate.py", "genomes.py", "tolerances.py")]
+    allowed = {"clnet.common", "clnet.functions", "clnet._validate"}
+    bad = [f"{p.name} imports {m}" for p in shared for m in imported_modules(p)
+           if m.startswith("clnet") and not any(m == a or m.startswith(a + ".") for a in allowed)]
+    assert bad == []

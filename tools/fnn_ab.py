@@ -15,6 +15,7 @@ import pyopencl as cl  # noqa: E402
 import clnet  # noqa: E402
 from clnet.bench.neat_genomes import benchmark_population  # noqa: E402
 from clnet.opencl import kernel_dir  # noqa: E402
+from clnet.opencl.args import BoundKernel, signature  # noqa: E402
 
 
 def main():
@@ -35,25 +36,24 @@ def main():
     for label, kdir in (("old", old_dir), ("new", kernel_dir())):
         src = (kdir / "fnn.cl").read_text()
         opts = ["-I", str(kdir), "-D", "CLNET_REAL=float", "-D", f"CLNET_LANES={lanes}"]
-        knls[label] = cl.Kernel(cl.Program(be.context, src).build(options=opts), "clnet_fnn_graph")
+        knl = cl.Kernel(cl.Program(be.context, src).build(options=opts), "clnet_fnn_graph")
+        knls[label] = BoundKernel(knl, signature(kdir / "fnn.cl", "clnet_fnn_graph"), np.dtype(np.float32),
+                                  cl.MemoryObjectHolder)
     names = clnet.functions.ACTIVATIONS
     acts = [None] + list(range(len(names)))  # None: the benchmark's own mix
     original = pop.packed.node_act.copy()
     print(f"{'activation':16s} {'old ms':>8s} {'new ms':>8s}  speed-up")
     for act in acts:
         pop.packed.node_act[:] = original if act is None else act
-        pop.packed.device_cache.clear()
-        bufs = be._fnn_population_buffers(pop.packed, np.float32)
-        args = (bufs["net_node_start"], bufs["net_out"], bufs["node_act"], bufs["node_agg"],
-                bufs["node_conn_start"], bufs["node_bias"], bufs["node_resp"], bufs["conn_src"],
-                bufs["conn_w"], d_x, np.int32(stride), np.int32(pop.packed.n_inputs),
-                np.int32(pop.packed.n_outputs), np.int32(0), np.int32(0), np.int32(B),
-                np.int32(nb_pad), np.int32(B), d_s, d_out)
+        pop.packed.device_copies.clear()
+        bufs = be._population_buffers(pop.packed, np.float32)
+        args = dict(bufs, inputs=d_x, in_stride=stride, n_in=pop.packed.n_inputs, n_out=pop.packed.n_outputs,
+                    p0=0, b0=0, nb=B, nb_pad=nb_pad, out_p0=0, out_b0=0, out_batch=B, scratch=d_s, out=d_out)
         ts = {"old": [], "new": []}
         for _ in range(reps + 1):
             for label, knl in knls.items():
                 t = time.perf_counter()
-                knl(be.queue, (-(-B // lanes), P), local, *args)
+                knl(be.queue, (-(-B // lanes), P), local, **args)
                 be.queue.finish()
                 ts[label].append((time.perf_counter() - t) * 1e3)
         o, n = min(ts["old"][1:]), min(ts["new"][1:])

@@ -190,25 +190,8 @@ def _find_cycle(nodes: Iterable[int], incoming: Dict[int, List[int]]) -> List[in
         path.append(nxt)
 
 
-def pack_graph(n_inputs, n_outputs, nodes, connections) -> PackedPopulation:
-    """Prune, order and pack one evolved network (docs/SEMANTICS.md, graph form)."""
-    n_inputs = as_int(n_inputs, "n_inputs", minimum=1)
-    n_outputs = as_int(n_outputs, "n_outputs", minimum=1)
-    if n_inputs > MAX_NODES:
-        raise ValueError(f"n_inputs must be at most {MAX_NODES}, got {n_inputs}")
-    node_table = _parse_nodes(nodes)
-    if n_outputs > len(node_table):
-        raise ValueError(f"n_outputs is {n_outputs} but nodes has only {len(node_table)} entries; "
-                         f"every output key 0..n_outputs-1 needs a node")
-    missing = [k for k in range(n_outputs) if k not in node_table]
-    if missing:
-        raise ValueError(f"output nodes {missing} are missing from nodes; outputs have keys 0..{n_outputs - 1}")
-    conns = _parse_connections(connections, n_inputs, node_table)
-
-    incoming: Dict[int, List[int]] = {}
-    for src, dst, _ in conns:
-        incoming.setdefault(dst, []).append(src)
-    # Only nodes with a path to an output are evaluated.
+def _required_nodes(n_outputs: int, incoming: Dict[int, List[int]]) -> set:
+    """The nodes with a path to an output: only those are evaluated."""
     required = set(range(n_outputs))
     frontier = deque(required)
     while frontier:
@@ -217,8 +200,12 @@ def pack_graph(n_inputs, n_outputs, nodes, connections) -> PackedPopulation:
             if src >= 0 and src not in required:
                 required.add(src)
                 frontier.append(src)
+    return required
 
-    # Kahn's algorithm on the required nodes, ties broken by key for a stable order.
+
+def _topological_order(required: set, conns, incoming: Dict[int, List[int]]) -> List[int]:
+    """Kahn's algorithm on the required nodes, ties broken by key for a stable order; a
+    cycle raises ValueError naming its nodes."""
     pending = {k: sum(1 for s in incoming.get(k, []) if s >= 0) for k in required}
     consumers: Dict[int, List[int]] = {}
     for src, dst, _ in conns:
@@ -239,7 +226,28 @@ def pack_graph(n_inputs, n_outputs, nodes, connections) -> PackedPopulation:
         cycle = _find_cycle(stuck, incoming)
         raise ValueError("connections form a cycle through nodes " + " -> ".join(map(str, cycle))
                          + "; feed-forward networks must be acyclic")
+    return order
 
+
+def pack_graph(n_inputs, n_outputs, nodes, connections) -> PackedPopulation:
+    """Prune, order and pack one evolved network (docs/SEMANTICS.md, graph form)."""
+    n_inputs = as_int(n_inputs, "n_inputs", minimum=1)
+    n_outputs = as_int(n_outputs, "n_outputs", minimum=1)
+    if n_inputs > MAX_NODES:
+        raise ValueError(f"n_inputs must be at most {MAX_NODES}, got {n_inputs}")
+    node_table = _parse_nodes(nodes)
+    if n_outputs > len(node_table):
+        raise ValueError(f"n_outputs is {n_outputs} but nodes has only {len(node_table)} entries; "
+                         f"every output key 0..n_outputs-1 needs a node")
+    missing = [k for k in range(n_outputs) if k not in node_table]
+    if missing:
+        raise ValueError(f"output nodes {missing} are missing from nodes; outputs have keys 0..{n_outputs - 1}")
+    conns = _parse_connections(connections, n_inputs, node_table)
+    incoming: Dict[int, List[int]] = {}
+    for src, dst, _ in conns:
+        incoming.setdefault(dst, []).append(src)
+    required = _required_nodes(n_outputs, incoming)
+    order = _topological_order(required, conns, incoming)
     slot = {-(i + 1): i for i in range(n_inputs)}
     for j, k in enumerate(order):
         slot[k] = n_inputs + j

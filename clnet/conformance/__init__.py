@@ -165,6 +165,8 @@ class Result:
             status = f"SKIP ({self.skipped})"
         else:
             status = "pass" if self.passed else "FAIL"
+        if self.operation == API_CHECK:
+            return f"{self.backend:<14} {self.operation:<26} {'':<8} operations={self.cases:<3} {'':<38}{status}"
         return (f"{self.backend:<14} {self.operation:<26} {self.dtype:<8} cases={self.cases:<5} "
                 f"worst error={self.max_error:.2e} ({self.worst_ratio:.2f} of tolerance)  {status}")
 

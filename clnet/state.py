@@ -1,0 +1,113 @@
+"""The state a recurrent model keeps between calls, and the per-step masks of a rollout.
+
+:class:`RecurrentState` holds h (and c) of a batch of environments on one backend (on
+the device for OpenCL), made by ``cell.initial_state(B)``. :func:`reset_keep` and
+:func:`per_step_array` check the reset flags and loss masks that steps, sequences and
+backpropagation through time take (docs/SEMANTICS.md, recurrent cells: the reset
+convention).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ._validate import host_array
+from .backend import Backend, call
+
+__all__ = ["RecurrentState", "reset_keep", "per_step_array"]
+
+
+def per_step_array(value, name: str, shape: Tuple[int, ...], *, holds: str = "0/1 or booleans",
+                   each: str = "flag", layout: str = "") -> np.ndarray:
+    """``value`` as a host array of numbers or booleans of exactly ``shape``: one ``each``
+    per environment (and time step); ``layout`` names the axes in the message, e.g. "(T, B) = "."""
+    arr = host_array(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of {holds}, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {layout}{shape} (one {each} per environment"
+                         f"{' and time step' if len(shape) == 2 else ''}), got shape {arr.shape}")
+    return arr
+
+
+def reset_keep(mask, name: str, shape: Tuple[int, ...], dtype) -> Optional[np.ndarray]:
+    """A reset mask as ``keep = 1 - mask`` in ``dtype``; None when nothing is reset."""
+    if mask is None:
+        return None
+    arr = per_step_array(mask, name, shape)
+    if arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{name} must hold only 0 and 1 (1 = a new episode started before this step)")
+    if not arr.any():
+        return None
+    return (1 - arr.astype(dtype))
+
+
+class RecurrentState:
+    """h (and c for an LSTM) of a batch of environments, kept by one backend.
+
+    Made by ``cell.initial_state(batch_size)``. On an OpenCL backend it lives in device
+    buffers and only moves when read (:attr:`h`, :attr:`c`) or written (:meth:`set`).
+    It belongs to the cell and backend that made it; other cells refuse it. It never
+    shares memory with arrays the caller passes in or gets back.
+    """
+
+    def __init__(self, cell, backend: Backend, dtype, batch_size: int, storage):
+        self._cell = cell
+        self._backend = backend
+        self._dtype = np.dtype(dtype)
+        self._batch = batch_size
+        self._storage = storage
+
+    @property
+    def cell(self):
+        return self._cell
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    @property
+    def h(self) -> np.ndarray:
+        """The hidden state ``(batch_size, hidden_size)``, copied back from the backend."""
+        return call(self._backend, "rnn_state_read", self._storage, "h", stateless=False)
+
+    @property
+    def c(self) -> np.ndarray:
+        """The LSTM cell state ``(batch_size, hidden_size)``; GRU and RNN cells have none."""
+        if self._cell.kind != "lstm":
+            raise AttributeError(f"a {type(self._cell).__name__} state has no cell state c (only LSTMs do)")
+        return call(self._backend, "rnn_state_read", self._storage, "c", stateless=False)
+
+    def reset(self, mask=None) -> None:
+        """Zero h (and c) of the environments where ``mask`` is 1; all of them when omitted."""
+        if mask is None:
+            mask = np.ones(self._batch, dtype=bool)
+        keep = reset_keep(mask, "mask", (self._batch,), self._dtype)
+        if keep is not None:
+            call(self._backend, "rnn_state_reset", self._storage, keep, stateless=False)
+
+    def set(self, h, c=None) -> None:
+        """Overwrite the state, e.g. with one stored in a rollout buffer for re-evaluation."""
+        shape = (self._batch, self._cell.hidden_size)
+        hv = self._cell._state_array(h, "h", shape, self._dtype)
+        cv = None
+        if self._cell.kind == "lstm":
+            if c is None:
+                raise ValueError("an LSTM state needs both h and c: state.set(h, c)")
+            cv = self._cell._state_array(c, "c", shape, self._dtype)
+        elif c is not None:
+            raise ValueError(f"a {type(self._cell).__name__} state has no cell state c; call state.set(h)")
+        call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
+
+    def __repr__(self) -> str:
+        return (f"<clnet.RecurrentState of a {type(self._cell).__name__}: batch {self._batch}, "
+                f"hidden {self._cell.hidden_size}, {self._dtype.name} on {self._backend.spec}>")
