@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import warnings
@@ -82,16 +83,16 @@ class Backend:
 
     def op(self, name: str) -> Callable:
         """The operation ``name`` of a family this backend declares."""
-        from .contract import families_of, operation_family
+        if name in _declared_operations(type(self)):
+            return getattr(self, name)
+        from .contract import operation_family
 
         family = operation_family(name)
         if family is None:
             raise ValueError(f"{name!r} is not an operation of the backend contract (clnet/contract.py)")
-        if family not in families_of(self):
-            raise NotImplementedError(
-                f"backend {self.spec!r} does not implement the operation {name!r} (family "
-                f"{family.name!r}); choose another backend with backend=... or clnet.use_backend(...)")
-        return getattr(self, name)
+        raise NotImplementedError(
+            f"backend {self.spec!r} does not implement the operation {name!r} (family "
+            f"{family.name!r}); choose another backend with backend=... or clnet.use_backend(...)")
 
     def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
         """The clnet error for a driver's exception ``exc`` raised during ``operation``
@@ -111,6 +112,14 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<clnet backend {self.spec}: {self.description}>"
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_operations(cls: type) -> frozenset:
+    """The operations of the families ``cls`` inherits (computed once per class)."""
+    from .contract import families_of
+
+    return frozenset(op for family in families_of(cls) for op in family.operations())
 
 
 def resolve_dtype(dtype) -> np.dtype:

@@ -2,7 +2,7 @@
 
 The ids are shared with ``kernels/clnet_functions.h`` (a test keeps the two in sync)
 and with the NumPy reference in ``clnet_fallback.functions``. Definitions are in
-``../shared/docs/SEMANTICS.md``; every clamp lets NaN through so that NaN and inf
+``docs/SEMANTICS.md``; every clamp lets NaN through so that NaN and inf
 propagate the same way on every backend.
 """
 from __future__ import annotations

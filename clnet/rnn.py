@@ -134,9 +134,8 @@ class _Cell:
 
     def _weights(self, be: Backend, dt: np.dtype):
         """The backend's prepared weights for dtype ``dt``, made once."""
-        params = dict(self._params)
-        return self._device_copies.get(be, dt.name, lambda: call(
-            be, "rnn_prepare", self.kind, params, self.hidden_size, dt, stateless=False))
+        return self._device_copies.get(be, dt, lambda: call(
+            be, "rnn_prepare", self.kind, dict(self._params), self.hidden_size, dt, stateless=False))
 
     # -- checks -----------------------------------------------------------------------------
     def _inputs(self, x, name: str, dtype, ndim) -> np.ndarray:

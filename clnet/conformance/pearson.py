@@ -3,7 +3,7 @@
 hypothesis draws the shape of a case (rows, positions, how much is missing and how,
 offsets, magnitudes, constant rows and plateaus, min_overlap) and a seed; NumPy makes
 the arrays from the seed. Every backend is compared with the float64 NumPy reference,
-and the properties of SEMANTICS.md are asserted directly: symmetry, the diagonal, top-k
+and the properties of docs/SEMANTICS.md are asserted directly: symmetry, the diagonal, top-k
 equal to sorting the dense result, threshold equal to filtering it.
 
 float32 is held to 1e-4 for every min_overlap, including pairs with 2 to 5 common

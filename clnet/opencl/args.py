@@ -104,6 +104,9 @@ class BoundKernel:
         self._names = sig.names
         self._dtypes = [a.scalar_dtype(real) for a in sig.args]
         self._buffer_type = buffer_type
+        self._buffer_kinds = set()  # concrete buffer classes seen, so later checks are a set lookup
+        # Per argument: None for a buffer, (lo, hi) for an integer, () for a real number.
+        self._rules = [None if dt is None else (_INT_RANGE[dt] if dt.kind in "iu" else ()) for dt in self._dtypes]
         kernel.set_scalar_arg_dtypes(self._dtypes)
 
     def bind(self, values: Dict[str, object]) -> List[object]:
@@ -117,23 +120,37 @@ class BoundKernel:
             extra = sorted(set(values) - set(self._names))
             raise KernelArgumentError(f"kernel {self.name}: unexpected argument(s) {', '.join(extra)}; it "
                                       f"takes {', '.join(self._names)}")
-        for name, dt, value in zip(self._names, self._dtypes, ordered):
-            if dt is None:
-                if not isinstance(value, self._buffer_type):
-                    raise KernelArgumentError(f"kernel {self.name}: argument {name!r} is a device buffer, "
-                                              f"got {type(value).__name__}")
-            elif dt.kind in "iu":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-                    raise KernelArgumentError(f"kernel {self.name}: argument {name!r} is an integer "
-                                              f"({dt.name}), got {type(value).__name__} {value!r}")
-                lo, hi = _INT_RANGE[dt]
-                if not lo <= value <= hi:
-                    raise KernelArgumentError(f"kernel {self.name}: argument {name!r} = {value} does not fit "
-                                              f"in {dt.name}")
-            elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise KernelArgumentError(f"kernel {self.name}: argument {name!r} is a real number "
-                                          f"({dt.name}), got {type(value).__name__}")
+        buffers = self._buffer_kinds
+        for i, (rule, value) in enumerate(zip(self._rules, ordered)):
+            kind = type(value)
+            if rule is None:
+                if kind not in buffers:
+                    self._check_buffer(i, value)
+            elif rule:
+                if kind is not int or not rule[0] <= value <= rule[1]:
+                    self._check_integer(i, value, rule)
+            elif kind is not float and kind is not int:
+                self._check_real(i, value)
         return ordered
+
+    def _check_buffer(self, i: int, value) -> None:
+        if not isinstance(value, self._buffer_type):
+            raise KernelArgumentError(f"kernel {self.name}: argument {self._names[i]!r} is a device buffer, "
+                                      f"got {type(value).__name__}")
+        self._buffer_kinds.add(type(value))
+
+    def _check_integer(self, i: int, value, rule) -> None:
+        name, dt = self._names[i], self._dtypes[i]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise KernelArgumentError(f"kernel {self.name}: argument {name!r} is an integer "
+                                      f"({dt.name}), got {type(value).__name__} {value!r}")
+        if not rule[0] <= value <= rule[1]:
+            raise KernelArgumentError(f"kernel {self.name}: argument {name!r} = {value} does not fit in {dt.name}")
+
+    def _check_real(self, i: int, value) -> None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise KernelArgumentError(f"kernel {self.name}: argument {self._names[i]!r} is a real number "
+                                      f"({self._dtypes[i].name}), got {type(value).__name__}")
 
     def __call__(self, queue, global_size, local_size, **values):
         return self.kernel(queue, global_size, local_size, *self.bind(values))

@@ -144,7 +144,8 @@ class BPTTKernels(BPTTOps):
     def _bptt_kernel(self, sz: Sizes, name: str, rows: int, tile=(1, 1), blocks: int = 1):
         gm, gn = tile
         extra = (f"CLNET_SLOTS={SLOTS[sz.kind]}", f"CLNET_BN={blocks}", f"CLNET_GM={gm}", f"CLNET_GN={gn}")
-        return self.kernel("bptt", f"clnet_bptt_{name}", sz.dtype, R.kernel_defines(sz.kind, sz.dtype, rows, *extra))
+        return self.kernel("bptt", f"clnet_bptt_{name}", sz.dtype,
+                           R.kernel_defines(sz.kind, sz.dtype, rows, *extra))
 
     def _bptt_sizes(self, layers, xs, burn_in: int) -> Sizes:
         T, B, I = xs.shape

@@ -211,7 +211,8 @@ class RNNKernels(RNNOps):
         width = storage.hp
         n = storage.batch * width
         with self.lock:
-            knl = self.kernel("rnn", "clnet_rnn_zero_rows", storage.dtype, (f"CLNET_VW={vector_width(storage.dtype)}",))
+            knl = self.kernel("rnn", "clnet_rnn_zero_rows", storage.dtype,
+                              (f"CLNET_VW={vector_width(storage.dtype)}",))
             d_keep = self.to_device(keep.astype(storage.dtype), "reset mask")
             for buf in [storage.h] + ([storage.c] if storage.c is not None else []):
                 knl(self.queue, (n,), None, B=storage.batch, W=width, buf=buf, keep=d_keep)

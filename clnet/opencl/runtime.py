@@ -175,7 +175,10 @@ class OpenCLRuntime(Backend):
         A kernel object holds its arguments, so callers set them and enqueue while
         holding ``self.lock``.
         """
-        key = (family, name, np.dtype(dtype).name, tuple(defines))
+        key = (family, name, np.dtype(dtype), tuple(defines))
+        knl = self._kernels.get(key)  # a dict read is atomic; building happens under the lock
+        if knl is not None:
+            return knl
         with self.lock:
             knl = self._kernels.get(key)
             if knl is None:
