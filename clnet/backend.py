@@ -296,21 +296,9 @@ class _Registry:
         raise BackendUnavailable(what, detail, "run 'python -m clnet info' to see every backend and why "
                                  "it cannot run; is clnet installed (pip install .)?")
 
-    def specs_matching(self, spec: str) -> List[str]:
-        """Every candidate spec that ``spec`` names: all of a provider's for ``"opencl"``,
-        those whose platform (and device) match for ``"opencl:P"`` / ``"opencl:P:D"``."""
-        name, _, selector = spec.strip().partition(":")
-        provider = self.providers().get(name.lower())
-        if provider is None:
-            known = ", ".join(sorted(self.providers())) or "none"
-            raise ValueError(f"unknown backend {spec!r}; registered backends: {known}")
-        cands = provider.candidates()
-        if not selector:
-            return [c.spec for c in cands]
-        matcher = getattr(provider, "match", None)
-        return [c.spec for c in (matcher(selector, cands) if matcher else cands) if matcher or c.spec == spec]
-
-    def select(self, spec: str) -> Backend:
+    def _resolve(self, spec: str):
+        """``(all candidates of the provider spec names, those its selector picks, or None
+        without a selector)``; unknown providers and malformed specs raise here."""
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError(f"backend spec must be a non-empty string such as 'numpy', 'opencl' or "
                              f"'opencl:0:0', got {spec!r}")
@@ -327,12 +315,23 @@ class _Registry:
                              f"Spec strings look like 'numpy', 'opencl' or 'opencl:P:D'")
         cands = provider.candidates()
         if not selector:
-            return self.best(cands, spec)
+            return cands, None
         matcher = getattr(provider, "match", None)
-        chosen = matcher(selector, cands) if matcher else [c for c in cands if c.spec == spec]
+        return cands, (matcher(selector, cands) if matcher else [c for c in cands if c.spec == spec])
+
+    def specs_matching(self, spec: str) -> List[str]:
+        """Every candidate spec that ``spec`` names: all of a provider's for ``"opencl"``,
+        those whose platform (and device) match for ``"opencl:P"`` / ``"opencl:P:D"``."""
+        cands, chosen = self._resolve(spec)
+        return [c.spec for c in (cands if chosen is None else chosen)]
+
+    def select(self, spec: str) -> Backend:
+        cands, chosen = self._resolve(spec)
+        if chosen is None:
+            return self.best(cands, spec.strip())
         if not chosen:
             listed = ", ".join(c.spec for c in cands) or "none"
-            raise ValueError(f"backend spec {spec!r} matches no device; available: {listed}")
+            raise ValueError(f"backend spec {spec.strip()!r} matches no device; available: {listed}")
         # An explicitly named device must work: no silent fallback to another one.
         return self.load(chosen[0])
 

@@ -254,10 +254,9 @@ class RNNKernels(RNNOps):
             source = LayerInput(self.to_device(xs, "inputs"), I, layers[0].w_ih)
             d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
             for l, (w, s) in enumerate(zip(layers, storages)):
-                # Intermediate layers' outputs stay in two alternating workspaces.
-                d_out = (self.empty(T * B * s.hp * item, "hidden states of the sequence")
-                         if l == len(layers) - 1 else
-                         self.workspace(f"rnn.layer{l % 2}", T * B * s.hp * item, "hidden states of a layer"))
+                # Every layer's outputs stay on the device, in a buffer freed after the call
+                # (not a kept workspace: T x B x Hp can be large).
+                d_out = self.empty(T * B * s.hp * item, "hidden states of a layer")
                 self._run_layer(w, s, source, d_keep, keeps is not None, d_out, T, B)
                 if l + 1 < len(layers):
                     source = LayerInput(d_out, s.hp, self._padded_input_buffer(layers[l + 1]))
