@@ -1,4 +1,4 @@
-"""Command line: ``python -m clnet {info,demo,bench,conformance}``."""
+"""Command line: ``python -m clnet {info,demo,bench,conformance,tune}``."""
 from __future__ import annotations
 
 import argparse
@@ -37,8 +37,38 @@ def cmd_info(args) -> int:
         print(f"default backend: {chosen.spec} ({chosen.description})")
     except Exception as exc:
         print(f"default backend: none ({exc})")
+    for info in infos:
+        if info.usable and info.spec.startswith("opencl"):
+            tuning = getattr(clnet.get_backend(info.spec), "tuning", None)
+            if tuning is not None:
+                state = "tuned" if tuning.tuned else "not tuned (declared defaults; python -m clnet tune)"
+                print(f"tuning of {info.spec}: {state}; file {tuning.path}")
     for note in clnet.notes():
         print("note: " + note)
+    return 0
+
+
+def _opencl_targets(specs) -> list:
+    import clnet
+    if specs:
+        return [clnet.get_backend(s) for s in specs]
+    return [clnet.get_backend(i.spec) for i in clnet.backends() if i.usable and i.spec.startswith("opencl")]
+
+
+def cmd_tune(args) -> int:
+    from clnet.opencl import tuner
+
+    targets = _opencl_targets(args.backend)
+    if not targets:
+        print("no usable OpenCL device to tune (python -m clnet info says why)", file=sys.stderr)
+        return 2
+    budget = args.budget / len(targets)
+    for be in targets:
+        try:
+            tuner.tune(be, args.family or None, budget=budget, progress=not args.no_progress)
+        except ValueError as exc:
+            print(f"tune: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -46,7 +76,7 @@ def cmd_conformance(args) -> int:
     from clnet import conformance
 
     results = conformance.run(args.backend or None, max_examples=args.max_examples,
-                              operations=args.operation or None, profile=args.profile)
+                              operations=args.operation or None, profile=args.profile, sweep=args.sweep)
     failures = [r for r in results if not r.passed and not r.skipped]
     for r in failures:
         print(f"\n--- {r.backend} {r.operation} {r.dtype} failed:\n{r.failure}")
@@ -79,6 +109,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--operation", action="append", help="only operations starting with this (repeatable)")
     p.add_argument("--profile", default=None, choices=["dev", "ci", "thorough"],
                    help="hypothesis profile (default: ci)")
+    p.add_argument("--sweep", action="store_true",
+                   help="run each check under every value of every tunable kernel parameter "
+                        "(python -m clnet tune may pick any of them), a few examples each")
+    p = sub.add_parser("tune", help="measure the kernels' tunable parameters on each OpenCL device and "
+                                    "keep the fastest in its tuning cache file")
+    p.add_argument("--backend", action="append",
+                   help="OpenCL backend spec (repeatable); default: every usable OpenCL device")
+    p.add_argument("--family", action="append", choices=["fnn", "rnn", "bptt", "pearson"],
+                   help="only this kernel family (repeatable); default: all four")
+    p.add_argument("--budget", type=float, default=240.0,
+                   help="seconds of measuring in all, shared by the devices and families (default: 240)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("demo", "bench"):
         # The named demo or benchmark parses its own options.
@@ -93,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_info(args)
     if args.command == "conformance":
         return cmd_conformance(args)
+    if args.command == "tune":
+        return cmd_tune(args)
     return _run_module(DEMOS if args.command == "demo" else BENCHMARKS, args.name, [], args.command)
 
 

@@ -102,3 +102,13 @@ def install_plugin(folder, module: str, source: str, entry_points: str, *, dist:
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {(dist or module).replace('_', '-')}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(entry_points)
     return str(folder)
+
+
+def force_params(monkeypatch, backend, family, **values):
+    """Make an OpenCL ``backend`` run ``family`` with these tunable parameters
+    (clnet/opencl/tuning.py) for the rest of the test; other backends are left alone."""
+    from clnet.opencl.tuning import DeviceTuning
+
+    tuning = getattr(backend, "tuning", None)
+    if isinstance(tuning, DeviceTuning):
+        tuning.force(family, values, setitem=monkeypatch.setitem)

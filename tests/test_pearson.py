@@ -9,10 +9,10 @@ from hypothesis import given, settings
 
 import clnet
 import clnet.common.pearson as P
-import clnet.opencl.pearson as opencl_pearson
 from clnet import conformance
 from clnet.backend import Backend
 from clnet.conformance.pearson import case_arrays, expected_topk, pearson_cases
+from conftest import force_params
 
 PEARSON_CHECKS = [c for c in conformance.checks() if c.family == "pearson"]
 
@@ -132,7 +132,7 @@ def test_float32_few_coinciding_common_values(any_backend, rng, monkeypatch):
         assert np.nanmax(np.abs(got - want)) <= 1e-4, f"{what}: off by {np.nanmax(np.abs(got - want)):.3g}"
 
     for limit in (0.0, 1.0):  # OpenCL: masked products, then totals minus corrections
-        monkeypatch.setattr(opencl_pearson, "SPARSE_MISSING_MAX", limit)
+        force_params(monkeypatch, any_backend, "pearson", sparse_missing_max=limit)
         for dt in ("float32", "float64"):
             if dt == "float64" and not any_backend.supports_float64:
                 continue
@@ -386,7 +386,7 @@ def test_opencl_sparse_and_masked_paths_agree(opencl_backend, rng, monkeypatch, 
     ref = clnet.pearson(x, backend="numpy", dtype="float64")
     ref_xy = clnet.pearson(x, y, backend="numpy", dtype="float64")
     for limit in (0.0, 1.0):
-        monkeypatch.setattr(opencl_pearson, "SPARSE_MISSING_MAX", limit)
+        force_params(monkeypatch, opencl_backend, "pearson", sparse_missing_max=limit)
         for dt, tol in (("float32", 1e-4), ("float64", 1e-10)):
             got = clnet.pearson(x, backend=opencl_backend, dtype=dt)
             assert np.array_equal(np.isnan(got), np.isnan(ref)), (limit, dt)

@@ -7,6 +7,7 @@ import torch
 import clnet
 from clnet import conformance
 from clnet.conformance import rnn as rnn_checks  # noqa: F401  (registers the checks)
+from conftest import force_params
 
 RNN_CHECKS = [c for c in conformance.checks() if c.operation.startswith("rnn.")]
 TOL32 = dict(rtol=1e-4, atol=2e-5)
@@ -436,7 +437,7 @@ def test_long_sequences_are_projected_in_chunks(opencl_backend, monkeypatch):
     resets = rng.random((7, 5)) < 0.3
     whole = cell.sequence(xs, cell.initial_state(5, backend="numpy", dtype="float64"), resets)
     # 5 rows x 4 gates x 32 padded units x 4 bytes = 2560 bytes per step: chunks of 2 steps
-    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", "batched")
+    force_params(monkeypatch, opencl_backend, "rnn", projection="batched")
     monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 5 * 4 * 32 * 4)
     state = cell.initial_state(5, backend=opencl_backend)
     np.testing.assert_allclose(cell.sequence(xs, state, resets), whole, **TOL32)
@@ -490,8 +491,8 @@ def test_every_sequence_mode(opencl_backend, monkeypatch, mode, kind):
     import clnet.opencl.rnn as rnn_module
     from clnet.conformance.rnn import make_cell
 
-    monkeypatch.setattr(rnn_module, "SEQUENCE_PROJECTION", "batched" if mode == "batched" else "fused")
-    monkeypatch.setattr(rnn_module, "ONE_LAUNCH_BATCH", 128 if mode == "one launch" else 0)
+    force_params(monkeypatch, opencl_backend, "rnn", projection="batched" if mode == "batched" else "fused",
+                 one_launch_batch=128 if mode == "one launch" else 0)
     monkeypatch.setattr(rnn_module, "GATE_BUDGET", 2 * 70 * 4 * 48 * 4)  # chunks of 2 steps at most
     cell = make_cell(kind, 5, 37, True, 10)
     rng = np.random.default_rng(11)

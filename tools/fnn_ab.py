@@ -22,8 +22,8 @@ def main():
     old_dir = pathlib.Path(sys.argv[1])
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     be = clnet.get_backend("opencl")
-    lanes = be._fnn_lanes(1000)  # the launch clnet makes for this batch
-    local = be._fnn_local(2)
+    launch = be._fnn_launch("graph", 1000)  # the launch clnet makes for this batch
+    lanes, local = launch.lanes, ((launch.group, 1) if launch.group else None)
     config, genomes = benchmark_population(150)
     pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
     P, B = pop.packed.size, 1000
@@ -53,7 +53,7 @@ def main():
         for _ in range(reps + 1):
             for label, knl in knls.items():
                 t = time.perf_counter()
-                knl(be.queue, (-(-B // lanes), P), local, **args)
+                knl(be.queue, (-(-(-(-B // lanes)) // (launch.group or 1)) * (launch.group or 1), P), local, **args)
                 be.queue.finish()
                 ts[label].append((time.perf_counter() - t) * 1e3)
         o, n = min(ts["old"][1:]), min(ts["new"][1:])

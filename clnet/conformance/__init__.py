@@ -262,10 +262,49 @@ def usable_backends(spec: Optional[str] = None) -> List[Backend]:
     return [get_backend(info.spec) for info in backends() if info.usable]
 
 
+SWEEP_EXAMPLES = 4  # hypothesis examples per check and configuration in a sweep
+
+
+def configurations(backend: Backend, check: Check) -> List[Tuple[str, Optional[dict]]]:
+    """(label, parameters) of every configuration ``check`` runs in a sweep: the defaults,
+    then each allowed value of each tunable parameter of its family with the others at
+    their defaults (clnet/opencl/tuning.py). One unlabelled entry for backends without
+    tunable kernels."""
+    from ..opencl.tuning import FAMILIES, DeviceTuning
+
+    tuning = getattr(backend, "tuning", None)
+    family = FAMILIES.get(check.operation.split(".")[0])
+    if family is None or not isinstance(tuning, DeviceTuning):
+        return [("", None)]
+    shape = {"kind": "lstm", "batch": 64, "rows": 64}
+    configs = family.sweep(tuning.props, {k: shape[k] for k in family.exact + family.nearest})
+    base = configs[0]
+    out = [("[defaults]", base)]
+    for c in configs[1:]:
+        changed = [k for k, v in c.items() if base[k] != v]
+        if not all(_affects(k, check.operation) for k in changed):
+            continue
+        out.append(("[" + ", ".join(f"{k}={c[k]}" for k in changed) + "]", c))
+    return out
+
+
+def _affects(parameter: str, operation: str) -> bool:
+    """Whether a tunable parameter can change what ``operation`` runs: the FNN family's
+    ``layered_*`` parameters configure the layered kernel only, ``graph_*`` the population
+    kernel (fnn.graph and fnn.population)."""
+    if parameter.startswith("layered_"):
+        return operation == "fnn.layered"
+    if parameter.startswith("graph_"):
+        return operation in ("fnn.graph", "fnn.population")
+    return True
+
+
 def run(specs: Optional[Sequence[str]] = None, *, max_examples: Optional[int] = None,
         operations: Optional[Sequence[str]] = None, dtypes=("float32", "float64"),
-        profile: Optional[str] = None, echo=print) -> List[Result]:
-    """Run every registered check on the given backends (default: all usable ones)."""
+        profile: Optional[str] = None, echo=print, sweep: bool = False) -> List[Result]:
+    """Run every registered check on the given backends (default: all usable ones). With
+    ``sweep``, checks of families with tunable parameters run once per configuration of
+    :func:`configurations` (:data:`SWEEP_EXAMPLES` examples each unless ``max_examples``)."""
     targets: List[Backend] = []
     for spec in (specs or [None]):
         targets.extend(usable_backends(spec))
@@ -278,13 +317,20 @@ def run(specs: Optional[Sequence[str]] = None, *, max_examples: Optional[int] = 
         for check in checks():
             if operations and not any(check.operation.startswith(o) for o in operations):
                 continue
-            for dt in dtypes:
-                if _declares(backend, check):
-                    res = run_check(backend, check, dt, max_examples=max_examples, profile=profile)
-                else:
-                    res = Result(backend.spec, check.operation, np.dtype(dt).name,
-                                 skipped="the backend does not implement this family")
-                results.append(res)
-                if echo:
-                    echo(res.line())
+            variants = configurations(backend, check) if sweep else [("", None)]
+            for label, config in variants:
+                for dt in dtypes:
+                    if not _declares(backend, check):
+                        res = Result(backend.spec, check.operation, np.dtype(dt).name,
+                                     skipped="the backend does not implement this family")
+                    elif config is None:
+                        res = run_check(backend, check, dt, max_examples=max_examples, profile=profile)
+                    else:
+                        with backend.tuning.overriding(check.operation.split(".")[0], config):
+                            res = run_check(backend, check, dt, profile=profile,
+                                            max_examples=max_examples or SWEEP_EXAMPLES)
+                        res.operation = f"{check.operation} {label}"
+                    results.append(res)
+                    if echo:
+                        echo(res.line())
     return results

@@ -20,23 +20,9 @@ from .runtime import cl
 # Saved vectors per unit block of a step (bptt.cl's CLNET_SLOTS): LSTM i, f, g, o and c;
 # GRU r, z, n and W_hn h + b_hn; an Elman RNN needs nothing but its h.
 SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
-# Register tiles of the gradient products (rows x vectors of VW, see clnet_bptt_gemm),
-# measured on PoCL (AVX-512, 2 cores) at T=64, B=64, I=32, H=128: the weight gradients
-# run best with 12 x 2 (1.9 ms against 2.7 ms for 16 x 1 and 3.2 ms for 4 x 4: 24 FMAs per
-# 14 loads), dx = dG @ W_ih with 8 x 2.
-GEMM_TILE = {"weights": (12, 2), "inputs": (8, 2)}
-
-
-def bptt_rows(kind: str, batch: int, units: int) -> int:
-    """Rows per work-item of the BPTT passes: of the step kernel's two tile heights, the one
-    whose row tiles spread most evenly over the compute units (larger on a tie). A
-    one-launch pass runs one work-group per row tile from start to end, so an uneven split
-    leaves a core idle: at B=64 on 2 cores, 16 tiles of 4 rows ran the forward 12% faster
-    than 11 tiles of 6."""
-    def balance(rows):
-        tiles = -(-batch // rows)
-        return tiles / (-(-tiles // units) * units)
-    return max(reversed(R.STEP_ROWS[kind]), key=balance)
+# Row tiles, the register tiles of the gradient products (rows x vectors of VW, see
+# clnet_bptt_gemm), their work-group size and the one-launch batch limit are the "bptt"
+# family of clnet/opencl/tuning.py.
 
 
 def backward_blocks(rows: int, blocks: int) -> int:
@@ -72,6 +58,7 @@ class Sizes:
     blocks: int
     bn: int
     one_launch: bool = False
+    config: dict = None  # the "bptt" parameters of clnet/opencl/tuning.py this call runs with
 
     @property
     def nc(self) -> int:
@@ -150,10 +137,12 @@ class BPTTKernels(BPTTOps):
     def _bptt_sizes(self, layers, xs, burn_in: int) -> Sizes:
         T, B, I = xs.shape
         w = layers[0]
-        rows = bptt_rows(w.kind, B, int(self.device.max_compute_units))
+        cfg = self.params("bptt", kind=w.kind, batch=B)
+        rows = cfg["rows"]
         blocks = w.hp // R.vector_width(w.dtype)
         sz = Sizes(T, B, I, w.hidden, w.hp, w.kind, w.dtype, burn_in, rows, blocks, backward_blocks(rows, blocks))
-        if self.is_cpu and B <= R.ONE_LAUNCH_BATCH:
+        sz.config = cfg
+        if B <= cfg["one_launch_batch"]:
             fwd = self._bptt_kernel(sz, "forward", rows)
             bwd = self._bptt_kernel(sz, "backward", rows, blocks=sz.bn)
             sz.one_launch = (blocks <= fwd.work_group_size(self.device)
@@ -186,7 +175,7 @@ class BPTTKernels(BPTTOps):
         """Pass 1: every layer forward, saving h, c and the gate activations."""
         lstm = sz.kind == "lstm"
         fwd = self._bptt_kernel(sz, "forward", sz.rows)
-        local = (1, sz.blocks) if sz.one_launch else R.LOCAL
+        local = (1, sz.blocks) if sz.one_launch else (1, 1)
         saved = []
         x_buf, x_base, x_width = d_x, 0, backs[0].ip
         for l, (w, back) in enumerate(zip(layers, backs)):
@@ -223,7 +212,7 @@ class BPTTKernels(BPTTOps):
         d_bias = self.copy_of(bias_sums, "bias gradients")
         bwd = self._bptt_kernel(sz, "backward", sz.rows, blocks=sz.bn)
         grid = (sz.grid[0], sz.blocks // sz.bn)
-        local = (1, sz.blocks // sz.bn) if sz.one_launch else R.LOCAL
+        local = (1, sz.blocks // sz.bn) if sz.one_launch else (1, 1)
         for t0, t1 in sz.steps(-1 if sz.burn_in == 0 else sz.burn_in, backwards=True):
             bwd(self.queue, grid, local, B=sz.B, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, t_low=sz.burn_in, Wb=back.w_hh_t,
                 hs=saved.hs, c0=saved.c0, save=saved.save, keep=d_keep, has_keep=int(has_keep), gkeep=d_gkeep,
@@ -264,12 +253,13 @@ class BPTTKernels(BPTTOps):
     def _gemm(self, sz: Sizes, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
         """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
         columns of a second matrix to Bm's N."""
-        gm, gn = GEMM_TILE[tile]
+        gm, gn, group = sz.config[f"{tile}_rows"], sz.config[f"{tile}_vectors"], sz.config["group"]
         vw = R.vector_width(sz.dtype)
         knl = self._bptt_kernel(sz, "gemm", 1, (gm, gn))
         B2, b2_off, ldb2, N2 = right if right is not None else (Bm, b_off, ldb, 0)
-        grid = (-(-M // gm), -(-((N + N2) // vw) // gn))
-        knl(self.queue, grid, R.LOCAL, M=M, N=N + N2, K=K, A=A, a_off=a_off, sam=sam, sak=sak, B1=Bm, b1_off=b_off,
+        items = -(-M // gm)  # whole groups along M; the kernel returns past M
+        grid = (-(-items // group) * group, -(-((N + N2) // vw) // gn))
+        knl(self.queue, grid, (group, 1), M=M, N=N + N2, K=K, A=A, a_off=a_off, sam=sam, sak=sak, B1=Bm, b1_off=b_off,
             ldb1=ldb, N1=N, B2=B2, b2_off=b2_off, ldb2=ldb2, C=C, c_off=c_off, ldc=ldc)
 
     def _gradients(self, sz: Sizes, layers, pending: List[PendingGradients], dx: np.ndarray) -> dict:

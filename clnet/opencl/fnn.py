@@ -33,43 +33,55 @@ class BatchLayout:
     lanes: int
     per_launch: int
     whole: bool
+    group: int = 0  # work-items per group along the samples; 0: the implementation's choice
+
+    def items(self, nb: int) -> int:
+        """Work-items along the samples for ``nb`` samples: whole groups (extra ones return)."""
+        n = -(-nb // self.lanes)
+        return round_up(n, self.group) if self.group else n
+
+    def local(self, dims: int):
+        return None if not self.group else (self.group,) + (1,) * (dims - 1)
+
+
+@dataclass(frozen=True)
+class FNNLaunch:
+    lanes: int
+    group: int
 
 
 class FNNKernels(FNNOps):
-    def _fnn_lanes(self, batch: int) -> int:
-        """Samples per work-item: 1 on GPUs (one sample per thread); on CPUs the SIMD width,
-        or 2 or 4 times it for batches where that pads by at most a quarter: the per-node
-        work (reading the node, dispatching on aggregation and activation) is then shared
-        by more samples. Measured on PoCL/AVX-512, 150 networks x 1000 samples: 2.4 ms
-        with 16 lanes, 1.6 ms with 64; with 4 samples 16 lanes stay best."""
-        if not self.is_cpu:
-            return 1
-        width = int(min(16, max(1, self.device.preferred_vector_width_float)))
-        base = round_up(max(int(batch), 1), width)
-        for mult in (4, 2):
-            if round_up(batch, width * mult) * 4 <= base * 5:
-                return width * mult
-        return width
+    def _fnn_launch(self, form: str, batch: int) -> "FNNLaunch":
+        """Samples per work-item and work-group size of ``form`` ("layered" or "graph") at this
+        batch: the tuned or default parameters of clnet/opencl/tuning.py (family "fnn")."""
+        c = self.params("fnn", batch=int(batch))
+        return FNNLaunch(self._fit_lanes(c[f"{form}_lanes"], batch), c[f"{form}_group"])
 
-    def _fnn_local(self, dims: int):
-        """Work-group size: one work-item per group on CPUs (PoCL's own choice measured
-        up to 1.5x slower there); the implementation's choice elsewhere."""
-        return (1,) * dims if self.is_cpu else None
+    def _fit_lanes(self, lanes: int, batch: int) -> int:
+        """``lanes``, halved while they would pad the batch by more than a quarter beyond one
+        SIMD width (a batch of 20 runs 16-sample work-items, not 64)."""
+        width = int(min(16, max(1, self.device.preferred_vector_width_float, self.device.native_vector_width_float)))
+        base = round_up(max(int(batch), 1), width)
+        while lanes > width and round_up(batch, lanes) * 4 > base * 5:
+            lanes //= 2
+        return lanes
 
     def _scratch_budget(self) -> int:
         return int(min(SCRATCH_BUDGET, self.max_alloc // 2))
 
-    def _fnn_layout(self, B: int, per_sample_bytes: int, out_bytes: int, out_row_bytes: int) -> BatchLayout:
+    def _fnn_layout(self, form: str, B: int, per_sample_bytes: int, out_bytes: int,
+                    out_row_bytes: int) -> BatchLayout:
         """Samples per launch so that scratch (and, when the outputs do not fit one buffer,
         each launch's outputs) stay within budget; a multiple of the lanes."""
-        lanes = self._fnn_lanes(B)
+        launch = self._fnn_launch(form, B)
+        lanes = launch.lanes
         budget = self._scratch_budget()
         per_launch = max(lanes, (budget // max(1, per_sample_bytes)) // lanes * lanes)
         per_launch = min(per_launch, round_up(B, lanes))
         whole = out_bytes <= budget
         if not whole:
             per_launch = max(lanes, min(per_launch, budget // out_row_bytes // lanes * lanes))
-        return BatchLayout(lanes, per_launch, whole)
+        return BatchLayout(lanes, per_launch, whole, launch.group)
 
     def _fnn_inputs(self, x, lanes: int):
         """Inputs transposed to (n_inputs, B_padded), zero-padded to whole lanes."""
@@ -95,7 +107,7 @@ class FNNKernels(FNNOps):
         out = np.empty((B, sizes[-1]), dtype=dtype)
         per_sample = max(sum(sizes[1:-1]), 1) * item
         with self.lock:
-            plan = self._fnn_layout(B, per_sample, out.nbytes, sizes[-1] * item)
+            plan = self._fnn_layout("layered", B, per_sample, out.nbytes, sizes[-1] * item)
             knl = self.kernel("fnn", "clnet_fnn_layered", dtype, (f"CLNET_LANES={plan.lanes}",))
             bufs = self._layered_buffers(net, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)
@@ -104,7 +116,7 @@ class FNNKernels(FNNOps):
             d_scratch = self.workspace("fnn.scratch", plan.per_launch * per_sample, "hidden-layer values")
             for b0 in range(0, B, plan.per_launch):
                 nb = min(plan.per_launch, B - b0)
-                knl(self.queue, (-(-nb // plan.lanes),), self._fnn_local(1),
+                knl(self.queue, (plan.items(nb),), plan.local(1),
                     n_layers=len(sizes) - 1, **bufs, inputs=d_x, in_stride=stride, b0=b0, nb=nb,
                     nb_pad=round_up(nb, plan.lanes), out_b0=0 if plan.whole else b0, scratch=d_scratch,
                     out=d_out)
@@ -149,7 +161,7 @@ class FNNKernels(FNNOps):
         out = np.empty((P, B, n_out), dtype=dtype)
         with self.lock:
             # Batch chunk: as many samples as the largest network allows within the budget.
-            plan = self._fnn_layout(B, largest * item, out.nbytes, n_out * item)
+            plan = self._fnn_layout("graph", B, largest * item, out.nbytes, n_out * item)
             knl = self.kernel("fnn", "clnet_fnn_graph", dtype, (f"CLNET_LANES={plan.lanes}",))
             bufs = self._population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)
@@ -163,7 +175,7 @@ class FNNKernels(FNNOps):
                 p0 = 0
                 while p0 < P:
                     p1 = self._networks_per_launch(starts, p0, nb, nb_pad, n_out, item, plan.whole)
-                    knl(self.queue, (-(-nb // plan.lanes), p1 - p0), self._fnn_local(2), **bufs,
+                    knl(self.queue, (plan.items(nb), p1 - p0), plan.local(2), **bufs,
                         inputs=d_x, in_stride=stride, n_in=pop.n_inputs, n_out=n_out, p0=p0, b0=b0, nb=nb,
                         nb_pad=nb_pad, out_p0=0 if plan.whole else p0, out_b0=0 if plan.whole else b0,
                         out_batch=B if plan.whole else nb, scratch=d_scratch, out=d_out)

@@ -21,17 +21,15 @@ from .runtime import cl
 
 # Rows of k up to this many are selected on the device; larger k on the host.
 TOPK_MAX = 64
-# Up to this fraction of missing values, the five masked sums are computed as totals
-# minus corrections over the missing positions (work grows with what is missing);
-# above it, as masked products (fixed work per pair and position).
-SPARSE_MISSING_MAX = 0.25
+# Tile heights, strip size, the top-k lists' work-group size and the fraction of missing
+# values up to which the five masked sums are computed as totals minus corrections over the
+# missing positions (work grows with what is missing; above it, masked products with fixed
+# work per pair and position) are the "pearson" family of clnet/opencl/tuning.py.
 # Private memory of one work-item of clnet_pearson_topk_merge_cols: it holds
 # CLNET_MERGE_COLS lists of CLNET_TOPK_MAX candidates (more overflows PoCL's stacks).
 MERGE_LIST_SLOTS = 256
 # Largest k for which X against itself computes each pair once (see topk_symmetric).
 SYMMETRIC_TOPK_MAX = 16
-# Rows per work-item of clnet_pearson_sparse (CLNET_SR): a vector length dividing CLNET_VW.
-SPARSE_ROWS = 8
 
 
 class PearsonKernels(PearsonOps):
@@ -39,14 +37,11 @@ class PearsonKernels(PearsonOps):
         return OpenCLPearsonPlan(self, rows, cols, dtype, min_overlap)
 
 
-# Work-group size of the kernels that keep top-k lists in private memory. Left to
-# itself PoCL picks large work-groups for large launches and lays out every
-# work-item's private arrays at once, which overflows its thread stacks.
-LIST_GROUP = 8
-
-
-def _list_global(items: int):
-    return (-(-items // LIST_GROUP) * LIST_GROUP,)
+# The kernels that keep top-k lists in private memory run in small work-groups (the tuned
+# ``list_group``): left to itself PoCL picks large work-groups for large launches and lays
+# out every work-item's private arrays at once, which overflows its thread stacks.
+def _list_launch(items: int, group: int):
+    return (-(-items // group) * group,), (group,)
 
 
 def _pack(values: np.ndarray, group: int) -> np.ndarray:
@@ -78,13 +73,15 @@ class SparseTables:
 class OpenCLPearsonPlan(PearsonPlan):
     """Prepared rows on one OpenCL device, and the strip operations of the drivers."""
 
-    ROW_BLOCK = 4  # CLNET_RI: rows per work-item (twice that for complete data)
-
     def __init__(self, backend, rows: Prepared, cols: Optional[Prepared], dtype, min_overlap: int):
         self.be = backend
         self.dtype = dt = np.dtype(dtype)
         self.vw = 16 if dt == np.float32 else 8
-        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.ROW_BLOCK}", f"CLNET_SR={SPARSE_ROWS}",
+        self.config = cfg = backend.params("pearson", rows=rows.shape[0])
+        self.row_block = cfg["row_block"]  # CLNET_RI: rows per work-item (twice that for complete data)
+        self.sparse_rows = cfg["sparse_rows"]  # CLNET_SR: rows per work-item of clnet_pearson_sparse
+        self.list_group = cfg["list_group"]
+        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.row_block}", f"CLNET_SR={self.sparse_rows}",
                         f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}")
         self.symmetric = cols is None
         cols = rows if cols is None else cols
@@ -116,11 +113,12 @@ class OpenCLPearsonPlan(PearsonPlan):
             self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols)
             operands = [rows] if self.symmetric else [rows, cols]
             missing = sum(p.valid.size - np.count_nonzero(p.valid) for p in operands)
-            self.sparse = missing <= SPARSE_MISSING_MAX * sum(p.valid.size for p in operands)
+            self.sparse = missing <= cfg["sparse_missing_max"] * sum(p.valid.size for p in operands)
             if self.sparse:
                 self.d_a_sparse = self._sparse_tables(rows)
                 self.d_b_sparse = self.d_a_sparse if self.symmetric else self._sparse_tables(cols)
-        limit = min(host.STRIP_BUDGET, backend.max_alloc)
+        # host.STRIP_BUDGET caps memory whatever the tuning says
+        limit = min(cfg["strip_mb"] * 2**20, host.STRIP_BUDGET, backend.max_alloc)
         self.strip_rows = max(self.vw, (limit // max(1, self.n_cols * dt.itemsize)) // self.vw * self.vw)
         self.strip_rows = min(self.strip_rows, -(-self.n_rows // self.vw) * self.vw)
         self._d_strip = None
@@ -154,18 +152,18 @@ class OpenCLPearsonPlan(PearsonPlan):
                     mirror=int(mirror), out=out, ld=ld)
         masked = dict(min_overlap=float(self.min_overlap), eps=self.eps, tau=self.tau, flagged=self._d_flagged)
         if not self.complete and self.sparse:
-            row_blocks = -(-(stop - start) // SPARSE_ROWS)
+            row_blocks = -(-(stop - start) // self.sparse_rows)
             knl = be.kernel("pearson", "clnet_pearson_sparse", self.dtype, self.defines)
             a, b = self.d_a_sparse, self.d_b_sparse
             args = dict(ax=self.d_ax, av=self.d_av, a_stats=a.stats, a_padded=a.padded, a_miss_ptr=a.ptr,
                         a_miss_pos=a.pos, bx=self.d_bx, bv=self.d_bv, b_stats=b.stats, b_miss_ptr=b.ptr,
                         b_miss_pos=b.pos, b_padded=b.padded, **tile, **masked)
         elif self.complete:
-            row_blocks = -(-(stop - start) // (2 * self.ROW_BLOCK))
+            row_blocks = -(-(stop - start) // (2 * self.row_block))
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
             args = dict(a=self.d_a, a_ok=self.d_a_ok, b=self.d_b, b_ok=self.d_b_ok, **tile)
         else:
-            row_blocks = -(-(stop - start) // self.ROW_BLOCK)
+            row_blocks = -(-(stop - start) // self.row_block)
             knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
             args = dict(ax=self.d_ax, av=self.d_av, bx=self.d_bx, bv=self.d_bv, **tile, **masked)
         knl(be.queue, (col_groups, row_blocks), None, **args)
@@ -253,7 +251,7 @@ class OpenCLPearsonPlan(PearsonPlan):
             self._enqueue_block(start, stop, buf, self.n_cols, False)
             self._rescue_on_device(buf, start, stop, self.n_cols)
             knl = be.kernel("pearson", "clnet_pearson_topk", self.dtype, self.defines)
-            knl(be.queue, _list_global(rows), (LIST_GROUP,), strip=buf, ld=self.n_cols, n_rows=rows,
+            knl(be.queue, *_list_launch(rows, self.list_group), strip=buf, ld=self.n_cols, n_rows=rows,
                 n_cols=self.n_cols, k=k, self_col0=start if self.symmetric else -1, out_idx=d_idx, out_val=d_val)
             cl.enqueue_copy(be.queue, idx, d_idx)
             cl.enqueue_copy(be.queue, val, d_val)
@@ -289,11 +287,11 @@ class OpenCLPearsonPlan(PearsonPlan):
                 self._enqueue_block(start, stop, buf, ld, False, col0=start)
                 self._rescue_on_device(buf, start, stop, ld, col0=start)
                 merge_rows = be.kernel("pearson", "clnet_pearson_topk_merge_rows", self.dtype, defines)
-                merge_rows(be.queue, _list_global(rows), (LIST_GROUP,), strip=buf, ld=ld, n_rows=rows, row0=start,
+                merge_rows(be.queue, *_list_launch(rows, self.list_group), strip=buf, ld=ld, n_rows=rows, row0=start,
                            n_cand=ld, k=k, run_idx=d_idx, run_val=d_val)
                 if stop < n:
                     merge_cols = be.kernel("pearson", "clnet_pearson_topk_merge_cols", self.dtype, defines)
-                    merge_cols(be.queue, _list_global(-(-(n - stop) // cols_per_item)), (LIST_GROUP,),
+                    merge_cols(be.queue, *_list_launch(-(-(n - stop) // cols_per_item), self.list_group),
                                strip=buf, ld=ld, n_rows=rows, row0=start, first_c=rows, n_total=n, k=k,
                                run_idx=d_idx, run_val=d_val)
                 be.queue.finish()  # keeps the progress bar honest; the device is busy anyway

@@ -17,31 +17,14 @@ from ..common.cache import DeviceCache
 from ..contract import RNNOps
 from .runtime import cl
 
-# Where a sequence's input projection x @ W_ih^T happens: "fused" into each step's launch
-# (the step kernel's reduction runs over I + H), or "batched" for many steps at once by one
-# large product per chunk before the recurrence (what oneDNN does), or "auto": fused on CPU
-# devices, batched elsewhere. Measured on PoCL (2 cores, AVX-512), fused is as fast at
-# B=16 and faster from B=64 on (1.2x at B=64, 1.15x at B=256, 1.3x at B=1024): the batched
-# product runs near peak, but writing and re-reading its gates costs more than it saves,
-# while a longer reduction per launch amortises each step's fixed costs.
-SEQUENCE_PROJECTION = "auto"
-# A sequence of at most this many environments runs all its steps in ONE launch on CPU
-# devices (a work-group per row tile, a barrier between steps). Measured on PoCL: 2x faster
-# than a launch per step at B=16..64, about as fast at B=256 (H=256) and slower past that,
-# as each work-group re-reads the weights every step. BPTT's passes follow it too.
-ONE_LAUNCH_BATCH = 128
+# How the kernels are launched (tile heights, work-group size, the batch below which a whole
+# sequence runs in one launch, where a sequence's input projection happens) is the "rnn"
+# family of clnet/opencl/tuning.py: defaults from the device's properties, tuned values from
+# its cache file. The input projection x @ W_ih^T is either "fused" into each step's launch
+# (the step kernel's reduction runs over I + H) or "batched": one large product per chunk of
+# steps before the recurrence (what oneDNN does), its gates written and re-read.
 # Batched projection: the gates of a long sequence in chunks of at most this many bytes.
 GATE_BUDGET = 64 * 2**20
-# Rows of the register tile of one work-item (RM rows x G gates vectors, within the 32
-# vector registers of AVX-512), measured on PoCL: the input projection runs best with
-# the largest tile; the step kernel too, except at small batch where more work-items
-# spread better over the cores.
-PROJECT_ROWS = {"lstm": 6, "gru": 8, "rnn_tanh": 12, "rnn_relu": 12}
-STEP_ROWS = {"lstm": (4, 6), "gru": (4, 6), "rnn_tanh": (8, 12), "rnn_relu": (8, 12)}
-SMALL_BATCH = 64
-# One work-item per work-group: each work-item is already a vectorised register tile, and
-# PoCL runs larger groups no faster (measured) while the default choice is up to 1.7x slower.
-LOCAL = (1, 1)
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 KIND_DEFINE = {"lstm": "CLNET_LSTM", "gru": "CLNET_GRU", "rnn_tanh": "CLNET_RNN_TANH",
                "rnn_relu": "CLNET_RNN_RELU"}
@@ -56,9 +39,12 @@ def pad_to(n: int, vw: int) -> int:
     return -(-n // vw) * vw
 
 
-def step_rows(kind: str, batch: int) -> int:
-    small, large = STEP_ROWS[kind]
-    return small if batch < SMALL_BATCH else large
+def row_launch(rows: int, batch: int, blocks: int, group: int):
+    """Global and local sizes of a kernel whose work-items own ``rows`` batch rows by one
+    block of units: whole groups of ``group`` work-items along the batch (the kernels
+    return for rows past the batch)."""
+    items = -(-batch // rows)
+    return (-(-items // group) * group, blocks), (group, 1)
 
 
 def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int) -> np.ndarray:
@@ -231,9 +217,10 @@ class RNNKernels(RNNOps):
             if keep is not None:
                 d_keep = self.workspace("rnn.keep", keep.nbytes, "reset mask")
                 cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
-            rows = step_rows(w.kind, B)
+            cfg = self.params("rnn", kind=w.kind, batch=B)
+            rows = cfg["step_rows"]
             recur = self._rnn_kernel(w, "recur", rows)
-            recur(self.queue, (-(-B // rows), s.hp // vector_width(s.dtype)), LOCAL, B=B, Hp=s.hp,
+            recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B, Hp=s.hp,
                   Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
                   hn_off=0, c=s.c if s.c is not None else w.zeros, keep=d_keep, keep_off=0,
                   has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
@@ -267,32 +254,34 @@ class RNNKernels(RNNOps):
     def _run_layer(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                    d_out, T: int, B: int) -> None:
         """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and leave its state at the
-        last step. Small batches on CPU devices run all T steps in one launch
-        (:data:`ONE_LAUNCH_BATCH`); otherwise each step is one launch, enqueued back to back,
-        its input projection fused into it or batched per chunk (:data:`SEQUENCE_PROJECTION`)."""
-        rows = step_rows(w.kind, B)
+        last step. Batches up to the tuned ``one_launch_batch`` run all T steps in one launch;
+        otherwise each step is one launch, enqueued back to back, its input projection fused
+        into it or batched per chunk (the tuned ``projection``)."""
+        cfg = self.params("rnn", kind=w.kind, batch=B)
+        rows = cfg["step_rows"]
         blocks = s.hp // vector_width(s.dtype)
-        fused = fused_projection(self)
-        run = self._rnn_kernel(w, "run", rows) if fused and B <= ONE_LAUNCH_BATCH else None
+        fused = cfg["projection"] == "fused"
+        run = self._rnn_kernel(w, "run", rows) if fused and B <= cfg["one_launch_batch"] else None
         if run is not None and blocks <= run.work_group_size(self.device):
             run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
                 out=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep, has_keep=int(has_keep),
                 bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
         else:
-            self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, rows, fused)
+            self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, cfg)
         item = s.dtype.itemsize
         cl.enqueue_copy(self.queue, s.h, d_out, byte_count=B * s.hp * item, src_offset=(T - 1) * B * s.hp * item)
 
     def _launch_steps(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
-                      d_out, T: int, B: int, rows: int, fused: bool) -> None:
+                      d_out, T: int, B: int, cfg) -> None:
         """One launch per step (and, batched, one projection per chunk of steps)."""
+        rows, group, fused = cfg["step_rows"], cfg["group"], cfg["projection"] == "fused"
         hp, I = s.hp, source.width
         nc = w.gates * hp
         blocks = hp // vector_width(s.dtype)
         recur = self._rnn_kernel(w, "recur", rows)
         chunk = T if fused else max(1, min(T, GATE_BUDGET // (B * nc * s.dtype.itemsize)))
         if not fused:
-            project = self._rnn_kernel(w, "project", PROJECT_ROWS[w.kind])
+            project = self._rnn_kernel(w, "project", cfg["project_rows"])
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
         common = dict(B=B, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
@@ -300,7 +289,7 @@ class RNNKernels(RNNOps):
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
             if not fused:
-                project(self.queue, (-(-m // PROJECT_ROWS[w.kind]), blocks), LOCAL, M=m, K=I, Hp=hp, A=source.buf,
+                project(self.queue, *row_launch(cfg["project_rows"], m, blocks, group), M=m, K=I, Hp=hp, A=source.buf,
                         a_off=t0 * B * I, Wt=source.w_ih, bias=w.b_x, out=d_gx)
             for t in range(t0, t0 + m // B):
                 if fused:  # the step projects its own inputs
@@ -309,12 +298,6 @@ class RNNKernels(RNNOps):
                 else:  # the projection added the input biases already
                     x_args = dict(gx=d_gx, gx_off=(t - t0) * B * nc, x=w.zeros, x_off=0, I=0, Wx=w.zeros,
                                   bias_x=w.zeros)
-                recur(self.queue, (-(-B // rows), blocks), LOCAL, **common, **x_args, h_prev=h_prev,
+                recur(self.queue, *row_launch(rows, B, blocks, group), **common, **x_args, h_prev=h_prev,
                       hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B)
                 h_prev, prev_off = d_out, t * B * hp
-
-
-def fused_projection(runtime) -> bool:
-    if SEQUENCE_PROJECTION == "auto":
-        return runtime.is_cpu
-    return SEQUENCE_PROJECTION == "fused"

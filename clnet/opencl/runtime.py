@@ -15,13 +15,14 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..backend import Backend, BackendUnavailable, DeviceError
 from ..common.cache import DeviceCache
 from .args import BoundKernel, signature
+from .tuning import DeviceTuning
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
     import pyopencl as cl
@@ -124,6 +125,20 @@ class OpenCLRuntime(Backend):
     @property
     def is_cpu(self) -> bool:
         return bool(self.device.type & cl.device_type.CPU)
+
+    # -- tunable parameters (clnet/opencl/tuning.py) -------------------------------------------
+    @property
+    def tuning(self) -> "DeviceTuning":
+        """This device's tuned parameters (read from its cache file on first use)."""
+        t = self.__dict__.get("_tuning")
+        if t is None:
+            t = self.__dict__["_tuning"] = DeviceTuning(self.device)
+        return t
+
+    def params(self, family: str, **shape) -> Dict[str, Any]:
+        """The parameters a call of ``family`` at ``shape`` runs with: the nearest tuned entry,
+        else the defaults declared for this device's properties."""
+        return self.tuning.lookup(family, **shape)
 
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":

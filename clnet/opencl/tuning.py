@@ -1,0 +1,456 @@
+"""Tunable kernel parameters: declared per family, defaulted from the device's reported
+properties, tuned by measurement (``python -m clnet tune``) and kept per device in a cache file.
+
+Each family of kernels declares, in :data:`FAMILIES`, the parameters that change how fast it
+runs but not what it computes: tile heights, samples per work-item, work-group sizes, the
+batch below which a whole sequence runs in one launch, and so on. Each parameter names its
+allowed values and a default computed from :class:`DeviceProperties` (and the shape being
+run); a family's constraint rejects combinations the kernels or the device cannot take.
+
+Tuned values live in one JSON file per device (see :func:`cache_path`), keyed by platform,
+device, driver version and clnet version; a call looks up the tuned entry of its family whose
+shape is nearest its own (:meth:`DeviceTuning.lookup`). Untuned devices run on the defaults.
+Nothing here measures anything: the measuring is clnet/opencl/tuner.py, run only on request.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+FORMAT = 1  # version of the cache file's layout
+ENV_DIR = "CLNET_TUNING_DIR"
+
+
+@dataclass(frozen=True)
+class DeviceProperties:
+    """What a device reports about itself: the only inputs of the default parameters."""
+
+    kind: str            # "cpu", "gpu" or "accelerator"
+    compute_units: int
+    vector_width: int    # CL_DEVICE_PREFERRED_VECTOR_WIDTH_FLOAT
+    native_width: int    # CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT
+    local_memory: int    # bytes
+    max_group: int       # CL_DEVICE_MAX_WORK_GROUP_SIZE
+    max_alloc: int
+
+    @classmethod
+    def of(cls, device) -> "DeviceProperties":
+        import pyopencl as cl
+        t = device.type
+        kind = "gpu" if t & cl.device_type.GPU else "cpu" if t & cl.device_type.CPU else "accelerator"
+        return cls(kind, int(device.max_compute_units), max(1, int(device.preferred_vector_width_float)),
+                   max(1, int(device.native_vector_width_float)), int(device.local_mem_size),
+                   int(device.max_work_group_size), int(device.max_mem_alloc_size))
+
+    @property
+    def simd(self) -> bool:
+        """True for CPUs with vector units: the kernels' own lane loops are what gets
+        vectorised (measured on PoCL, whose preferred width is 16, and on Intel's runtime,
+        whose preferred width is 1 but whose native width is 16: both run fastest with
+        several vectors of samples per work-item)."""
+        return self.kind != "gpu" and max(self.vector_width, self.native_width) > 1
+
+
+@dataclass(frozen=True)
+class Tunable:
+    name: str
+    values: Tuple[Any, ...]
+    default: Callable[[DeviceProperties, Mapping[str, Any]], Any]  # (device, shape) -> value
+    doc: str
+
+
+@dataclass(frozen=True)
+class TunableFamily:
+    """The tunable parameters of one kernel family. ``exact`` shape fields must match for a
+    tuned entry to apply (an LSTM entry never configures a GRU); ``nearest`` fields pick the
+    entry nearest in log scale."""
+
+    name: str
+    params: Tuple[Tunable, ...]
+    exact: Tuple[str, ...]
+    nearest: Tuple[str, ...]
+    constraint: Callable[[Mapping[str, Any], DeviceProperties, Mapping[str, Any]], bool]
+
+    def param(self, name: str) -> Tunable:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"family {self.name!r} has no tunable parameter {name!r}; it has "
+                       f"{', '.join(p.name for p in self.params)}")
+
+    def defaults(self, props: DeviceProperties, shape: Mapping[str, Any]) -> Dict[str, Any]:
+        config = {p.name: p.default(props, shape) for p in self.params}
+        if not self.constraint(config, props, shape):  # a declaration bug, not a user error
+            raise AssertionError(f"default {self.name} parameters {config} break their own constraint")
+        return config
+
+    def check(self, config: Mapping[str, Any]) -> None:
+        """ValueError unless every entry names a parameter and one of its allowed values."""
+        for name, value in config.items():
+            p = self.param(name)
+            if value not in p.values:
+                raise ValueError(f"{self.name}.{name}={value!r} is not allowed: expected one of {list(p.values)}")
+
+    def allowed(self, config: Mapping[str, Any], props: DeviceProperties, shape: Mapping[str, Any]) -> bool:
+        return self.constraint(config, props, shape)
+
+    def sweep(self, props: DeviceProperties, shape: Mapping[str, Any]) -> List[Dict[str, Any]]:
+        """The defaults, then every allowed value of every parameter with the others at their
+        defaults: the configurations the correctness tests run (each value the tuner may
+        pick is run at least once)."""
+        base = self.defaults(props, shape)
+        out = [dict(base)]
+        for p in self.params:
+            for v in p.values:
+                c = dict(base, **{p.name: v})
+                if c not in out and self.allowed(c, props, shape):
+                    out.append(c)
+        return out
+
+
+def _pick(values, wanted):
+    """The allowed value nearest ``wanted`` (ties to the smaller)."""
+    numeric = [v for v in values if isinstance(v, (int, float))]
+    return min(numeric, key=lambda v: (abs(math.log(max(v, 1)) - math.log(max(wanted, 1))), v))
+
+
+# -- FNN: kernels/fnn.cl ------------------------------------------------------------------------
+# Lanes: samples per work-item (the kernel's CLNET_LANES loops). Groups: work-items per group,
+# 0 = the implementation's own choice.
+LANES = (1, 2, 4, 8, 16, 32, 64)
+GROUPS = (0, 1, 4, 16, 64, 256)
+
+
+def _fnn_lanes(props, shape):
+    # Per-node work (reading the node, dispatching on its functions) is shared by every lane
+    # of a work-item: several SIMD widths per work-item where the kernel does its own SIMD.
+    return min(64, max(props.vector_width, props.native_width) * 4) if props.simd else 1
+
+
+def _fnn_group(props, shape):
+    if props.simd:
+        return 1  # each work-item is already a SIMD tile: one per group
+    # One sample per work-item: groups of whole native vectors (GPU practice: 64-256).
+    return min(_pick(GROUPS[1:], max(64, props.native_width * 4)), props.max_group)
+
+
+def _fnn_ok(c, props, shape):
+    return all(c[f"{form}_group"] <= props.max_group for form in ("layered", "graph"))
+
+
+FNN = TunableFamily(
+    "fnn",
+    (Tunable("layered_lanes", LANES, _fnn_lanes, "samples per work-item, layered kernel"),
+     Tunable("layered_group", GROUPS, _fnn_group, "work-items per group, layered kernel (0: implementation's)"),
+     Tunable("graph_lanes", LANES, _fnn_lanes, "samples per work-item, population (graph) kernel"),
+     Tunable("graph_group", GROUPS, _fnn_group, "work-items per group, population kernel (0: implementation's)")),
+    exact=(), nearest=("batch",), constraint=_fnn_ok)
+
+# -- RNN: kernels/rnn.cl ------------------------------------------------------------------------
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+ROWS = (1, 2, 4, 6, 8, 12)
+# Accumulator vectors one work-item may hold (rows x gates): within the 32 vector registers
+# of the widest CPU SIMD units, leaving room for the operands.
+REGISTER_TILE = 24
+ROW_GROUPS = (1, 2, 4, 8, 16, 32, 64)
+ONE_LAUNCH = (0, 32, 64, 128, 256, 512)
+
+
+def _register_rows(props, gates, batch=None):
+    """Tallest tile within :data:`REGISTER_TILE`; at batches too small to give every compute
+    unit four tiles, the next smaller height (more work-items spread better)."""
+    fits = [r for r in ROWS if r * gates <= REGISTER_TILE]
+    if props.kind == "gpu":
+        return 1 if batch is not None else 2  # one row per work-item, many work-items
+    best = fits[-1]
+    if batch is not None and -(-batch // best) < 4 * props.compute_units and len(fits) > 1:
+        return fits[-2]
+    return best
+
+
+def _rnn_step_rows(props, shape):
+    return _register_rows(props, GATES[shape["kind"]], shape.get("batch", 1))
+
+
+def _rnn_project_rows(props, shape):
+    return _register_rows(props, GATES[shape["kind"]])
+
+
+def _row_group(props, shape):
+    return 1 if props.kind != "gpu" else min(64, props.max_group)
+
+
+def _one_launch(props, shape):
+    # All steps in one launch pays off while the fixed cost of a launch per step dominates:
+    # up to a few dozen rows per compute unit. GPUs: a launch per step (the one-launch kernel
+    # runs a work-group per row tile, too few work-items for a GPU).
+    return 0 if props.kind == "gpu" else _pick(ONE_LAUNCH[1:], 64 * props.compute_units)
+
+
+def _projection(props, shape):
+    # CPUs: fused into each step (one longer reduction per launch); GPUs: one large product
+    # of many steps first, GPU practice.
+    return "batched" if props.kind == "gpu" else "fused"
+
+
+def _rnn_ok(c, props, shape):
+    g = GATES[shape["kind"]]
+    return (c["step_rows"] * g <= 48 and c["project_rows"] * g <= 48 and c["group"] <= props.max_group)
+
+
+RNN = TunableFamily(
+    "rnn",
+    (Tunable("step_rows", ROWS, _rnn_step_rows, "batch rows per work-item of the step kernel"),
+     Tunable("project_rows", ROWS, _rnn_project_rows, "rows per work-item of the batched input projection"),
+     Tunable("group", ROW_GROUPS, _row_group, "work-items per group along the batch (step and projection)"),
+     Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose sequence runs in one launch"),
+     Tunable("projection", ("fused", "batched"), _projection, "a sequence's input projection: per step or per chunk")),
+    exact=("kind",), nearest=("batch",), constraint=_rnn_ok)
+
+# -- BPTT: kernels/bptt.cl ----------------------------------------------------------------------
+GEMM_ROWS = (2, 4, 8, 12, 16)
+GEMM_VECTORS = (1, 2, 4)
+
+
+def _bptt_rows(props, shape):
+    """Of the two register-tile heights, the one whose row tiles spread most evenly over the
+    compute units (a one-launch pass runs one work-group per tile from start to end, so an
+    uneven split leaves a unit idle); the taller on a tie."""
+    g = GATES[shape["kind"]]
+    if props.kind == "gpu":
+        return 1
+    fits = [r for r in ROWS if r * g <= REGISTER_TILE]
+    batch, units = shape.get("batch", 1), props.compute_units
+
+    def balance(rows):
+        tiles = -(-batch // rows)
+        return tiles / (-(-tiles // units) * units)
+    return max(reversed(fits[-2:]), key=balance)
+
+
+def _gemm_rows(props, shape):
+    return 4 if props.kind == "gpu" else 12
+
+
+def _gemm_vectors(props, shape):
+    return 1 if props.kind == "gpu" else 2
+
+
+def _bptt_ok(c, props, shape):
+    return (c["rows"] * GATES[shape["kind"]] <= 48 and c["weights_rows"] * c["weights_vectors"] <= 32
+            and c["inputs_rows"] * c["inputs_vectors"] <= 32 and c["group"] <= props.max_group)
+
+
+BPTT = TunableFamily(
+    "bptt",
+    (Tunable("rows", ROWS, _bptt_rows, "batch rows per work-item of the forward and backward passes"),
+     Tunable("weights_rows", GEMM_ROWS, _gemm_rows, "rows of the register tile of the weight-gradient product"),
+     Tunable("weights_vectors", GEMM_VECTORS, _gemm_vectors, "vectors per row of that tile"),
+     Tunable("inputs_rows", GEMM_ROWS, lambda p, s: 4 if p.kind == "gpu" else 8,
+             "rows of the register tile of the input-gradient product"),
+     Tunable("inputs_vectors", GEMM_VECTORS, _gemm_vectors, "vectors per row of that tile"),
+     Tunable("group", ROW_GROUPS, _row_group, "work-items per group of the products and per-step passes"),
+     Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose passes run in one launch")),
+    exact=("kind",), nearest=("batch",), constraint=_bptt_ok)
+
+# -- Pearson: kernels/pearson.cl ----------------------------------------------------------------
+MB = 2**20
+
+
+def _strip_mb(props, shape):
+    # Strips of r are written once and read once by the selection: large enough to amortise
+    # a launch, within a quarter of the largest allocation; never above
+    # clnet.common.pearson.STRIP_BUDGET, the memory cap.
+    return _pick(STRIPS, max(16, props.max_alloc // MB // 4))
+
+
+STRIPS = (16, 32, 64, 96)
+
+
+def _pearson_ok(c, props, shape):
+    return c["strip_mb"] * MB <= props.max_alloc and c["list_group"] <= props.max_group
+
+
+PEARSON = TunableFamily(
+    "pearson",
+    (Tunable("row_block", (2, 4, 8), lambda p, s: 4, "rows per work-item of the pair kernels (x2 for complete data)"),
+     Tunable("sparse_rows", (2, 4, 8), lambda p, s: 8, "rows per work-item of the few-missing kernel"),
+     Tunable("strip_mb", STRIPS, _strip_mb, "MiB of r per strip"),
+     Tunable("sparse_missing_max", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0), lambda p, s: 0.25,
+             "largest fraction missing computed as totals minus corrections"),
+     Tunable("list_group", (1, 4, 8, 16, 32), lambda p, s: 8 if p.kind != "gpu" else 32,
+             "work-items per group of the top-k selection")),
+    exact=(), nearest=("rows",), constraint=_pearson_ok)
+
+FAMILIES: Dict[str, TunableFamily] = {f.name: f for f in (FNN, RNN, BPTT, PEARSON)}
+
+
+# -- the cache file ---------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """``$CLNET_TUNING_DIR``, else ``$XDG_CACHE_HOME/clnet/tuning``, else ``~/.cache/clnet/tuning``."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clnet" / "tuning"
+
+
+def device_identity(device) -> Dict[str, str]:
+    from .. import __version__
+    return {"platform": device.platform.name.strip(), "device": device.name.strip(),
+            "driver": str(device.driver_version).strip(), "clnet": __version__, "format": FORMAT}
+
+
+def cache_path(identity: Mapping[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() else "-" for ch in identity["device"])[:40].strip("-")
+    return cache_dir() / f"{safe}-{digest}.json"
+
+
+def _distance(a: Mapping[str, Any], b: Mapping[str, Any], fields) -> float:
+    return sum(abs(math.log(max(float(a[f]), 1.0)) - math.log(max(float(b[f]), 1.0))) for f in fields)
+
+
+class DeviceTuning:
+    """The tuned entries of one device (loaded once, lazily) and per-call lookups of a
+    family's parameters for a shape: nearest tuned entry, else the declared defaults; then
+    any override set by :meth:`overriding` (the tests and the tuner)."""
+
+    def __init__(self, device, props: Optional[DeviceProperties] = None):
+        self.identity = device_identity(device)
+        self.props = props or DeviceProperties.of(device)
+        self.path = cache_path(self.identity)
+        self._entries: Optional[Dict[str, List[dict]]] = None
+        self._memo: Dict[tuple, Dict[str, Any]] = {}
+        self.overrides: Dict[str, Dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    # loading ---------------------------------------------------------------------------------
+    def entries(self) -> Dict[str, List[dict]]:
+        if self._entries is None:
+            self._entries = self._load()
+        return self._entries
+
+    def _load(self) -> Dict[str, List[dict]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or data.get("identity") != self.identity:
+                raise ValueError("it was written for another device, driver or clnet version")
+            entries = data["entries"]
+            for name, rows in entries.items():
+                family = FAMILIES[name]
+                for row in rows:
+                    family.check(row["params"])
+                    missing = set(family.exact + family.nearest) - set(row["shape"])
+                    if missing:
+                        raise ValueError(f"a {name} entry lacks {sorted(missing)}")
+            return entries
+        except Exception as exc:  # corrupt, foreign or from an older clnet: never fatal
+            warnings.warn(f"clnet: ignoring the tuning file {self.path} ({type(exc).__name__}: {exc}); the "
+                          f"device runs on its default parameters. Re-run `python -m clnet tune` to rewrite it.",
+                          RuntimeWarning, stacklevel=3)
+            return {}
+
+    @property
+    def tuned(self) -> bool:
+        return bool(self.entries())
+
+    # lookups -----------------------------------------------------------------------------------
+    def defaults_for(self, family_name: str, **shape) -> Dict[str, Any]:
+        """The declared defaults of ``family_name`` on this device at ``shape``."""
+        return FAMILIES[family_name].defaults(self.props, shape)
+
+    def lookup(self, family_name: str, **shape) -> Dict[str, Any]:
+        key = (family_name,) + tuple(sorted(shape.items()))
+        hit = self._memo.get(key)
+        if hit is None:
+            family = FAMILIES[family_name]
+            hit = family.defaults(self.props, shape)
+            rows = [r for r in self.entries().get(family_name, [])
+                    if all(r["shape"].get(f) == shape.get(f) for f in family.exact)]
+            if rows:
+                best = min(rows, key=lambda r: _distance(r["shape"], shape, family.nearest))
+                candidate = dict(hit, **best["params"])
+                if family.allowed(candidate, self.props, shape):
+                    hit = candidate
+            self._memo[key] = hit
+        override = self.overrides.get(family_name)
+        return dict(hit, **override) if override else hit
+
+    def force(self, family_name: str, config: Mapping[str, Any], setitem=None) -> None:
+        """Run ``family_name`` with ``config`` from now on (validated). ``setitem`` (for example
+        pytest's ``monkeypatch.setitem``) is used instead of plain assignment when given."""
+        FAMILIES[family_name].check(config)
+        merged = dict(self.overrides.get(family_name) or {}, **config)
+        (setitem or dict.__setitem__)(self.overrides, family_name, merged)
+
+    def overriding(self, family_name: str, config: Mapping[str, Any]):
+        """Context manager: run with ``config`` (validated) in place of the looked-up values."""
+        family = FAMILIES[family_name]
+        family.check(config)
+        tuning = self
+
+        class _Override:
+            def __enter__(self):
+                with tuning._lock:
+                    self.before = tuning.overrides.get(family_name)
+                    tuning.overrides[family_name] = dict(config)
+                return tuning
+
+            def __exit__(self, *exc):
+                with tuning._lock:
+                    if self.before is None:
+                        tuning.overrides.pop(family_name, None)
+                    else:
+                        tuning.overrides[family_name] = self.before
+                return False
+        return _Override()
+
+    # saving ------------------------------------------------------------------------------------
+    def save(self, entries: Mapping[str, List[dict]]) -> Path:
+        """Write ``entries`` atomically (a temporary file in the same folder, then a rename),
+        replacing the families they name and keeping the others."""
+        merged = dict(self.entries())
+        merged.update({k: list(v) for k, v in entries.items()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=str(self.path.parent))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"identity": self.identity, "entries": merged}, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._entries, self._memo = merged, {}
+        return self.path
+
+    def forget(self) -> None:
+        """Drop what was loaded (the next lookup re-reads the file)."""
+        self._entries, self._memo = None, {}
+
+
+def overriding(backend, family: str, **values):
+    """Context manager: ``backend`` runs ``family`` with ``values`` in place of its tuned or
+    default parameters (a backend without tunable kernels, like NumPy's, is left alone)."""
+    import contextlib
+    tuning = getattr(backend, "tuning", None)
+    return tuning.overriding(family, values) if isinstance(tuning, DeviceTuning) else contextlib.nullcontext()
+
+
+def describe(family: TunableFamily) -> Iterator[str]:
+    for p in family.params:
+        yield f"{family.name}.{p.name}: {p.doc}; one of {list(p.values)}"

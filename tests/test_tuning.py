@@ -1,0 +1,272 @@
+"""Tunable kernel parameters (clnet/opencl/tuning.py), the tuner and its cache file."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet import conformance
+from clnet.opencl import tuner
+from clnet.opencl.tuning import FAMILIES, DeviceProperties, DeviceTuning, cache_dir
+from conftest import OPENCL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Devices as they report themselves: PoCL and Intel's runtime on a 2-core AVX-512 CPU, a
+# large NVIDIA GPU, a small embedded GPU with 256-item groups.
+POCL = DeviceProperties("cpu", 2, 16, 16, 1 << 20, 4096, 1 << 31)
+INTEL = DeviceProperties("cpu", 2, 1, 16, 256 << 10, 8192, 1 << 31)
+BIG_GPU = DeviceProperties("gpu", 132, 1, 1, 48 << 10, 1024, 1 << 34)
+SMALL_GPU = DeviceProperties("gpu", 4, 4, 4, 32 << 10, 256, 1 << 28)
+SHAPES = {"kind": ["lstm", "gru", "rnn_tanh", "rnn_relu"], "batch": [1, 16, 100, 1024, 100000],
+          "rows": [3, 5000, 10 ** 6]}
+
+
+def shapes_of(family):
+    keys = family.exact + family.nearest
+    combos = [{}]
+    for k in keys:
+        combos = [dict(c, **{k: v}) for c in combos for v in SHAPES[k]]
+    return combos
+
+
+@pytest.mark.parametrize("props", [POCL, INTEL, BIG_GPU, SMALL_GPU], ids=["pocl", "intel", "gpu", "small-gpu"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_defaults_are_allowed_values_within_the_devices_limits(props, name):
+    family = FAMILIES[name]
+    for shape in shapes_of(family):
+        config = family.defaults(props, shape)
+        family.check(config)  # raises for a value outside the declared ones
+        assert family.allowed(config, props, shape)
+        for p in family.params:
+            if "group" in p.name:
+                assert config[p.name] <= props.max_group
+
+
+def test_gpu_defaults_follow_gpu_practice():
+    """Work-groups of 64-256 and one sample or row per work-item on GPUs; CPUs keep their
+    SIMD lanes and register tiles."""
+    fnn = FAMILIES["fnn"].defaults(BIG_GPU, {"batch": 1000})
+    assert fnn["graph_lanes"] == fnn["layered_lanes"] == 1
+    assert 64 <= fnn["graph_group"] <= 256 and 64 <= fnn["layered_group"] <= 256
+    rnn = FAMILIES["rnn"].defaults(BIG_GPU, {"kind": "lstm", "batch": 1024})
+    assert 64 <= rnn["group"] <= 256 and rnn["projection"] == "batched" and rnn["one_launch_batch"] == 0
+    assert FAMILIES["pearson"].defaults(BIG_GPU, {"rows": 1000})["list_group"] >= 32
+    cpu = FAMILIES["fnn"].defaults(INTEL, {"batch": 1000})
+    assert cpu["graph_lanes"] > 1
+    assert FAMILIES["rnn"].defaults(POCL, {"kind": "lstm", "batch": 1024})["projection"] == "fused"
+
+
+def test_bad_parameter_values_are_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"rnn.step_rows=5 is not allowed: expected one of \[1, 2, 4, 6, 8, 12\]"):
+        FAMILIES["rnn"].check({"step_rows": 5})
+    with pytest.raises(KeyError, match="no tunable parameter 'rows_per_item'"):
+        FAMILIES["rnn"].check({"rows_per_item": 4})
+
+
+class FakePlatform:
+    name = "Fake Platform"
+
+
+class FakeDevice:
+    """What DeviceTuning reads of a pyopencl device."""
+    name = "Fake CPU"
+    driver_version = "1.2.3"
+    platform = FakePlatform()
+
+
+@pytest.fixture
+def tuning_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLNET_TUNING_DIR", str(tmp_path / "tuning"))
+    return tmp_path / "tuning"
+
+
+def fake_tuning():
+    return DeviceTuning(FakeDevice(), POCL)
+
+
+def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLNET_TUNING_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "clnet" / "tuning"
+    monkeypatch.setenv("CLNET_TUNING_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    assert str(fake_tuning().path).startswith(str(tmp_path / "mine"))
+
+
+def test_saved_entries_are_found_again_and_the_nearest_shape_is_used(tuning_dir):
+    t = fake_tuning()
+    assert not t.tuned
+    default = t.lookup("rnn", kind="lstm", batch=300)
+    rows = [{"shape": {"kind": "lstm", "batch": 100}, "params": {"step_rows": 2, "group": 4}},
+            {"shape": {"kind": "lstm", "batch": 1000}, "params": {"step_rows": 12}},
+            {"shape": {"kind": "gru", "batch": 300}, "params": {"step_rows": 1}}]
+    path = t.save({"rnn": rows})
+    assert path.parent == tuning_dir and not [p for p in tuning_dir.iterdir() if p.name.startswith(".")]
+    again = fake_tuning()  # a new process would read the file
+    assert again.tuned
+    near_100 = again.lookup("rnn", kind="lstm", batch=250)
+    assert near_100["step_rows"] == 2 and near_100["group"] == 4
+    assert near_100["projection"] == default["projection"]  # untuned parameters stay at the defaults
+    assert again.lookup("rnn", kind="lstm", batch=5000)["step_rows"] == 12
+    assert again.lookup("rnn", kind="gru", batch=16)["step_rows"] == 1  # the only gru entry
+    # an LSTM entry never configures another kind
+    assert again.lookup("rnn", kind="rnn_tanh", batch=100) == fake_tuning().defaults_for("rnn", kind="rnn_tanh",
+                                                                                        batch=100)
+    assert again.lookup("fnn", batch=100) == fake_tuning().defaults_for("fnn", batch=100)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), "",
+                                     "FOREIGN", "BAD VALUE", "NO SHAPE"])
+def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning(tuning_dir, content):
+    t = fake_tuning()
+    good = {"shape": {"kind": "lstm", "batch": 10}, "params": {"step_rows": 2}}
+    if content == "FOREIGN":
+        content = json.dumps({"identity": dict(t.identity, driver="9.9"), "entries": {"rnn": [good]}})
+    elif content == "BAD VALUE":
+        content = json.dumps({"identity": t.identity, "entries": {"rnn": [dict(good, params={"step_rows": 5})]}})
+    elif content == "NO SHAPE":
+        content = json.dumps({"identity": t.identity, "entries": {"rnn": [dict(good, shape={"kind": "lstm"})]}})
+    tuning_dir.mkdir(parents=True)
+    t.path.write_text(content)
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning file .* default parameters"):
+        config = t.lookup("rnn", kind="lstm", batch=10)
+    assert config == t.defaults_for("rnn", kind="lstm", batch=10)
+    assert not t.tuned
+
+
+def test_an_interrupted_save_leaves_the_old_file_whole(tuning_dir, monkeypatch):
+    t = fake_tuning()
+    t.save({"fnn": [{"shape": {"batch": 10}, "params": {"graph_lanes": 8}}]})
+    before = t.path.read_text()
+
+    def broken_dump(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(json, "dump", broken_dump)
+        with pytest.raises(KeyboardInterrupt):
+            t.save({"fnn": [{"shape": {"batch": 10}, "params": {"graph_lanes": 16}}]})
+    assert t.path.read_text() == before
+    assert [p.name for p in tuning_dir.iterdir()] == [t.path.name]  # no temporary left behind
+    assert fake_tuning().lookup("fnn", batch=10)["graph_lanes"] == 8
+
+
+def test_save_keeps_the_families_it_does_not_name(tuning_dir):
+    t = fake_tuning()
+    t.save({"fnn": [{"shape": {"batch": 10}, "params": {"graph_lanes": 8}}]})
+    t.save({"pearson": [{"shape": {"rows": 100}, "params": {"row_block": 8}}]})
+    again = fake_tuning()
+    assert again.lookup("fnn", batch=10)["graph_lanes"] == 8
+    assert again.lookup("pearson", rows=100)["row_block"] == 8
+
+
+def test_the_tuner_rejects_a_candidate_that_disagrees_with_the_reference(opencl_backend, monkeypatch):
+    """A candidate whose results are wrong (here: made wrong for layered_lanes=8) is reported
+    and never chosen, however fast it is."""
+    be = opencl_backend
+    work = tuner._fnn_workloads(be)[0]
+    assert work.label.startswith("layered")
+    honest = work.run
+
+    def run():
+        out = honest()
+        if be.params("fnn", batch=work.shape["batch"])["layered_lanes"] == 8:
+            return [o + 0.01 for o in out]
+        return out
+
+    work.run = run
+    monkeypatch.setitem(tuner.WORKLOADS, "fnn", lambda backend: [work])
+    (outcome,) = tuner.tune_family(be, "fnn", budget=30, progress=False)
+    assert any("'layered_lanes': 8" in r and "worst mismatches" in r for r in outcome.rejected), outcome.rejected
+    assert outcome.params["layered_lanes"] != 8
+    assert not any("'layered_lanes': 16" in r for r in outcome.rejected)
+
+
+def test_tune_command_writes_the_cache_and_info_reports_it(tmp_path):
+    if not OPENCL:
+        pytest.skip("no OpenCL device")
+    env = dict(os.environ, CLNET_TUNING_DIR=str(tmp_path / "t"))
+    spec = OPENCL[0]
+    run = subprocess.run([sys.executable, "-m", "clnet", "tune", "--backend", spec, "--family", "fnn",
+                          "--budget", "6", "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "tuning fnn" in run.stdout and "saved " in run.stdout
+    files = list((tmp_path / "t").iterdir())
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["entries"]["fnn"] and data["identity"]["clnet"] == clnet.__version__
+    info = subprocess.run([sys.executable, "-m", "clnet", "info"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert f"tuning of {spec}: tuned; file {files[0]}" in info.stdout
+
+
+def test_bad_tune_arguments_are_one_line_errors():
+    run = subprocess.run([sys.executable, "-m", "clnet", "tune", "--family", "nosuch"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "invalid choice: 'nosuch'" in run.stderr
+
+
+@pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
+def test_every_configuration_the_tuner_may_pick_conforms(opencl_backend, family):
+    """The conformance checks of the family under every value of every tunable parameter
+    (the others at their defaults), a few examples each."""
+    results = conformance.run([opencl_backend.spec], operations=[family + "."], sweep=True, max_examples=2,
+                              dtypes=("float32",), echo=None)
+    failures = [f"{r.operation} {r.dtype}: {r.failure}" for r in results if not r.passed]
+    assert not failures, "\n".join(failures)
+    labels = {r.operation.split(" ", 1)[1] for r in results if " " in r.operation}
+    family_decl = FAMILIES[family]
+    for p in family_decl.params:  # every value of every parameter ran (unless the device forbids it)
+        for v in p.values:
+            allowed = family_decl.allowed(dict(family_decl.defaults(opencl_backend.tuning.props,
+                                                                    {"kind": "lstm", "batch": 64, "rows": 64}),
+                                               **{p.name: v}), opencl_backend.tuning.props,
+                                          {"kind": "lstm", "batch": 64, "rows": 64})
+            default = family_decl.param(p.name).default(opencl_backend.tuning.props,
+                                                        {"kind": "lstm", "batch": 64, "rows": 64})
+            if allowed and v != default:
+                assert f"[{p.name}={v}]" in labels, (p.name, v)
+
+
+def test_results_are_bitwise_identical_from_run_to_run_with_a_given_cache(opencl_backend, tuning_dir):
+    """With a cache file choosing non-default parameters, each family's results are the
+    same bits in two fresh processes and in two calls of one process."""
+    script = r"""
+import sys, numpy as np, clnet
+from clnet.conformance.rnn import make_cell
+be = clnet.get_backend(sys.argv[1])
+be.tuning.save({
+    "fnn": [{"shape": {"batch": 77}, "params": {"graph_lanes": 4, "graph_group": 16, "layered_lanes": 2}}],
+    "rnn": [{"shape": {"kind": "gru", "batch": 77}, "params": {"step_rows": 2, "group": 4, "projection": "batched"}}],
+    "bptt": [{"shape": {"kind": "gru", "batch": 77}, "params": {"rows": 2, "weights_rows": 4, "group": 4}}],
+    "pearson": [{"shape": {"rows": 77}, "params": {"row_block": 2, "sparse_rows": 4, "sparse_missing_max": 1.0}}]})
+rng = np.random.default_rng(5)
+x = rng.normal(size=(77, 3))
+nets = [clnet.FNN.from_structure([3, h, 2], rng.normal(size=5 * h), activation="tanh") for h in (1, 4, 9)]
+pop = clnet.FNNPopulation(nets)
+cell = make_cell("gru", 3, 21, True, 1)
+xs = rng.normal(size=(5, 77, 3))
+X = rng.normal(size=(77, 30)); X[rng.random(X.shape) < 0.1] = np.nan
+def once():
+    st = cell.initial_state(77, backend=be)
+    g = cell.backward_sequence(xs, None, None, np.ones((5, 77, 21)), backend=be)
+    return np.concatenate([pop(x, backend=be).ravel(), nets[2](x, backend=be).ravel(),
+                           cell.sequence(xs, st).ravel()] + [np.asarray(g[k]).ravel() for k in sorted(g)]
+                          + [clnet.pearson(X, backend=be).ravel()])
+a, b = once(), once()
+assert a.tobytes() == b.tobytes(), "two calls differ"
+sys.stdout.write(a.tobytes().hex()[:200000])
+"""
+    outs = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", script, opencl_backend.spec], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, env=dict(os.environ, CLNET_TUNING_DIR=str(tuning_dir)))
+        assert run.returncode == 0, run.stderr
+        outs.append(run.stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 1000
