@@ -36,6 +36,7 @@ cl.Buffer = _kept_buffer
 
 import clnet
 from clnet.opencl import fnn
+from clnet.opencl.tuning import FAMILIES, overriding
 from clnet.functions import ACTIVATIONS, AGGREGATIONS
 
 CASES = []
@@ -58,13 +59,20 @@ def check(name, run, be, dt, family="fnn"):
 
 
 def lanes_variants(be):
-    original = type(be)._fnn_lanes
+    """One sample per work-item, one SIMD width, several (clnet/opencl/tuning.py's lanes)."""
     for lanes in (1, 16, 64):
-        type(be)._fnn_lanes = lambda self, batch=None, lanes=lanes: lanes
-        try:
+        with overriding(be, "fnn", layered_lanes=lanes, graph_lanes=lanes):
             yield lanes
-        finally:
-            type(be)._fnn_lanes = original
+
+
+def sweep(be, family, shape):
+    """(label, parameters) of every value of every tunable parameter of ``family``, the
+    others at their defaults: the configurations the tuner may pick."""
+    fam = FAMILIES[family]
+    configs = fam.sweep(be.tuning.props, shape)
+    base = configs[0]
+    for c in configs:
+        yield ", ".join(f"{k}={v}" for k, v in c.items() if base[k] != v) or "defaults", c
 
 
 @case
@@ -152,15 +160,11 @@ def _rnn_run(cell, xs, resets, mode, backend, dtype):
 
 @case
 def rnn_every_cell_and_path(be, dtypes):
-    from clnet.opencl import rnn
-
     ok = True
     rng = np.random.default_rng(4)
-    saved = rnn.SEQUENCE_PROJECTION
-    try:
-        for projection in ("fused", "batched"):
-            rnn.SEQUENCE_PROJECTION = projection
-            for B in (1, 3, 130):  # 130 > ONE_LAUNCH_BATCH: one launch per step
+    for projection in ("fused", "batched"):
+        with overriding(be, "rnn", projection=projection, one_launch_batch=128):
+            for B in (1, 3, 130):  # 130 > one_launch_batch: one launch per step
                 xs = rng.normal(size=(4, B, 3))
                 resets = rng.random((4, B)) < 0.3
                 for name, cell in _rnn_cells(B):
@@ -170,14 +174,12 @@ def rnn_every_cell_and_path(be, dtypes):
                         for dt in dtypes:
                             ok &= check(f"rnn.{name} {mode} {projection} B={B} {dt}",
                                         lambda b, d: _rnn_run(cell, xs, resets, mode, b, d), be, dt)
-        stacked = clnet.LSTM(3, 5, num_layers=2, seed=1)
-        gru = clnet.GRU(3, 5, num_layers=2, seed=2)
-        xs = rng.normal(size=(3, 2, 3))
-        for dt in dtypes:
-            ok &= check(f"rnn.stacked_lstm {dt}", lambda b, d: stacked(xs, backend=b, dtype=d)[0], be, dt)
-            ok &= check(f"rnn.stacked_gru {dt}", lambda b, d: gru(xs, backend=b, dtype=d)[0], be, dt)
-    finally:
-        rnn.SEQUENCE_PROJECTION = saved
+    stacked = clnet.LSTM(3, 5, num_layers=2, seed=1)
+    gru = clnet.GRU(3, 5, num_layers=2, seed=2)
+    xs = rng.normal(size=(3, 2, 3))
+    for dt in dtypes:
+        ok &= check(f"rnn.stacked_lstm {dt}", lambda b, d: stacked(xs, backend=b, dtype=d)[0], be, dt)
+        ok &= check(f"rnn.stacked_gru {dt}", lambda b, d: gru(xs, backend=b, dtype=d)[0], be, dt)
     return ok
 
 
@@ -227,7 +229,6 @@ def pearson_every_path(be, dtypes):
 def bptt_every_cell(be, dtypes):
     """backward_sequence of every cell kind and stacked layers, with resets, truncation,
     burn-in, masks and final-state gradients, through the one-launch and the per-step paths."""
-    from clnet.opencl import rnn
     from clnet.conformance import Comparison, compare
 
     ok = True
@@ -236,10 +237,8 @@ def bptt_every_cell(be, dtypes):
               ("rnn_tanh", clnet.RNNCell(1, 17, seed=3)),
               ("rnn_relu", clnet.RNNCell(2, 3, nonlinearity="relu", seed=4)),
               ("stacked_lstm", clnet.LSTM(2, 9, num_layers=2, seed=5)), ("stacked_gru", clnet.GRU(3, 4, 2, seed=6))]
-    saved = rnn.ONE_LAUNCH_BATCH
-    try:
-        for one_launch in (True, False):
-            rnn.ONE_LAUNCH_BATCH = saved if one_launch else 0
+    for one_launch in (True, False):
+        with overriding(be, "bptt", one_launch_batch=128 if one_launch else 0):
             for name, model in models:
                 T, B = 4, 3
                 lstm = "lstm" in name
@@ -259,8 +258,60 @@ def bptt_every_cell(be, dtypes):
                     label = f"bptt {name} {'one launch' if one_launch else 'per step'} {dt}"
                     print(f"{'FAIL' if msg else 'ok  '} {label}" + (f"\n{msg}" if msg else ""), flush=True)
                     ok &= not msg
-    finally:
-        rnn.ONE_LAUNCH_BATCH = saved
+    return ok
+
+
+@case
+def every_tunable_configuration(be, dtypes):
+    """Every value of every tunable parameter of every family (the others at their
+    defaults), on small shapes that are not multiples of any tile: a configuration the
+    tuner may pick is one this pass has run. The first dtype only (the code paths are the
+    same in the other)."""
+    from clnet.conformance import Comparison, compare
+
+    dt = dtypes[0]
+    ok = True
+    rng = np.random.default_rng(6)
+    nets = [clnet.FNN.from_structure([2, h, 2], rng.normal(size=4 * h), activation="tanh") for h in (1, 3, 5)]
+    pop = clnet.FNNPopulation(nets)
+    layered = clnet.FNN.from_structure([2, 7, 2], rng.normal(size=28), activation="relu")
+    x = rng.normal(size=(21, 2))
+    for label, c in sweep(be, "fnn", {"batch": 21}):
+        with be.tuning.overriding("fnn", c):
+            ok &= check(f"sweep fnn.population [{label}] {dt}", lambda b, d: pop(x, backend=b, dtype=d), be, dt)
+            ok &= check(f"sweep fnn.layered [{label}] {dt}", lambda b, d: layered(x, backend=b, dtype=d), be, dt)
+    cells = _rnn_cells(7)[:3]
+    xs = rng.normal(size=(3, 5, 3))
+    resets = rng.random((3, 5)) < 0.3
+    for label, c in sweep(be, "rnn", {"kind": "lstm", "batch": 5}):
+        with be.tuning.overriding("rnn", c):
+            for name, cell in cells:
+                for mode in ("step", "sequence"):
+                    ok &= check(f"sweep rnn.{name} {mode} [{label}] {dt}",
+                                lambda b, d: _rnn_run(cell, xs, resets, mode, b, d), be, dt)
+    for label, c in sweep(be, "bptt", {"kind": "lstm", "batch": 3}):
+        with be.tuning.overriding("bptt", c):
+            for name, cell in cells:
+                args = dict(xs=xs[:, :3], initial_state=None, resets=resets[:, :3],
+                            grad_hs=rng.normal(size=(3, 3, cell.hidden_size)))
+                got = cell.backward_sequence(**args, backend=be, dtype=dt)
+                ref = cell.backward_sequence(**args, backend="numpy", dtype="float64")
+                ctl = cell.backward_sequence(**args, backend="numpy", dtype=dt)
+                msg = "\n".join(m for m in (compare(Comparison(k, got[k], ref[k], ctl[k]), "bptt", np.dtype(dt))[2]
+                                            for k in ref) if m)
+                print(f"{'FAIL' if msg else 'ok  '} sweep bptt.{name} [{label}] {dt}" + (f"\n{msg}" if msg else ""),
+                      flush=True)
+                ok &= not msg
+    X = rng.normal(size=(19, 23)) + np.linspace(0, 3, 23)
+    Xm = X.copy()
+    Xm[rng.random(X.shape) < 0.1] = np.nan
+    for label, c in sweep(be, "pearson", {"rows": 19}):
+        with be.tuning.overriding("pearson", c):
+            for what, data in (("complete", X), ("10% missing", Xm)):
+                ok &= check(f"sweep pearson.dense {what} [{label}] {dt}",
+                            lambda b, d: clnet.pearson(data, backend=b, dtype=d), be, dt)
+                ok &= check(f"sweep pearson.topk {what} [{label}] {dt}",
+                            lambda b, d: clnet.pearson_topk(data, 3, backend=b, dtype=d, progress=False)[1], be, dt)
     return ok
 
 

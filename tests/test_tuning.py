@@ -270,3 +270,12 @@ sys.stdout.write(a.tobytes().hex()[:200000])
         assert run.returncode == 0, run.stderr
         outs.append(run.stdout)
     assert outs[0] == outs[1] and len(outs[0]) > 1000
+
+
+def test_untuned_runs_on_the_defaults_and_then_the_cache_applies_again(tuning_dir):
+    t = fake_tuning()
+    t.save({"rnn": [{"shape": {"kind": "lstm", "batch": 64}, "params": {"step_rows": 1}}]})
+    assert t.lookup("rnn", kind="lstm", batch=64)["step_rows"] == 1
+    with t.untuned():
+        assert t.lookup("rnn", kind="lstm", batch=64) == t.defaults_for("rnn", kind="lstm", batch=64)
+    assert t.lookup("rnn", kind="lstm", batch=64)["step_rows"] == 1

@@ -330,6 +330,7 @@ class DeviceTuning:
         self._entries: Optional[Dict[str, List[dict]]] = None
         self._memo: Dict[tuple, Dict[str, Any]] = {}
         self.overrides: Dict[str, Dict[str, Any]] = {}
+        self.ignore_cache = False  # see untuned()
         self._lock = threading.Lock()
 
     # loading ---------------------------------------------------------------------------------
@@ -375,14 +376,15 @@ class DeviceTuning:
         if hit is None:
             family = FAMILIES[family_name]
             hit = family.defaults(self.props, shape)
-            rows = [r for r in self.entries().get(family_name, [])
-                    if all(r["shape"].get(f) == shape.get(f) for f in family.exact)]
+            rows = [] if self.ignore_cache else [r for r in self.entries().get(family_name, [])
+                                                 if all(r["shape"].get(f) == shape.get(f) for f in family.exact)]
             if rows:
                 best = min(rows, key=lambda r: _distance(r["shape"], shape, family.nearest))
                 candidate = dict(hit, **best["params"])
                 if family.allowed(candidate, self.props, shape):
                     hit = candidate
-            self._memo[key] = hit
+            if not self.ignore_cache:
+                self._memo[key] = hit
         override = self.overrides.get(family_name)
         return dict(hit, **override) if override else hit
 
@@ -414,6 +416,21 @@ class DeviceTuning:
                         tuning.overrides[family_name] = self.before
                 return False
         return _Override()
+
+    def untuned(self):
+        """Context manager: run on the declared defaults, as if the device had no cache file
+        (the benchmarks' "untuned" figures)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            before = self.ignore_cache
+            self.ignore_cache = True
+            try:
+                yield self
+            finally:
+                self.ignore_cache = before
+        return scope()
 
     # saving ------------------------------------------------------------------------------------
     def save(self, entries: Mapping[str, List[dict]]) -> Path:
