@@ -372,7 +372,7 @@ class DeviceTuning:
 
     def lookup(self, family_name: str, **shape) -> Dict[str, Any]:
         key = (family_name,) + tuple(sorted(shape.items()))
-        hit = self._memo.get(key)
+        hit = None if self.ignore_cache else self._memo.get(key)
         if hit is None:
             family = FAMILIES[family_name]
             hit = family.defaults(self.props, shape)
