@@ -279,3 +279,10 @@ def test_untuned_runs_on_the_defaults_and_then_the_cache_applies_again(tuning_di
     with t.untuned():
         assert t.lookup("rnn", kind="lstm", batch=64) == t.defaults_for("rnn", kind="lstm", batch=64)
     assert t.lookup("rnn", kind="lstm", batch=64)["step_rows"] == 1
+
+
+def test_an_elman_rnn_with_relu_shares_the_entries_tuned_with_tanh():
+    outcome = tuner.Outcome("rnn", "rnn_tanh B=16", {"kind": "rnn_tanh", "batch": 16}, {"step_rows": 4}, 1.0, 2.0, [])
+    entries = tuner.entries_from([outcome])["rnn"]
+    assert sorted(e["shape"]["kind"] for e in entries) == ["rnn_relu", "rnn_tanh"]
+    assert all(e["params"] == {"step_rows": 4} for e in entries)

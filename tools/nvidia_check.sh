@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Conformance and benchmarks on an NVIDIA GPU through NVIDIA's OpenCL driver.
+# Tuning, conformance and benchmarks on an NVIDIA GPU through NVIDIA's OpenCL driver, in
+# one run of a few minutes: the tuner first (its cache file is kept in OUTDIR/tuning), then
+# the conformance suite on the tuned device and under every tunable configuration, then
+# every benchmark with the device's untuned and tuned figures.
 #
 # Usage (from the repository root, on a machine with an NVIDIA GPU):
 #   bash tools/nvidia_check.sh [OUTDIR]
@@ -40,9 +43,18 @@ echo "OCL_ICD_VENDORS=${OCL_ICD_VENDORS:-unset}"
 python3 -m clnet info 2>&1 | tee "$OUT/info.txt"
 SPEC=${SPEC:-opencl:nvidia}
 
+export CLNET_TUNING_DIR="$OUT/tuning"
+step "tune $SPEC"
+timeout "${TUNE_S:-150}" python3 -m clnet tune --backend "$SPEC" --budget "${TUNE_BUDGET:-120}" --no-progress 2>&1 \
+    | tee "$OUT/tune.txt"
+python3 -m clnet info 2>&1 | grep "tuning of" | tee -a "$OUT/tune.txt"
+
 step "conformance on $SPEC"
 timeout "${CONFORMANCE_S:-120}" python3 -m clnet conformance --backend "$SPEC" --max-examples "${EXAMPLES:-10}" 2>&1 \
     | tee "$OUT/conformance.txt"
+step "conformance on $SPEC, every tunable configuration"
+timeout "${SWEEP_S:-150}" python3 -m clnet conformance --backend "$SPEC" --sweep --max-examples 2 2>&1 \
+    | tail -n 25 | tee "$OUT/conformance_sweep.txt"
 
 step "bench fnn"
 timeout 60 python3 -m clnet bench fnn --backend "$SPEC" --backend numpy 2>&1 | tee "$OUT/bench_fnn.txt"
