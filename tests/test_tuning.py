@@ -286,3 +286,19 @@ def test_an_elman_rnn_with_relu_shares_the_entries_tuned_with_tanh():
     entries = tuner.entries_from([outcome])["rnn"]
     assert sorted(e["shape"]["kind"] for e in entries) == ["rnn_relu", "rnn_tanh"]
     assert all(e["params"] == {"step_rows": 4} for e in entries)
+
+
+@pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
+def test_the_gpu_defaults_compute_the_same_results(opencl_backend, family):
+    """The configuration a GPU starts with before any tuning (one sample or row per
+    work-item, groups of 64-256, batched projections), run here on a CPU device: the
+    conformance checks pass with it, so a first run on a GPU is correct."""
+    props = opencl_backend.tuning.props
+    gpu_like = DeviceProperties("gpu", 64, 1, 1, 48 << 10, props.max_group, props.max_alloc)
+    fam = FAMILIES[family]
+    config = fam.defaults(gpu_like, {"kind": "lstm", "batch": 1024, "rows": 5000})
+    with opencl_backend.tuning.overriding(family, config):
+        results = conformance.run([opencl_backend.spec], operations=[family + "."], max_examples=3,
+                                  dtypes=("float32",), echo=None)
+    failures = [f"{r.operation}: {r.failure}" for r in results if not r.passed]
+    assert results and not failures, "\n".join(failures)
