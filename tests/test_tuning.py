@@ -302,3 +302,49 @@ def test_the_gpu_defaults_compute_the_same_results(opencl_backend, family):
                                   dtypes=("float32",), echo=None)
     failures = [f"{r.operation}: {r.failure}" for r in results if not r.passed]
     assert results and not failures, "\n".join(failures)
+
+
+def _small_workloads(be):
+    """One small call per family whose every output depends on the tunable launch choices:
+    shapes that are not multiples of any tile or lane count."""
+    from clnet.conformance.rnn import make_cell
+
+    rng = np.random.default_rng(8)
+    nets = [clnet.FNN.from_structure([3, h, 2], rng.normal(size=5 * h), activation="tanh") for h in (1, 4, 9)]
+    pop = clnet.FNNPopulation(nets)
+    x = rng.normal(size=(37, 3))
+    xs = rng.normal(size=(5, 37, 3))
+    resets = rng.random((5, 37)) < 0.2
+    grads = rng.normal(size=(5, 37, 21))
+    cells = {k: make_cell(k, 3, 21, True, 1) for k in ("lstm", "gru")}
+    X = rng.normal(size=(41, 30))
+    X[rng.random(X.shape) < 0.1] = np.nan
+
+    def rnn():
+        out = []
+        for cell in cells.values():
+            st = cell.initial_state(37, backend=be)
+            out += [cell.sequence(xs, st, resets).ravel(), cell.step(xs[0], st).ravel()]
+        return out
+
+    def bptt():
+        return [np.asarray(g[k]).ravel() for cell in cells.values()
+                for g in [cell.backward_sequence(xs, None, resets, grads, backend=be)] for k in sorted(g)]
+
+    return {"fnn": lambda: [pop(x, backend=be).ravel(), nets[2](x, backend=be).ravel()],
+            "rnn": rnn, "bptt": bptt,
+            "pearson": lambda: [clnet.pearson(X, backend=be).ravel(),
+                                clnet.pearson_topk(X, 4, backend=be, progress=False)[1].ravel()]}
+
+
+@pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
+def test_every_configuration_is_bitwise_deterministic(opencl_backend, family):
+    """Under each configuration the tuner may pick, two calls give the same bits."""
+    run = _small_workloads(opencl_backend)[family]
+    props = opencl_backend.tuning.props
+    configs = FAMILIES[family].sweep(props, {"kind": "lstm", "batch": 37, "rows": 41})
+    assert len(configs) > 5
+    for config in configs:
+        with opencl_backend.tuning.overriding(family, config):
+            first, second = run(), run()
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(first, second)), config
