@@ -282,7 +282,8 @@ def test_untuned_runs_on_the_defaults_and_then_the_cache_applies_again(tuning_di
 
 
 def test_an_elman_rnn_with_relu_shares_the_entries_tuned_with_tanh():
-    outcome = tuner.Outcome("rnn", "rnn_tanh B=16", {"kind": "rnn_tanh", "batch": 16}, {"step_rows": 4}, 1.0, 2.0, [])
+    outcome = tuner.Outcome("rnn", "rnn_tanh B=16", {"kind": "rnn_tanh", "batch": 16}, {"step_rows": 4}, 1.0, 2.0, [],
+                            candidates=7)
     entries = tuner.entries_from([outcome])["rnn"]
     assert sorted(e["shape"]["kind"] for e in entries) == ["rnn_relu", "rnn_tanh"]
     assert all(e["params"] == {"step_rows": 4} for e in entries)
@@ -348,3 +349,8 @@ def test_every_configuration_is_bitwise_deterministic(opencl_backend, family):
         with opencl_backend.tuning.overriding(family, config):
             first, second = run(), run()
         assert all(a.tobytes() == b.tobytes() for a, b in zip(first, second)), config
+
+
+def test_a_shape_the_budget_never_reached_gets_no_entry():
+    untried = tuner.Outcome("rnn", "lstm B=16", {"kind": "lstm", "batch": 16}, {"step_rows": 4}, 1.0, 1.0, [])
+    assert tuner.entries_from([untried]) == {}

@@ -143,6 +143,7 @@ class Outcome:
     seconds: float
     default_seconds: float
     rejected: List[str]
+    candidates: int = 0  # configurations measured besides the defaults (0: the budget ran out first)
 
 
 def _accuracy(work: Workload, got: Sequence[np.ndarray]):
@@ -266,7 +267,7 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
                     break
             relevant = {k: v for k, v in best.items() if work.relevant(k)}
             outcomes.append(Outcome(family_name, work.label, dict(work.shape), relevant, best_s, default_seconds,
-                                    rejected))
+                                    rejected, len(tried) - 1))
     finally:
         bar.close()
     return outcomes
@@ -277,6 +278,8 @@ def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
     shape merged (the FNN's layered and graph workloads tune different parameters)."""
     merged: Dict[tuple, dict] = {}
     for o in outcomes:
+        if o.candidates <= 0:
+            continue  # nothing was compared: no entry, the shape stays on the defaults
         key = (o.family, tuple(sorted(o.shape.items())))
         row = merged.setdefault(key, {"shape": dict(o.shape), "params": {}, "seconds": 0.0,
                                       "default_seconds": 0.0})
@@ -309,6 +312,10 @@ def tune(be, families: Optional[Sequence[str]] = None, budget: float = DEFAULT_B
         outcomes = tune_family(be, name, share, progress=progress, echo=echo)
         be.tuning.save(entries_from(outcomes))  # after each family: an interrupted run keeps what it found
         for o in outcomes:
+            if o.candidates <= 0:
+                echo(f"  {o.label:<22} default {o.default_seconds * 1e3:9.2f} ms  not tuned: the budget ran out "
+                     f"first (a larger --budget tunes it)")
+                continue
             gain = o.default_seconds / o.seconds if o.seconds and np.isfinite(o.seconds) else float("nan")
             changed = {k: v for k, v in o.params.items()
                        if v != FAMILIES[name].defaults(be.tuning.props, o.shape).get(k)}
