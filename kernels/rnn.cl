@@ -6,7 +6,8 @@
  *     (block jb, gate g, lane l)  ->  jb * G * CLNET_VW + g * CLNET_VW + l
  * so that one work-item loads the G gates of its CLNET_VW units with G contiguous
  * vector loads per row, and the whole cell update happens in its registers.
- * Padded units have zero weights and biases, so their h and c stay exactly zero.
+ * Padded units have zero weights and biases; their pre-activations are set to exactly
+ * zero (a non-finite input times a zero weight is NaN), so their h and c stay zero.
  *
  * One work-item owns CLNET_RM batch rows by one block of units (all gates): an
  * RM x (G * VW) register tile, each row of Wt loaded once per RM rows and each input
@@ -30,6 +31,9 @@
 typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
 #define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
 #define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
+
+/* Lane numbers 0 .. CLNET_VW - 1 as a vector (CLNET_VLOAD reads the first CLNET_VW). */
+__constant real clnet_lanes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 #ifndef CLNET_GATES
 #define CLNET_GATES 4
@@ -121,7 +125,7 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
  * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
  * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
  * which sits inside r * (...). zero_row holds Hp zeros. */
-inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp,
+inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H, const int Hp,
                            __global const real *Wt,
                            __global const real *gx, const long gx_off,
                            __global const real *h_prev, const long hp_off,
@@ -174,6 +178,20 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
                 acc[r][g] += CLNET_VLOAD(0, gxr + g * CLNET_VW);
         }
     }
+    if (unit + CLNET_VW > H) {
+        /* The block holds padded units (unit + lane >= H). Their weights are zero, but a
+         * non-finite input or state value times zero is NaN, which would reach the real
+         * units through the next step's product: their pre-activations are exactly zero,
+         * so that their h and c stay exactly zero (and BPTT's saved gates finite). */
+        const realv lane = CLNET_VLOAD(0, clnet_lanes);
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] = select(acc[r][g], (realv)0, lane >= (realv)(H - unit));
+#if defined(CLNET_GRU)
+            hn[r] = select(hn[r], (realv)0, lane >= (realv)(H - unit));
+#endif
+        }
+    }
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         const int row = m0 + r;
         if (row >= B)
@@ -218,7 +236,7 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
 
 #ifndef CLNET_SAVE /* kernels/bptt.cl has its own loops over the steps */
 /* One time step. global (ceil(B / RM), Hp / VW). */
-__kernel void clnet_rnn_recur(const int B, const int Hp,
+__kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
                               __global const real *Wt,
                               __global const real *gx, const long gx_off,
                               __global const real *h_prev, const long hp_off,
@@ -233,7 +251,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     if (m0 < B)
-        clnet_rnn_tile(m0, get_global_id(1), B, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
+        clnet_rnn_tile(m0, get_global_id(1), B, H, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
                        c, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
 }
 
@@ -243,7 +261,7 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
  * recurrence needs: no launch per step. Inputs x (T, B, I) are projected inside each
  * step; h of step t goes to out + t * B * Hp, and h0 is the state before step 0.
  * keep is (T, B). global (ceil(B / RM), Hp / VW), local (1, Hp / VW). */
-__kernel void clnet_rnn_run(const int B, const int Hp, const int T,
+__kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
                             __global const real *Wt,
                             __global const real *h0,
                             __global real *out,
@@ -259,7 +277,7 @@ __kernel void clnet_rnn_run(const int B, const int Hp, const int T,
     const int jb = get_local_id(1);
     for (int t = 0; t < T; ++t) {
         const long step = (long)t * B;
-        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
+        clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
                        out, step * Hp, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
                        Wx, bias_x);
         barrier(CLK_GLOBAL_MEM_FENCE);

@@ -233,7 +233,7 @@ class RNNKernels(RNNOps):
                 cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
             rows = step_rows(w.kind, B)
             recur = self._rnn_kernel(w, "recur", rows)
-            recur(self.queue, (-(-B // rows), s.hp // vector_width(s.dtype)), LOCAL, B=B, Hp=s.hp,
+            recur(self.queue, (-(-B // rows), s.hp // vector_width(s.dtype)), LOCAL, B=B, H=w.hidden, Hp=s.hp,
                   Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
                   hn_off=0, c=s.c if s.c is not None else w.zeros, keep=d_keep, keep_off=0,
                   has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
@@ -275,7 +275,7 @@ class RNNKernels(RNNOps):
         fused = fused_projection(self)
         run = self._rnn_kernel(w, "run", rows) if fused and B <= ONE_LAUNCH_BATCH else None
         if run is not None and blocks <= run.work_group_size(self.device):
-            run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
+            run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, H=w.hidden, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
                 out=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep, has_keep=int(has_keep),
                 bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
         else:
@@ -295,7 +295,7 @@ class RNNKernels(RNNOps):
             project = self._rnn_kernel(w, "project", PROJECT_ROWS[w.kind])
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
-        common = dict(B=B, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
+        common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
                       has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros)
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
