@@ -80,6 +80,9 @@ class Backend:
     description: str = ""
     #: whether float64 operations are available
     supports_float64: bool = True
+    #: why this backend object cannot run in this process (set in a forked child when the
+    #: backend's driver does not survive a fork); :func:`run` refuses it with that reason
+    inherited_by_fork: str = ""
 
     def op(self, name: str) -> Callable:
         """The operation ``name`` of a family this backend declares."""
@@ -427,6 +430,9 @@ def run(spec: BackendLike, operation: str, work: Callable[[Backend], T], *, stat
     backend = get_backend(spec)
     try:
         try:
+            if backend.inherited_by_fork:
+                raise DeviceError(f"backend {backend.spec!r} cannot run {operation} here: "
+                                  f"{backend.inherited_by_fork}")
             return work(backend)
         except DeviceError:
             raise

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..backend import BackendCandidate, BackendUnavailable
-from .runtime import IMPORT_ERROR, cl
+from .runtime import IMPORT_ERROR, cl, mark_opencl_started
 
 _PRIORITY = {"GPU": 300, "ACCELERATOR": 250, "CPU": 200}
 # Simulators are correct but slow: never chosen automatically over the NumPy fallback.
@@ -32,6 +32,7 @@ def _device_kind(device) -> str:
 def _platforms():
     if cl is None:
         return []
+    mark_opencl_started()  # from here on a forked child must not touch OpenCL
     try:
         return cl.get_platforms()
     except Exception:  # no ICD loader or no platform installed

@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -29,6 +30,45 @@ try:  # pyopencl is a runtime dependency, but a broken install must not break im
 except Exception as exc:  # pragma: no cover - exercised only on broken installs
     cl = None
     IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+# -- forked processes --------------------------------------------------------------------
+# OpenCL drivers keep threads and locks that a fork does not copy: in a child forked from a
+# process that had loaded an OpenCL platform, any OpenCL call (a new context included)
+# blocks forever (measured on PoCL: inside enqueue_copy and clCreateContext). The child
+# must not touch OpenCL at all, so every runtime inherited through the fork is marked,
+# and clnet.backend.run refuses it with FORK_MESSAGE before any driver call.
+FORK_MESSAGE = (
+    "this process was forked (os.fork, or multiprocessing's 'fork' start method, the default on "
+    "Linux) from one that had already started OpenCL, and OpenCL drivers do not survive a fork: "
+    "any OpenCL call here would block forever. Start worker processes with the 'spawn' or "
+    "'forkserver' start method (multiprocessing.get_context('spawn'), "
+    "gymnasium's AsyncVectorEnv(..., context='spawn')), or use backend='numpy' in forked children")
+_opencl_started_in: Optional[int] = None  # pid of the process that loaded an OpenCL platform
+_live_runtimes: "weakref.WeakSet[OpenCLRuntime]" = weakref.WeakSet()
+
+
+def mark_opencl_started() -> None:
+    """Called before this process first asks the ICD loader for platforms."""
+    global _opencl_started_in
+    if _opencl_started_in is None:
+        _opencl_started_in = os.getpid()
+
+
+def inherited_opencl() -> bool:
+    """Whether this process is a fork of one that had started OpenCL."""
+    return _opencl_started_in is not None and _opencl_started_in != os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    if _opencl_started_in is None:
+        return
+    for runtime in list(_live_runtimes):
+        runtime.inherited_by_fork = FORK_MESSAGE
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def kernel_dir() -> Path:
@@ -66,6 +106,10 @@ class OpenCLRuntime(Backend):
     """Context, queue, program cache and buffer helpers for one device."""
 
     def __init__(self, platform, device, spec: str, description: str):
+        if inherited_opencl():
+            raise BackendUnavailable(spec, "this process was forked from one that had already started OpenCL",
+                                     FORK_MESSAGE.split(": any OpenCL call here would block forever. ")[-1])
+        mark_opencl_started()
         self.spec = spec
         self.description = description
         self.platform = platform
@@ -88,6 +132,7 @@ class OpenCLRuntime(Backend):
             raise BackendUnavailable(spec, f"creating a context on {self.device_name!r} failed: {exc}",
                                      "check the device's driver") from exc
         self._probe()
+        _live_runtimes.add(self)
 
     def _probe(self) -> None:
         try:
