@@ -50,6 +50,11 @@ class RecurrentState:
     buffers and only moves when read (:attr:`h`, :attr:`c`) or written (:meth:`set`).
     It belongs to the cell and backend that made it; other cells refuse it. It never
     shares memory with arrays the caller passes in or gets back.
+
+    Updates are atomic: ``step``, ``sequence`` (every layer of a stacked model), ``set``
+    and ``reset`` compute the new h and c apart and publish them together at the end,
+    so a call interrupted by Ctrl-C (KeyboardInterrupt) or failing leaves exactly the
+    state before the call or exactly the state after it, never h of one and c of the other.
     """
 
     def __init__(self, cell, backend: Backend, dtype, batch_size: int, storage):

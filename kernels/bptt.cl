@@ -73,7 +73,7 @@ __kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const i
     }
     for (int t = t0; t < t1; ++t) {
         const long step = (long)t * B;
-        clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c,
+        clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c, c,
                        keep, step,
                        has_keep, bias_hn, zero_row, x, x_base + step * I, I, Wx, bias_x,
                        save, step * CLNET_SLOTS * Hp);

@@ -122,15 +122,16 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
  * (I > 0) so that a step is one launch.
  * keep[b] = 0 where environment b started a new episode before this step: its h and c
  * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
- * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
- * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
+ * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); the
+ * LSTM's c is read from c_in and written to c_out (the same buffer for an update in
+ * place; distinct ones so that a step leaves the state it started from untouched). bias_hn is the GRU's recurrent bias of the n gate,
  * which sits inside r * (...). zero_row holds Hp zeros. */
 inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H, const int Hp,
                            __global const real *Wt,
                            __global const real *gx, const long gx_off,
                            __global const real *h_prev, const long hp_off,
                            __global real *h_next, const long hn_off,
-                           __global real *c,
+                           __global const real *c_in, __global real *c_out,
                            __global const real *keep, const long keep_off, const int has_keep,
                            __global const real *bias_hn,
                            __global const real *zero_row,
@@ -202,9 +203,9 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H,
         const realv f = clnet_sigmoid_v(acc[r][1]);
         const realv g = clnet_tanh_v(acc[r][2]);
         const realv o = clnet_sigmoid_v(acc[r][3]);
-        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
+        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c_in + at);
         const realv c1 = f * c0 + i * g;
-        CLNET_VSTORE(c1, 0, c + at);
+        CLNET_VSTORE(c1, 0, c_out + at);
         CLNET_STORE_SLOT(0, i);
         CLNET_STORE_SLOT(1, f);
         CLNET_STORE_SLOT(2, g);
@@ -241,7 +242,7 @@ __kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
                               __global const real *gx, const long gx_off,
                               __global const real *h_prev, const long hp_off,
                               __global real *h_next, const long hn_off,
-                              __global real *c,
+                              __global const real *c_prev, __global real *c_next,
                               __global const real *keep, const long keep_off, const int has_keep,
                               __global const real *bias_hn,
                               __global const real *zero_row,
@@ -252,20 +253,21 @@ __kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
     const int m0 = get_global_id(0) * CLNET_RM;
     if (m0 < B)
         clnet_rnn_tile(m0, get_global_id(1), B, H, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
-                       c, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
+                       c_prev, c_next, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
 }
 
 /* All T steps of a sequence in ONE launch. Batch rows never depend on other rows, so
  * work-group g owns rows g * RM .. g * RM + RM - 1 with every unit block (local size
  * (1, Hp / VW)), and a work-group barrier between steps is all the synchronisation the
  * recurrence needs: no launch per step. Inputs x (T, B, I) are projected inside each
- * step; h of step t goes to out + t * B * Hp, and h0 is the state before step 0.
+ * step; h of step t goes to out + t * B * Hp, and h0 (c0) is the state before step 0;
+ * c holds the LSTM's cell state after each step.
  * keep is (T, B). global (ceil(B / RM), Hp / VW), local (1, Hp / VW). */
 __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
                             __global const real *Wt,
                             __global const real *h0,
                             __global real *out,
-                            __global real *c,
+                            __global const real *c0, __global real *c,
                             __global const real *keep, const int has_keep,
                             __global const real *bias_hn,
                             __global const real *zero_row,
@@ -278,7 +280,7 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
     for (int t = 0; t < T; ++t) {
         const long step = (long)t * B;
         clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
-                       out, step * Hp, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
+                       out, step * Hp, t ? c : c0, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
                        Wx, bias_x);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }

@@ -8,7 +8,9 @@ layer on the device: one upload of the inputs, one read-back of the last layer's
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -107,7 +109,11 @@ class CellWeights:
 
 @dataclass(eq=False)
 class StateBuffers:
-    """h (double-buffered: ``h_bufs[cur]`` is the current one) and c of a batch, (B, Hp)."""
+    """h and c of a batch, (B, Hp), double-buffered: ``h_bufs[cur]`` and ``c_bufs[cur]``
+    are the state. Every operation that changes it writes the other pair and then
+    publishes it with ONE assignment of ``cur``, so that an interrupt (Ctrl-C) leaves
+    exactly the state before the call or exactly the state after it, never h of one and
+    c of the other."""
 
     kind: str
     batch: int
@@ -115,12 +121,29 @@ class StateBuffers:
     hp: int
     dtype: np.dtype
     h_bufs: List["cl.Buffer"]
-    c: Optional["cl.Buffer"]
+    c_bufs: Optional[List["cl.Buffer"]]
     cur: int = 0
 
     @property
     def h(self) -> "cl.Buffer":
         return self.h_bufs[self.cur]
+
+    @property
+    def c(self) -> Optional["cl.Buffer"]:
+        return None if self.c_bufs is None else self.c_bufs[self.cur]
+
+    def next_c(self, fallback: "cl.Buffer") -> "cl.Buffer":
+        """The c buffer a change writes (``fallback``, a dummy, for cells without c)."""
+        return fallback if self.c_bufs is None else self.c_bufs[1 - self.cur]
+
+
+def publish(storages: List[StateBuffers]) -> None:
+    """Make the buffers the call wrote the state of every one of ``storages``.
+
+    The flips run in one C-level loop (deque over map): Python runs signal handlers only
+    between bytecodes, so a KeyboardInterrupt cannot land between two layers' flips.
+    """
+    deque(map(setattr, storages, repeat("cur"), [1 - s.cur for s in storages]), maxlen=0)
 
 
 @dataclass
@@ -184,8 +207,8 @@ class RNNKernels(RNNOps):
         self.check_alloc(zeros.nbytes, "hidden state")
         with self.lock:
             bufs = [self.copy_of(zeros, "hidden state") for _ in range(2)]
-            c = self.copy_of(zeros, "cell state") if kind == "lstm" else None
-        return StateBuffers(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, c=c)
+            c = [self.copy_of(zeros, "cell state") for _ in range(2)] if kind == "lstm" else None
+        return StateBuffers(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, c_bufs=c)
 
     def _read_rows(self, s: StateBuffers, buf, rows: int) -> np.ndarray:
         host = np.empty((rows, s.hp), dtype=s.dtype)
@@ -203,9 +226,10 @@ class RNNKernels(RNNOps):
             return out
 
         with self.lock:
-            cl.enqueue_copy(self.queue, storage.h, padded(h), is_blocking=True)
+            cl.enqueue_copy(self.queue, storage.h_bufs[1 - storage.cur], padded(h), is_blocking=True)
             if c is not None:
-                cl.enqueue_copy(self.queue, storage.c, padded(c), is_blocking=True)
+                cl.enqueue_copy(self.queue, storage.c_bufs[1 - storage.cur], padded(c), is_blocking=True)
+            publish([storage])
 
     def rnn_state_reset(self, storage, keep):
         width = storage.hp
@@ -214,9 +238,14 @@ class RNNKernels(RNNOps):
             knl = self.kernel("rnn", "clnet_rnn_zero_rows", storage.dtype,
                               (f"CLNET_VW={vector_width(storage.dtype)}",))
             d_keep = self.to_device(keep.astype(storage.dtype), "reset mask")
-            for buf in [storage.h] + ([storage.c] if storage.c is not None else []):
-                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=buf, keep=d_keep)
+            pairs = [(storage.h, storage.h_bufs[1 - storage.cur])]
+            if storage.c_bufs is not None:
+                pairs.append((storage.c, storage.c_bufs[1 - storage.cur]))
+            for now, new in pairs:  # reset a copy, then publish it
+                cl.enqueue_copy(self.queue, new, now, byte_count=n * storage.dtype.itemsize)
+                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=new, keep=d_keep)
             self.queue.finish()
+            publish([storage])
 
     # -- stepping ---------------------------------------------------------------------------
     def rnn_step(self, weights, storage, x, keep):
@@ -235,11 +264,13 @@ class RNNKernels(RNNOps):
             recur = self._rnn_kernel(w, "recur", rows)
             recur(self.queue, (-(-B // rows), s.hp // vector_width(s.dtype)), LOCAL, B=B, H=w.hidden, Hp=s.hp,
                   Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
-                  hn_off=0, c=s.c if s.c is not None else w.zeros, keep=d_keep, keep_off=0,
+                  hn_off=0, c_prev=s.c if s.c is not None else w.zeros, c_next=s.next_c(w.zeros), keep=d_keep,
+                  keep_off=0,
                   has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
                   Wx=w.w_ih, bias_x=w.b_x)
-            s.cur = 1 - s.cur
-            return self._read_rows(s, s.h, B)
+            h = self._read_rows(s, s.h_bufs[1 - s.cur], B)
+            publish([s])
+            return h
 
     def rnn_sequence(self, weights, storage, xs, keeps):
         """T steps without a host round trip, then one read-back of every h (see
@@ -262,12 +293,13 @@ class RNNKernels(RNNOps):
                     source = LayerInput(d_out, s.hp, self._padded_input_buffer(layers[l + 1]))
             host = np.empty((T, B, s_last.hp), dtype=s_last.dtype)
             cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
+            publish(storages)  # every layer's new state at once, after all the work
         return host if s_last.hp == s_last.hidden else np.ascontiguousarray(host[:, :, :s_last.hidden])
 
     def _run_layer(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                    d_out, T: int, B: int) -> None:
-        """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and leave its state at the
-        last step. Small batches on CPU devices run all T steps in one launch
+        """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and write its state after
+        the last step into the buffers :func:`publish` then makes current. Small batches on CPU devices run all T steps in one launch
         (:data:`ONE_LAUNCH_BATCH`); otherwise each step is one launch, enqueued back to back,
         its input projection fused into it or batched per chunk (:data:`SEQUENCE_PROJECTION`)."""
         rows = step_rows(w.kind, B)
@@ -276,12 +308,13 @@ class RNNKernels(RNNOps):
         run = self._rnn_kernel(w, "run", rows) if fused and B <= ONE_LAUNCH_BATCH else None
         if run is not None and blocks <= run.work_group_size(self.device):
             run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, H=w.hidden, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
-                out=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep, has_keep=int(has_keep),
+                out=d_out, c0=s.c if s.c is not None else w.zeros, c=s.next_c(w.zeros), keep=d_keep, has_keep=int(has_keep),
                 bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
         else:
             self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, rows, fused)
         item = s.dtype.itemsize
-        cl.enqueue_copy(self.queue, s.h, d_out, byte_count=B * s.hp * item, src_offset=(T - 1) * B * s.hp * item)
+        cl.enqueue_copy(self.queue, s.h_bufs[1 - s.cur], d_out, byte_count=B * s.hp * item,
+                        src_offset=(T - 1) * B * s.hp * item)
 
     def _launch_steps(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                       d_out, T: int, B: int, rows: int, fused: bool) -> None:
@@ -295,8 +328,9 @@ class RNNKernels(RNNOps):
             project = self._rnn_kernel(w, "project", PROJECT_ROWS[w.kind])
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
-        common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
+        common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c_next=s.next_c(w.zeros), keep=d_keep,
                       has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros)
+        c_prev = s.c if s.c is not None else w.zeros  # the first step reads the state, the others c_next
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
             if not fused:
@@ -310,8 +344,8 @@ class RNNKernels(RNNOps):
                     x_args = dict(gx=d_gx, gx_off=(t - t0) * B * nc, x=w.zeros, x_off=0, I=0, Wx=w.zeros,
                                   bias_x=w.zeros)
                 recur(self.queue, (-(-B // rows), blocks), LOCAL, **common, **x_args, h_prev=h_prev,
-                      hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B)
-                h_prev, prev_off = d_out, t * B * hp
+                      hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B, c_prev=c_prev)
+                h_prev, prev_off, c_prev = d_out, t * B * hp, common["c_next"]
 
 
 def fused_projection(runtime) -> bool:
