@@ -39,6 +39,11 @@ class DeviceCache:
             self._by_backend.setdefault(backend, {})[key] = value
         return value
 
+    def __reduce__(self):
+        # Device copies belong to this process's backends: a pickled host object (a cell,
+        # a population) arrives with an empty cache and uploads again where it is used.
+        return (DeviceCache, ())
+
     def clear(self) -> None:
         """Forget every copy (the host object changed)."""
         with self._lock:
