@@ -41,6 +41,7 @@ __all__ = [
     "run",
     "get_backend",
     "notes",
+    "release_memory",
     "use_backend",
     "resolve_dtype",
 ]
@@ -96,6 +97,10 @@ class Backend:
         raise NotImplementedError(
             f"backend {self.spec!r} does not implement the operation {name!r} (family "
             f"{family.name!r}); choose another backend with backend=... or clnet.use_backend(...)")
+
+    def release_memory(self) -> None:
+        """Free what the backend keeps between calls for speed (scratch buffers); the
+        next call makes it again. Objects the user holds keep their own copies."""
 
     def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
         """The clnet error for a driver's exception ``exc`` raised during ``operation``
@@ -367,6 +372,21 @@ _context: contextvars.ContextVar = contextvars.ContextVar("clnet_backend", defau
 def backends() -> List[BackendInfo]:
     """Every registered backend and OpenCL device: spec, usable or not, and why not."""
     return _registry.info()
+
+
+def release_memory() -> None:
+    """Free the scratch and output buffers every loaded backend keeps between calls.
+
+    OpenCL keeps workspaces of at most 32 MiB each and 128 MiB per device between calls
+    (larger ones are freed after their call already); this frees those too, e.g. before
+    a long phase that does not use clnet. Weights and inputs a user's object (a cell, a
+    population) uploaded stay with that object and go when it does.
+    """
+    with _registry._lock:
+        loaded = list(_registry._backends.values())
+    for backend in loaded:
+        if not backend.inherited_by_fork:
+            backend.release_memory()
 
 
 def notes() -> List[str]:

@@ -97,6 +97,14 @@ class KernelBuildError(DeviceError):
         )
 
 
+# Workspaces (scratch and output buffers) up to WORKSPACE_KEEP_BYTES each, and up to
+# WORKSPACE_KEEP_TOTAL together, are kept between calls: allocating and first-touching a
+# buffer costs more than a small kernel on CPU devices. A larger one is made for its call
+# and freed after it, so that one large call (a population over 100,000 samples) does not
+# hold its memory for the life of the process. clnet.release_memory() frees the kept ones.
+WORKSPACE_KEEP_BYTES = 32 * 2**20
+WORKSPACE_KEEP_TOTAL = 128 * 2**20
+
 _PROBE_SOURCE = """
 __kernel void clnet_probe(__global float *x) { int i = get_global_id(0); x[i] = 2.0f * x[i] + 1.0f; }
 """
@@ -250,19 +258,33 @@ class OpenCLRuntime(Backend):
         return cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=array)
 
     def workspace(self, name: str, nbytes: int, what: str = "workspace") -> "cl.Buffer":
-        """A device buffer reused across calls (grown when too small).
+        """A device buffer reused across calls (grown when too small), or, beyond the
+        budgets :data:`WORKSPACE_KEEP_BYTES` and :data:`WORKSPACE_KEEP_TOTAL`, a buffer
+        for this call only, freed after it.
 
-        Allocating and first-touching large buffers costs more than small kernels on
-        CPU devices, so scratch and output space is kept. Callers hold ``self.lock``
-        and finish their queue work before releasing it, so one buffer per name is safe.
+        Callers hold ``self.lock`` and finish their queue work before releasing it, so
+        one buffer per name is safe.
         """
         nbytes = max(int(nbytes), 4)
+        kept = self._workspaces.peek(self, name)
+        if kept is not None and kept.size >= nbytes:
+            return kept
 
         def allocate():
             self.check_alloc(nbytes, what)
             return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, nbytes)
 
-        return self._workspaces.get(self, name, allocate, fits=lambda buf: buf.size >= nbytes)
+        self._workspaces.discard(self, name)  # too small: freed before the larger one is made
+        if nbytes > WORKSPACE_KEEP_BYTES or (
+                self._workspaces.total(self, lambda buf: buf.size) + nbytes > WORKSPACE_KEEP_TOTAL):
+            return allocate()
+        return self._workspaces.get(self, name, allocate)
+
+    def release_memory(self) -> None:
+        """Free the kept workspaces (clnet.release_memory)."""
+        with self.lock:
+            self.queue.finish()
+            self._workspaces.clear()
 
     def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
         """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds
