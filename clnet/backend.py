@@ -288,12 +288,14 @@ class _Registry:
 
     def best(self, cands: Iterable[BackendCandidate], what: str) -> Backend:
         ordered = sorted(cands, key=lambda c: -c.priority)
-        reasons = []
+        reasons, fixes = [], []
         for cand in ordered:
             try:
                 backend = self.load(cand)
             except BackendUnavailable as exc:
                 reasons.append(f"{cand.spec}: {exc.reason}")
+                if exc.fix and exc.fix not in fixes:
+                    fixes.append(exc.fix)
                 continue
             if reasons and tuple(reasons) not in self._warned:
                 self._warned.add(tuple(reasons))  # once per situation, not on every call
@@ -301,8 +303,10 @@ class _Registry:
                               + "; ".join(reasons), RuntimeWarning, stacklevel=4)
             return backend
         detail = "; ".join(reasons) if reasons else "no backend is registered"
-        raise BackendUnavailable(what, detail, "run 'python -m clnet info' to see every backend and why "
-                                 "it cannot run; is clnet installed (pip install .)?")
+        # The failures' own fixes when there are some: the generic hint only without any.
+        fix = "; ".join(fixes) if fixes else ("run 'python -m clnet info' to see every backend and why it "
+                                              "cannot run; is clnet installed (pip install .)?")
+        raise BackendUnavailable(what, detail, fix)
 
     def _resolve(self, spec: str):
         """``(all candidates of the provider spec names, those its selector picks, or None

@@ -23,6 +23,7 @@ import numpy as np
 from ..backend import Backend, BackendUnavailable, DeviceError
 from ..common.cache import DeviceCache
 from .args import BoundKernel, signature
+from .environment import is_pocl, pocl_cache_problem
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
     import pyopencl as cl
@@ -105,6 +106,15 @@ class KernelBuildError(DeviceError):
 WORKSPACE_KEEP_BYTES = 32 * 2**20
 WORKSPACE_KEEP_TOTAL = 128 * 2**20
 
+class CompilerEnvironmentError(DeviceError):
+    """The compiler cannot write its output (an unwritable or full cache folder): checked
+    before compiling, because PoCL's LLVM kills the process when a write fails."""
+
+    def __init__(self, device: str, reason: str, fix: str):
+        self.reason, self.fix = reason, fix
+        super().__init__(f"not compiling kernels on {device!r}: {reason}. To fix: {fix}")
+
+
 _PROBE_SOURCE = """
 __kernel void clnet_probe(__global float *x) { int i = get_global_id(0); x[i] = 2.0f * x[i] + 1.0f; }
 """
@@ -151,6 +161,8 @@ class OpenCLRuntime(Backend):
             out = np.empty_like(x)
             cl.enqueue_copy(self.queue, out, buf)
             self.queue.finish()
+        except CompilerEnvironmentError as exc:
+            raise BackendUnavailable(self.spec, exc.reason, exc.fix) from exc
         except KernelBuildError as exc:
             first = next((ln for ln in exc.log.splitlines() if ln.strip()), "no build log")
             raise BackendUnavailable(
@@ -181,6 +193,10 @@ class OpenCLRuntime(Backend):
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
         opts = list(options)
+        if is_pocl(self.platform.name):
+            problem = pocl_cache_problem()
+            if problem is not None:
+                raise CompilerEnvironmentError(self.device_name, *problem)
         program = None
         try:
             program = cl.Program(self.context, source)
