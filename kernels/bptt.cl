@@ -57,7 +57,7 @@ __kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const i
                                  __global real *hs,
                                  __global real *c,
                                  __global const real *keep, const int has_keep,
-                                 __global const real *bias_hn,
+                                 __global const real *bias_h,
                                  __global const real *zero_row,
                                  __global const real *x, const long x_base, const int I,
                                  __global const real *Wx,
@@ -75,7 +75,7 @@ __kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const i
         const long step = (long)t * B;
         clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c, c,
                        keep, step,
-                       has_keep, bias_hn, zero_row, x, x_base + step * I, I, Wx, bias_x,
+                       has_keep, bias_h, zero_row, x, x_base + step * I, I, Wx, bias_x,
                        save, step * CLNET_SLOTS * Hp);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }

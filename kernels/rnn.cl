@@ -102,10 +102,15 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * K; /* clamped rows are computed, not stored */
         _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
-            acc[r][g] = CLNET_VLOAD(0, bias + col + g * CLNET_VW);
+            acc[r][g] = (realv)0;
     }
     __global const real *wblock = Wt + col;
     CLNET_TILE_PRODUCT(acc, arow, K, wblock)
+    /* the bias after the product, as the reference groups W x + b (near 1e38 the order
+     * decides what overflows) */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] += CLNET_VLOAD(0, bias + col + g * CLNET_VW);
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         if (m0 + r < M) {
             _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
@@ -124,8 +129,9 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
  * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
  * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); the
  * LSTM's c is read from c_in and written to c_out (the same buffer for an update in
- * place; distinct ones so that a step leaves the state it started from untouched). bias_hn is the GRU's recurrent bias of the n gate,
- * which sits inside r * (...). zero_row holds Hp zeros. */
+ * place; distinct ones so that a step leaves the state it started from untouched).
+ * bias_h holds the recurrent biases b_hh (G * Hp, interleaved), added after the recurrent
+ * product, so that the GRU's W_hn h + b_hn is one accumulator. zero_row holds Hp zeros. */
 inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H, const int Hp,
                            __global const real *Wt,
                            __global const real *gx, const long gx_off,
@@ -133,7 +139,7 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H,
                            __global real *h_next, const long hn_off,
                            __global const real *c_in, __global real *c_out,
                            __global const real *keep, const long keep_off, const int has_keep,
-                           __global const real *bias_hn,
+                           __global const real *bias_h,
                            __global const real *zero_row,
                            __global const real *x, const long x_off, const int I,
                            __global const real *Wx,
@@ -156,22 +162,39 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H,
     }
     __global const real *wblock = Wt + col;
     CLNET_TILE_PRODUCT(acc, arow, Hp, wblock)
+    /* gates = (W_ih x + b_ih) + (W_hh h + b_hh), grouped as the reference groups them:
+     * folding b_ih + b_hh in advance, or starting a product from its bias, overflows
+     * float32 where the reference does not (weights near 1e38) */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] += CLNET_VLOAD(0, bias_h + col + g * CLNET_VW);
 #if defined(CLNET_GRU)
-    realv hn[CLNET_RM]; /* W_hn h stays apart: it is scaled by r */
+    realv hn[CLNET_RM]; /* W_hn h + b_hn stays apart: it is scaled by r */
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         hn[r] = acc[r][2];
         acc[r][2] = (realv)0;
     }
 #endif
     if (I > 0) {
+        /* W_ih x + b_ih summed apart, one gate at a time (RM more registers, not
+         * RM * G), then added to the recurrent part */
         __global const real *xrow[CLNET_RM];
-        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
             xrow[r] = x + x_off + (size_t)min(m0 + r, B - 1) * I;
-            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
-                acc[r][g] += CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g) {
+            realv part[CLNET_RM];
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                part[r] = (realv)0;
+            __global const real *wk = Wx + col + g * CLNET_VW;
+            for (int k = 0; k < I; ++k) {
+                const realv wv = CLNET_VLOAD(0, wk + (size_t)k * CLNET_NC);
+                _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                    part[r] = fma((realv)(xrow[r][k]), wv, part[r]);
+            }
+            const realv b = CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                acc[r][g] += part[r] + b;
         }
-        __global const real *xblock = Wx + col;
-        CLNET_TILE_PRODUCT(acc, xrow, I, xblock)
     } else {
         _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
             __global const real *gxr = gx + gx_off + (size_t)min(m0 + r, B - 1) * CLNET_NC + col;
@@ -215,7 +238,7 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H,
 #elif defined(CLNET_GRU)
         const realv rg = clnet_sigmoid_v(acc[r][0]);
         const realv z = clnet_sigmoid_v(acc[r][1]);
-        const realv hnb = hn[r] + CLNET_VLOAD(0, bias_hn + unit);
+        const realv hnb = hn[r]; /* W_hn h + b_hn */
         const realv n = clnet_tanh_v(acc[r][2] + rg * hnb);
         CLNET_STORE_SLOT(0, rg);
         CLNET_STORE_SLOT(1, z);
@@ -244,7 +267,7 @@ __kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
                               __global real *h_next, const long hn_off,
                               __global const real *c_prev, __global real *c_next,
                               __global const real *keep, const long keep_off, const int has_keep,
-                              __global const real *bias_hn,
+                              __global const real *bias_h,
                               __global const real *zero_row,
                               __global const real *x, const long x_off, const int I,
                               __global const real *Wx,
@@ -253,7 +276,7 @@ __kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
     const int m0 = get_global_id(0) * CLNET_RM;
     if (m0 < B)
         clnet_rnn_tile(m0, get_global_id(1), B, H, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
-                       c_prev, c_next, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
+                       c_prev, c_next, keep, keep_off, has_keep, bias_h, zero_row, x, x_off, I, Wx, bias_x);
 }
 
 /* All T steps of a sequence in ONE launch. Batch rows never depend on other rows, so
@@ -269,7 +292,7 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
                             __global real *out,
                             __global const real *c0, __global real *c,
                             __global const real *keep, const int has_keep,
-                            __global const real *bias_hn,
+                            __global const real *bias_h,
                             __global const real *zero_row,
                             __global const real *x, const int I,
                             __global const real *Wx,
@@ -280,7 +303,7 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
     for (int t = 0; t < T; ++t) {
         const long step = (long)t * B;
         clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
-                       out, step * Hp, t ? c : c0, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
+                       out, step * Hp, t ? c : c0, c, keep, step, has_keep, bias_h, zero_row, x, step * I, I,
                        Wx, bias_x);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }

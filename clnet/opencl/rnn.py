@@ -88,8 +88,8 @@ def kernel_defines(kind: str, dtype, rows: int, *extra: str) -> tuple:
 @dataclass(eq=False)
 class CellWeights:
     """A cell's weights on one device: W_ih (I, G*Hp) and W_hh (Hp, G*Hp) interleaved,
-    the biases that are simply added folded into ``b_x``, the GRU's b_hn apart, and a
-    zero row. ``params`` keeps the float64 host weights for the derived copies in
+    the input biases ``b_x`` and the recurrent ones ``b_h`` (G*Hp, interleaved), and a
+    row of zeros. ``params`` keeps the float64 host weights for the derived copies in
     ``device_copies`` (padded input weights, BPTT's transposes)."""
 
     kind: str
@@ -101,7 +101,7 @@ class CellWeights:
     w_ih: "cl.Buffer"
     w_hh: "cl.Buffer"
     b_x: "cl.Buffer"
-    b_hn: "cl.Buffer"
+    b_h: "cl.Buffer"
     zeros: "cl.Buffer"
     params: Dict[str, np.ndarray]
     device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
@@ -164,13 +164,9 @@ class RNNKernels(RNNOps):
         zeros = np.zeros(G * H)
         b_ih = params.get("bias_ih", zeros)
         b_hh = params.get("bias_hh", zeros)
-        # Recurrent biases that are simply added are folded into the input projection;
-        # the GRU's b_hn sits inside r * (W_hn h + b_hn) and stays separate.
-        b_x = b_ih + b_hh
-        b_hn = np.zeros(hp)
-        if kind == "gru":
-            b_x = b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H)])
-            b_hn[:H] = b_hh[2 * H:]
+        # b_ih and b_hh stay apart, each added after its product as the reference does:
+        # b_ih + b_hh folded in advance overflows float32 where the reference does not
+        # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
         w_hh = np.zeros((G * H, hp))
         w_hh[:, :H] = params["weight_hh"]
         with self.lock:
@@ -179,8 +175,9 @@ class RNNKernels(RNNOps):
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
                 w_ih=up(interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
-                b_x=up(interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                b_x=up(interleave(b_ih[:, None], G, H, hp, vw).astype(dt), "biases"),
+                b_h=up(interleave(b_hh[:, None], G, H, hp, vw).astype(dt), "biases"),
+                zeros=up(np.zeros(hp, dtype=dt), "zeros"),
                 params=params)
 
     def padded_input_weights(self, w: CellWeights) -> np.ndarray:
@@ -266,7 +263,7 @@ class RNNKernels(RNNOps):
                   Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
                   hn_off=0, c_prev=s.c if s.c is not None else w.zeros, c_next=s.next_c(w.zeros), keep=d_keep,
                   keep_off=0,
-                  has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
+                  has_keep=int(keep is not None), bias_h=w.b_h, zero_row=w.zeros, x=d_x, x_off=0, I=I,
                   Wx=w.w_ih, bias_x=w.b_x)
             h = self._read_rows(s, s.h_bufs[1 - s.cur], B)
             publish([s])
@@ -309,7 +306,7 @@ class RNNKernels(RNNOps):
         if run is not None and blocks <= run.work_group_size(self.device):
             run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, H=w.hidden, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
                 out=d_out, c0=s.c if s.c is not None else w.zeros, c=s.next_c(w.zeros), keep=d_keep, has_keep=int(has_keep),
-                bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
+                bias_h=w.b_h, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
         else:
             self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, rows, fused)
         item = s.dtype.itemsize
@@ -329,7 +326,7 @@ class RNNKernels(RNNOps):
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
         common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c_next=s.next_c(w.zeros), keep=d_keep,
-                      has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros)
+                      has_keep=int(has_keep), bias_h=w.b_h, zero_row=w.zeros)
         c_prev = s.c if s.c is not None else w.zeros  # the first step reads the state, the others c_next
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
