@@ -66,3 +66,30 @@ def test_an_unpickled_state_accepts_its_backend_by_spec(any_backend):
     np.testing.assert_array_equal(state2.c, state.c)
     h = cell2.step(np.ones((2, 2)), state2, backend=any_backend.spec)
     np.testing.assert_allclose(h, cell.step(np.ones((2, 2)), state), rtol=1e-6)
+
+
+def test_use_backend_is_not_inherited_by_executor_workers_as_the_readme_says():
+    """use_backend is a context variable: loop.run_in_executor's workers do not see it,
+    a copied context does (README, Threads)."""
+    import asyncio
+    import contextvars
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "run_in_executor" in readme and "copy_context" in readme
+
+    class Marker(clnet.Backend):
+        spec = "marker-for-this-test"
+
+    marker = Marker()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with clnet.use_backend(marker):
+            plain = await loop.run_in_executor(None, clnet.get_backend)
+            ctx = contextvars.copy_context()
+            copied = await loop.run_in_executor(None, ctx.run, clnet.get_backend)
+        return plain, copied
+
+    plain, copied = asyncio.run(main())
+    assert plain is not marker and copied is marker
