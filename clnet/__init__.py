@@ -19,6 +19,7 @@ from .backend import (
     get_backend,
     notes,
     register_provider,
+    release_memory,
     unregister_provider,
     use_backend,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "pearson_threshold",
     "pearson_topk",
     "register_provider",
+    "release_memory",
     "unregister_provider",
     "use_backend",
     "weight_count",

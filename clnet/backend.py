@@ -41,6 +41,7 @@ __all__ = [
     "run",
     "get_backend",
     "notes",
+    "release_memory",
     "use_backend",
     "resolve_dtype",
 ]
@@ -80,6 +81,9 @@ class Backend:
     description: str = ""
     #: whether float64 operations are available
     supports_float64: bool = True
+    #: why this backend object cannot run in this process (set in a forked child when the
+    #: backend's driver does not survive a fork); :func:`run` refuses it with that reason
+    inherited_by_fork: str = ""
 
     def op(self, name: str) -> Callable:
         """The operation ``name`` of a family this backend declares."""
@@ -93,6 +97,10 @@ class Backend:
         raise NotImplementedError(
             f"backend {self.spec!r} does not implement the operation {name!r} (family "
             f"{family.name!r}); choose another backend with backend=... or clnet.use_backend(...)")
+
+    def release_memory(self) -> None:
+        """Free what the backend keeps between calls for speed (scratch buffers); the
+        next call makes it again. Objects the user holds keep their own copies."""
 
     def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
         """The clnet error for a driver's exception ``exc`` raised during ``operation``
@@ -280,12 +288,14 @@ class _Registry:
 
     def best(self, cands: Iterable[BackendCandidate], what: str) -> Backend:
         ordered = sorted(cands, key=lambda c: -c.priority)
-        reasons = []
+        reasons, fixes = [], []
         for cand in ordered:
             try:
                 backend = self.load(cand)
             except BackendUnavailable as exc:
                 reasons.append(f"{cand.spec}: {exc.reason}")
+                if exc.fix and exc.fix not in fixes:
+                    fixes.append(exc.fix)
                 continue
             if reasons and tuple(reasons) not in self._warned:
                 self._warned.add(tuple(reasons))  # once per situation, not on every call
@@ -293,8 +303,10 @@ class _Registry:
                               + "; ".join(reasons), RuntimeWarning, stacklevel=4)
             return backend
         detail = "; ".join(reasons) if reasons else "no backend is registered"
-        raise BackendUnavailable(what, detail, "run 'python -m clnet info' to see every backend and why "
-                                 "it cannot run; is clnet installed (pip install .)?")
+        # The failures' own fixes when there are some: the generic hint only without any.
+        fix = "; ".join(fixes) if fixes else ("run 'python -m clnet info' to see every backend and why it "
+                                              "cannot run; is clnet installed (pip install .)?")
+        raise BackendUnavailable(what, detail, fix)
 
     def _resolve(self, spec: str):
         """``(all candidates of the provider spec names, those its selector picks, or None
@@ -366,6 +378,21 @@ def backends() -> List[BackendInfo]:
     return _registry.info()
 
 
+def release_memory() -> None:
+    """Free the scratch and output buffers every loaded backend keeps between calls.
+
+    OpenCL keeps workspaces of at most 32 MiB each and 128 MiB per device between calls
+    (larger ones are freed after their call already); this frees those too, e.g. before
+    a long phase that does not use clnet. Weights and inputs a user's object (a cell, a
+    population) uploaded stay with that object and go when it does.
+    """
+    with _registry._lock:
+        loaded = list(_registry._backends.values())
+    for backend in loaded:
+        if not backend.inherited_by_fork:
+            backend.release_memory()
+
+
 def notes() -> List[str]:
     """Hints about this machine from the backend providers (e.g. an NVIDIA GPU without its
     OpenCL platform), shown by ``python -m clnet info``."""
@@ -427,6 +454,9 @@ def run(spec: BackendLike, operation: str, work: Callable[[Backend], T], *, stat
     backend = get_backend(spec)
     try:
         try:
+            if backend.inherited_by_fork:
+                raise DeviceError(f"backend {backend.spec!r} cannot run {operation} here: "
+                                  f"{backend.inherited_by_fork}")
             return work(backend)
         except DeviceError:
             raise

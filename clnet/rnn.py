@@ -26,7 +26,7 @@ from ._validate import as_int, as_real_array
 from .backend import Backend, BackendLike, call, get_backend
 from .bptt import backward_sequence
 from .common.cache import DeviceCache
-from .state import RecurrentState, reset_keep
+from .state import RecurrentState, exclusive, reset_keep
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RecurrentState"]
 
@@ -160,7 +160,9 @@ class _Cell:
                              f"cell's initial_state()")
         if backend is not None:
             be = get_backend(backend)
-            if be is not state.backend:
+            # Specs, not objects: a state unpickled or made through another spec string
+            # of the same device is on the backend requested.
+            if be.spec != state.backend.spec:
                 raise ValueError(f"state lives on backend {state.backend.spec!r} but backend {be.spec!r} "
                                  f"was requested; make the state with initial_state(..., backend=...)")
         return state.backend
@@ -190,7 +192,9 @@ class _Cell:
             raise ValueError(f"x has batch size {xv.shape[0]} but the state holds {state.batch_size} "
                              f"environments: x must have shape ({state.batch_size}, {self.input_size})")
         keep = reset_keep(reset, "reset", (state.batch_size,), dt)
-        return call(be, "rnn_step", self._weights(be, dt), state._storage, xv, keep, stateless=False)
+        weights = self._weights(be, dt)
+        with state._lock:
+            return call(be, "rnn_step", weights, state._storage, xv, keep, stateless=False)
 
     def sequence(self, xs, state: RecurrentState, resets=None, *, batch_first: bool = False,
                  backend: BackendLike = None) -> np.ndarray:
@@ -222,7 +226,9 @@ class _Cell:
         if T == 0:
             out = np.empty((0, B, self.hidden_size), dtype=dt)
         else:
-            out = call(be, "rnn_sequence", self._weights(be, dt), state._storage, xv, keeps, stateless=False)
+            weights = self._weights(be, dt)
+            with state._lock:
+                out = call(be, "rnn_sequence", weights, state._storage, xv, keeps, stateless=False)
         return np.ascontiguousarray(out.transpose(1, 0, 2)) if batch_first else out
 
     # -- backpropagation through time -------------------------------------------------------
@@ -497,7 +503,9 @@ class _Stacked:
         if T == 0:
             return np.empty((0, B, self.hidden_size), dtype=states[0].dtype)
         weights = [cell._weights(be, states[0].dtype) for cell in self.layers]
-        return call(be, "rnn_sequence_stacked", weights, [s._storage for s in states], xv, keeps, stateless=False)
+        with exclusive(states):
+            return call(be, "rnn_sequence_stacked", weights, [s._storage for s in states], xv, keeps,
+                        stateless=False)
 
     def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
                           burn_in=0, mask=None, batch_first=None, backend: BackendLike = None,

@@ -8,12 +8,14 @@ convention).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+import threading
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ._validate import host_array
-from .backend import Backend, call
+from .backend import Backend, call, get_backend
 
 __all__ = ["RecurrentState", "reset_keep", "per_step_array"]
 
@@ -50,6 +52,20 @@ class RecurrentState:
     buffers and only moves when read (:attr:`h`, :attr:`c`) or written (:meth:`set`).
     It belongs to the cell and backend that made it; other cells refuse it. It never
     shares memory with arrays the caller passes in or gets back.
+
+    Updates are atomic: ``step``, ``sequence`` (every layer of a stacked model), ``set``
+    and ``reset`` compute the new h and c apart and publish them together at the end,
+    so a call interrupted by Ctrl-C (KeyboardInterrupt) or failing leaves exactly the
+    state before the call or exactly the state after it, never h of one and c of the other.
+
+
+    Threads: calls that change one state are serialised by a lock of the state (two
+    threads stepping one state each see the other's steps; none is lost). Which order
+    they run in is up to the threads: give each thread its own state to get a defined
+    result.
+
+    Pickling stores the cell, the backend's spec, the dtype and h (and c) as host
+    arrays; unpickling makes a new state on that backend in the receiving process.
     """
 
     def __init__(self, cell, backend: Backend, dtype, batch_size: int, storage):
@@ -58,6 +74,11 @@ class RecurrentState:
         self._dtype = np.dtype(dtype)
         self._batch = batch_size
         self._storage = storage
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        c = self.c if self._cell.kind == "lstm" else None
+        return (_restore_state, (self._cell, self._backend.spec, self._dtype.name, self._batch, self.h, c))
 
     @property
     def cell(self):
@@ -93,7 +114,8 @@ class RecurrentState:
             mask = np.ones(self._batch, dtype=bool)
         keep = reset_keep(mask, "mask", (self._batch,), self._dtype)
         if keep is not None:
-            call(self._backend, "rnn_state_reset", self._storage, keep, stateless=False)
+            with self._lock:
+                call(self._backend, "rnn_state_reset", self._storage, keep, stateless=False)
 
     def set(self, h, c=None) -> None:
         """Overwrite the state, e.g. with one stored in a rollout buffer for re-evaluation."""
@@ -106,8 +128,25 @@ class RecurrentState:
             cv = self._cell._state_array(c, "c", shape, self._dtype)
         elif c is not None:
             raise ValueError(f"a {type(self._cell).__name__} state has no cell state c; call state.set(h)")
-        call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
+        with self._lock:
+            call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
 
     def __repr__(self) -> str:
         return (f"<clnet.RecurrentState of a {type(self._cell).__name__}: batch {self._batch}, "
                 f"hidden {self._cell.hidden_size}, {self._dtype.name} on {self._backend.spec}>")
+
+
+def _restore_state(cell, spec: str, dtype: str, batch_size: int, h, c) -> RecurrentState:
+    state = cell.initial_state(batch_size, backend=get_backend(spec), dtype=dtype)
+    state.set(h, c)
+    return state
+
+
+@contextlib.contextmanager
+def exclusive(states: Sequence[RecurrentState]) -> Iterator[None]:
+    """Hold the locks of ``states`` (in one global order, so that two threads locking
+    overlapping lists cannot deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for state in sorted(set(states), key=id):
+            stack.enter_context(state._lock)
+        yield

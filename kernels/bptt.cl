@@ -51,13 +51,13 @@
 /* Steps t0 .. t1 - 1 of the forward, saving. x (with row stride I, a multiple of VW, and
  * padded columns of zeros) starts at x + x_base; keep is (T, B). Step 0 reads the state
  * from h0 (B, Hp) and copies it to hs[0]. */
-__kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const int t1,
+__kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const int t0, const int t1,
                                  __global const real *Wt,
                                  __global const real *h0,
                                  __global real *hs,
                                  __global real *c,
                                  __global const real *keep, const int has_keep,
-                                 __global const real *bias_hn,
+                                 __global const real *bias_h,
                                  __global const real *zero_row,
                                  __global const real *x, const long x_base, const int I,
                                  __global const real *Wx,
@@ -73,9 +73,9 @@ __kernel void clnet_bptt_forward(const int B, const int Hp, const int t0, const 
     }
     for (int t = t0; t < t1; ++t) {
         const long step = (long)t * B;
-        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c,
+        clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? hs : h0, t ? step * Hp : 0, hs, (step + B) * Hp, c, c,
                        keep, step,
-                       has_keep, bias_hn, zero_row, x, x_base + step * I, I, Wx, bias_x,
+                       has_keep, bias_h, zero_row, x, x_base + step * I, I, Wx, bias_x,
                        save, step * CLNET_SLOTS * Hp);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }

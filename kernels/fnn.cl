@@ -118,6 +118,37 @@ __kernel void clnet_fnn_layered(const int n_layers,
     }
 }
 
+/* An unsigned integer key per real value that orders like the values (-inf < ... < -0 <
+ * +0 < ... < +inf; NaN is handled apart): the sign bit flipped for positive values, all
+ * bits flipped for negative ones. The median bisects over its bits. */
+#ifdef CLNET_USE_DOUBLE
+typedef ulong clnet_key;
+#define CLNET_KEY_BITS 64
+#define CLNET_KEY_MAX ULONG_MAX
+inline clnet_key clnet_order_key(real t)
+{
+    const ulong b = as_ulong(t);
+    return (b >> 63) ? ~b : (b | 0x8000000000000000UL);
+}
+inline real clnet_from_order_key(clnet_key k)
+{
+    return as_double((k >> 63) ? (k & 0x7FFFFFFFFFFFFFFFUL) : ~k);
+}
+#else
+typedef uint clnet_key;
+#define CLNET_KEY_BITS 32
+#define CLNET_KEY_MAX UINT_MAX
+inline clnet_key clnet_order_key(real t)
+{
+    const uint b = as_uint(t);
+    return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+inline real clnet_from_order_key(clnet_key k)
+{
+    return as_float((k >> 31) ? (k & 0x7FFFFFFFu) : ~k);
+}
+#endif
+
 /* Address of the LANES values feeding connection c: an input row or an earlier node. */
 #define CLNET_SRC(c)                                                               \
     (conn_src[c] < n_in ? inputs + (size_t)conn_src[c] * in_stride + b0 + lane0 \
@@ -207,34 +238,74 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                 }
             }
         } else if (agg == CLNET_AGG_MEDIAN) {
-            /* No per-item array of unknown length: find the middle order statistics by
-             * counting, O(n^2) over a node's fan-in. Any NaN term makes the median NaN;
-             * up to two terms the median is their mean. */
+            /* The middle order statistics without a per-item array of unknown length:
+             * each is found by bisection over the bits of an order-preserving integer
+             * key (clnet_order_key), one counting pass over the fan-in per bit, so
+             * O(n * bits) per node (33 passes in float, 65 in double) instead of O(n^2).
+             * Any NaN term makes the median NaN; up to two terms it is their mean. */
             const int lo_rank = (n - 1) / 2; /* lower middle; equals upper for odd n */
             const int hi_rank = n / 2;
+            real total[LANES];
+            int has_nan[LANES];
+            clnet_key lo_key[LANES];
             for (int s = 0; s < LANES; ++s) {
-                real total = (real)0, lo_val = (real)0, hi_val = (real)0;
-                int has_nan = 0;
-                for (int c = c0; c < c1; ++c) {
-                    const real t = conn_w[c] * CLNET_SRC(c)[s];
-                    has_nan |= isnan(t);
-                    total += t;
-                    int less = 0, equal = 0;
-                    for (int d = c0; d < c1; ++d) {
-                        const real u = conn_w[d] * CLNET_SRC(d)[s];
-                        less += u < t;
-                        equal += u == t;
-                    }
-                    /* t occupies sorted positions less .. less + equal - 1 */
-                    if (less <= lo_rank && lo_rank < less + equal)
-                        lo_val = t;
-                    if (less <= hi_rank && hi_rank < less + equal)
-                        hi_val = t;
+                total[s] = (real)0;
+                has_nan[s] = 0;
+                lo_key[s] = 0;
+            }
+            for (int c = c0; c < c1; ++c) {
+                const real w = conn_w[c];
+                __global const real *v = CLNET_SRC(c);
+                for (int s = 0; s < LANES; ++s) {
+                    const real t = w * v[s];
+                    has_nan[s] |= isnan(t);
+                    total[s] += t;
                 }
-                zz[s] = n == 0 ? (real)0
-                      : has_nan ? (real)NAN
-                      : n <= 2 ? total / (real)n
-                      : lo_rank == hi_rank ? lo_val : (lo_val + hi_val) / (real)2;
+            }
+            if (n > 2) {
+                /* smallest key K with count(key <= K) > lo_rank, decided bit by bit */
+                for (int bit = CLNET_KEY_BITS - 1; bit >= 0; --bit) {
+                    int count[LANES];
+                    clnet_key mid[LANES];
+                    for (int s = 0; s < LANES; ++s) {
+                        mid[s] = lo_key[s] | (((clnet_key)1 << bit) - 1);
+                        count[s] = 0;
+                    }
+                    for (int c = c0; c < c1; ++c) {
+                        const real w = conn_w[c];
+                        __global const real *v = CLNET_SRC(c);
+                        for (int s = 0; s < LANES; ++s)
+                            count[s] += clnet_order_key(w * v[s]) <= mid[s];
+                    }
+                    for (int s = 0; s < LANES; ++s)
+                        if (count[s] <= lo_rank)
+                            lo_key[s] |= (clnet_key)1 << bit;
+                }
+                /* the upper middle: the lower one if it repeats past hi_rank, else the
+                 * smallest key above it */
+                int at_most[LANES];
+                clnet_key above[LANES];
+                for (int s = 0; s < LANES; ++s) {
+                    at_most[s] = 0;
+                    above[s] = CLNET_KEY_MAX;
+                }
+                for (int c = c0; c < c1; ++c) {
+                    const real w = conn_w[c];
+                    __global const real *v = CLNET_SRC(c);
+                    for (int s = 0; s < LANES; ++s) {
+                        const clnet_key k2 = clnet_order_key(w * v[s]);
+                        at_most[s] += k2 <= lo_key[s];
+                        above[s] = k2 > lo_key[s] && k2 < above[s] ? k2 : above[s];
+                    }
+                }
+                for (int s = 0; s < LANES; ++s) {
+                    const real lo_val = clnet_from_order_key(lo_key[s]);
+                    const real hi_val = at_most[s] > hi_rank ? lo_val : clnet_from_order_key(above[s]);
+                    zz[s] = has_nan[s] ? (real)NAN : lo_rank == hi_rank ? lo_val : (lo_val + hi_val) / (real)2;
+                }
+            } else {
+                for (int s = 0; s < LANES; ++s)
+                    zz[s] = n == 0 ? (real)0 : has_nan[s] ? (real)NAN : total[s] / (real)n;
             }
         } else {
             for (int s = 0; s < LANES; ++s)

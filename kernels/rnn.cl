@@ -6,7 +6,8 @@
  *     (block jb, gate g, lane l)  ->  jb * G * CLNET_VW + g * CLNET_VW + l
  * so that one work-item loads the G gates of its CLNET_VW units with G contiguous
  * vector loads per row, and the whole cell update happens in its registers.
- * Padded units have zero weights and biases, so their h and c stay exactly zero.
+ * Padded units have zero weights and biases; their pre-activations are set to exactly
+ * zero (a non-finite input times a zero weight is NaN), so their h and c stay zero.
  *
  * One work-item owns CLNET_RM batch rows by one block of units (all gates): an
  * RM x (G * VW) register tile, each row of Wt loaded once per RM rows and each input
@@ -30,6 +31,9 @@
 typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
 #define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
 #define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
+
+/* Lane numbers 0 .. CLNET_VW - 1 as a vector (CLNET_VLOAD reads the first CLNET_VW). */
+__constant real clnet_lanes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 #ifndef CLNET_GATES
 #define CLNET_GATES 4
@@ -98,10 +102,15 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         arow[r] = A + a_off + (size_t)min(m0 + r, M - 1) * K; /* clamped rows are computed, not stored */
         _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
-            acc[r][g] = CLNET_VLOAD(0, bias + col + g * CLNET_VW);
+            acc[r][g] = (realv)0;
     }
     __global const real *wblock = Wt + col;
     CLNET_TILE_PRODUCT(acc, arow, K, wblock)
+    /* the bias after the product, as the reference groups W x + b (near 1e38 the order
+     * decides what overflows) */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] += CLNET_VLOAD(0, bias + col + g * CLNET_VW);
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         if (m0 + r < M) {
             _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
@@ -118,17 +127,19 @@ __kernel void clnet_rnn_project(const int M, const int K, const int Hp,
  * (I > 0) so that a step is one launch.
  * keep[b] = 0 where environment b started a new episode before this step: its h and c
  * count as exactly zero (even if they held NaN), 1 elsewhere; has_keep = 0 means all
- * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); c
- * is updated in place (LSTM only). bias_hn is the GRU's recurrent bias of the n gate,
- * which sits inside r * (...). zero_row holds Hp zeros. */
-inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp,
+ * ones. h_prev and h_next are distinct buffers (or distinct regions of one buffer); the
+ * LSTM's c is read from c_in and written to c_out (the same buffer for an update in
+ * place; distinct ones so that a step leaves the state it started from untouched).
+ * bias_h holds the recurrent biases b_hh (G * Hp, interleaved), added after the recurrent
+ * product, so that the GRU's W_hn h + b_hn is one accumulator. zero_row holds Hp zeros. */
+inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H, const int Hp,
                            __global const real *Wt,
                            __global const real *gx, const long gx_off,
                            __global const real *h_prev, const long hp_off,
                            __global real *h_next, const long hn_off,
-                           __global real *c,
+                           __global const real *c_in, __global real *c_out,
                            __global const real *keep, const long keep_off, const int has_keep,
-                           __global const real *bias_hn,
+                           __global const real *bias_h,
                            __global const real *zero_row,
                            __global const real *x, const long x_off, const int I,
                            __global const real *Wx,
@@ -151,27 +162,58 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
     }
     __global const real *wblock = Wt + col;
     CLNET_TILE_PRODUCT(acc, arow, Hp, wblock)
+    /* gates = (W_ih x + b_ih) + (W_hh h + b_hh), grouped as the reference groups them:
+     * folding b_ih + b_hh in advance, or starting a product from its bias, overflows
+     * float32 where the reference does not (weights near 1e38) */
+    _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+            acc[r][g] += CLNET_VLOAD(0, bias_h + col + g * CLNET_VW);
 #if defined(CLNET_GRU)
-    realv hn[CLNET_RM]; /* W_hn h stays apart: it is scaled by r */
+    realv hn[CLNET_RM]; /* W_hn h + b_hn stays apart: it is scaled by r */
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
         hn[r] = acc[r][2];
         acc[r][2] = (realv)0;
     }
 #endif
     if (I > 0) {
+        /* W_ih x + b_ih summed apart, one gate at a time (RM more registers, not
+         * RM * G), then added to the recurrent part */
         __global const real *xrow[CLNET_RM];
-        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
             xrow[r] = x + x_off + (size_t)min(m0 + r, B - 1) * I;
-            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
-                acc[r][g] += CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g) {
+            realv part[CLNET_RM];
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                part[r] = (realv)0;
+            __global const real *wk = Wx + col + g * CLNET_VW;
+            for (int k = 0; k < I; ++k) {
+                const realv wv = CLNET_VLOAD(0, wk + (size_t)k * CLNET_NC);
+                _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                    part[r] = fma((realv)(xrow[r][k]), wv, part[r]);
+            }
+            const realv b = CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
+            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+                acc[r][g] += part[r] + b;
         }
-        __global const real *xblock = Wx + col;
-        CLNET_TILE_PRODUCT(acc, xrow, I, xblock)
     } else {
         _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
             __global const real *gxr = gx + gx_off + (size_t)min(m0 + r, B - 1) * CLNET_NC + col;
             _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
                 acc[r][g] += CLNET_VLOAD(0, gxr + g * CLNET_VW);
+        }
+    }
+    if (unit + CLNET_VW > H) {
+        /* The block holds padded units (unit + lane >= H). Their weights are zero, but a
+         * non-finite input or state value times zero is NaN, which would reach the real
+         * units through the next step's product: their pre-activations are exactly zero,
+         * so that their h and c stay exactly zero (and BPTT's saved gates finite). */
+        const realv lane = CLNET_VLOAD(0, clnet_lanes);
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g)
+                acc[r][g] = select(acc[r][g], (realv)0, lane >= (realv)(H - unit));
+#if defined(CLNET_GRU)
+            hn[r] = select(hn[r], (realv)0, lane >= (realv)(H - unit));
+#endif
         }
     }
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
@@ -184,9 +226,9 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
         const realv f = clnet_sigmoid_v(acc[r][1]);
         const realv g = clnet_tanh_v(acc[r][2]);
         const realv o = clnet_sigmoid_v(acc[r][3]);
-        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c + at);
+        const realv c0 = fresh[r] ? (realv)0 : CLNET_VLOAD(0, c_in + at);
         const realv c1 = f * c0 + i * g;
-        CLNET_VSTORE(c1, 0, c + at);
+        CLNET_VSTORE(c1, 0, c_out + at);
         CLNET_STORE_SLOT(0, i);
         CLNET_STORE_SLOT(1, f);
         CLNET_STORE_SLOT(2, g);
@@ -196,7 +238,7 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
 #elif defined(CLNET_GRU)
         const realv rg = clnet_sigmoid_v(acc[r][0]);
         const realv z = clnet_sigmoid_v(acc[r][1]);
-        const realv hnb = hn[r] + CLNET_VLOAD(0, bias_hn + unit);
+        const realv hnb = hn[r]; /* W_hn h + b_hn */
         const realv n = clnet_tanh_v(acc[r][2] + rg * hnb);
         CLNET_STORE_SLOT(0, rg);
         CLNET_STORE_SLOT(1, z);
@@ -218,14 +260,14 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int Hp
 
 #ifndef CLNET_SAVE /* kernels/bptt.cl has its own loops over the steps */
 /* One time step. global (ceil(B / RM), Hp / VW). */
-__kernel void clnet_rnn_recur(const int B, const int Hp,
+__kernel void clnet_rnn_recur(const int B, const int H, const int Hp,
                               __global const real *Wt,
                               __global const real *gx, const long gx_off,
                               __global const real *h_prev, const long hp_off,
                               __global real *h_next, const long hn_off,
-                              __global real *c,
+                              __global const real *c_prev, __global real *c_next,
                               __global const real *keep, const long keep_off, const int has_keep,
-                              __global const real *bias_hn,
+                              __global const real *bias_h,
                               __global const real *zero_row,
                               __global const real *x, const long x_off, const int I,
                               __global const real *Wx,
@@ -233,23 +275,24 @@ __kernel void clnet_rnn_recur(const int B, const int Hp,
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     if (m0 < B)
-        clnet_rnn_tile(m0, get_global_id(1), B, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
-                       c, keep, keep_off, has_keep, bias_hn, zero_row, x, x_off, I, Wx, bias_x);
+        clnet_rnn_tile(m0, get_global_id(1), B, H, Hp, Wt, gx, gx_off, h_prev, hp_off, h_next, hn_off,
+                       c_prev, c_next, keep, keep_off, has_keep, bias_h, zero_row, x, x_off, I, Wx, bias_x);
 }
 
 /* All T steps of a sequence in ONE launch. Batch rows never depend on other rows, so
  * work-group g owns rows g * RM .. g * RM + RM - 1 with every unit block (local size
  * (1, Hp / VW)), and a work-group barrier between steps is all the synchronisation the
  * recurrence needs: no launch per step. Inputs x (T, B, I) are projected inside each
- * step; h of step t goes to out + t * B * Hp, and h0 is the state before step 0.
+ * step; h of step t goes to out + t * B * Hp, and h0 (c0) is the state before step 0;
+ * c holds the LSTM's cell state after each step.
  * keep is (T, B). global (ceil(B / RM), Hp / VW), local (1, Hp / VW). */
-__kernel void clnet_rnn_run(const int B, const int Hp, const int T,
+__kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
                             __global const real *Wt,
                             __global const real *h0,
                             __global real *out,
-                            __global real *c,
+                            __global const real *c0, __global real *c,
                             __global const real *keep, const int has_keep,
-                            __global const real *bias_hn,
+                            __global const real *bias_h,
                             __global const real *zero_row,
                             __global const real *x, const int I,
                             __global const real *Wx,
@@ -259,8 +302,8 @@ __kernel void clnet_rnn_run(const int B, const int Hp, const int T,
     const int jb = get_local_id(1);
     for (int t = 0; t < T; ++t) {
         const long step = (long)t * B;
-        clnet_rnn_tile(m0, jb, B, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
-                       out, step * Hp, c, keep, step, has_keep, bias_hn, zero_row, x, step * I, I,
+        clnet_rnn_tile(m0, jb, B, H, Hp, Wt, zero_row, 0, t ? out : h0, t ? (step - B) * Hp : 0,
+                       out, step * Hp, t ? c : c0, c, keep, step, has_keep, bias_h, zero_row, x, step * I, I,
                        Wx, bias_x);
         barrier(CLK_GLOBAL_MEM_FENCE);
     }

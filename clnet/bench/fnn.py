@@ -4,6 +4,9 @@
 mixed activations and aggregations, grown by neat-python's own mutation operators),
 each evaluated on the same 1,000 inputs. Figures are connection evaluations per second
 (evaluated connections x inputs / seconds) and ratios, all measured in this run.
+
+``--median 1000 10000 100000``: instead, one node aggregating that many inputs by median,
+64 samples, on every backend (the kernel's median is O(fan-in x bits) per node).
 """
 from __future__ import annotations
 
@@ -21,9 +24,14 @@ def main(argv=None) -> int:
     parser.add_argument("--inputs", type=int, default=1000, help="input samples per network")
     parser.add_argument("--backend", action="append", help="backend spec(s); default: numpy and every usable OpenCL device")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--median", type=int, nargs="+", metavar="FAN_IN",
+                        help="time one median node of each fan-in instead of the population")
     args = parser.parse_args(argv)
 
     import clnet
+
+    if args.median:
+        return median_bench(args)
 
     try:
         import neat
@@ -73,6 +81,28 @@ def main(argv=None) -> int:
             print(f"  {spec} rate          : {rates[spec] / 1e9:8.2f} G/s  (target >= 1 G/s)")
     if "numpy" in rates:
         print(f"  numpy / neat-python      : {rates['numpy'] / rates['neat-python']:8.1f}x")
+    return 0
+
+
+def median_bench(args) -> int:
+    """One node aggregating ``fan_in`` inputs by median, 64 samples, per backend."""
+    import clnet
+
+    specs = args.backend or [i.spec for i in clnet.backends() if i.usable and i.spec.startswith("opencl")] + ["numpy"]
+    rng = np.random.default_rng(0)
+    for fan_in in args.median:
+        conns = [(-(i + 1), 0, float(w), True) for i, w in enumerate(rng.normal(size=fan_in))]
+        net = clnet.FNN.from_graph(fan_in, 1, [(0, 0.0, 1.0, "identity", "median")], conns)
+        x = rng.normal(size=(64, fan_in))
+        times = {}
+        for spec in specs:
+            be = clnet.get_backend(spec)
+            net(x[:1], backend=be)  # build and upload outside the timing
+            times[spec] = best_time(lambda: net(x, backend=be), repeat=max(1, min(args.repeat, 3)))
+        line = ", ".join(f"{spec} {t * 1e3:.1f} ms" for spec, t in times.items())
+        ratios = ", ".join(f"{spec} {times['numpy'] / t:.1f}x numpy" for spec, t in times.items()
+                           if spec != "numpy" and "numpy" in times)
+        print(f"median, fan-in {fan_in:>7,}, 64 samples: {line}" + (f"  ({ratios})" if ratios else ""))
     return 0
 
 

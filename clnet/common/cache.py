@@ -39,6 +39,26 @@ class DeviceCache:
             self._by_backend.setdefault(backend, {})[key] = value
         return value
 
+    def peek(self, backend, key: Hashable):
+        """The copy ``backend`` stored under ``key``, or None; never makes one."""
+        with self._lock:
+            return self._by_backend.get(backend, {}).get(key)
+
+    def discard(self, backend, key: Hashable) -> None:
+        """Forget one copy (its memory is freed with its last reference)."""
+        with self._lock:
+            self._by_backend.get(backend, {}).pop(key, None)
+
+    def total(self, backend, size: Callable[[T], int]) -> int:
+        """The sum of ``size(copy)`` over the copies ``backend`` stored."""
+        with self._lock:
+            return sum(size(v) for v in self._by_backend.get(backend, {}).values())
+
+    def __reduce__(self):
+        # Device copies belong to this process's backends: a pickled host object (a cell,
+        # a population) arrives with an empty cache and uploads again where it is used.
+        return (DeviceCache, ())
+
     def clear(self) -> None:
         """Forget every copy (the host object changed)."""
         with self._lock:

@@ -188,8 +188,8 @@ class BPTTKernels(BPTTOps):
             d_save = self.workspace(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
                                     "saved activations")
             for t0, t1 in sz.steps(0, backwards=False):
-                fwd(self.queue, sz.grid, local, B=sz.B, Hp=sz.hp, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0, hs=d_hs, c=d_c,
-                    keep=d_keep, has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros, x=x_buf, x_base=x_base,
+                fwd(self.queue, sz.grid, local, B=sz.B, H=sz.H, Hp=sz.hp, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0, hs=d_hs, c=d_c,
+                    keep=d_keep, has_keep=int(has_keep), bias_h=w.b_h, zero_row=w.zeros, x=x_buf, x_base=x_base,
                     I=x_width, Wx=back.w_ih, bias_x=w.b_x, save=d_save)
             saved.append(SavedLayer(d_hs, d_c0, d_save, x_buf, x_base, x_width))
             x_buf, x_base, x_width = d_hs, sz.B * sz.hp, sz.hp

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..backend import BackendCandidate, BackendUnavailable
-from .runtime import IMPORT_ERROR, cl
+from .environment import is_pocl, pocl_cache_problem
+from .runtime import IMPORT_ERROR, cl, mark_opencl_started
 
 _PRIORITY = {"GPU": 300, "ACCELERATOR": 250, "CPU": 200}
 # Simulators are correct but slow: never chosen automatically over the NumPy fallback.
@@ -32,6 +33,7 @@ def _device_kind(device) -> str:
 def _platforms():
     if cl is None:
         return []
+    mark_opencl_started()  # from here on a forked child must not touch OpenCL
     try:
         return cl.get_platforms()
     except Exception:  # no ICD loader or no platform installed
@@ -79,6 +81,8 @@ class OpenCLProvider:
                 cands.append(_unusable(f"opencl:{pi}", f"platform {platform.name!r} lists no device ({exc})",
                                        "check the platform's driver installation"))
                 continue
+            if not devices:
+                cands.append(_no_devices(pi, platform.name))
             for di, device in enumerate(devices):
                 spec = f"opencl:{pi}:{di}"
                 kind = _device_kind(device)
@@ -135,6 +139,20 @@ def _part_matches(part: str, index: int, name: str) -> bool:
         return int(part) == index
     part = PLATFORM_ALIASES.get(part.lower(), part.lower())
     return part in name.lower()
+
+
+def _no_devices(pi: int, platform_name: str) -> BackendCandidate:
+    """A platform that lists no device: a real cause when one can be named (PoCL without
+    a writable cache folder lists none). Ranked above the NumPy fallback, so that automatic
+    selection says once why it falls back."""
+    reason, fix = f"platform {platform_name.strip()!r} lists no device", "check the platform's driver installation"
+    problem = pocl_cache_problem() if is_pocl(platform_name) else None
+    if problem is not None:
+        reason, fix = f"{reason}: {problem[0]}", problem[1]
+
+    def load():
+        raise BackendUnavailable(f"opencl:{pi}", reason, fix)
+    return BackendCandidate(f"opencl:{pi}", f"{platform_name.strip()} (no device)", 150, load)
 
 
 def _unusable(spec: str, reason: str, fix: str) -> BackendCandidate:

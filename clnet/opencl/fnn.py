@@ -12,12 +12,20 @@ from typing import Dict
 import numpy as np
 
 from ..common.packing import LayeredNetwork, PackedPopulation
+from ..functions import AGGREGATIONS
 from ..contract import FNNOps
 from .runtime import cl
 
 # Scratch for node values is split into launches of at most this many bytes, so that
 # huge populations or batches run within a device's default allocation limits.
 SCRATCH_BUDGET = 256 * 2**20
+# A launch of a population evaluates at most about this many connection terms (a median's
+# term counts MEDIAN_PASSES times: kernels/fnn.cl bisects over the bits of each value):
+# about 0.2 s on PoCL with 2 cores (measured: 1.5 ns per term), so that long work is a
+# series of launches and a KeyboardInterrupt takes effect between them instead of after
+# minutes inside one kernel.
+LAUNCH_TERMS = 2**27
+MEDIAN_PASSES = {4: 34, 8: 66}  # by item size: float32, float64
 
 
 def round_up(n: int, m: int) -> int:
@@ -153,15 +161,32 @@ class FNNKernels(FNNOps):
             p1 = min(p1, p0 + max(1, budget // (nb * n_out * item)))
         return p1
 
+    def _terms_per_sample(self, pop: PackedPopulation, item: int) -> int:
+        """Connection terms one sample of the whole population evaluates (medians weighted
+        by their passes); computed once per population."""
+        def count():
+            fan_in = np.diff(pop.node_conn_start.astype(np.int64))
+            median = pop.node_agg == AGGREGATIONS.index("median")
+            return int(fan_in.sum() + (MEDIAN_PASSES[item] - 1) * fan_in[median].sum())
+
+        return pop.device_copies.get(self, ("opencl.fnn.terms", item), count)
+
     def fnn_graph(self, pop, x, dtype):
         B, P, n_out = x.shape[0], pop.size, pop.n_outputs
         item = np.dtype(dtype).itemsize
         starts = pop.net_node_start.astype(np.int64)
         largest = max(1, int(np.max(np.diff(starts))))
         out = np.empty((P, B, n_out), dtype=dtype)
+        terms = self._terms_per_sample(pop, item)
         with self.lock:
             # Batch chunk: as many samples as the largest network allows within the budget.
             plan = self._fnn_layout("graph", B, largest * item, out.nbytes, n_out * item)
+            # ... and within LAUNCH_TERMS; long work then waits for each launch, so that an
+            # interrupt (Ctrl-C) is seen between launches.
+            bounded = max(plan.lanes, LAUNCH_TERMS // max(terms, 1) // plan.lanes * plan.lanes)
+            long_work = terms * B > LAUNCH_TERMS
+            if bounded < plan.per_launch:
+                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group)
             knl = self.kernel("fnn", "clnet_fnn_graph", dtype, (f"CLNET_LANES={plan.lanes}",))
             bufs = self._population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)
@@ -179,6 +204,8 @@ class FNNKernels(FNNOps):
                         inputs=d_x, in_stride=stride, n_in=pop.n_inputs, n_out=n_out, p0=p0, b0=b0, nb=nb,
                         nb_pad=nb_pad, out_p0=0 if plan.whole else p0, out_b0=0 if plan.whole else b0,
                         out_batch=B if plan.whole else nb, scratch=d_scratch, out=d_out)
+                    if long_work:
+                        self.queue.finish()
                     if not plan.whole:
                         block = np.empty((p1 - p0, nb, n_out), dtype=dtype)
                         cl.enqueue_copy(self.queue, block, d_out)

@@ -8,7 +8,9 @@ layer on the device: one upload of the inputs, one read-back of the last layer's
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -72,8 +74,8 @@ def kernel_defines(kind: str, dtype, rows: int, *extra: str) -> tuple:
 @dataclass(eq=False)
 class CellWeights:
     """A cell's weights on one device: W_ih (I, G*Hp) and W_hh (Hp, G*Hp) interleaved,
-    the biases that are simply added folded into ``b_x``, the GRU's b_hn apart, and a
-    zero row. ``params`` keeps the float64 host weights for the derived copies in
+    the input biases ``b_x`` and the recurrent ones ``b_h`` (G*Hp, interleaved), and a
+    row of zeros. ``params`` keeps the float64 host weights for the derived copies in
     ``device_copies`` (padded input weights, BPTT's transposes)."""
 
     kind: str
@@ -85,7 +87,7 @@ class CellWeights:
     w_ih: "cl.Buffer"
     w_hh: "cl.Buffer"
     b_x: "cl.Buffer"
-    b_hn: "cl.Buffer"
+    b_h: "cl.Buffer"
     zeros: "cl.Buffer"
     params: Dict[str, np.ndarray]
     device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
@@ -93,7 +95,11 @@ class CellWeights:
 
 @dataclass(eq=False)
 class StateBuffers:
-    """h (double-buffered: ``h_bufs[cur]`` is the current one) and c of a batch, (B, Hp)."""
+    """h and c of a batch, (B, Hp), double-buffered: ``h_bufs[cur]`` and ``c_bufs[cur]``
+    are the state. Every operation that changes it writes the other pair and then
+    publishes it with ONE assignment of ``cur``, so that an interrupt (Ctrl-C) leaves
+    exactly the state before the call or exactly the state after it, never h of one and
+    c of the other."""
 
     kind: str
     batch: int
@@ -101,12 +107,29 @@ class StateBuffers:
     hp: int
     dtype: np.dtype
     h_bufs: List["cl.Buffer"]
-    c: Optional["cl.Buffer"]
+    c_bufs: Optional[List["cl.Buffer"]]
     cur: int = 0
 
     @property
     def h(self) -> "cl.Buffer":
         return self.h_bufs[self.cur]
+
+    @property
+    def c(self) -> Optional["cl.Buffer"]:
+        return None if self.c_bufs is None else self.c_bufs[self.cur]
+
+    def next_c(self, fallback: "cl.Buffer") -> "cl.Buffer":
+        """The c buffer a change writes (``fallback``, a dummy, for cells without c)."""
+        return fallback if self.c_bufs is None else self.c_bufs[1 - self.cur]
+
+
+def publish(storages: List[StateBuffers]) -> None:
+    """Make the buffers the call wrote the state of every one of ``storages``.
+
+    The flips run in one C-level loop (deque over map): Python runs signal handlers only
+    between bytecodes, so a KeyboardInterrupt cannot land between two layers' flips.
+    """
+    deque(map(setattr, storages, repeat("cur"), [1 - s.cur for s in storages]), maxlen=0)
 
 
 @dataclass
@@ -127,13 +150,9 @@ class RNNKernels(RNNOps):
         zeros = np.zeros(G * H)
         b_ih = params.get("bias_ih", zeros)
         b_hh = params.get("bias_hh", zeros)
-        # Recurrent biases that are simply added are folded into the input projection;
-        # the GRU's b_hn sits inside r * (W_hn h + b_hn) and stays separate.
-        b_x = b_ih + b_hh
-        b_hn = np.zeros(hp)
-        if kind == "gru":
-            b_x = b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H)])
-            b_hn[:H] = b_hh[2 * H:]
+        # b_ih and b_hh stay apart, each added after its product as the reference does:
+        # b_ih + b_hh folded in advance overflows float32 where the reference does not
+        # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
         w_hh = np.zeros((G * H, hp))
         w_hh[:, :H] = params["weight_hh"]
         with self.lock:
@@ -142,8 +161,9 @@ class RNNKernels(RNNOps):
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
                 w_ih=up(interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
                 w_hh=up(interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
-                b_x=up(interleave(b_x[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_hn=up(b_hn.astype(dt), "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                b_x=up(interleave(b_ih[:, None], G, H, hp, vw).astype(dt), "biases"),
+                b_h=up(interleave(b_hh[:, None], G, H, hp, vw).astype(dt), "biases"),
+                zeros=up(np.zeros(hp, dtype=dt), "zeros"),
                 params=params)
 
     def padded_input_weights(self, w: CellWeights) -> np.ndarray:
@@ -170,8 +190,8 @@ class RNNKernels(RNNOps):
         self.check_alloc(zeros.nbytes, "hidden state")
         with self.lock:
             bufs = [self.copy_of(zeros, "hidden state") for _ in range(2)]
-            c = self.copy_of(zeros, "cell state") if kind == "lstm" else None
-        return StateBuffers(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, c=c)
+            c = [self.copy_of(zeros, "cell state") for _ in range(2)] if kind == "lstm" else None
+        return StateBuffers(kind=kind, batch=batch, hidden=hidden, hp=hp, dtype=dt, h_bufs=bufs, c_bufs=c)
 
     def _read_rows(self, s: StateBuffers, buf, rows: int) -> np.ndarray:
         host = np.empty((rows, s.hp), dtype=s.dtype)
@@ -189,9 +209,10 @@ class RNNKernels(RNNOps):
             return out
 
         with self.lock:
-            cl.enqueue_copy(self.queue, storage.h, padded(h), is_blocking=True)
+            cl.enqueue_copy(self.queue, storage.h_bufs[1 - storage.cur], padded(h), is_blocking=True)
             if c is not None:
-                cl.enqueue_copy(self.queue, storage.c, padded(c), is_blocking=True)
+                cl.enqueue_copy(self.queue, storage.c_bufs[1 - storage.cur], padded(c), is_blocking=True)
+            publish([storage])
 
     def rnn_state_reset(self, storage, keep):
         width = storage.hp
@@ -200,9 +221,14 @@ class RNNKernels(RNNOps):
             knl = self.kernel("rnn", "clnet_rnn_zero_rows", storage.dtype,
                               (f"CLNET_VW={vector_width(storage.dtype)}",))
             d_keep = self.to_device(keep.astype(storage.dtype), "reset mask")
-            for buf in [storage.h] + ([storage.c] if storage.c is not None else []):
-                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=buf, keep=d_keep)
+            pairs = [(storage.h, storage.h_bufs[1 - storage.cur])]
+            if storage.c_bufs is not None:
+                pairs.append((storage.c, storage.c_bufs[1 - storage.cur]))
+            for now, new in pairs:  # reset a copy, then publish it
+                cl.enqueue_copy(self.queue, new, now, byte_count=n * storage.dtype.itemsize)
+                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=new, keep=d_keep)
             self.queue.finish()
+            publish([storage])
 
     # -- stepping ---------------------------------------------------------------------------
     def rnn_step(self, weights, storage, x, keep):
@@ -220,13 +246,16 @@ class RNNKernels(RNNOps):
             cfg = self.params("rnn", kind=w.kind, batch=B)
             rows = cfg["step_rows"]
             recur = self._rnn_kernel(w, "recur", rows)
-            recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B, Hp=s.hp,
+            recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B, H=w.hidden,
+                  Hp=s.hp,
                   Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
-                  hn_off=0, c=s.c if s.c is not None else w.zeros, keep=d_keep, keep_off=0,
-                  has_keep=int(keep is not None), bias_hn=w.b_hn, zero_row=w.zeros, x=d_x, x_off=0, I=I,
+                  hn_off=0, c_prev=s.c if s.c is not None else w.zeros, c_next=s.next_c(w.zeros), keep=d_keep,
+                  keep_off=0,
+                  has_keep=int(keep is not None), bias_h=w.b_h, zero_row=w.zeros, x=d_x, x_off=0, I=I,
                   Wx=w.w_ih, bias_x=w.b_x)
-            s.cur = 1 - s.cur
-            return self._read_rows(s, s.h, B)
+            h = self._read_rows(s, s.h_bufs[1 - s.cur], B)
+            publish([s])
+            return h
 
     def rnn_sequence(self, weights, storage, xs, keeps):
         """T steps without a host round trip, then one read-back of every h (see
@@ -249,27 +278,30 @@ class RNNKernels(RNNOps):
                     source = LayerInput(d_out, s.hp, self._padded_input_buffer(layers[l + 1]))
             host = np.empty((T, B, s_last.hp), dtype=s_last.dtype)
             cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
+            publish(storages)  # every layer's new state at once, after all the work
         return host if s_last.hp == s_last.hidden else np.ascontiguousarray(host[:, :, :s_last.hidden])
 
     def _run_layer(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                    d_out, T: int, B: int) -> None:
-        """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and leave its state at the
-        last step. Batches up to the tuned ``one_launch_batch`` run all T steps in one launch;
-        otherwise each step is one launch, enqueued back to back, its input projection fused
-        into it or batched per chunk (the tuned ``projection``)."""
+        """Enqueue one layer's T steps into ``d_out`` (T, B, Hp) and write its state after
+        the last step into the buffers :func:`publish` then makes current. Batches up to the
+        tuned ``one_launch_batch`` run all T steps in one launch; otherwise each step is one
+        launch, enqueued back to back, its input projection fused into it or batched per chunk
+        (the tuned ``projection``)."""
         cfg = self.params("rnn", kind=w.kind, batch=B)
         rows = cfg["step_rows"]
         blocks = s.hp // vector_width(s.dtype)
         fused = cfg["projection"] == "fused"
         run = self._rnn_kernel(w, "run", rows) if fused and B <= cfg["one_launch_batch"] else None
         if run is not None and blocks <= run.work_group_size(self.device):
-            run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
-                out=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep, has_keep=int(has_keep),
-                bias_hn=w.b_hn, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
+            run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, H=w.hidden, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
+                out=d_out, c0=s.c if s.c is not None else w.zeros, c=s.next_c(w.zeros), keep=d_keep, has_keep=int(has_keep),
+                bias_h=w.b_h, zero_row=w.zeros, x=source.buf, I=source.width, Wx=source.w_ih, bias_x=w.b_x)
         else:
             self._launch_steps(w, s, source, d_keep, has_keep, d_out, T, B, cfg)
         item = s.dtype.itemsize
-        cl.enqueue_copy(self.queue, s.h, d_out, byte_count=B * s.hp * item, src_offset=(T - 1) * B * s.hp * item)
+        cl.enqueue_copy(self.queue, s.h_bufs[1 - s.cur], d_out, byte_count=B * s.hp * item,
+                        src_offset=(T - 1) * B * s.hp * item)
 
     def _launch_steps(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                       d_out, T: int, B: int, cfg) -> None:
@@ -284,8 +316,9 @@ class RNNKernels(RNNOps):
             project = self._rnn_kernel(w, "project", cfg["project_rows"])
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
-        common = dict(B=B, Hp=hp, Wt=w.w_hh, h_next=d_out, c=s.c if s.c is not None else w.zeros, keep=d_keep,
-                      has_keep=int(has_keep), bias_hn=w.b_hn, zero_row=w.zeros)
+        common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c_next=s.next_c(w.zeros), keep=d_keep,
+                      has_keep=int(has_keep), bias_h=w.b_h, zero_row=w.zeros)
+        c_prev = s.c if s.c is not None else w.zeros  # the first step reads the state, the others c_next
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
             if not fused:
@@ -299,5 +332,5 @@ class RNNKernels(RNNOps):
                     x_args = dict(gx=d_gx, gx_off=(t - t0) * B * nc, x=w.zeros, x_off=0, I=0, Wx=w.zeros,
                                   bias_x=w.zeros)
                 recur(self.queue, *row_launch(rows, B, blocks, group), **common, **x_args, h_prev=h_prev,
-                      hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B)
-                h_prev, prev_off = d_out, t * B * hp
+                      hp_off=prev_off, hn_off=t * B * hp, keep_off=t * B, c_prev=c_prev)
+                h_prev, prev_off, c_prev = d_out, t * B * hp, common["c_next"]

@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ import numpy as np
 from ..backend import Backend, BackendUnavailable, DeviceError
 from ..common.cache import DeviceCache
 from .args import BoundKernel, signature
+from .environment import is_pocl, pocl_cache_problem
 from .tuning import DeviceTuning
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
@@ -30,6 +32,45 @@ try:  # pyopencl is a runtime dependency, but a broken install must not break im
 except Exception as exc:  # pragma: no cover - exercised only on broken installs
     cl = None
     IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+# -- forked processes --------------------------------------------------------------------
+# OpenCL drivers keep threads and locks that a fork does not copy: in a child forked from a
+# process that had loaded an OpenCL platform, any OpenCL call (a new context included)
+# blocks forever (measured on PoCL: inside enqueue_copy and clCreateContext). The child
+# must not touch OpenCL at all, so every runtime inherited through the fork is marked,
+# and clnet.backend.run refuses it with FORK_MESSAGE before any driver call.
+FORK_MESSAGE = (
+    "this process was forked (os.fork, or multiprocessing's 'fork' start method, the default on "
+    "Linux) from one that had already started OpenCL, and OpenCL drivers do not survive a fork: "
+    "any OpenCL call here would block forever. Start worker processes with the 'spawn' or "
+    "'forkserver' start method (multiprocessing.get_context('spawn'), "
+    "gymnasium's AsyncVectorEnv(..., context='spawn')), or use backend='numpy' in forked children")
+_opencl_started_in: Optional[int] = None  # pid of the process that loaded an OpenCL platform
+_live_runtimes: "weakref.WeakSet[OpenCLRuntime]" = weakref.WeakSet()
+
+
+def mark_opencl_started() -> None:
+    """Called before this process first asks the ICD loader for platforms."""
+    global _opencl_started_in
+    if _opencl_started_in is None:
+        _opencl_started_in = os.getpid()
+
+
+def inherited_opencl() -> bool:
+    """Whether this process is a fork of one that had started OpenCL."""
+    return _opencl_started_in is not None and _opencl_started_in != os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    if _opencl_started_in is None:
+        return
+    for runtime in list(_live_runtimes):
+        runtime.inherited_by_fork = FORK_MESSAGE
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def kernel_dir() -> Path:
@@ -58,6 +99,23 @@ class KernelBuildError(DeviceError):
         )
 
 
+# Workspaces (scratch and output buffers) up to WORKSPACE_KEEP_BYTES each, and up to
+# WORKSPACE_KEEP_TOTAL together, are kept between calls: allocating and first-touching a
+# buffer costs more than a small kernel on CPU devices. A larger one is made for its call
+# and freed after it, so that one large call (a population over 100,000 samples) does not
+# hold its memory for the life of the process. clnet.release_memory() frees the kept ones.
+WORKSPACE_KEEP_BYTES = 32 * 2**20
+WORKSPACE_KEEP_TOTAL = 128 * 2**20
+
+class CompilerEnvironmentError(DeviceError):
+    """The compiler cannot write its output (an unwritable or full cache folder): checked
+    before compiling, because PoCL's LLVM kills the process when a write fails."""
+
+    def __init__(self, device: str, reason: str, fix: str):
+        self.reason, self.fix = reason, fix
+        super().__init__(f"not compiling kernels on {device!r}: {reason}. To fix: {fix}")
+
+
 _PROBE_SOURCE = """
 __kernel void clnet_probe(__global float *x) { int i = get_global_id(0); x[i] = 2.0f * x[i] + 1.0f; }
 """
@@ -67,6 +125,10 @@ class OpenCLRuntime(Backend):
     """Context, queue, program cache and buffer helpers for one device."""
 
     def __init__(self, platform, device, spec: str, description: str):
+        if inherited_opencl():
+            raise BackendUnavailable(spec, "this process was forked from one that had already started OpenCL",
+                                     FORK_MESSAGE.split(": any OpenCL call here would block forever. ")[-1])
+        mark_opencl_started()
         self.spec = spec
         self.description = description
         self.platform = platform
@@ -89,6 +151,7 @@ class OpenCLRuntime(Backend):
             raise BackendUnavailable(spec, f"creating a context on {self.device_name!r} failed: {exc}",
                                      "check the device's driver") from exc
         self._probe()
+        _live_runtimes.add(self)
 
     def _probe(self) -> None:
         try:
@@ -99,6 +162,8 @@ class OpenCLRuntime(Backend):
             out = np.empty_like(x)
             cl.enqueue_copy(self.queue, out, buf)
             self.queue.finish()
+        except CompilerEnvironmentError as exc:
+            raise BackendUnavailable(self.spec, exc.reason, exc.fix) from exc
         except KernelBuildError as exc:
             first = next((ln for ln in exc.log.splitlines() if ln.strip()), "no build log")
             raise BackendUnavailable(
@@ -143,6 +208,10 @@ class OpenCLRuntime(Backend):
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
         opts = list(options)
+        if is_pocl(self.platform.name):
+            problem = pocl_cache_problem()
+            if problem is not None:
+                raise CompilerEnvironmentError(self.device_name, *problem)
         program = None
         try:
             program = cl.Program(self.context, source)
@@ -220,19 +289,33 @@ class OpenCLRuntime(Backend):
         return cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=array)
 
     def workspace(self, name: str, nbytes: int, what: str = "workspace") -> "cl.Buffer":
-        """A device buffer reused across calls (grown when too small).
+        """A device buffer reused across calls (grown when too small), or, beyond the
+        budgets :data:`WORKSPACE_KEEP_BYTES` and :data:`WORKSPACE_KEEP_TOTAL`, a buffer
+        for this call only, freed after it.
 
-        Allocating and first-touching large buffers costs more than small kernels on
-        CPU devices, so scratch and output space is kept. Callers hold ``self.lock``
-        and finish their queue work before releasing it, so one buffer per name is safe.
+        Callers hold ``self.lock`` and finish their queue work before releasing it, so
+        one buffer per name is safe.
         """
         nbytes = max(int(nbytes), 4)
+        kept = self._workspaces.peek(self, name)
+        if kept is not None and kept.size >= nbytes:
+            return kept
 
         def allocate():
             self.check_alloc(nbytes, what)
             return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, nbytes)
 
-        return self._workspaces.get(self, name, allocate, fits=lambda buf: buf.size >= nbytes)
+        self._workspaces.discard(self, name)  # too small: freed before the larger one is made
+        if nbytes > WORKSPACE_KEEP_BYTES or (
+                self._workspaces.total(self, lambda buf: buf.size) + nbytes > WORKSPACE_KEEP_TOTAL):
+            return allocate()
+        return self._workspaces.get(self, name, allocate)
+
+    def release_memory(self) -> None:
+        """Free the kept workspaces (clnet.release_memory)."""
+        with self.lock:
+            self.queue.finish()
+            self._workspaces.clear()
 
     def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
         """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds

@@ -1,0 +1,82 @@
+"""Memory held between calls is bounded (issue 12, point 5).
+
+One large population evaluation used to leave its output and scratch buffers (hundreds
+of MB) allocated for the life of the process. Workspaces beyond 32 MiB each (128 MiB per
+device together) are now freed after their call, and clnet.release_memory() frees the
+kept ones. RSS is measured in a fresh subprocess, so that other tests do not disturb it.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clnet
+from conftest import OPENCL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent('''
+    import gc, os, sys
+    import numpy as np
+    import clnet
+
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    spec = sys.argv[1]
+    rng = np.random.default_rng(0)
+    s = [4, 3, 2]
+    pop = clnet.FNNPopulation([clnet.FNN.from_structure(s, rng.normal(size=clnet.weight_count(s)), None, "tanh")
+                               for _ in range(150)])
+    pop(rng.normal(size=(10, 4)), backend=spec)  # kernels built, weights uploaded
+    gc.collect()
+    before = rss_mb()
+    out = pop(rng.normal(size=(100_000, 4)), backend=spec)  # 114 MB of outputs
+    size = out.nbytes / 2**20
+    del out
+    gc.collect()
+    if hasattr(clnet, "release_memory"):
+        clnet.release_memory()
+    print(f"before {before:.1f} after {rss_mb():.1f} output {size:.1f}")
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.parametrize("spec", ["numpy"] + OPENCL[:1])
+def test_rss_returns_near_its_level_after_a_large_call(tmp_path, spec):
+    script = tmp_path / "memory.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, str(script), spec], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    words = res.stdout.split()
+    before, after, size = (float(words[words.index(k) + 1]) for k in ("before", "after", "output"))
+    assert size > 100  # the call was large enough for the bound to mean something
+    assert after - before < 50, f"RSS grew from {before} to {after} MB after the call and release_memory()"
+
+
+def test_release_memory_frees_kept_workspaces(opencl_backend):
+    from clnet.opencl import runtime
+
+    be = opencl_backend
+    cell = clnet.LSTMCell(8, 16, seed=0)
+    state = cell.initial_state(4, backend=be)
+    cell.step(np.ones((4, 8)), state)
+    assert len(be._workspaces) > 0  # small workspaces are kept for speed
+    assert be._workspaces.total(be, lambda b: b.size) <= runtime.WORKSPACE_KEEP_TOTAL
+    clnet.release_memory()
+    assert len(be._workspaces) == 0
+    h = cell.step(np.ones((4, 8)), state)  # and made again on the next call
+    ref = cell.initial_state(4, backend="numpy")
+    cell.step(np.ones((4, 8)), ref)
+    np.testing.assert_allclose(h, cell.step(np.ones((4, 8)), ref), rtol=1e-5, atol=1e-6)
+
+
+def test_release_memory_is_public_and_harmless_on_numpy():
+    clnet.release_memory()
+    assert "release_memory" in clnet.__all__
