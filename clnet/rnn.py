@@ -204,8 +204,9 @@ class _Cell:
         and the output likewise). ``resets`` is ``(T, B)`` (``(B, T)`` with batch_first)
         with the convention of :meth:`step`: ``resets[t, b] = 1`` zeroes environment b's
         state before step t. The T steps are enqueued without a host round trip (on OpenCL,
-        one launch per step, each with its input projection; see ``SEQUENCE_PROJECTION``),
-        and the state is left at the final step.
+        one launch for all steps or one per step, the input projection fused into each step or
+        done per chunk of steps: the device's tuned ``rnn`` parameters, see ``python -m clnet
+        tune``), and the state is left at the final step.
         """
         be = self._own(state, backend)
         dt = state.dtype
