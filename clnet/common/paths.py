@@ -64,8 +64,8 @@ def relabel(adjacency: np.ndarray, source: int) -> Tuple[np.ndarray, int]:
 
 
 def successor_masks(adjacency: np.ndarray) -> np.ndarray:
-    """``succ[v]``: bit w set when v -> w, as uint64 (N <= 64)."""
-    n = adjacency.shape[0]
+    """``succ[v]``: bit w set when v -> w, as uint64 (N <= 64); any number of rows."""
+    n = adjacency.shape[1]
     weights = np.left_shift(np.uint64(1), np.arange(n, dtype=np.uint64))
     return (adjacency.astype(np.uint64) * weights[None, :]).sum(axis=1).astype(np.uint64)
 
