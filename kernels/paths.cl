@@ -7,7 +7,7 @@
  * sum of the states of layer k - 1 it extends: (mask without w, v) for every predecessor v
  * of w inside the mask. Every work-item owns a contiguous range of masks of one layer and
  * writes only its own states and its own per-vertex totals (no atomics: the totals of a
- * layer are summed over work-items in a fixed order by clnet_paths_count_reduce).
+ * layer are summed over work-items in a fixed order by the next layer's launch).
  * Counts are 128-bit integers in two ulongs (x = low word, y = high word). */
 
 #define CLNET_BINOM_SIZE 33
@@ -24,15 +24,35 @@ inline ulong2 clnet_add128(ulong2 a, ulong2 b)
 inline int clnet_low_bit32(uint m) { return (int)popcount((m & (0u - m)) - 1u); }
 inline int clnet_low_bit64(ulong m) { return (int)popcount((m & (0UL - m)) - 1UL); }
 
+/* Global size (items, sources of this batch). Work-item (i, s) counts the states of masks
+ * [i * masks_per_item, ...) of source first_source + s and, for i < n, first adds up the
+ * previous layer's totals of vertex i (that layer's launch has finished: one in-order queue). */
 __kernel void clnet_paths_count_layer(const int n, const int k, const long n_masks,
-                                      const long masks_per_item,
+                                      const long masks_per_item, const int items,
+                                      const int prev_items, const int first_source,
                                       __global const uint *binom, __global const uint *pred,
-                                      const int pred_offset, const uint start, __global const ulong2 *prev,
-                                      __global ulong2 *next, __global ulong2 *partial)
+                                      __global const uint *start, __global const ulong2 *prev,
+                                      __global ulong2 *next, __global ulong2 *partial,
+                                      __global const ulong2 *prev_partial, __global ulong2 *out)
 {
-    const long item = get_global_id(0);
+    const int item = get_global_id(0);
+    const int s = get_global_id(1);
+    const int source = first_source + s;
+    if (k > 1 && item < n) {
+        ulong2 sum = (ulong2)(0, 0);
+        for (int i = 0; i < prev_items; ++i)
+            sum = clnet_add128(sum, prev_partial[((long)s * prev_items + i) * n + item]);
+        out[((long)source * n + item) * (n + 1) + k - 1] = sum;
+    }
+    if (item >= items)
+        return;
     long rank = item * masks_per_item;
     const long stop = min(rank + masks_per_item, n_masks);
+    const long prev_block = k > 1 ? (long)binom[n * CLNET_BINOM_SIZE + k - 1] * (k - 1) : 0;
+    __global const ulong2 *below = prev + s * prev_block;
+    __global ulong2 *here = next + s * n_masks * k;
+    __global const uint *into = pred + (long)source * n;
+    const uint from_source = start[source];
     ulong2 total[CLNET_COUNT_MAX];
     for (int w = 0; w < n; ++w)
         total[w] = (ulong2)(0, 0);
@@ -66,16 +86,16 @@ __kernel void clnet_paths_count_layer(const int n, const int k, const long n_mas
             through += binom[w * CLNET_BINOM_SIZE + t];
             ulong2 acc = (ulong2)(0, 0);
             if (k == 1) {
-                acc.x = (start >> w) & 1u;
+                acc.x = (from_source >> w) & 1u;
             } else {
                 const long sub = (before + shifted - through) * (long)(k - 1);
-                for (uint p = pred[pred_offset + w] & mask; p; p &= p - 1u) {
+                for (uint p = into[w] & mask; p; p &= p - 1u) {
                     const int v = clnet_low_bit32(p);
                     const int at = (int)popcount(mask & ((1u << v) - 1u)) - (v > w ? 1 : 0);
-                    acc = clnet_add128(acc, prev[sub + at]);
+                    acc = clnet_add128(acc, below[sub + at]);
                 }
             }
-            next[rank * k + t] = acc;
+            here[rank * k + t] = acc;
             total[w] = clnet_add128(total[w], acc);
             before += binom[w * CLNET_BINOM_SIZE + t + 1];
         }
@@ -85,21 +105,20 @@ __kernel void clnet_paths_count_layer(const int n, const int k, const long n_mas
         mask = (((ripple ^ mask) >> 2) / low) | ripple;
     }
     for (int w = 0; w < n; ++w)
-        partial[item * n + w] = total[w];
+        partial[((long)s * items + item) * n + w] = total[w];
 }
 
-/* out[out_offset + w * stride + k] = the sum of partial[i * n + w] over work-items, in order. */
+/* The last layer's totals: out[source][w][k] = the sum over work-items, in order. */
 __kernel void clnet_paths_count_reduce(const int n, const int items, const int k,
-                                       const int stride, const long out_offset,
-                                       __global const ulong2 *partial, __global ulong2 *out)
+                                       const int first_source, __global const ulong2 *partial,
+                                       __global ulong2 *out)
 {
     const int w = get_global_id(0);
-    if (w >= n)
-        return;
-    ulong2 acc = (ulong2)(0, 0);
+    const int s = get_global_id(1);
+    ulong2 sum = (ulong2)(0, 0);
     for (int i = 0; i < items; ++i)
-        acc = clnet_add128(acc, partial[(long)i * n + w]);
-    out[out_offset + (long)w * stride + k] = acc;
+        sum = clnet_add128(sum, partial[((long)s * items + i) * n + w]);
+    out[((long)(first_source + s) * n + w) * (n + 1) + k] = sum;
 }
 
 /* Listing. Every prefix (a path of `base` edges made on the host) is the root of one walk;
@@ -180,4 +199,17 @@ __kernel void clnet_paths_list(const int width, const int min_length, const int 
     info[1] = depth;
     info[2] = mode;
     counts[item] = written;
+}
+
+/* Rows of walk i (rows[i * cap ...], offsets[i + 1] - offsets[i] of them) to out[offsets[i] ...]. */
+__kernel void clnet_paths_compact(const int width, const int cap, __global const int *rows,
+                                  __global const int *offsets, __global int *out)
+{
+    const int item = get_global_id(0);
+    const long first = offsets[item];
+    const long length = ((long)offsets[item + 1] - first) * width;
+    __global const int *from = rows + (long)item * cap * width;
+    __global int *to = out + first * width;
+    for (long e = 0; e < length; ++e)
+        to[e] = from[e];
 }

@@ -26,6 +26,8 @@ from .runtime import cl
 # Work-items per compute unit for a layer of the count (each owns a run of masks); a
 # default measured on a 2-core CPU, not a property of other devices.
 COUNT_ITEMS_PER_UNIT = 1024
+# Bytes of one layer buffer for a batch of sources counted in the same launches.
+COUNT_BATCH_BYTES = 256 << 20
 # Prefixes (independent walks) per compute unit when listing.
 LIST_WALKS_PER_UNIT = 2048
 # Steps (edges tried) of all walks together in one listing launch, so that a launch has
@@ -65,31 +67,38 @@ class PathsKernels(PathsOps):
         # The kernels use no real type: the program is built once, for float32.
         layer_kernel = self.kernel("paths", "clnet_paths_count_layer", np.float32)
         reduce_kernel = self.kernel("paths", "clnet_paths_count_reduce", np.float32)
-        units = max(1, int(self.device.max_compute_units))
-        max_items = COUNT_ITEMS_PER_UNIT * units
+        max_items = COUNT_ITEMS_PER_UNIT * max(1, int(self.device.max_compute_units))
         layer_bytes = host.count_layer_bytes(n + 1)
-        buffers = [self.workspace("paths count layer a", layer_bytes, "a layer of the path count"),
-                   self.workspace("paths count layer b", layer_bytes, "a layer of the path count")]
-        partial = self.workspace("paths count partial", max_items * n * host.STATE_BYTES,
-                                 "per work-item path totals")
+        budget = min(self.max_alloc, COUNT_BATCH_BYTES)
+        batch = max(1, min(len(sources), budget // max(layer_bytes, 1)))
+        per_source_items = max(1, max_items // batch)
+        keep: List[np.ndarray] = []
+        tables = [host.relabel(adjacency, int(s)) for s in sources]
+        d_binom = self.upload("paths binomials", host.binomial_table(), "binomial table", keep)
+        d_pred = self.upload("paths predecessors", np.stack([t[0] for t in tables]), "predecessors", keep)
+        d_start = self.upload("paths starts", np.array([t[1] for t in tables], dtype=np.uint32),
+                              "source successors", keep)
+        layers = [self.workspace(f"paths count layer {x}", batch * layer_bytes, "a layer of the path count")
+                  for x in "ab"]
+        partials = [self.workspace(f"paths count partial {x}", batch * per_source_items * n * host.STATE_BYTES,
+                                   "per work-item path totals") for x in "ab"]
         d_out = self.workspace("paths count out", out.nbytes, "path counts")
         cl.enqueue_fill_buffer(self.queue, d_out, np.zeros(1, dtype=np.uint64), 0, out.nbytes)  # k = 0
-        keep: List[np.ndarray] = []
-        d_binom = self.upload("paths binomials", host.binomial_table(), "binomial table", keep)
-        tables = [host.relabel(adjacency, int(s)) for s in sources]
-        d_pred = self.upload("paths predecessors", np.stack([t[0] for t in tables]), "predecessors", keep)
-        stride = n + 1
-        for row, (_, start) in enumerate(tables):
+        for first in range(0, len(sources), batch):
+            width = min(batch, len(sources) - first)
+            prev_items = 0
             for k in range(1, n + 1):
                 n_masks = comb(n, k)
-                per_item = -(-n_masks // max_items)
+                per_item = -(-n_masks // per_source_items)
                 items = -(-n_masks // per_item)
-                prev, nxt = buffers[(k + 1) % 2], buffers[k % 2]
-                layer_kernel(self.queue, (items,), None, n=n, k=k, n_masks=n_masks, masks_per_item=per_item,
-                             binom=d_binom, pred=d_pred, pred_offset=row * n, start=start, prev=prev, next=nxt,
-                             partial=partial)
-                reduce_kernel(self.queue, (n,), None, n=n, items=items, k=k, stride=stride,
-                              out_offset=row * n * stride, partial=partial, out=d_out)
+                layer_kernel(self.queue, (max(items, n), width), None, n=n, k=k, n_masks=n_masks,
+                             masks_per_item=per_item, items=items, prev_items=prev_items,
+                             first_source=first, binom=d_binom, pred=d_pred, start=d_start,
+                             prev=layers[(k + 1) % 2], next=layers[k % 2], partial=partials[k % 2],
+                             prev_partial=partials[(k + 1) % 2], out=d_out)
+                prev_items = items
+            reduce_kernel(self.queue, (n, width), None, n=n, items=prev_items, k=n, first_source=first,
+                          partial=partials[n % 2], out=d_out)
         cl.enqueue_copy(self.queue, out, d_out)
         self.queue.finish()
 
@@ -126,6 +135,7 @@ class OpenCLPathsListing(PathsListing):
             self.d_succ = backend.to_device(succ, "successor masks")
             self.target_bits = int(host.successor_masks(targets[None, :])[0])
             self.kernel = backend.kernel("paths", "clnet_paths_list", np.float32)
+            self.compact = backend.kernel("paths", "clnet_paths_compact", np.float32)
 
     def next_chunk(self, max_rows):
         if len(self.ready):
@@ -139,17 +149,19 @@ class OpenCLPathsListing(PathsListing):
 
     def _launch(self, max_rows: int) -> np.ndarray:
         be = self.be
+        row_bytes = self.width * 4
+        # The walks' rows and the compacted chunk share the device: each gets half a buffer at most.
+        max_rows = max(1, min(max_rows, be.max_alloc // (2 * row_bytes)))
         active = self.active[:max_rows]
         items = len(active)
         cap = max(1, max_rows // items)
         budget = max(1024, LIST_STEPS_PER_LAUNCH // items)
-        rows = np.empty((items, cap, self.width), dtype=np.int32)
         counts = np.empty(items, dtype=np.int32)
         info = np.empty((self.walks, 3), dtype=np.int32)
         with be.lock:
             keep: List[np.ndarray] = []
             d_active = be.upload("paths list active", active, "active walks", keep)
-            d_rows = be.workspace("paths list rows", rows.nbytes, "a chunk of paths")
+            d_rows = be.workspace("paths list rows", items * cap * row_bytes, "the rows of the walks")
             d_counts = be.workspace("paths list counts", counts.nbytes, "rows per walk")
             self.kernel(be.queue, (items,), None, width=self.width, min_length=self.min_length,
                         max_length=self.max_length, succ=self.d_succ, targets=self.target_bits,
@@ -157,9 +169,16 @@ class OpenCLPathsListing(PathsListing):
                         step_budget=budget, rows=d_rows, counts=d_counts)
             cl.enqueue_copy(be.queue, counts, d_counts)
             cl.enqueue_copy(be.queue, info, self.d_info)
+            offsets = np.zeros(items + 1, dtype=np.int32)
+            np.cumsum(counts, out=offsets[1:])
+            chunk = np.empty((int(offsets[-1]), self.width), dtype=np.int32)
+            if len(chunk):
+                d_offsets = be.upload("paths list offsets", offsets, "row offsets", keep)
+                d_chunk = be.workspace("paths list chunk", chunk.nbytes, "a chunk of paths")
+                self.compact(be.queue, (items,), None, width=self.width, cap=cap, rows=d_rows,
+                             offsets=d_offsets, out=d_chunk)
+                cl.enqueue_copy(be.queue, chunk, d_chunk)
             be.queue.finish()
-            if counts.any():
-                cl.enqueue_copy(be.queue, rows, d_rows)
         finished = info[active, 2] == _DONE
         self.active = np.concatenate([active[~finished], self.active[max_rows:]])
-        return rows[np.arange(cap)[None, :] < counts[:, None]]
+        return chunk
