@@ -46,14 +46,14 @@ class PathsReference(PathsOps):
 
     def paths_count(self, adjacency, sources):
         n_all = adjacency.shape[0]
-        out_lo = np.zeros((len(sources), n_all - 1, n_all), dtype=np.uint64)
+        out_lo = np.zeros((len(sources), max(n_all - 1, 0), n_all), dtype=np.uint64)
         out_hi = np.zeros_like(out_lo)
         if n_all > 1:
             tables = _LayerTables(n_all - 1)
             for row, source in enumerate(sources):
                 pred, start = host.relabel(adjacency, int(source))
                 out_lo[row], out_hi[row] = _count_from(tables, pred, start)
-        return (host.insert_source_axis(out_lo, sources), host.insert_source_axis(out_hi, sources))
+        return (host.insert_source_axis(out_lo, sources, n_all), host.insert_source_axis(out_hi, sources, n_all))
 
     def paths_listing(self, adjacency, sources, targets, min_length, max_length):
         return NumpyPathsListing(adjacency, sources, targets, min_length, max_length)

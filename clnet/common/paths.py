@@ -70,10 +70,9 @@ def successor_masks(adjacency: np.ndarray) -> np.ndarray:
     return (adjacency.astype(np.uint64) * weights[None, :]).sum(axis=1).astype(np.uint64)
 
 
-def insert_source_axis(per_other: np.ndarray, sources: np.ndarray) -> np.ndarray:
+def insert_source_axis(per_other: np.ndarray, sources: np.ndarray, n: int) -> np.ndarray:
     """(S, N-1, ...) over relabelled vertices -> (S, N, ...) with zeros at each row's source."""
-    s_count, n_other = per_other.shape[:2]
-    out = np.zeros((s_count, n_other + 1) + per_other.shape[2:], dtype=per_other.dtype)
+    out = np.zeros((len(sources), n) + per_other.shape[2:], dtype=per_other.dtype)
     for row, source in enumerate(sources):  # one slice assignment per source, not per element
         out[row, :source] = per_other[row, :source]
         out[row, source + 1:] = per_other[row, source:]

@@ -53,12 +53,12 @@ class PathsKernels(PathsOps):
     def paths_count(self, adjacency, sources):
         n_all = adjacency.shape[0]
         n = n_all - 1
-        out = np.zeros((len(sources), n, n_all, 2), dtype=np.uint64)
+        out = np.zeros((len(sources), max(n, 0), n_all, 2), dtype=np.uint64)
         if n >= 1:
             with self.lock:
                 self._count(adjacency, sources, out)
         lo, hi = np.ascontiguousarray(out[..., 0]), np.ascontiguousarray(out[..., 1])
-        return host.insert_source_axis(lo, sources), host.insert_source_axis(hi, sources)
+        return host.insert_source_axis(lo, sources, n_all), host.insert_source_axis(hi, sources, n_all)
 
     def _count(self, adjacency, sources, out):
         from math import comb
