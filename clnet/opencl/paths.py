@@ -33,6 +33,7 @@ LIST_WALKS_PER_UNIT = 2048
 # Steps (edges tried) of all walks together in one listing launch, so that a launch has
 # bounded duration whatever the graph.
 LIST_STEPS_PER_LAUNCH = 1 << 25
+LIST_MIN_STEPS = 1024
 
 _DONE = 2
 
@@ -155,7 +156,7 @@ class OpenCLPathsListing(PathsListing):
         active = self.active[:max_rows]
         items = len(active)
         cap = max(1, max_rows // items)
-        budget = max(1024, LIST_STEPS_PER_LAUNCH // items)
+        budget = max(LIST_MIN_STEPS, LIST_STEPS_PER_LAUNCH // items)
         counts = np.empty(items, dtype=np.int32)
         info = np.empty((self.walks, 3), dtype=np.int32)
         with be.lock:
