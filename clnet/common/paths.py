@@ -39,6 +39,9 @@ def binomial_table(size: int = COUNT_MAX_VERTICES + 1) -> np.ndarray:
     return table.astype(np.uint32)
 
 
+BINOMIALS = binomial_table()
+
+
 def largest_layer(n: int) -> int:
     """The number of states of the largest layer over n relabelled vertices: max_k C(n, k) * k."""
     from math import comb

@@ -75,7 +75,8 @@ class PathsKernels(PathsOps):
         per_source_items = max(1, max_items // batch)
         keep: List[np.ndarray] = []
         tables = [host.relabel(adjacency, int(s)) for s in sources]
-        d_binom = self.upload("paths binomials", host.binomial_table(), "binomial table", keep)
+        d_binom = self._workspaces.get(self, "paths binomials",
+                                       lambda: self.to_device(host.BINOMIALS, "binomial table"))
         d_pred = self.upload("paths predecessors", np.stack([t[0] for t in tables]), "predecessors", keep)
         d_start = self.upload("paths starts", np.array([t[1] for t in tables], dtype=np.uint32),
                               "source successors", keep)
