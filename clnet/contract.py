@@ -268,7 +268,7 @@ def operation_family(name: str) -> Optional[Type[Family]]:
 
 
 def operation_family_by_name(name: str) -> Optional[Type[Family]]:
-    """The family called ``name`` ("fnn", "rnn", "bptt", "pearson"), or None."""
+    """The family called ``name`` ("fnn", "rnn", "bptt", "pearson", "paths", ...), or None."""
     return next((f for f in FAMILIES if f.name == name), None)
 
 
