@@ -297,3 +297,12 @@ def test_a_count_beyond_the_device_is_refused_before_any_work(any_backend, monke
     assert calls == []
     assert "GiB" in clnet.get_backend("numpy").paths_count_limit(31) or \
         "memory" in clnet.get_backend("numpy").paths_count_limit(31)
+
+
+def test_bench_paths_refuses_a_bad_source_count_before_any_work(capsys):
+    from clnet.bench import paths as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--igraph-sources", "0"])
+    assert "--igraph-sources must be between 1 and 13" in capsys.readouterr().err
+    assert int(bench.seed_graph().sum()) == 91 and bench.seed_graph().shape == (13, 13)
