@@ -30,8 +30,7 @@ import numpy as np
 from .common.packing import LayeredNetwork, PackedPopulation
 from .common.pearson import Prepared
 
-__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "PearsonOps", "PearsonPlan", "PathsOps", "PathsListing",
-           "FAMILIES",
+__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "PearsonOps", "PearsonPlan", "FAMILIES",
            "ContractError", "families_of", "missing_operations", "check_backend",
            "signature_mismatches", "operation_family", "operation_family_by_name"]
 
@@ -214,6 +213,9 @@ class PearsonOps(Family):
                      min_overlap: int) -> PearsonPlan:
         """A :class:`PearsonPlan` for ``rows`` against ``cols`` (None: rows against themselves)."""
         raise NotImplementedError
+
+
+__all__ += ["PathsOps", "PathsListing"]
 
 
 class PathsListing(Family):
