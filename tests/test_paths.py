@@ -238,10 +238,10 @@ def test_opencl_walks_resume_across_launches(opencl_backend, monkeypatch):
     from clnet.opencl import paths as device
 
     monkeypatch.setattr(device, "LIST_STEPS_PER_LAUNCH", 1)
-    monkeypatch.setattr(device, "LIST_MIN_STEPS", 3)
+    monkeypatch.setattr(device, "LIST_MIN_STEPS", 5)
     monkeypatch.setattr(device, "LIST_WALKS_PER_UNIT", 2)
     rng = np.random.default_rng(11)
-    graph = rng.random((8, 8)) < 0.5
+    graph = rng.random((7, 7)) < 0.4
     for chunk_size in (1, 7, 1000):
         got = np.concatenate(list(clnet.simple_paths(graph, chunk_size=chunk_size, backend=opencl_backend)))
         want = np.concatenate(list(clnet.simple_paths(graph, backend="numpy")))
