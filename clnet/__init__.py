@@ -25,6 +25,7 @@ from .backend import (
 )
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
+from .paths import count_simple_paths, simple_paths
 from .pearson import pearson, pearson_threshold, pearson_topk
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
@@ -47,6 +48,7 @@ __all__ = [
     "RNNCell",
     "RecurrentState",
     "backends",
+    "count_simple_paths",
     "fnn_forward",
     "get_backend",
     "notes",
@@ -55,6 +57,7 @@ __all__ = [
     "pearson_topk",
     "register_provider",
     "release_memory",
+    "simple_paths",
     "unregister_provider",
     "use_backend",
     "weight_count",

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "pearson": "clnet.bench.pearson",
     "rnn": "clnet.bench.rnn",
     "bptt": "clnet.bench.bptt",
+    "paths": "clnet.bench.paths",
 }
 DEMOS = {
     "population": "clnet.demos.population",

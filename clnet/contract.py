@@ -215,7 +215,53 @@ class PearsonOps(Family):
         raise NotImplementedError
 
 
-FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, PearsonOps)
+__all__ += ["PathsOps", "PathsListing"]
+
+
+class PathsListing(Family):
+    """A listing of simple paths in progress on one backend (made by :meth:`PathsOps.paths_listing`)."""
+
+    name = "paths listing"
+
+    @operation
+    def next_chunk(self, max_rows: int) -> Optional[np.ndarray]:
+        """Up to ``max_rows`` (>= 1) further paths, none listed before: int32 ``(rows, max_length + 1)``,
+        one path per row in vertex order, padded with -1; None once every path was listed."""
+        raise NotImplementedError
+
+
+class PathsOps(Family):
+    """Counting and listing simple paths (docs/SEMANTICS.md, Simple paths).
+
+    ``adjacency`` is a C-contiguous bool ``(N, N)`` array, ``adjacency[i, j]`` an edge
+    i -> j, with a false diagonal (an undirected graph arrives symmetric); ``sources`` an
+    int64 array of distinct vertices.
+    """
+
+    name = "paths"
+
+    @operation
+    def paths_count_limit(self, n: int) -> Optional[str]:
+        """None when this backend can count the paths of a graph of ``n`` vertices, else why not."""
+        raise NotImplementedError
+
+    @operation
+    def paths_count(self, adjacency: np.ndarray, sources: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Exact counts as (lo, hi) uint64 words of 128-bit integers, each ``(S, N, N)``: at
+        ``[s, j, k]`` the number of simple paths of k edges from ``sources[s]`` to j (zero for
+        k = 0 and for j = sources[s])."""
+        raise NotImplementedError
+
+    @operation
+    def paths_listing(self, adjacency: np.ndarray, sources: np.ndarray, targets: np.ndarray,
+                      min_length: int, max_length: int) -> PathsListing:
+        """A :class:`PathsListing` of every simple path from a source to a vertex where the bool
+        ``(N,)`` ``targets`` is true, with min_length <= edges <= max_length (1 <= min_length
+        <= max_length <= N - 1)."""
+        raise NotImplementedError
+
+
+FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, PearsonOps, PathsOps)
 
 
 def operation_family(name: str) -> Optional[Type[Family]]:
@@ -224,7 +270,7 @@ def operation_family(name: str) -> Optional[Type[Family]]:
 
 
 def operation_family_by_name(name: str) -> Optional[Type[Family]]:
-    """The family called ``name`` ("fnn", "rnn", "bptt", "pearson"), or None."""
+    """The family called ``name`` ("fnn", "rnn", "bptt", "pearson", "paths", ...), or None."""
     return next((f for f in FAMILIES if f.name == name), None)
 
 

@@ -32,7 +32,7 @@ from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
 FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.bptt",
-                  "clnet.conformance.pearson", "clnet.conformance.nonfinite"]
+                  "clnet.conformance.pearson", "clnet.conformance.paths", "clnet.conformance.nonfinite"]
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -129,7 +129,8 @@ def compare(cmp: Comparison, family: str, dtype) -> Tuple[float, float, str]:
     if ctl is not None and tol.control:
         ctl_err = np.where(np.isfinite(ctl) & fin, np.abs(np.where(np.isfinite(ctl), ctl, 0.0) - safe_ref), 0.0)
         allowed = allowed + tol.control * ctl_err
-    ratio = err / allowed
+    # A zero allowance (exact results, e.g. path counts) accepts only a zero error.
+    ratio = np.divide(err, allowed, out=np.where(err > 0, np.inf, 0.0), where=allowed > 0)
     worst = float(np.max(ratio))
     max_err = float(np.max(err))
     if worst <= 1.0:
