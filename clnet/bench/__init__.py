@@ -295,7 +295,7 @@ class Target:
             return f"{value:.2f}x"
         if self.unit == "%":
             return f"{value:.0%}"
-        return f"{value:.3g} {self.unit}"
+        return f"{value:.3g} {self.unit}".rstrip()
 
     def summary(self, devs: Sequence[Device], echo=print) -> None:
         for d in devs:
