@@ -199,13 +199,35 @@ def describe_devices(devs: Sequence[Device], echo=print) -> None:
         echo(f"  {d.spec:<12} {d.backend.description}; {state}")
 
 
-def header(title: str, devs: Sequence[Device], echo=print) -> None:
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module knows, with the core count."""
+    import os
     import platform
 
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for text in f:
+                if text.startswith("model name"):
+                    name = text.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def header(title: str, devs: Sequence[Device], echo=print) -> None:
     import clnet
 
-    echo(f"{title}; clnet {clnet.__version__}, {platform.processor() or platform.machine()}, "
-         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    echo(f"{title}; clnet {clnet.__version__}; {cpu_name()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    try:
+        import os
+        load = os.getloadavg()[0]
+        # Other work on the machine slows multi-threaded peers (OpenMP) more than it slows others.
+        echo(f"load average {load:.1f} on {os.cpu_count()} cores at the start"
+             + ("; the machine is busy with other work, figures are noisy" if load > 0.5 * (os.cpu_count() or 1) else ""))
+    except (AttributeError, OSError):
+        pass
     describe_devices(devs, echo)
 
 
