@@ -72,7 +72,7 @@ def _check(out, n_targets, tuned=True, single_shape=()):
             rows = re.findall(rf"^\s+{re.escape(spec)} {variant}\b.*$", text, flags=re.M)
             assert len(rows) >= len(shapes), (title, variant, text)
         summary = re.findall(rf"^\s+{re.escape(spec)} target (.+): (met|NOT met) \(worst shape .+: .+ tuned, .+ untuned; "
-                             rf"(\d+) shapes\)$", text, flags=re.M)
+                             rf"(\d+) shapes?\)$", text, flags=re.M)
         assert len(summary) == targets and all(int(n) == len(shapes) for *_, n in summary), (title, text)
         for label, verdict, _ in summary:
             if verdict == "NOT met":  # a target missed says what bounds it

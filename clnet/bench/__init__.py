@@ -331,7 +331,7 @@ class Target:
             met = all(self.met_by(p.tuned) for p in points)
             echo(f"  {spec} target {self.label}: {'met' if met else 'NOT met'} "
                  f"(worst shape {worst.shape}: {self.fmt(worst.tuned)} tuned, {self.fmt(worst.untuned)} untuned; "
-                 f"{len(points)} shapes)")
+                 f"{len(points)} shape{'' if len(points) == 1 else 's'})")
             if not met and worst.roofline:
                 echo(f"      {worst.roofline}")
 
