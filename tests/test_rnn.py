@@ -411,22 +411,6 @@ def test_opencl_state_lives_on_the_device(opencl_backend):
     assert isinstance(storage.h_bufs[storage.cur], cl.Buffer)
 
 
-# ---------------------------------------------------------------------------------------
-# The benchmark (the README's examples run in tests/test_readme.py)
-# ---------------------------------------------------------------------------------------
-def test_benchmark_runs_on_small_sizes(monkeypatch):
-    from clnet.bench import rnn as bench
-
-    monkeypatch.setattr(bench, "STEP_CASE", dict(B=4, I=3, H=5))
-    monkeypatch.setattr(bench, "SMALL_CASE", dict(B=2, I=3, H=5, T=3))
-    monkeypatch.setattr(bench, "LARGE_CASE", dict(B=3, I=2, H=4, T=2))
-    monkeypatch.setattr(bench, "matmul_gflops", lambda repeat: 1.0)
-    lines = []
-    figures = bench.run("numpy", 1, echo=lines.append)
-    assert {"step_ratio", "small_ratio_loop", "small_ratio_lstm", "large_share_of_matmul"} <= set(figures)
-    assert any("torch.nn.LSTMCell" in line for line in lines)
-
-
 def test_long_sequences_are_projected_in_chunks(opencl_backend, monkeypatch):
     """The projected gates of a long sequence are computed chunk by chunk within a budget."""
     import clnet.opencl.rnn as rnn_module

@@ -1,9 +1,20 @@
-"""``python -m clnet bench fnn``: a NEAT-style population on every backend and neat-python.
+"""``python -m clnet bench fnn``: NEAT populations on every OpenCL device against neat-python
+and clnet's NumPy fallback.
 
-150 networks (8 inputs, 2 outputs, 20 to 30 nodes with the inputs, skip connections,
-mixed activations and aggregations, grown by neat-python's own mutation operators),
-each evaluated on the same 1,000 inputs. Figures are connection evaluations per second
-(evaluated connections x inputs / seconds) and ratios, all measured in this run.
+Case 1: 150 networks grown by neat-python's own mutation operators with neat-python's
+default functions (sum aggregation, sigmoid activation), 8 inputs, 2 outputs, 20 to 30
+nodes with the inputs, skip connections. Targets: at least 1000x neat-python, at least 10x
+the NumPy fallback and at least 1 G connection evaluations/s.
+
+Case 2: the same kind of population with every aggregation (median included) and every
+activation neat-python has. Target: at least 300x neat-python.
+
+Each case sweeps the number of input samples per network (default 250, 1000, 2999); a target
+holds only if it holds at every one. Each device is measured untuned (its declared default
+parameters) and tuned (its tuning file, written by python -m clnet tune). Figures are
+connection evaluations per second (evaluated connections x inputs / seconds). neat-python
+evaluates one network and one input at a time, so its time per input does not depend on the
+batch: it is timed on the first --neat-inputs inputs of each shape and scaled to the whole batch.
 
 ``--median 1000 10000 100000``: instead, one node aggregating that many inputs by median,
 64 samples, on every backend (the kernel's median is O(fan-in x bits) per node).
@@ -12,75 +23,151 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
 
 import numpy as np
 
-from . import best_time
+from . import Roofs, Target, add_device_options, best_time, compare, device_rows, devices, header, summarise
+
+INPUTS = (250, 1000, 2999)      # 1000 is the headline shape
+QUICK_INPUTS = (20, 50, 77)
+N_INPUTS = 8                    # inputs of every network (neat_genomes' default)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench fnn", description=__doc__)
-    parser.add_argument("--networks", type=int, default=150)
-    parser.add_argument("--inputs", type=int, default=1000, help="input samples per network")
-    parser.add_argument("--backend", action="append", help="backend spec(s); default: numpy and every usable OpenCL device")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--median", type=int, nargs="+", metavar="FAN_IN",
-                        help="time one median node of each fan-in instead of the population")
-    args = parser.parse_args(argv)
+@dataclass
+class Context:
+    """What every case gets: the devices, the options and the machine's roofs."""
+
+    devs: list
+    networks: int
+    inputs: Sequence[int]
+    neat_inputs: int
+    repeat: int
+    roofs: Roofs
+    echo: Callable[[str], None] = print
+
+
+def measure_population(ctx: Context, config, genomes, targets: List[Target]) -> None:
+    """One population at every shape of the sweep; ``targets`` are filled in by label:
+    "neat" (x neat-python), "numpy" (x the fallback), "rate" (G connection evaluations/s)."""
+    import neat
 
     import clnet
 
+    echo = ctx.echo
+    pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+    conns = pop.num_connections
+    neat_nets = [neat.nn.FeedForwardNetwork.create(g, config) for g in genomes]
+    neat_conns = sum(len(links) for net in neat_nets for *_, links in net.node_evals)
+    echo(f"  population: {len(pop)} networks, {pop.num_nodes} evaluated nodes, {conns} evaluated connections "
+         f"({conns / len(pop):.1f} per network; neat-python evaluates {neat_conns})")
+    rng = np.random.default_rng(1)
+    for si, batch in enumerate(ctx.inputs):
+        shape = {"networks": len(pop), "inputs": batch}
+        x = rng.uniform(-1, 1, size=(batch, N_INPUTS))
+        work = conns * batch
+        neat_rows = [list(r) for r in x[:min(batch, ctx.neat_inputs)]]
+
+        def run_neat():
+            for net in neat_nets:
+                for r in neat_rows:
+                    net.activate(r)
+
+        peers = {"neat-python": run_neat, "numpy fallback": lambda: pop(x, backend="numpy")}
+        peer_t, dev_t = compare(ctx.devs, peers, lambda d: (lambda: pop(x, backend=d.backend)), ctx.repeat)
+        t_neat = peer_t["neat-python"] * batch / len(neat_rows)   # scaled to the whole batch
+        t_np = peer_t["numpy fallback"]
+        echo(f"  -- shape {si + 1}/{len(ctx.inputs)}: {len(pop)} networks x {batch} inputs "
+             f"({work / 1e6:.2f} M connection evaluations)")
+        echo(f"     {'neat-python (' + str(len(neat_rows)) + ' inputs timed, scaled)':<58} {t_neat * 1e3:10.2f} ms "
+             f"{neat_conns * batch / t_neat / 1e9:8.4f} G conn/s")
+        echo(f"     {'numpy fallback':<58} {t_np * 1e3:10.2f} ms {work / t_np / 1e9:8.4f} G conn/s")
+        device_rows(ctx.devs, dev_t, lambda t: f"{t * 1e3:10.2f} ms {work / t / 1e9:8.4f} G conn/s "
+                    f"{t_neat / t:9.1f}x neat-python {t_np / t:7.1f}x numpy fallback", echo=echo, width=58)
+        for d in ctx.devs:
+            tu, tt = dev_t[d.spec]["untuned"], dev_t[d.spec]["tuned"]
+            # Two flops (a multiply and an add) and one float32 read per connection evaluation.
+            roof = (ctx.roofs.flops(2 * work / tt / 1e9) + " (2 flops per connection evaluation); "
+                    + ctx.roofs.bytes(4 * work / tt / 1e9, "one float32 read per connection evaluation"))
+            for t in targets:
+                kind = t.key
+                value = {"neat": lambda s: t_neat / s, "numpy": lambda s: t_np / s,
+                         "rate": lambda s: work / s / 1e9}[kind]
+                t.add(d.spec, shape, value(tt), value(tu), roof)
+
+
+def _target(key: str, label: str, threshold: float, unit: str = "x") -> Target:
+    return Target(label, threshold, unit, key=key)
+
+
+def case_default_population(ctx: Context) -> None:
+    from .neat_genomes import default_population
+
+    ctx.echo("\n== case 1: population grown with neat-python's default functions (sum aggregation, sigmoid)")
+    config, genomes = default_population(ctx.networks)
+    targets = [_target("neat", ">= 1000x neat-python", 1000), _target("numpy", ">= 10x the NumPy fallback", 10),
+               _target("rate", ">= 1 G connection evaluations/s", 1.0, "G/s")]
+    measure_population(ctx, config, genomes, targets)
+    summarise(targets, ctx.devs, ctx.echo)
+
+
+def case_every_function(ctx: Context) -> None:
+    from .neat_genomes import every_function_population
+
+    ctx.echo("\n== case 2: population using every aggregation (median included) and activation of neat-python")
+    config, genomes = every_function_population(ctx.networks)
+    targets = [_target("neat", ">= 300x neat-python", 300)]
+    measure_population(ctx, config, genomes, targets)
+    summarise(targets, ctx.devs, ctx.echo)
+
+
+CASES = (case_default_population, case_every_function)
+
+
+def _sizes(text: str) -> List[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clnet bench fnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", type=int, default=None, help="networks per population (default 150; --quick 20)")
+    parser.add_argument("--inputs", type=_sizes, default=None,
+                        help="input samples per network, one shape per value, comma-separated "
+                             f"(default {','.join(map(str, INPUTS))}; --quick {','.join(map(str, QUICK_INPUTS))})")
+    parser.add_argument("--neat-inputs", type=int, default=100,
+                        help="inputs of each shape timed on neat-python (its time is per input; default 100)")
+    parser.add_argument("--median", type=int, nargs="+", metavar="FAN_IN",
+                        help="time one median node of each fan-in instead of the populations")
+    add_device_options(parser, 5, "small populations and batches (for tests; the figures mean little)")
+    args = parser.parse_args(argv)
     if args.median:
         return median_bench(args)
-
+    if args.networks is not None and args.networks < 1:
+        parser.error(f"--networks must be at least 1, got {args.networks}")
+    if args.neat_inputs < 1 or args.repeat < 1:
+        parser.error("--neat-inputs and --repeat must be at least 1")
     try:
-        import neat
-        from .neat_genomes import benchmark_population
+        import neat  # noqa: F401
     except ImportError:
         print("neat-python is not installed (pip install neat-python): it is needed to grow the "
               "benchmark genomes and as the peer", file=sys.stderr)
         return 2
-
-    config, genomes = benchmark_population(args.networks)
-    nets = [clnet.FNN.from_neat(g, config) for g in genomes]
-    pop = clnet.FNNPopulation(nets)
-    conns = pop.num_connections
-    x = np.random.default_rng(1).uniform(-1, 1, size=(args.inputs, 8))
-    work = conns * args.inputs
-    print(f"population: {len(pop)} networks, {pop.num_nodes} evaluated nodes, {conns} evaluated connections "
-          f"({conns / len(pop):.1f} per network); {args.inputs} inputs each -> {work / 1e6:.2f} M connection evaluations")
-
-    specs = args.backend or [i.spec for i in clnet.backends() if i.usable and i.spec.startswith("opencl")] + ["numpy"]
-    rates = {}
-    for spec in specs:
-        be = clnet.get_backend(spec)
-        t = best_time(lambda: pop(x, backend=be), repeat=args.repeat)
-        rates[spec] = work / t
-        print(f"{spec:<14} {t * 1e3:9.2f} ms   {work / t / 1e9:7.3f} G connection evaluations/s   ({be.description})")
-
-    neat_nets = [neat.nn.FeedForwardNetwork.create(g, config) for g in genomes]
-    neat_conns = sum(len(links) for net in neat_nets for *_, links in net.node_evals)
-    rows = [list(r) for r in x]
-
-    def run_neat():
-        for net in neat_nets:
-            for r in rows:
-                net.activate(r)
-
-    t = best_time(run_neat, repeat=1)
-    rates["neat-python"] = neat_conns * args.inputs / t
-    print(f"{'neat-python':<14} {t * 1e3:9.2f} ms   {rates['neat-python'] / 1e9:7.3f} G connection evaluations/s   "
-          f"(pure Python, one network and one input at a time; {neat_conns} connections)")
-
-    print("\nratios (higher is faster):")
-    for spec in specs:
-        if spec.startswith("opencl"):
-            print(f"  {spec} / neat-python : {rates[spec] / rates['neat-python']:8.1f}x   (target >= 200x)")
-            if "numpy" in rates:
-                print(f"  {spec} / numpy       : {rates[spec] / rates['numpy']:8.1f}x   (target >= 5x)")
-            print(f"  {spec} rate          : {rates[spec] / 1e9:8.2f} G/s  (target >= 1 G/s)")
-    if "numpy" in rates:
-        print(f"  numpy / neat-python      : {rates['numpy'] / rates['neat-python']:8.1f}x")
+    devs = devices(args.backend)
+    header("bench fnn", devs)
+    ctx = Context(devs, args.networks or (20 if args.quick else 150),
+                  args.inputs or (QUICK_INPUTS if args.quick else INPUTS),
+                  min(args.neat_inputs, 10) if args.quick else args.neat_inputs,
+                  args.repeat, Roofs(args.quick))
+    for case in CASES:
+        case(ctx)
     return 0
 
 

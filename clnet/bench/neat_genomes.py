@@ -115,12 +115,14 @@ def grow_genome(config, key: int, mutations: int, seed: int):
     return genome
 
 
-def benchmark_population(size: int = 150, n_inputs: int = 8, n_outputs: int = 2,
-                         node_range: Tuple[int, int] = (20, 30), seed: int = 0):
-    """(config, genomes) of NEAT-style networks with ``node_range`` nodes in all (inputs included)."""
-    # Mixed activations and neat-python's default aggregation (sum), as evolved populations have.
+def grown_population(size: int, *, activations: Optional[Sequence[str]] = None,
+                     aggregations: Optional[Sequence[str]] = None, n_inputs: int = 8, n_outputs: int = 2,
+                     node_range: Tuple[int, int] = (20, 30), seed: int = 0):
+    """(config, genomes): ``size`` genomes grown by neat-python's mutations, each with
+    ``node_range`` nodes in all (inputs included), their functions drawn from ``activations``
+    and ``aggregations`` (None: every function neat-python has)."""
     config = make_config(n_inputs, n_outputs, hidden=0, initial="partial_direct 0.5",
-                         aggregations=["sum"])
+                         activations=activations, aggregations=aggregations)
     genomes: List = []
     rng = random.Random(seed)
     key = 0
@@ -131,3 +133,22 @@ def benchmark_population(size: int = 150, n_inputs: int = 8, n_outputs: int = 2,
         if node_range[0] <= total <= node_range[1]:
             genomes.append(g)
     return config, genomes
+
+
+def benchmark_population(size: int = 150, n_inputs: int = 8, n_outputs: int = 2,
+                         node_range: Tuple[int, int] = (20, 30), seed: int = 0):
+    """(config, genomes) of NEAT-style networks with ``node_range`` nodes in all (inputs included)."""
+    # Mixed activations and neat-python's default aggregation (sum), as evolved populations have
+    # (the tuner's FNN workload).
+    return grown_population(size, aggregations=["sum"], n_inputs=n_inputs, n_outputs=n_outputs,
+                            node_range=node_range, seed=seed)
+
+
+def default_population(size: int = 150, seed: int = 0):
+    """Genomes with neat-python's default functions, sum aggregation and sigmoid activation."""
+    return grown_population(size, activations=["sigmoid"], aggregations=["sum"], seed=seed)
+
+
+def every_function_population(size: int = 150, seed: int = 0):
+    """Genomes drawing on every aggregation (median included) and activation of neat-python."""
+    return grown_population(size, seed=seed)
