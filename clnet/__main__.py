@@ -57,16 +57,18 @@ def _opencl_targets(specs) -> list:
 
 
 def cmd_tune(args) -> int:
-    from clnet.opencl import tuner
-
     targets = _opencl_targets(args.backend)
     if not targets:
         print("no usable OpenCL device to tune (python -m clnet info says why)", file=sys.stderr)
         return 2
+    untunable = [be.spec for be in targets if not hasattr(be, "tune")]
+    if untunable:
+        print(f"--backend {untunable[0]!r} has no tunable kernels (only OpenCL devices are tuned)", file=sys.stderr)
+        return 2
     budget = args.budget / len(targets)
     for be in targets:
         try:
-            tuner.tune(be, args.family or None, budget=budget, progress=not args.no_progress)
+            be.tune(args.family or None, budget=budget, progress=not args.no_progress)
         except ValueError as exc:
             print(f"tune: {exc}", file=sys.stderr)
             return 2

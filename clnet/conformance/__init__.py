@@ -271,11 +271,9 @@ def configurations(backend: Backend, check: Check) -> List[Tuple[str, Optional[d
     then each allowed value of each tunable parameter of its family with the others at
     their defaults (clnet/opencl/tuning.py). One unlabelled entry for backends without
     tunable kernels."""
-    from ..opencl.tuning import FAMILIES, DeviceTuning
-
-    tuning = getattr(backend, "tuning", None)
-    family = FAMILIES.get(check.operation.split(".")[0])
-    if family is None or not isinstance(tuning, DeviceTuning):
+    tuning = getattr(backend, "tuning", None)  # an OpenCL backend's DeviceTuning
+    family = tuning.families().get(check.operation.split(".")[0]) if hasattr(tuning, "families") else None
+    if family is None:
         return [("", None)]
     shape = {"kind": "lstm", "batch": 64, "rows": 64}
     configs = family.sweep(tuning.props, {k: shape[k] for k in family.exact + family.nearest})

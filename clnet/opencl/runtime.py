@@ -200,6 +200,12 @@ class OpenCLRuntime(Backend):
             t = self.__dict__["_tuning"] = DeviceTuning(self.device)
         return t
 
+    def tune(self, families=None, budget: float = 240.0, progress: bool = True, echo=print):
+        """Measure this device's tunable parameters and save the fastest (``python -m clnet
+        tune``; see clnet/opencl/tuner.py)."""
+        from . import tuner
+        return tuner.tune(self, families, budget=budget, progress=progress, echo=echo)
+
     def params(self, family: str, **shape) -> Dict[str, Any]:
         """The parameters a call of ``family`` at ``shape`` runs with: the nearest tuned entry,
         else the defaults declared for this device's properties."""

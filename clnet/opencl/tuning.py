@@ -366,6 +366,12 @@ class DeviceTuning:
         return bool(self.entries())
 
     # lookups -----------------------------------------------------------------------------------
+    @staticmethod
+    def families() -> Dict[str, "TunableFamily"]:
+        """The tunable families, by name (for code outside the OpenCL backend, like the
+        conformance suite, which must not import it)."""
+        return FAMILIES
+
     def defaults_for(self, family_name: str, **shape) -> Dict[str, Any]:
         """The declared defaults of ``family_name`` on this device at ``shape``."""
         return FAMILIES[family_name].defaults(self.props, shape)
