@@ -210,6 +210,9 @@ def test_bad_tune_arguments_are_one_line_errors():
     run = subprocess.run([sys.executable, "-m", "clnet", "tune", "--family", "nosuch"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "invalid choice: 'nosuch'" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "clnet", "tune", "--backend", "numpy"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "'numpy' has no tunable kernels" in run.stderr
 
 
 @pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
