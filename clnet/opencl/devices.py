@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..backend import BackendCandidate, BackendUnavailable
+from .icd import ensure_registered
 from .runtime import IMPORT_ERROR, cl
 
 _PRIORITY = {"GPU": 300, "ACCELERATOR": 250, "CPU": 200}
@@ -32,6 +33,8 @@ def _device_kind(device) -> str:
 def _platforms():
     if cl is None:
         return []
+    # Before the first platform query: the ICD loader reads its vendor list only then.
+    ensure_registered()
     try:
         return cl.get_platforms()
     except Exception:  # no ICD loader or no platform installed
@@ -98,7 +101,7 @@ class OpenCLProvider:
 
     def notes(self) -> List[str]:
         """Hints for ``python -m clnet info``: an NVIDIA GPU whose OpenCL platform is not visible."""
-        return [nvidia_hint()]
+        return [nvidia_hint(), ensure_registered().note()]
 
     def match(self, selector: str, cands: List[BackendCandidate]) -> List[BackendCandidate]:
         """``P`` or ``P:D``: each an index or a case-insensitive substring of the name
