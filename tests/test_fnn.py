@@ -73,7 +73,7 @@ def test_unbatched_and_batched_shapes(any_backend):
         assert net([1, 2], backend=any_backend, dtype="float64").dtype == np.float64
 
 
-def test_large_batch_split_into_chunks_is_identical(opencl_backend, rng, monkeypatch):
+def test_large_batch_split_into_chunks_is_identical_and_a_population_agrees(opencl_backend, rng, monkeypatch):
     """Work larger than the scratch budget runs in pieces with bitwise identical results."""
     from clnet.opencl import fnn
 
@@ -84,8 +84,17 @@ def test_large_batch_split_into_chunks_is_identical(opencl_backend, rng, monkeyp
     monkeypatch.setattr(fnn, "SCRATCH_BUDGET", 80 * 4 * 100)  # about 100 samples per launch
     pieces = net(x, backend=opencl_backend)
     np.testing.assert_array_equal(whole, pieces)
-    pop = clnet.FNNPopulation([net] * 7)
-    np.testing.assert_array_equal(pop(x, backend=opencl_backend)[3], whole)
+    # Inside a population the same network runs through another kernel (the graph form). A
+    # compiler may sum its terms in another order there: Intel's CPU runtime vectorises the sums
+    # over incoming connections with partial sums (CL_CONFIG_CPU_VECTORIZER_MODE=1 makes both
+    # kernels agree bitwise), so both are judged against the float64 reference by the tolerance
+    # table, whose bound follows the magnitude of the terms summed.
+    in_population = clnet.FNNPopulation([net] * 7)(x, backend=opencl_backend)[3]
+    ref = net(x, backend="numpy", dtype=np.float64)
+    control = net(x, backend="numpy", dtype=np.float32)
+    for name, got in (("layered", whole), ("in a population", in_population)):
+        worst, _, msg = conformance.compare(conformance.Comparison(name, got, ref, control), "fnn", np.float32)
+        assert worst <= 1.0, msg
 
 
 # --- graph form semantics --------------------------------------------------------------------
