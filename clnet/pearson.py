@@ -29,6 +29,7 @@ How it is computed, on every backend:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -130,6 +131,9 @@ def _progress(total: int, desc: str, progress):
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        if progress:  # asked for explicitly: say why there is none (once per call site)
+            warnings.warn("progress=True shows a progress bar only with tqdm installed: pip install tqdm",
+                          RuntimeWarning, stacklevel=4)
         return None
     # Automatic (None): only on a terminal, and only once the run has lasted a few seconds.
     return tqdm(total=total, desc=desc, unit="rows", leave=False,
@@ -246,7 +250,7 @@ def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2,
     req, dt = _prepare(X, Y, transform, min_overlap, dtype, backend)
     try:
         import scipy.sparse as sp
-    except ImportError:  # pragma: no cover - scipy is a test dependency
+    except ImportError:  # pragma: no cover - scipy is a dependency; a broken install lacks it
         raise ImportError("pearson_threshold returns a scipy.sparse matrix: pip install scipy") from None
     n_rows, n_cols = req.shape
     rows, cols, vals = [], [], []

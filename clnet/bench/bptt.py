@@ -14,9 +14,10 @@ Flops: forward 2 * T * B * 4H * (I + H); the backward about twice that.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
+
+from .. import _cli as cli
 
 import clnet
 
@@ -100,8 +101,7 @@ def run(backend: str, repeat: int, echo=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench bptt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench bptt", __doc__)
     parser.add_argument("--backend", default=None, help="clnet backend spec (default: automatic selection)")
     parser.add_argument("--repeat", type=int, default=30, help="alternating timing rounds (default 30)")
     args = parser.parse_args(argv)

@@ -7,20 +7,20 @@ each evaluated on the same 1,000 inputs. Figures are connection evaluations per 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
+from .. import _cli as cli
 from . import best_time
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench fnn", description=__doc__)
-    parser.add_argument("--networks", type=int, default=150)
+    parser = cli.parser("python -m clnet bench fnn", __doc__)
+    parser.add_argument("--networks", type=int, default=150, help="networks in the population (default 150)")
     parser.add_argument("--inputs", type=int, default=1000, help="input samples per network")
     parser.add_argument("--backend", action="append", help="backend spec(s); default: numpy and every usable OpenCL device")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="timings per figure; the best is kept (default 5)")
     args = parser.parse_args(argv)
 
     import clnet

@@ -3,7 +3,7 @@
 Every ratio is measured in this one run, against peers on the same machine:
 
 1. N=2,000 rows, M=500 positions, float32, 10% missing: pandas
-   ``DataFrame.corr(min_periods=3)`` (the issue's target: clnet at least 50x faster)
+   ``DataFrame.corr(min_periods=3)`` (target: clnet at least 50x faster)
    and clnet's own NumPy fallback.
 2. The same data complete: ``numpy.corrcoef`` (target: at least 1.0x).
 3. Top-k with N=50,000, M=200, k=10 in a child process: time and the child's peak
@@ -11,7 +11,6 @@ Every ratio is measured in this one run, against peers on the same machine:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import time
 
 import numpy as np
 
+from .. import _cli as cli
 from . import best_time
 
 
@@ -60,8 +60,7 @@ def _child(spec, n, m, k, timeout):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench pearson", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench pearson", __doc__)
     parser.add_argument("--quick", action="store_true", help="skip the N=50,000 top-k case")
     parser.add_argument("--backend", default=None, help="backend spec (default: the best usable one)")
     parser.add_argument("--big-fallback", action="store_true",

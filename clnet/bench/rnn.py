@@ -13,9 +13,10 @@ with the largest difference of their outputs; ``--stacked-only`` runs this case 
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
+
+from .. import _cli as cli
 
 import clnet
 
@@ -232,8 +233,7 @@ def run_stacked(be, torch, repeat: int, echo=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench rnn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench rnn", __doc__)
     parser.add_argument("--backend", default="opencl", help="clnet backend to measure (default: opencl)")
     parser.add_argument("--repeat", type=int, default=5, help="timings per figure; the best is kept")
     parser.add_argument("--stacked-only", action="store_true",
