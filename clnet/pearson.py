@@ -66,11 +66,20 @@ def _as_matrix(value, name: str) -> Tuple[np.ndarray, Optional[object]]:
                 raise TypeError(f"{name} must hold real numbers, but column {col!r} is boolean")
         labels = value.index
         value = value.to_numpy(dtype=np.float64, na_value=np.nan)
-    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "O":
-        raise TypeError(f"{name} must be a numeric array, got dtype object; convert it with "
-                        f".astype(float) if its elements are numbers")
-    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "SU":
-        raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
+    elif isinstance(value, np.ma.MaskedArray):
+        # Masked entries are missing values, exactly like NaN (docs/SEMANTICS.md).
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a numeric array of real numbers, got a masked array of "
+                            f"dtype {value.dtype}")
+        value = np.ma.filled(value.astype(np.float64), np.nan)
+    elif hasattr(value, "dtype"):
+        # Only NumPy dtypes have a kind; a torch tensor or other array-like goes to as_real_array.
+        kind = getattr(value.dtype, "kind", None)
+        if kind == "O":
+            raise TypeError(f"{name} must be a numeric array, got dtype object; convert it with "
+                            f".astype(float) if its elements are numbers")
+        if kind is not None and kind in "SU":
+            raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
     arr = as_real_array(value, name, np.float64, ndim=(2,))
     return arr, labels
 
