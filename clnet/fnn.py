@@ -132,6 +132,19 @@ class FNN:
         tuples, or neat-style objects with ``key=(src, dst)``). Disabled connections are
         removed, nodes without a path to an output are not evaluated, and a cycle raises
         ValueError naming its nodes.
+
+        Defaults, where neat-python's own may differ:
+
+        - a node's fields default to bias 0, response 1, aggregation "sum" and activation
+          **"identity"** (neat-python's config usually says sigmoid: name it, e.g.
+          ``activation="neat.sigmoid"``, or use :meth:`from_neat`, which copies it);
+        - a connection given as ``(src, dst)`` has weight **1.0** and is enabled;
+        - the same ``(src, dst)`` given twice is two connections: both terms enter the
+          node's aggregation (summed for "sum"), as two genes with those keys would.
+
+        >>> net = FNN.from_graph(1, 1, [dict(key=0)], [(-1, 0), (-1, 0, 2.0)])
+        >>> net([3.0], backend="numpy")          # identity(1.0 * 3 + 2.0 * 3)
+        array([9.], dtype=float32)
         """
         packed = pack_graph(n_inputs, n_outputs, nodes, connections)
         return cls(n_inputs=packed.n_inputs, n_outputs=packed.n_outputs, packed=packed)
@@ -181,6 +194,11 @@ class FNN:
 
     # -- evaluation ----------------------------------------------------------------------------
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
+        """The outputs for ``inputs``: ``(n_inputs,)`` gives ``(n_outputs,)``, ``(B, n_inputs)``
+        gives ``(B, n_outputs)``. ``inputs`` may be a list, a NumPy array, a torch tensor or a
+        DataFrame of real numbers (not a masked array). ``backend=`` a spec or backend (default:
+        :func:`clnet.use_backend`, CLNET_BACKEND, else the best usable one); ``dtype=``
+        float32 (default) or float64 where the backend has it; the result has that dtype."""
         if self._layered is not None:
             out, single = _evaluate("fnn_layered", self._layered, self.n_inputs, inputs, backend, dtype)
         else:
@@ -245,6 +263,9 @@ class FNNPopulation:
                 f"outputs, {self.num_nodes} nodes, {self.num_connections} connections in all>")
 
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
+        """Every network on the same inputs, in one launch: ``(B, n_inputs)`` gives
+        ``(P, B, n_outputs)`` (row p is network p's outputs), ``(n_inputs,)`` gives
+        ``(P, n_outputs)``. ``inputs``, ``backend=`` and ``dtype=`` as in :meth:`FNN.__call__`."""
         out, single = _evaluate("fnn_graph", self.packed, self.n_inputs, inputs, backend, dtype)
         return out[:, 0] if single else out
 

@@ -344,3 +344,19 @@ def test_from_neat_rejects_unknown_activation():
     g.nodes[0].activation = "my_custom"
     with pytest.raises(ValueError, match="unknown node 0 activation 'my_custom'"):
         clnet.FNN.from_neat(g, config)
+
+
+def test_from_graph_defaults_are_documented_and_hold():
+    """A node without an activation is identity, (src, dst) has weight 1.0, duplicates add up:
+    the docstring says so, and its example runs."""
+    import doctest
+
+    doc = clnet.FNN.from_graph.__doc__
+    assert '"identity"' in doc and "weight **1.0**" in doc and "twice" in doc
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(clnet.FNN.from_graph, "from_graph", globs={"FNN": clnet.FNN}):
+        runner.run(test)
+    assert runner.tries >= 2 and runner.failures == 0
+    net = clnet.FNN.from_graph(1, 1, [dict(key=0)], [(-1, 0), (-1, 0, 2.0)])
+    assert net([3.0], backend="numpy")[0] == 9.0
+    assert clnet.FNN.__call__.__doc__ and clnet.FNNPopulation.__call__.__doc__

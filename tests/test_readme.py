@@ -32,3 +32,19 @@ def test_readme_opens_with_the_two_setup_commands():
     assert "CLNET_REQUIRE_OPENCL=1 .venv/bin/python -m pytest" in tests and "[test,cpu]" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'CLNET_REQUIRE_OPENCL=1 python3 -m pytest' in ci
+
+
+def test_readme_says_which_recurrent_calls_take_dtype():
+    """The README once said every call takes dtype=, but step and sequence use the state's."""
+    import inspect
+
+    import clnet
+
+    text = (ROOT / "README.md").read_text()
+    assert "Every call takes `backend=`" not in text
+    assert "`step` and `sequence` run on the backend and in the dtype of the state" in text
+    for cls in (clnet.LSTMCell, clnet.GRUCell, clnet.RNNCell, clnet.LSTM):
+        assert "dtype" in inspect.signature(cls.__call__).parameters
+        assert "dtype" in inspect.signature(cls.initial_state).parameters
+        assert "dtype" not in inspect.signature(cls.sequence).parameters
+    assert "dtype" not in inspect.signature(clnet.LSTMCell.step).parameters
