@@ -8,6 +8,7 @@ validates and packs (clnet.common.packing); the operations ``fnn_layered`` and
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
@@ -247,6 +248,24 @@ class FNNPopulation:
         self.n_inputs, self.n_outputs = n_in, n_out
         self.packed = PackedPopulation.concatenate([net.packed for net in nets])
 
+    @classmethod
+    def from_neat(cls, genomes, config) -> "FNNPopulation":
+        """The networks of a list of neat-python genomes, packed as one population.
+
+        ``genomes`` is a list of genomes or neat's ``(genome_id, genome)`` pairs (what an
+        ``eval_genomes(genomes, config)`` function receives). Each network equals
+        ``FNN.from_neat(genome, config)``, in the given order, but the population is packed
+        without per-network objects, and a genome structure seen before (the same node keys
+        and enabled connections) reuses its pruned and ordered form: across generations only
+        the weights, biases and responses of such genomes are read. The structures are kept
+        per ``config`` object.
+        """
+        packer = _neat_packer(config)
+        pop = cls.__new__(cls)
+        pop.n_inputs, pop.n_outputs = packer.n_inputs, packer.n_outputs
+        pop.packed = packer.pack(list(genomes))
+        return pop
+
     def __len__(self) -> int:
         return self.packed.size
 
@@ -269,3 +288,18 @@ class FNNPopulation:
         out, single = _evaluate("fnn_graph", self.packed, self.n_inputs, inputs, backend, dtype)
         return out[:, 0] if single else out
 
+
+_NEAT_PACKERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _neat_packer(config):
+    """The :class:`~clnet.common.neat_packing.NeatPacker` of ``config``, kept while it lives."""
+    from .common.neat_packing import NeatPacker
+
+    try:
+        packer = _NEAT_PACKERS.get(config)
+    except TypeError:  # not weak-referenceable: no reuse across calls
+        return NeatPacker(config)
+    if packer is None:
+        packer = _NEAT_PACKERS[config] = NeatPacker(config)
+    return packer

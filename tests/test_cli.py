@@ -6,9 +6,14 @@ import sys
 from conftest import OPENCL
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _run(*args, cwd, timeout=600, env=None):
     env = dict(env or os.environ)
     env.pop("CLNET_BACKEND", None)
+    # From outside the repository, but the package of this checkout (not another install).
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "clnet", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
@@ -30,11 +35,17 @@ def test_demo_checks_against_the_reference(tmp_path):
 
 
 def test_bench_fnn_prints_ratios(tmp_path):
-    res = _run("bench", "fnn", "--networks", "10", "--inputs", "50", "--repeat", "1", cwd=tmp_path)
+    res = _run("bench", "fnn", "--networks", "10", "--inputs", "50", "--repeat", "1", "--xor-generations", "2",
+               cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "neat-python" in res.stdout and "G connection evaluations/s" in res.stdout
     if OPENCL:
         assert "/ neat-python" in res.stdout and "/ numpy" in res.stdout
+    # The XOR case: both evaluators, both input sizes, the ratio against its target.
+    assert "neat-python's XOR task, 2 generations of 150 genomes" in res.stdout
+    for n in ("4 inputs", "1000 inputs"):
+        assert f"{n}  neat-python" in res.stdout and f"{n}  clnet " in res.stdout
+    assert "(target >= 1x: no slower)" in res.stdout and "(target >= 10x)" in res.stdout
 
 
 def test_unknown_command_arguments_fail_clearly(tmp_path):
