@@ -114,3 +114,14 @@ def test_population_members_alone_are_judged_by_the_tolerance_table():
     comparisons = conformance_fnn._eval_population(_layered_shifted_by(1e-2), np.dtype(np.float32), ISSUE_CASE)
     failing = [c.name for c in comparisons if conformance.compare(c, "fnn", np.float32)[2]]
     assert failing == ["network 0 evaluated alone"]
+
+
+def test_no_conformance_check_compares_with_a_bare_allclose():
+    """Every numerical comparison goes through conformance.compare and the tolerance table."""
+    import pathlib
+    import re
+
+    folder = pathlib.Path(conformance.__file__).parent
+    for path in folder.glob("*.py"):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        assert not re.search(r"\ballclose\b|assert_allclose|isclose", code), f"{path.name} compares outside the table"
