@@ -12,6 +12,7 @@ and Oclgrind; any other value is a ``;``-separated list of specs that must each 
 device (``CLNET_REQUIRE_OPENCL="opencl"``: any one OpenCL device).
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,18 @@ import pytest
 import clnet
 from clnet.conformance import settings  # noqa: F401  (registers the hypothesis profiles)
 
+# Python subprocesses started by tests import this checkout's package, not another install.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+# One profile for every property test, the conformance checks included: HYPOTHESIS_PROFILE=thorough
+# makes the whole suite thorough (clnet/conformance/__init__.py registers the profiles).
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+os.environ.setdefault("CLNET_CONFORMANCE_PROFILE", PROFILE)
 try:
     from hypothesis import settings as _hsettings
 
-    _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    _hsettings.load_profile(PROFILE)
 except ImportError:  # pragma: no cover
     pass
 
@@ -98,7 +107,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_report_header(config):
-    return f"clnet backends under test: {', '.join(USABLE)}"
+    return f"clnet backends under test: {', '.join(USABLE)}; hypothesis profile: {PROFILE}"
 
 
 @pytest.fixture(params=USABLE)
