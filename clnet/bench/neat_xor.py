@@ -4,9 +4,11 @@ A population of 150 genomes (2 inputs, 1 sigmoid output, neat-python's XOR setti
 evolved for a fixed number of generations by ``neat.Population.run`` twice, from the same
 random seed: once evaluating every genome with ``neat.nn.FeedForwardNetwork`` (neat-python's
 own way), once with ``clnet.FNNPopulation.from_neat`` and one call for the whole
-population. Each genome is evaluated on the 4 XOR inputs, then, in a second pair of runs,
-on 1,000 inputs (noisy XOR). The times include neat-python's reproduction and speciation,
-which both runs share; the evaluation's own share is printed too.
+population, in float64 as neat-python computes, so that both runs evolve the same genomes
+(the best fitness printed for each shows it). Each genome is evaluated on the 4 XOR inputs,
+then, in a second pair of runs, on 1,000 inputs (noisy XOR). The times include neat-python's
+reproduction and speciation, the same work in both runs; the evaluation's own share is
+printed too.
 """
 from __future__ import annotations
 
@@ -111,8 +113,10 @@ def neat_evaluator(x, y, clock):
     """neat-python's own evaluation: one network object per genome, one input at a time."""
     import neat
 
-    rows = [list(r) for r in x]
-    targets = list(y)
+    # Python floats, as neat-python's own example has: a NumPy scalar fitness would slow
+    # neat-python's reproduction (its arithmetic on fitness) in this run only.
+    rows = x.tolist()
+    targets = y.tolist()
     n = len(rows)
 
     def eval_genomes(genomes, config):
@@ -135,7 +139,9 @@ def clnet_evaluator(x, y, backend, clock):
     def eval_genomes(genomes, config):
         t0 = time.perf_counter()
         pop = clnet.FNNPopulation.from_neat(genomes, config)
-        out = pop(x, backend=backend)[:, :, 0]  # (P, B)
+        # float64, as neat-python computes: both evaluators then give the same fitness, so
+        # both runs evolve the same genomes and the times compare the same work.
+        out = pop(x, backend=backend, dtype=np.float64)[:, :, 0]  # (P, B)
         fitness = 4.0 - 4.0 * np.mean((out - y) ** 2, axis=1)
         for (_, genome), f in zip(genomes, fitness.tolist()):
             genome.fitness = f
@@ -144,11 +150,13 @@ def clnet_evaluator(x, y, backend, clock):
     return eval_genomes
 
 
-def evolve(evaluator_factory, config, generations: int, seed: int):
+def evolve(evaluator_factory, generations: int, seed: int):
     """Seconds for ``generations`` generations end to end, seconds inside the evaluator,
-    and the best fitness."""
+    and the best fitness. A fresh config each time: neat-python's config carries counters
+    (new node keys, innovation numbers) from one population to the next."""
     import neat
 
+    config = xor_config()
     random.seed(seed)
     population = neat.Population(config)
     clock = [0.0]
@@ -177,8 +185,8 @@ def run(generations: int = 100, backend=None, sizes=(4, 1000), seed: int = 1, ec
         clnet_evaluator(x, y, be, [0.0])(warm, config)
         neat_evaluator(x, y, [0.0])(warm, config)
         res = {}
-        res["neat-python"] = evolve(lambda clock: neat_evaluator(x, y, clock), config, generations, seed)
-        res["clnet"] = evolve(lambda clock: clnet_evaluator(x, y, be, clock), config, generations, seed)
+        res["neat-python"] = evolve(lambda clock: neat_evaluator(x, y, clock), generations, seed)
+        res["clnet"] = evolve(lambda clock: clnet_evaluator(x, y, be, clock), generations, seed)
         results[n] = res
         for name, (total, inside, best) in res.items():
             echo(f"  {n:>5} inputs  {name:<12} {total:7.2f} s end to end ({inside:6.2f} s evaluating, "
