@@ -1,11 +1,12 @@
 """Command line: ``python -m clnet {info,demo,bench,conformance,tune}``."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import warnings
 from typing import List, Optional
+
+from . import _cli as cli
 
 # name -> module with main(argv); modules load only when asked for
 BENCHMARKS = {
@@ -57,7 +58,11 @@ def _opencl_targets(specs) -> list:
 
 
 def cmd_tune(args) -> int:
-    targets = _opencl_targets(args.backend)
+    try:
+        targets = _opencl_targets(args.backend)
+    except Exception as exc:  # a spec that selects nothing, or a device that cannot run
+        print(f"--backend: {exc}", file=sys.stderr)
+        return 2
     if not targets:
         print("no usable OpenCL device to tune (python -m clnet info says why)", file=sys.stderr)
         return 2
@@ -75,9 +80,32 @@ def cmd_tune(args) -> int:
     return 0
 
 
+SCALE_NOTE = ("worst error: the largest |backend - float64 reference| over the cases; 'of tolerance': the "
+              "largest ratio of an error to the error allowed there (atol + rtol * |reference| + control * "
+              "|same computation in NumPy at the backend's precision - reference|, clnet/tolerances.py), "
+              "so a check passes at <= 1.00, however large the values compared")
+
+
 def cmd_conformance(args) -> int:
     from clnet import conformance
 
+    if conformance._HYPOTHESIS_ERROR is not None:
+        print(f"the conformance suite needs hypothesis ({conformance._HYPOTHESIS_ERROR}): pip install hypothesis",
+              file=sys.stderr)
+        return 2
+    known = [conformance.API_CHECK] + [c.operation for c in conformance.checks()]
+    unknown = [o for o in args.operation or [] if not any(name.startswith(o) for name in known)]
+    if unknown:
+        print(f"--operation {', '.join(map(repr, unknown))} names no check; valid names (or their start, "
+              f"such as 'fnn'): {', '.join(known)}", file=sys.stderr)
+        return 2
+    for spec in args.backend or []:
+        try:
+            conformance.usable_backends(spec)
+        except Exception as exc:  # a spec that selects nothing, or a device that cannot run
+            print(f"--backend {spec!r}: {exc}", file=sys.stderr)
+            return 2
+    print(SCALE_NOTE)
     results = conformance.run(args.backend or None, max_examples=args.max_examples,
                               operations=args.operation or None, profile=args.profile, sweep=args.sweep)
     failures = [r for r in results if not r.passed and not r.skipped]
@@ -97,7 +125,7 @@ def _run_module(table, name, argv, what) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet", description=__doc__)
+    parser = cli.parser("python -m clnet", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="list backends and OpenCL devices, usable or not and why")
     p = sub.add_parser("demo", help="run a demo on the default backend (default: %s)" % DEFAULT_DEMO)
@@ -108,10 +136,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="options after the name go to the benchmark (python -m clnet bench NAME --help)")
     p = sub.add_parser("conformance", help="check every backend against the float64 reference")
     p.add_argument("--backend", action="append", help="backend spec (repeatable); default: every usable one")
-    p.add_argument("--max-examples", type=int, default=None, help="hypothesis examples per check")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="hypothesis examples per check (default: the profile's)")
     p.add_argument("--operation", action="append", help="only operations starting with this (repeatable)")
     p.add_argument("--profile", default=None, choices=["dev", "ci", "thorough"],
-                   help="hypothesis profile (default: ci)")
+                   help="hypothesis profile: dev (few examples), ci (default), thorough (many)")
     p.add_argument("--sweep", action="store_true",
                    help="run each check under every value of every tunable kernel parameter "
                         "(python -m clnet tune may pick any of them), a few examples each")

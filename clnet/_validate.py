@@ -11,9 +11,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 
-def host_array(value) -> np.ndarray:
+def refuse_masked(value, name: str) -> None:
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a NumPy masked array, whose mask has no meaning here; pass "
+                        f"{name}.filled(value) with the value masked entries should take")
+
+
+def host_array(value, name: str = "the argument") -> np.ndarray:
     """``value`` as a NumPy array; torch tensors are detached and moved to the CPU first
-    (recognised without importing torch)."""
+    (recognised without importing torch). A NumPy masked array is refused: np.asarray would
+    drop its mask silently, and only Pearson gives masked entries a meaning (missing values)."""
+    refuse_masked(value, name)
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
@@ -25,8 +33,9 @@ def as_real_array(value, name: str, dtype, *, ndim: Optional[Sequence[int]] = No
     Accepts real numbers of any integer or float dtype, lists and anything with
     ``__array__`` (torch tensors included). Refuses bool, complex, object and string data.
     """
+    refuse_masked(value, name)
     try:
-        arr = host_array(value)
+        arr = host_array(value, name)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be a numeric array; it could not be converted ({exc})") from None
     kind = arr.dtype.kind

@@ -428,7 +428,14 @@ def get_backend(spec: BackendLike = None) -> Backend:
         return ctx if isinstance(ctx, Backend) else _registry.select(ctx)
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
-        return _registry.select(env)
+        try:
+            return _registry.select(env)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(exc.spec, f"{exc.reason} (selected by the environment variable "
+                                               f"{ENV_VAR}={env!r})", exc.fix) from None
+        except ValueError as exc:
+            raise ValueError(f"the environment variable {ENV_VAR}={env!r} names no usable backend: {exc}; "
+                             f"unset it or 'python -m clnet info' lists the specs") from None
     return _registry.best(_registry.candidates(), "automatic selection")
 
 

@@ -8,6 +8,7 @@ validates and packs (clnet.common.packing); the operations ``fnn_layered`` and
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
@@ -132,6 +133,19 @@ class FNN:
         tuples, or neat-style objects with ``key=(src, dst)``). Disabled connections are
         removed, nodes without a path to an output are not evaluated, and a cycle raises
         ValueError naming its nodes.
+
+        Defaults, where neat-python's own may differ:
+
+        - a node's fields default to bias 0, response 1, aggregation "sum" and activation
+          **"identity"** (neat-python's config usually says sigmoid: name it, e.g.
+          ``activation="neat.sigmoid"``, or use :meth:`from_neat`, which copies it);
+        - a connection given as ``(src, dst)`` has weight **1.0** and is enabled;
+        - the same ``(src, dst)`` given twice is two connections: both terms enter the
+          node's aggregation (summed for "sum"), as two genes with those keys would.
+
+        >>> net = FNN.from_graph(1, 1, [dict(key=0)], [(-1, 0), (-1, 0, 2.0)])
+        >>> net([3.0], backend="numpy")          # identity(1.0 * 3 + 2.0 * 3)
+        array([9.], dtype=float32)
         """
         packed = pack_graph(n_inputs, n_outputs, nodes, connections)
         return cls(n_inputs=packed.n_inputs, n_outputs=packed.n_outputs, packed=packed)
@@ -181,6 +195,11 @@ class FNN:
 
     # -- evaluation ----------------------------------------------------------------------------
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
+        """The outputs for ``inputs``: ``(n_inputs,)`` gives ``(n_outputs,)``, ``(B, n_inputs)``
+        gives ``(B, n_outputs)``. ``inputs`` may be a list, a NumPy array, a torch tensor or a
+        DataFrame of real numbers (not a masked array). ``backend=`` a spec or backend (default:
+        :func:`clnet.use_backend`, CLNET_BACKEND, else the best usable one); ``dtype=``
+        float32 (default) or float64 where the backend has it; the result has that dtype."""
         if self._layered is not None:
             out, single = _evaluate("fnn_layered", self._layered, self.n_inputs, inputs, backend, dtype)
         else:
@@ -229,6 +248,24 @@ class FNNPopulation:
         self.n_inputs, self.n_outputs = n_in, n_out
         self.packed = PackedPopulation.concatenate([net.packed for net in nets])
 
+    @classmethod
+    def from_neat(cls, genomes, config) -> "FNNPopulation":
+        """The networks of a list of neat-python genomes, packed as one population.
+
+        ``genomes`` is a list of genomes or neat's ``(genome_id, genome)`` pairs (what an
+        ``eval_genomes(genomes, config)`` function receives). Each network equals
+        ``FNN.from_neat(genome, config)``, in the given order, but the population is packed
+        without per-network objects, and a genome structure seen before (the same node keys
+        and enabled connections) reuses its pruned and ordered form: across generations only
+        the weights, biases and responses of such genomes are read. The structures are kept
+        per ``config`` object.
+        """
+        packer = _neat_packer(config)
+        pop = cls.__new__(cls)
+        pop.n_inputs, pop.n_outputs = packer.n_inputs, packer.n_outputs
+        pop.packed = packer.pack(list(genomes))
+        return pop
+
     def __len__(self) -> int:
         return self.packed.size
 
@@ -245,6 +282,24 @@ class FNNPopulation:
                 f"outputs, {self.num_nodes} nodes, {self.num_connections} connections in all>")
 
     def __call__(self, inputs, *, backend: BackendLike = None, dtype=None) -> np.ndarray:
+        """Every network on the same inputs, in one launch: ``(B, n_inputs)`` gives
+        ``(P, B, n_outputs)`` (row p is network p's outputs), ``(n_inputs,)`` gives
+        ``(P, n_outputs)``. ``inputs``, ``backend=`` and ``dtype=`` as in :meth:`FNN.__call__`."""
         out, single = _evaluate("fnn_graph", self.packed, self.n_inputs, inputs, backend, dtype)
         return out[:, 0] if single else out
 
+
+_NEAT_PACKERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _neat_packer(config):
+    """The :class:`~clnet.common.neat_packing.NeatPacker` of ``config``, kept while it lives."""
+    from .common.neat_packing import NeatPacker
+
+    try:
+        packer = _NEAT_PACKERS.get(config)
+    except TypeError:  # not weak-referenceable: no reuse across calls
+        return NeatPacker(config)
+    if packer is None:
+        packer = _NEAT_PACKERS[config] = NeatPacker(config)
+    return packer

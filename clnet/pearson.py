@@ -29,6 +29,7 @@ How it is computed, on every backend:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -65,11 +66,20 @@ def _as_matrix(value, name: str) -> Tuple[np.ndarray, Optional[object]]:
                 raise TypeError(f"{name} must hold real numbers, but column {col!r} is boolean")
         labels = value.index
         value = value.to_numpy(dtype=np.float64, na_value=np.nan)
-    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "O":
-        raise TypeError(f"{name} must be a numeric array, got dtype object; convert it with "
-                        f".astype(float) if its elements are numbers")
-    elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "SU":
-        raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
+    elif isinstance(value, np.ma.MaskedArray):
+        # Masked entries are missing values, exactly like NaN (docs/SEMANTICS.md).
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a numeric array of real numbers, got a masked array of "
+                            f"dtype {value.dtype}")
+        value = np.ma.filled(value.astype(np.float64), np.nan)
+    elif hasattr(value, "dtype"):
+        # Only NumPy dtypes have a kind; a torch tensor or other array-like goes to as_real_array.
+        kind = getattr(value.dtype, "kind", None)
+        if kind == "O":
+            raise TypeError(f"{name} must be a numeric array, got dtype object; convert it with "
+                            f".astype(float) if its elements are numbers")
+        if kind is not None and kind in "SU":
+            raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
     arr = as_real_array(value, name, np.float64, ndim=(2,))
     return arr, labels
 
@@ -130,6 +140,9 @@ def _progress(total: int, desc: str, progress):
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        if progress:  # asked for explicitly: say why there is none (once per call site)
+            warnings.warn("progress=True shows a progress bar only with tqdm installed: pip install tqdm",
+                          RuntimeWarning, stacklevel=4)
         return None
     # Automatic (None): only on a terminal, and only once the run has lasted a few seconds.
     return tqdm(total=total, desc=desc, unit="rows", leave=False,
@@ -246,7 +259,7 @@ def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2,
     req, dt = _prepare(X, Y, transform, min_overlap, dtype, backend)
     try:
         import scipy.sparse as sp
-    except ImportError:  # pragma: no cover - scipy is a test dependency
+    except ImportError:  # pragma: no cover - scipy is a dependency; a broken install lacks it
         raise ImportError("pearson_threshold returns a scipy.sparse matrix: pip install scipy") from None
     n_rows, n_cols = req.shape
     rows, cols, vals = [], [], []

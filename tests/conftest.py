@@ -3,10 +3,16 @@
 ``CLNET_TEST`` restricts the backends the suite runs on, in the manner of PYOPENCL_TEST:
 spec strings separated by ``;``, each naming every device it matches, e.g.
 ``CLNET_TEST="numpy;opencl:pocl"`` or ``CLNET_TEST="opencl:intel"``. Unset, every usable
-backend runs. With CLNET_REQUIRE_OPENCL=1 (set by CI) a run without a usable OpenCL
-device fails instead of silently testing only the NumPy fallback.
+backend runs.
+
+``CLNET_REQUIRE_OPENCL`` makes a run that would silently test too little fail at its start:
+``1`` (set by CI and the README's test command) requires a usable device of each of the two
+CPU OpenCL implementations CI installs, PoCL (apt) and Intel's runtime (pip, ``clnet[cpu]``),
+and Oclgrind; any other value is a ``;``-separated list of specs that must each match a usable
+device (``CLNET_REQUIRE_OPENCL="opencl"``: any one OpenCL device).
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +20,18 @@ import pytest
 import clnet
 from clnet.conformance import settings  # noqa: F401  (registers the hypothesis profiles)
 
+# Python subprocesses started by tests import this checkout's package, not another install.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+# One profile for every property test, the conformance checks included: HYPOTHESIS_PROFILE=thorough
+# makes the whole suite thorough (clnet/conformance/__init__.py registers the profiles).
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+os.environ.setdefault("CLNET_CONFORMANCE_PROFILE", PROFILE)
 try:
     from hypothesis import settings as _hsettings
 
-    _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    _hsettings.load_profile(PROFILE)
 except ImportError:  # pragma: no cover
     pass
 
@@ -52,14 +66,48 @@ USABLE = _usable_specs()
 OPENCL = [s for s in USABLE if s.startswith("opencl")]
 
 
+# What CLNET_REQUIRE_OPENCL=1 requires: spec -> how to install it.
+REQUIRED_BY_DEFAULT = {
+    "opencl:pocl": "apt-get install pocl-opencl-icd",
+    "opencl:intel": 'pip install ".[cpu]" (Intel\'s CPU runtime from PyPI)',
+}
+
+
+def required_specs(value: str):
+    """(spec, how to get it) pairs that CLNET_REQUIRE_OPENCL=value asks for."""
+    value = value.strip()
+    if not value or value == "0":
+        return []
+    if value == "1":
+        return list(REQUIRED_BY_DEFAULT.items())
+    return [(item.strip(), "'python -m clnet info' lists the devices") for item in value.split(";") if item.strip()]
+
+
+def missing_required(value: str, usable):
+    """Messages for each required spec that matches no usable OpenCL backend under test."""
+    missing = []
+    for spec, how in required_specs(value):
+        try:
+            found = set(clnet.backend.specs_matching(spec))
+        except ValueError as exc:
+            missing.append(f"{spec}: {exc}")
+            continue
+        if not found & set(s for s in usable if s.startswith("opencl")):
+            missing.append(f"{spec} (usable OpenCL devices under test: {', '.join(OPENCL) or 'none'}; to get it: {how})")
+    return missing
+
+
 def pytest_sessionstart(session):
-    if os.environ.get("CLNET_REQUIRE_OPENCL") == "1" and not OPENCL:
+    value = os.environ.get("CLNET_REQUIRE_OPENCL", "")
+    missing = missing_required(value, USABLE)
+    if missing:
         reasons = "; ".join(f"{i.spec}: {i.reason}" for i in clnet.backends() if not i.usable)
-        raise pytest.UsageError(f"CLNET_REQUIRE_OPENCL=1 but no OpenCL device is usable ({reasons or 'none found'})")
+        raise pytest.UsageError(f"CLNET_REQUIRE_OPENCL={value} but these are not usable: " + "; ".join(missing)
+                                + (f" (unusable: {reasons})" if reasons else ""))
 
 
 def pytest_report_header(config):
-    return f"clnet backends under test: {', '.join(USABLE)}"
+    return f"clnet backends under test: {', '.join(USABLE)}; hypothesis profile: {PROFILE}"
 
 
 @pytest.fixture(params=USABLE)

@@ -280,3 +280,38 @@ def test_broken_plugin_does_not_break_import(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
+
+
+def test_opencl_platforms_match_by_name_vendor_and_short_name(monkeypatch):
+    """``opencl:pocl`` and ``opencl:intel`` select the two CPU runtimes whatever their order."""
+    from types import SimpleNamespace
+
+    from clnet.opencl import devices
+
+    def platform(name, vendor, device):
+        dev = SimpleNamespace(name=device)
+        return SimpleNamespace(name=name, vendor=vendor, get_devices=lambda: [dev])
+
+    fakes = [platform("Intel(R) OpenCL", "Intel(R) Corporation", "AMD EPYC"),
+             platform("Portable Computing Language", "The pocl project", "pthread-skylake-avx512-AMD EPYC")]
+    monkeypatch.setattr(devices, "_platforms", lambda: fakes)
+    cands = [SimpleNamespace(spec="opencl:0:0", priority=200), SimpleNamespace(spec="opencl:1:0", priority=200)]
+    provider = devices.OpenCLProvider()
+
+    def specs(selector):
+        return [c.spec for c in provider.match(selector, cands)]
+
+    assert specs("pocl") == ["opencl:1:0"] and specs("pocl:0") == ["opencl:1:0"]  # the README's example
+    assert specs("intel") == ["opencl:0:0"] and specs("Intel:epyc") == ["opencl:0:0"]
+    assert specs("the pocl project") == ["opencl:1:0"]  # the vendor's own name
+    assert specs("corporation") == ["opencl:0:0"]
+    assert specs("nvidia") == []
+
+
+@pytest.mark.skipif(not OPENCL, reason="no OpenCL device")
+def test_readme_spec_example_selects_pocl_where_installed():
+    descriptions = {clnet.get_backend(s).platform.name for s in OPENCL}
+    if "Portable Computing Language" in descriptions:
+        assert clnet.get_backend("opencl:pocl:0").platform.name == "Portable Computing Language"
+    if "Intel(R) OpenCL" in descriptions:
+        assert clnet.get_backend("opencl:intel").platform.name == "Intel(R) OpenCL"

@@ -17,7 +17,7 @@ NAMES = sorted(fuzz_api.ENTRY_POINTS)
 
 def _calls_per_entry():
     profile = settings.default
-    # ci: 40 examples x 2 calls each; thorough: 400 x 2 (>= 10,000 calls over all entry points)
+    # ci: 20 examples x up to 2 calls each; thorough: 400 x 2 (>= 10,000 calls over all entry points)
     return profile.max_examples
 
 

@@ -39,3 +39,35 @@ def test_wheel_contains_kernels_fallback_and_entry_points(tmp_path):
     res = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "[57.]" in res.stdout
+
+
+def _pyproject():
+    import tomllib  # Python 3.11+; the project's CI runs 3.11
+    return tomllib.loads((pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+
+
+def test_dependencies_cover_what_the_code_needs():
+    """pearson_threshold returns scipy.sparse: scipy is a dependency, not a test extra."""
+    project = _pyproject()["project"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"]}
+    assert {"numpy", "pyopencl", "scipy"} <= names
+    cpu = project["optional-dependencies"]["cpu"]
+    assert {d.split(">")[0].strip() for d in cpu} == {"intel-opencl-rt", "intel-cmplr-lib-rt", "tbb"}
+
+
+def test_progress_without_tqdm_gives_a_one_line_hint(monkeypatch):
+    import sys
+
+    import numpy as np
+    import pytest
+
+    import clnet
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import tqdm.auto raises ImportError
+    x = np.random.default_rng(0).normal(size=(20, 6))
+    with pytest.warns(RuntimeWarning, match="pip install tqdm"):
+        clnet.pearson_topk(x, 2, backend="numpy", progress=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # automatic progress (None) stays silent
+        clnet.pearson_topk(x, 2, backend="numpy")

@@ -408,3 +408,47 @@ def test_topk_across_many_strips_with_ties(any_backend, rng, monkeypatch, k):
     want_idx, want_val = expected_topk(clnet.pearson(x, backend=any_backend), k, True)
     assert np.array_equal(idx, want_idx)
     assert np.allclose(val, want_val, atol=1e-6, rtol=0, equal_nan=True)
+
+
+# --- inputs a new user passes --------------------------------------------------------------
+def test_torch_tensors_are_accepted_like_arrays():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).normal(size=(12, 9))
+    t = torch.tensor(x, dtype=torch.float32)
+    np.testing.assert_array_equal(clnet.pearson(t, backend="numpy"), clnet.pearson(x.astype(np.float32), backend="numpy"))
+    idx_t, val_t = clnet.pearson_topk(t, 3, backend="numpy")
+    idx_a, val_a = clnet.pearson_topk(x.astype(np.float32), 3, backend="numpy")
+    np.testing.assert_array_equal(idx_t, idx_a)
+    np.testing.assert_array_equal(val_t, val_a)
+    assert clnet.pearson_threshold(t, 0.1, backend="numpy").nnz == clnet.pearson_threshold(x, 0.1, backend="numpy").nnz
+    np.testing.assert_array_equal(clnet.pearson(t[:4], torch.tensor(x[4:]), backend="numpy"),
+                                  clnet.pearson(x[:4].astype(np.float32), x[4:], backend="numpy"))
+
+
+def test_masked_entries_are_missing_values():
+    x = np.array([[1.0, 2.0, 3.0, 4.0, 100.0], [2.0, 4.0, 6.0, 8.0, 1.0], [5.0, 1.0, 4.0, 2.0, 3.0]])
+    masked = np.ma.masked_array(x, mask=[[0, 0, 0, 0, 1], [0] * 5, [0] * 5])
+    r = clnet.pearson(masked, backend="numpy", dtype=np.float64)
+    # Independent: rows 0 and 1 over their common positions 0..3 are perfectly correlated.
+    assert r[0, 1] == pytest.approx(1.0, abs=1e-12)
+    assert r[0, 2] == pytest.approx(np.corrcoef(x[0, :4], x[2, :4])[0, 1], abs=1e-12)
+    assert r[1, 2] == pytest.approx(np.corrcoef(x[1], x[2])[0, 1], abs=1e-12)
+    with_nan = x.copy()
+    with_nan[0, 4] = np.nan
+    np.testing.assert_array_equal(r, clnet.pearson(with_nan, backend="numpy", dtype=np.float64))
+    idx, val = clnet.pearson_topk(np.ma.masked_array(x, mask=masked.mask), 1, backend="numpy", dtype=np.float64)
+    assert idx[0, 0] == 1 and val[0, 0] == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(TypeError, match="masked array of dtype bool"):
+        clnet.pearson(np.ma.masked_array(x > 2, mask=masked.mask), backend="numpy")
+
+
+def test_other_entry_points_refuse_masked_arrays():
+    x = np.ma.masked_array(np.ones((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(TypeError, match="inputs is a NumPy masked array"):
+        clnet.fnn_forward([3, 1], np.ones(3), x, backend="numpy")
+    with pytest.raises(TypeError, match="weights is a NumPy masked array"):
+        clnet.FNN.from_structure([3, 1], np.ma.masked_array(np.ones(3), mask=[0, 1, 0]))
+    cell = clnet.LSTMCell(3, 4, seed=0)
+    state = cell.initial_state(2, backend="numpy")
+    with pytest.raises(TypeError, match="x is a NumPy masked array"):
+        cell.step(x, state)

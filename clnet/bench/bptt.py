@@ -17,9 +17,10 @@ Flops: forward 2 * T * B * 4H * (I + H); the backward about twice that.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
+
+from .. import _cli as cli
 
 import clnet
 
@@ -106,8 +107,7 @@ def case_bptt(devs, torch, shapes, repeat, roofs, echo=print) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench bptt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench bptt", __doc__)
     add_device_options(parser, 10, "tiny shapes (for tests; the figures mean little)")
     args = parser.parse_args(argv)
     if args.repeat < 1:

@@ -16,18 +16,22 @@ connection evaluations per second (evaluated connections x inputs / seconds). ne
 evaluates one network and one input at a time, so its time per input does not depend on the
 batch: it is timed on the first --neat-inputs inputs of each shape and scaled to the whole batch.
 
+Case 3: neat-python's XOR task evolved end to end with each evaluator (clnet/bench/neat_xor.py).
+Targets: clnet no slower than neat-python's own networks with the 4 XOR inputs, and at least
+10x faster when each genome is evaluated on 1,000 inputs.
+
 ``--median 1000 10000 100000``: instead, one node aggregating that many inputs by median,
 64 samples, on every backend (the kernel's median is O(fan-in x bits) per node).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .. import _cli as cli
 from . import Roofs, Target, add_device_options, best_time, compare, device_rows, devices, header, summarise
 
 INPUTS = (250, 1000, 2999)      # 1000 is the headline shape
@@ -46,6 +50,9 @@ class Context:
     repeat: int
     roofs: Roofs
     echo: Callable[[str], None] = print
+    xor_generations: int = 100
+    xor_backend: Optional[str] = None
+    quick: bool = False
 
 
 def measure_population(ctx: Context, config, genomes, targets: List[Target]) -> None:
@@ -122,7 +129,16 @@ def case_every_function(ctx: Context) -> None:
     summarise(targets, ctx.devs, ctx.echo)
 
 
-CASES = (case_default_population, case_every_function)
+def case_xor(ctx: Context) -> None:
+    if ctx.xor_generations <= 0:
+        return
+    from .neat_xor import run as run_xor
+
+    run_xor(ctx.xor_generations, backend=ctx.xor_backend, echo=ctx.echo,
+            sizes=(4, 100) if ctx.quick else (4, 1000))
+
+
+CASES = (case_default_population, case_every_function, case_xor)
 
 
 def _sizes(text: str) -> List[int]:
@@ -136,14 +152,18 @@ def _sizes(text: str) -> List[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench fnn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench fnn", __doc__)
     parser.add_argument("--networks", type=int, default=None, help="networks per population (default 150; --quick 20)")
     parser.add_argument("--inputs", type=_sizes, default=None,
                         help="input samples per network, one shape per value, comma-separated "
                              f"(default {','.join(map(str, INPUTS))}; --quick {','.join(map(str, QUICK_INPUTS))})")
     parser.add_argument("--neat-inputs", type=int, default=100,
                         help="inputs of each shape timed on neat-python (its time is per input; default 100)")
+    parser.add_argument("--xor-generations", type=int, default=100,
+                        help="generations of the neat-python XOR case, evolved with each evaluator "
+                             "(default 100; 0 skips it)")
+    parser.add_argument("--xor-backend", default=None,
+                        help="backend of the XOR case's clnet evaluator (default: automatic selection)")
     parser.add_argument("--median", type=int, nargs="+", metavar="FAN_IN",
                         help="time one median node of each fan-in instead of the populations")
     add_device_options(parser, 5, "small populations and batches (for tests; the figures mean little)")
@@ -165,7 +185,8 @@ def main(argv=None) -> int:
     ctx = Context(devs, args.networks or (20 if args.quick else 150),
                   args.inputs or (QUICK_INPUTS if args.quick else INPUTS),
                   min(args.neat_inputs, 10) if args.quick else args.neat_inputs,
-                  args.repeat, Roofs(args.quick))
+                  args.repeat, Roofs(args.quick), xor_generations=args.xor_generations,
+                  xor_backend=args.xor_backend, quick=args.quick)
     for case in CASES:
         case(ctx)
     return 0

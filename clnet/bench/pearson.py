@@ -19,7 +19,6 @@ position for each of the N^2 / 2 pairs), whatever extra work missing values cost
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ import time
 
 import numpy as np
 
+from .. import _cli as cli
 from . import Roofs, Target, add_device_options, best_time, compare, device_rows, devices, header, shape_text, summarise
 
 SHAPES = (dict(N=2000, M=500), dict(N=1000, M=333), dict(N=1500, M=250))
@@ -178,8 +178,7 @@ def case_topk(devs, shape, roofs, big_fallback: bool, echo=print) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench pearson", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench pearson", __doc__)
     add_device_options(parser, 5, "small shapes (for tests; the figures mean little); with --topk, "
                                   f"top-k of N={QUICK_TOPK['N']:,} rows")
     parser.add_argument("--topk", action="store_true",

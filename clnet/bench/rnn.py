@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from .. import _cli as cli
+
 import clnet
 
 from . import (Roofs, Target, add_device_options, best_time, compare, device_rows, devices, header, optional_torch,
@@ -282,8 +284,7 @@ CASES = (case_step, case_small_sequences, case_large_sequences, case_stacked)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench rnn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench rnn", __doc__)
     add_device_options(parser, 5, "tiny shapes (for tests; the figures mean little)")
     parser.add_argument("--stacked-only", action="store_true",
                         help="run only case 4, the stacked LSTM against torch.nn.LSTM(num_layers=2)")

@@ -163,13 +163,15 @@ def _eval_population(backend, dt, case):
     nets, pop, x = build_population(case)
     got = pop(x, backend=backend, dtype=dt)
     ref, ctl = _reference(lambda be, d: pop(x, backend=be, dtype=d))(dt)
-    # Each member evaluated alone must give the same rows as inside the population.
+    comparisons = [Comparison("outputs", got, ref, ctl)]
+    # Each member evaluated alone (another kernel for a layered one) is held to the same
+    # reference rows by the same tolerance: a bound that follows the magnitude of the terms
+    # summed, where a bare allclose between the two would fail correct backends whose BLAS
+    # or compiler sums in another order (an error of 3.8e-6 on an output near zero).
     for i, net in enumerate(nets[:3]):
-        alone = net(x, backend=backend, dtype=dt)
-        ok = np.allclose(alone, got[i], rtol=1e-5, atol=1e-6, equal_nan=True) if dt == np.float32 \
-            else np.allclose(alone, got[i], rtol=1e-12, atol=1e-13, equal_nan=True)
-        assert ok, f"network {i} evaluated alone differs from its rows in the population"
-    return [Comparison("outputs", got, ref, ctl)]
+        comparisons.append(Comparison(f"network {i} evaluated alone", net(x, backend=backend, dtype=dt),
+                                      ref[i], ctl[i]))
+    return comparisons
 
 
 def _describe_population(case):

@@ -18,11 +18,12 @@ The loop is the one every recurrent RL library runs:
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Dict
 
 import numpy as np
+
+from .. import _cli as cli
 
 OBS = 3  # cue left, cue right, query flag
 
@@ -142,13 +143,12 @@ def train(iterations=300, envs=128, delay=10, hidden=32, rollout=None, lr=0.01, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet demo memory", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet demo memory", __doc__)
     parser.add_argument("--envs", type=int, default=128, help="parallel environments (default 128)")
     parser.add_argument("--delay", type=int, default=10, help="steps between cue and query (default 10)")
-    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=32, help="LSTM hidden units (default 32)")
     parser.add_argument("--iterations", type=int, default=400, help="at most this many rollouts")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the environments (default 0)")
     parser.add_argument("--backend", default=None, help="backend spec (default: automatic selection)")
     args = parser.parse_args(argv)
     if args.delay < 1 or args.envs < 1:

@@ -7,19 +7,20 @@ reference in float64, and prints the speed-up over the NumPy fallback.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
+from .. import _cli as cli
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet demo", description=__doc__)
-    parser.add_argument("--networks", type=int, default=500)
+    parser = cli.parser("python -m clnet demo", __doc__)
+    parser.add_argument("--networks", type=int, default=500, help="networks in the population (default 500)")
     parser.add_argument("--inputs", type=int, default=2000, help="input samples per network")
     parser.add_argument("--backend", default=None, help="backend spec (default: automatic selection)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random networks and inputs (default 0)")
     args = parser.parse_args(argv)
 
     import clnet

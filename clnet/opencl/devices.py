@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from ..backend import BackendCandidate, BackendUnavailable
 from .environment import is_pocl, pocl_cache_problem
+from .icd import ensure_registered
 from .runtime import IMPORT_ERROR, cl, mark_opencl_started
 
 _PRIORITY = {"GPU": 300, "ACCELERATOR": 250, "CPU": 200}
@@ -33,6 +34,8 @@ def _device_kind(device) -> str:
 def _platforms():
     if cl is None:
         return []
+    # Before the first platform query: the ICD loader reads its vendor list only then.
+    ensure_registered()
     mark_opencl_started()  # from here on a forked child must not touch OpenCL
     try:
         return cl.get_platforms()
@@ -102,11 +105,11 @@ class OpenCLProvider:
 
     def notes(self) -> List[str]:
         """Hints for ``python -m clnet info``: an NVIDIA GPU whose OpenCL platform is not visible."""
-        return [nvidia_hint()]
+        return [nvidia_hint(), ensure_registered().note()]
 
     def match(self, selector: str, cands: List[BackendCandidate]) -> List[BackendCandidate]:
-        """``P`` or ``P:D``: each an index or a case-insensitive substring of the name
-        (``pocl`` also names PoCL's "Portable Computing Language")."""
+        """``P`` or ``P:D``: each an index or a case-insensitive substring of the name (the
+        platform's vendor too, so ``pocl`` and ``intel`` name the two CPU runtimes)."""
         parts = selector.split(":")
         if len(parts) > 2 or not all(p.strip() for p in parts):
             raise ValueError(f"OpenCL spec 'opencl:{selector}' must look like 'opencl:P' or 'opencl:P:D', "
@@ -118,9 +121,8 @@ class OpenCLProvider:
             if len(idx) != 2:
                 continue
             pi, di = int(idx[0]), int(idx[1])
-            pname = platforms[pi].name if pi < len(platforms) else ""
             dname = platforms[pi].get_devices()[di].name if pi < len(platforms) else ""
-            if not _part_matches(parts[0], pi, pname):
+            if not _platform_matches(parts[0], pi, platforms[pi] if pi < len(platforms) else None):
                 continue
             if len(parts) == 2 and not _part_matches(parts[1], di, dname):
                 continue
@@ -131,6 +133,15 @@ class OpenCLProvider:
 
 # Short names people use for platforms whose official name does not contain them.
 PLATFORM_ALIASES = {"pocl": "portable computing language"}
+
+
+def _platform_matches(part: str, index: int, platform) -> bool:
+    """The platform part of a spec: its index, or part of the platform's name or vendor
+    ("pocl" names PoCL's "Portable Computing Language" by its vendor "The pocl project",
+    "intel" Intel's "Intel(R) OpenCL")."""
+    if platform is None:
+        return _part_matches(part, index, "")
+    return any(_part_matches(part, index, text) for text in (platform.name, getattr(platform, "vendor", "") or ""))
 
 
 def _part_matches(part: str, index: int, name: str) -> bool:
