@@ -16,7 +16,6 @@ Every ratio is measured in this one run, against igraph and networkx on the same
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -25,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from .. import _cli as cli
 
 from . import best_time
 
@@ -117,8 +118,7 @@ def _years(seconds: float) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench paths", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench paths", __doc__)
     parser.add_argument("--backend", default=None, help="backend spec (default: the best usable one)")
     parser.add_argument("--quick", action="store_true", help="skip the NumPy fallback in part 2")
     parser.add_argument("--igraph-sources", type=int, default=2,
