@@ -108,6 +108,36 @@ class RecurrentState:
             raise ValueError(f"a {type(self._cell).__name__} state has no cell state c; call state.set(h)")
         call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
 
+    # -- pickling and copying (added for clnet.distributed) -------------------------------------
+    def __reduce__(self):
+        """Pickled as its cell, dtype, batch size and a host copy of h (and c); unpickling
+        makes a new state on the receiving side's backend (see :func:`_restore_state`)."""
+        c = self.c if self._cell.kind == "lstm" else None
+        return (_restore_state, (self._cell, self._dtype.str, self._batch, self.h, c))
+
+    def __deepcopy__(self, memo) -> "RecurrentState":
+        import copy
+
+        cell = copy.deepcopy(self._cell, memo)
+        c = self.c if self._cell.kind == "lstm" else None
+        return _restore_state(cell, self._dtype.str, self._batch, self.h, c, backend=self._backend)
+
     def __repr__(self) -> str:
         return (f"<clnet.RecurrentState of a {type(self._cell).__name__}: batch {self._batch}, "
                 f"hidden {self._cell.hidden_size}, {self._dtype.name} on {self._backend.spec}>")
+
+
+def _restore_state(cell, dtype, batch_size, h, c=None, backend=None) -> RecurrentState:
+    """A state of ``cell`` holding ``h`` (and ``c``), made on ``backend`` (default: this
+    process's own choice, so ``with clnet.use_backend(...)`` around unpickling picks it)."""
+    from .backend import get_backend
+
+    be = get_backend(backend)
+    dt = np.dtype(dtype)
+    if dt == np.float64 and not be.supports_float64:
+        raise TypeError(f"cannot restore a float64 RecurrentState on backend {be.spec!r}: it has no double "
+                        f"precision; unpickle it inside clnet.use_backend('numpy') (or another backend with "
+                        f"float64), or keep float32 states for this device")
+    state = cell.initial_state(batch_size, backend=be, dtype=dt)
+    state.set(h, c)
+    return state
