@@ -299,10 +299,17 @@ def _pearson_task(op: str, token: str, x_chunks, y_chunks, start: int, stop: int
         plan = _plan(be, token, x_chunks, y_chunks, options["dtype"], options["min_overlap"])
         if op == "layout":
             return dict(start=0, stop=0, strip_rows=int(plan.strip_rows))
-        parts = []
-        for s, e in _strips(start, stop, plan.strip_rows):
-            parts.append(plan.topk(s, e, arg) if op == "topk" else plan.threshold(s, e, arg))
+        strips = list(_strips(start, stop, plan.strip_rows))
         out = dict(start=start, stop=stop)
+        symmetric = getattr(plan, "topk_symmetric", None) if op == "topk" and y_chunks is None else None
+        found = symmetric(arg, strips) if symmetric is not None else None
+        if found is not None:
+            # The single-process way on this backend: each pair once, over the upper triangle
+            # of these strips. Rows from ``start`` on hold candidates from this task only; the
+            # client merges them with the other tasks' (rows before ``start`` saw nothing).
+            out.update(partial=True, indices=found[0][start:], values=found[1][start:])
+            return out
+        parts = [plan.topk(s, e, arg) if op == "topk" else plan.threshold(s, e, arg) for s, e in strips]
         if op == "topk":
             out.update(indices=np.concatenate([p[0] for p in parts]), values=np.concatenate([p[1] for p in parts]))
         else:
@@ -389,7 +396,10 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
 
     def merge(report):
         s, e = report["start"], report["stop"]
-        indices[s:e], values[s:e] = report["indices"], report["values"]
+        if report.get("partial"):
+            indices[s:], values[s:] = _merge_lists(indices[s:], values[s:], report["indices"], report["values"], k)
+        else:
+            indices[s:e], values[s:e] = report["indices"], report["values"]
 
     try:
         _collect(job.client, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
@@ -400,6 +410,19 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
 
         return pd.DataFrame(indices, index=job.x.labels), pd.DataFrame(values, index=job.x.labels)
     return indices, values
+
+
+def _merge_lists(idx_a, val_a, idx_b, val_b, k: int):
+    """Per row, the k best of two candidate lists (largest r, ties by lower index; -1 / NaN
+    pads), as the device's running lists keep them. A pair is in at most one of the lists."""
+    idx = np.concatenate([idx_a, idx_b], axis=1)
+    val = np.concatenate([val_a, val_b], axis=1)
+    empty = idx < 0
+    order = np.lexsort((np.where(empty, np.iinfo(np.int64).max, idx),
+                        np.where(empty, np.inf, -val.astype(np.float64))), axis=1)[:, :k]
+    empty = np.take_along_axis(empty, order, axis=1)
+    return (np.where(empty, -1, np.take_along_axis(idx, order, axis=1)),
+            np.where(empty, np.nan, np.take_along_axis(val, order, axis=1)).astype(val.dtype))
 
 
 def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,

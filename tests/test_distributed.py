@@ -153,13 +153,16 @@ def test_npy_file_memmap_and_dask_array_inputs_give_the_same_result(client, tmp_
         cd.pearson_topk(str(tmp_path / "curves.csv"), 3)
 
 
-def test_every_worker_on_its_own_best_backend_matches_the_single_process_call(client):
-    X = _curves(missing=0.1, seed=7)
-    got = cd.pearson_topk(X, 5, rows_per_task=64)
+@pytest.mark.parametrize("missing, k", [(0.1, 5), (0.0, 12), (0.1, 20)])
+def test_every_worker_on_its_own_best_backend_matches_the_single_process_call(client, missing, k):
+    # On OpenCL, k <= 16 runs each task over the upper triangle of its strips (each pair
+    # once, as the single process does) and the client merges the partial lists.
+    X = _curves(missing=missing, seed=7 + k)
+    got = cd.pearson_topk(X, k, rows_per_task=64)
     backends_used = {t["backend"] for t in cd.last_tasks}
     expected_backend = clnet.get_backend().spec  # what a single process here picks by itself
-    assert backends_used == {expected_backend}
-    _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
+    assert backends_used == {expected_backend} and len(cd.last_tasks) > 2
+    _assert_same_topk(got, _reference(clnet.pearson_topk, X, k))
 
 
 def test_client_memory_stays_small_for_a_dask_array_input(client):
@@ -243,7 +246,7 @@ def test_a_task_whose_device_fails_reruns_on_the_next_backend_with_a_warning(cli
     first = sorted(client.scheduler_info()["workers"])[0]
     client.run(_install_flaky, workers=[first])
     try:
-        with pytest.warns(RuntimeWarning, match="flaky.*failed during pearson_topk"):
+        with pytest.warns(RuntimeWarning, match=r"worker .*backend .flaky. failed during pearson_"):
             got = cd.pearson_topk(X, 5, rows_per_task=64)
         assert "flaky" not in {t["backend"] for t in cd.last_tasks}
         _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
@@ -297,3 +300,15 @@ def test_a_worker_killed_mid_run_still_gives_the_identical_result(client, tmp_pa
     assert victim not in {t["worker"] for t in cd.last_tasks}  # nothing came back from the dead worker
     _assert_same_topk(got, expected)
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+
+
+def test_the_benchmark_runs_and_checks_its_result(tmp_path):
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "CLNET_BACKEND"}
+    res = subprocess.run([sys.executable, "-m", "clnet", "bench", "distributed", "--n", "800", "--backend", "numpy"],
+                         cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "identical result: True" in res.stdout and "seconds per task on its worker" in res.stdout
