@@ -19,7 +19,11 @@ same strips in one process):
    A task is a whole number of the plan's strips, the strips a single-process call walks,
    so every pair is summed exactly as there: with every worker on the same kind of device
    (and, on the NumPy backend, the same BLAS threading: dask workers run BLAS on one
-   thread) the results are bitwise those of the single-process call.
+   thread) the results are bitwise those of the single-process call. Where the backend
+   computes top-k of X against itself over the upper triangle (OpenCL, k <= 16) and the
+   call has few tasks (SYMMETRIC_TASKS_MAX), a task does the same for its strips and
+   returns partial lists for the rows from its first on; otherwise it computes its rows
+   against all rows (twice the pairs, but only its own rows' lists come back).
 3. The client merges results as tasks finish (``distributed.as_completed``): top-k rows
    are written into the ``(N, k)`` answer, threshold pieces are kept as COO parts. It
    never holds a strip of the N x N matrix or the data of a dask.array.
@@ -59,6 +63,10 @@ CHUNK_BYTES = 64 * 2**20
 TASKS_PER_THREAD = 4
 # Plans (all rows on a device) a worker keeps between tasks, most recent first.
 PLANS_KEPT = 2
+# Top-k of X against itself computes each pair once (over the upper triangle, where the
+# worker's backend does so on one machine) when a call has at most this many tasks: each
+# task then returns lists for every row from its first on, which the client merges.
+SYMMETRIC_TASKS_MAX = 16
 # Attempts dask makes again for a task that raised (a named backend that failed).
 TASK_RETRIES = 1
 #: Per task of the last call in this process: worker, backend, seconds on the worker and
@@ -301,7 +309,8 @@ def _pearson_task(op: str, token: str, x_chunks, y_chunks, start: int, stop: int
             return dict(start=0, stop=0, strip_rows=int(plan.strip_rows))
         strips = list(_strips(start, stop, plan.strip_rows))
         out = dict(start=start, stop=stop)
-        symmetric = getattr(plan, "topk_symmetric", None) if op == "topk" and y_chunks is None else None
+        symmetric = (getattr(plan, "topk_symmetric", None) if op == "topk" and y_chunks is None
+                     and options.get("symmetric") else None)
         found = symmetric(arg, strips) if symmetric is not None else None
         if found is not None:
             # The single-process way on this backend: each pair once, over the upper triangle
@@ -359,6 +368,8 @@ class _PearsonRun:
 
     def tasks(self, op: str, arg) -> list:
         n, step = self.x.n, self.task_rows
+        # Partial top-k lists cost the client (N - start) k per task: worth it for few tasks only.
+        self.options["symmetric"] = -(-n // step) <= SYMMETRIC_TASKS_MAX
         return [self._submit(op, s, min(n, s + step), arg, f"clnet-pearson-{op}-{self.token}-{s}")
                 for s in range(0, n, step)]
 
