@@ -165,6 +165,38 @@ def test_every_worker_on_its_own_best_backend_matches_the_single_process_call(cl
     _assert_same_topk(got, _reference(clnet.pearson_topk, X, k))
 
 
+def _numpy_by_default():
+    os.environ["CLNET_BACKEND"] = "numpy"  # this worker behaves as one without OpenCL
+    return os.getpid()
+
+
+def _automatic_again():
+    os.environ.pop("CLNET_BACKEND", None)
+
+
+def test_a_worker_without_opencl_runs_numpy_within_the_tolerance_table(client):
+    if not any(info.usable and info.spec.startswith("opencl") for info in clnet.backends()):
+        pytest.skip("every worker runs the NumPy backend here: nothing mixed to check")
+    from clnet.tolerances import tolerance
+
+    X = _curves(missing=0.1, seed=11)
+    first = sorted(client.scheduler_info()["workers"])[0]
+    client.run(_numpy_by_default, workers=[first])
+    try:
+        idx, val = cd.pearson_topk(X, 6, rows_per_task=32)
+    finally:
+        client.run(_automatic_again)
+    assert {t["backend"].split(":")[0] for t in cd.last_tasks} == {"numpy", "opencl"}
+    exact = clnet.pearson(X, backend="numpy", dtype="float64")
+    np.fill_diagonal(exact, np.nan)
+    atol = tolerance("pearson", "float32").atol
+    rows = np.arange(len(X))[:, None]
+    # Each value is the r of the pair it names, and no better pair was left out.
+    np.testing.assert_allclose(val, exact[rows, idx], atol=atol, rtol=0)
+    kth_best = -np.sort(-np.nan_to_num(exact, nan=-np.inf), axis=1)[:, 5]
+    assert (val[:, -1] >= kth_best - 2 * atol).all()
+
+
 def test_client_memory_stays_small_for_a_dask_array_input(client):
     n, m, k = 2000, 400, 5
     X = da.random.RandomState(1).standard_normal((n, m), chunks=(250, m))  # made on the workers
