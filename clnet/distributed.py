@@ -126,14 +126,15 @@ def _forward(report_notes, seen: set) -> None:
             warnings.warn(f"clnet.distributed (worker {where}): {message}", RuntimeWarning, stacklevel=3)
 
 
-def _collect(client, futures, on_result, progress_total: int, desc: str, progress):
+def _collect(client, futures, on_result, progress_total: int, desc: str, progress, fresh: bool = True):
     """Hand each finished task's report to ``on_result`` as it arrives; on a failure,
     cancel the rest and raise it (no partial result)."""
     distributed = _distributed()
     bar = _progress(progress_total, desc, progress) if progress_total else None
     seen: set = set()
     pending = list(futures)
-    last_tasks.clear()
+    if fresh:
+        last_tasks.clear()
     try:
         for future in distributed.as_completed(pending):
             report = future.result()
@@ -405,15 +406,31 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
     indices = np.full((x_rows, k), -1, dtype=np.int64)
     values = np.full((x_rows, k), np.nan, dtype=job.dtype)
 
+    final = np.zeros(x_rows, dtype=bool)  # rows whose lists a task computed against all rows
+    partial_blocks = []
+
     def merge(report):
         s, e = report["start"], report["stop"]
         if report.get("partial"):
-            indices[s:], values[s:] = _merge_lists(indices[s:], values[s:], report["indices"], report["values"], k)
+            partial_blocks.append((s, e))
+            # Partial lists (upper-triangle tasks) merge into rows that no full-row task has
+            # answered: such an answer already holds every pair (workers may differ in kind).
+            rows = s + np.flatnonzero(~final[s:])
+            part_i, part_v = report["indices"][rows - s], report["values"][rows - s]
+            indices[rows], values[rows] = _merge_lists(indices[rows], values[rows], part_i, part_v, k)
         else:
             indices[s:e], values[s:e] = report["indices"], report["values"]
+            final[s:e] = True
 
     try:
         _collect(job.client, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
+        if partial_blocks and final.any():
+            # Workers of different kinds: full-row tasks sent no candidates to later rows, so
+            # the rows of the upper-triangle tasks are computed again against all rows.
+            job.options = dict(job.options, symmetric=False)
+            again = [job._submit("topk", s, e, k, f"clnet-pearson-topk-{job.token}-full-{s}")
+                     for s, e in partial_blocks]
+            _collect(job.client, again, merge, 0, "", False, fresh=False)
     finally:
         job.finish()
     if job.x.labels is not None:

@@ -180,12 +180,19 @@ def test_a_worker_without_opencl_runs_numpy_within_the_tolerance_table(client):
     from clnet.tolerances import tolerance
 
     X = _curves(missing=0.1, seed=11)
-    first = sorted(client.scheduler_info()["workers"])[0]
+    first, second = sorted(client.scheduler_info()["workers"])
     client.run(_numpy_by_default, workers=[first])
+    # Slow tasks on the OpenCL worker: dask moves queued ones to the other (which one runs
+    # what is dask's choice, so a run that happens to use one kind only is tried again).
+    client.run(_slow_tasks, os.devnull, 0.3, workers=[second])
     try:
-        idx, val = cd.pearson_topk(X, 6, rows_per_task=32)
+        for attempt in range(4):
+            idx, val = cd.pearson_topk(X, 6, rows_per_task=32)
+            if {t["backend"].split(":")[0] for t in cd.last_tasks} == {"numpy", "opencl"}:
+                break
     finally:
         client.run(_automatic_again)
+        client.run(_restore_tasks)
     assert {t["backend"].split(":")[0] for t in cd.last_tasks} == {"numpy", "opencl"}
     exact = clnet.pearson(X, backend="numpy", dtype="float64")
     np.fill_diagonal(exact, np.nan)
@@ -290,19 +297,26 @@ def test_a_task_whose_device_fails_reruns_on_the_next_backend_with_a_warning(cli
         client.run(_remove_flaky)
 
 
-def _slow_tasks(marker):
-    """On one worker: each task announces itself in ``marker``, then takes a while."""
+def _slow_tasks(marker, delay=0.4):
+    """On a worker: each task announces itself in ``marker``, then takes a while."""
     import clnet.distributed as module
 
-    original = module._pearson_task
+    original = getattr(module, "_original_task", module._pearson_task)
+    module._original_task = original
 
     def slow(*args, **kwargs):
         open(marker, "a").close()
-        time.sleep(0.4)
+        time.sleep(delay)
         return original(*args, **kwargs)
 
     module._pearson_task = slow
     return os.getpid()
+
+
+def _restore_tasks():
+    import clnet.distributed as module
+
+    module._pearson_task = getattr(module, "_original_task", module._pearson_task)
 
 
 def test_a_worker_killed_mid_run_still_gives_the_identical_result(client, tmp_path):
