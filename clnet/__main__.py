@@ -15,6 +15,7 @@ BENCHMARKS = {
     "rnn": "clnet.bench.rnn",
     "bptt": "clnet.bench.bptt",
     "paths": "clnet.bench.paths",
+    "distributed": "clnet.bench.distributed",
 }
 DEMOS = {
     "population": "clnet.demos.population",

@@ -76,10 +76,6 @@ class RecurrentState:
         self._storage = storage
         self._lock = threading.Lock()
 
-    def __reduce__(self):
-        c = self.c if self._cell.kind == "lstm" else None
-        return (_restore_state, (self._cell, self._backend.spec, self._dtype.name, self._batch, self.h, c))
-
     @property
     def cell(self):
         return self._cell
@@ -131,13 +127,42 @@ class RecurrentState:
         with self._lock:
             call(self._backend, "rnn_state_write", self._storage, hv, cv, stateless=False)
 
+    # -- pickling and copying (added for clnet.distributed) -------------------------------------
+    def __reduce__(self):
+        """Pickled as its cell, dtype, batch size, a host copy of h (and c) and the spec of its
+        backend; unpickling makes a new state on the receiving side (see :func:`_restore_state`)."""
+        c = self.c if self._cell.kind == "lstm" else None
+        return (_restore_state, (self._cell, self._dtype.str, self._batch, self.h, c, None, self._backend.spec))
+
+    def __deepcopy__(self, memo) -> "RecurrentState":
+        import copy
+
+        cell = copy.deepcopy(self._cell, memo)
+        c = self.c if self._cell.kind == "lstm" else None
+        return _restore_state(cell, self._dtype.str, self._batch, self.h, c, backend=self._backend)
+
     def __repr__(self) -> str:
         return (f"<clnet.RecurrentState of a {type(self._cell).__name__}: batch {self._batch}, "
                 f"hidden {self._cell.hidden_size}, {self._dtype.name} on {self._backend.spec}>")
 
 
-def _restore_state(cell, spec: str, dtype: str, batch_size: int, h, c) -> RecurrentState:
-    state = cell.initial_state(batch_size, backend=get_backend(spec), dtype=dtype)
+def _restore_state(cell, dtype, batch_size, h, c=None, backend=None, origin=None) -> RecurrentState:
+    """A state of ``cell`` holding ``h`` (and ``c``), made on ``backend``; when none is given,
+    on the backend a surrounding ``with clnet.use_backend(...)`` names, else on the spec it
+    was pickled from (``origin``) when that backend is usable in this process, else on this
+    process's own choice (a worker without the sender's device)."""
+    from .backend import _context, backends, get_backend
+
+    if backend is None and origin is not None and _context.get() is None:
+        if any(info.spec == origin and info.usable for info in backends()):
+            backend = origin
+    be = get_backend(backend)
+    dt = np.dtype(dtype)
+    if dt == np.float64 and not be.supports_float64:
+        raise TypeError(f"cannot restore a float64 RecurrentState on backend {be.spec!r}: it has no double "
+                        f"precision; unpickle it inside clnet.use_backend('numpy') (or another backend with "
+                        f"float64), or keep float32 states for this device")
+    state = cell.initial_state(batch_size, backend=be, dtype=dt)
     state.set(h, c)
     return state
 

@@ -70,3 +70,15 @@ class DeviceCache:
 
     def __repr__(self) -> str:
         return f"<DeviceCache of {len(self)} copies>"
+
+    # A copy lives on the device of one process: pickling or copying the host object that
+    # holds this cache (to ship it to a Dask worker, say) gives it a new, empty cache, and
+    # each backend on the receiving side uploads its own copies on first use.
+    def __reduce__(self):
+        return (DeviceCache, ())
+
+    def __deepcopy__(self, memo) -> "DeviceCache":
+        return DeviceCache()
+
+    def __copy__(self) -> "DeviceCache":
+        return DeviceCache()
