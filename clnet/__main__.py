@@ -13,10 +13,12 @@ BENCHMARKS = {
     "pearson": "clnet.bench.pearson",
     "rnn": "clnet.bench.rnn",
     "bptt": "clnet.bench.bptt",
+    "ppo": "clnet.bench.ppo",
 }
 DEMOS = {
     "population": "clnet.demos.population",
     "memory": "clnet.demos.memory",
+    "ppo": "clnet.demos.ppo",
 }
 DEFAULT_DEMO = "population"
 
