@@ -367,104 +367,129 @@ def train(steps: int = ZOO_HYPERPARAMETERS["n_timesteps"], seed: int = 0, n_envs
         return _train(steps, seed, n_envs, network, backend, dtype, progress, eval_episodes, echo, hyperparameters)
 
 
-def _train(steps, seed, n_envs, network, backend, dtype, progress, eval_episodes, echo, hyperparameters):
-    from clnet.rl import RecurrentRollout
+class Trainer:
+    """The training loop in two halves, :meth:`collect` (one rollout) and :meth:`learn` (the
+    epochs over it), so that a test can look at one rollout and its gradients."""
 
-    hp = dict(ZOO_HYPERPARAMETERS, **SB3_PPO_DEFAULTS)
-    hp.update(hyperparameters or {})
-    hp["n_envs"] = n_envs
-    net = NETWORKS[network]
-    n_steps, gamma = hp["n_steps"], hp["gamma"]
-    rng = np.random.default_rng(seed)
-    envs = make_envs(n_envs)
-    obs_size = int(np.prod(envs.single_observation_space.shape))
-    n_actions = int(envs.single_action_space.n)
-    policy = RecurrentPolicy(obs_size, n_actions, net, seed, backend, dtype)
-    adam = Adam(policy.params, hp["adam_eps"])
-    normalizer = ObservationNormalizer(obs_size) if hp["normalize_obs"] else None
-    rollout = RecurrentRollout(n_steps, n_envs, obs_size, {"actor": policy.hidden, "critic": policy.hidden})
+    def __init__(self, steps, seed=0, n_envs=ZOO_HYPERPARAMETERS["n_envs"], network="zoo", backend=None,
+                 dtype=None, hyperparameters=None):
+        from clnet.rl import RecurrentRollout
 
-    def prepare(raw, update=True):
-        if normalizer is None:
+        hp = dict(ZOO_HYPERPARAMETERS, **SB3_PPO_DEFAULTS)
+        hp.update(hyperparameters or {})
+        hp["n_envs"] = n_envs
+        self.hp, self.network = hp, network
+        self.rng = np.random.default_rng(seed)
+        self.envs = make_envs(n_envs)
+        obs_size = int(np.prod(self.envs.single_observation_space.shape))
+        self.n_actions = int(self.envs.single_action_space.n)
+        self.policy = RecurrentPolicy(obs_size, self.n_actions, NETWORKS[network], seed, backend, dtype)
+        self.adam = Adam(self.policy.params, hp["adam_eps"])
+        self.normalizer = ObservationNormalizer(obs_size) if hp["normalize_obs"] else None
+        hidden = self.policy.hidden
+        self.rollout = RecurrentRollout(hp["n_steps"], n_envs, obs_size, {"actor": hidden, "critic": hidden})
+        self.per_rollout = hp["n_steps"] * n_envs
+        self.iterations = max(1, -(-steps // self.per_rollout))
+        self.total = self.iterations * self.per_rollout
+        self.obs = self._prepare(self.envs.reset(seed=seed)[0])
+        self.starts = np.ones(n_envs, dtype=bool)
+        self.actor_state, self.critic_state = self.policy.initial_states(n_envs)
+        self.episode_return = np.zeros(n_envs)
+        self.finished: List[float] = []
+        self.timesteps = 0
+        self.stats = {}
+
+    def _prepare(self, raw):
+        if self.normalizer is None:
             return raw.astype(np.float32)
-        if update:
-            normalizer.update(raw)
-        return normalizer(raw)
+        self.normalizer.update(raw)
+        return self.normalizer(raw)
 
-    per_rollout = n_steps * n_envs
-    iterations = max(1, -(-steps // per_rollout))
-    total = iterations * per_rollout
+    def collect(self) -> None:
+        """One rollout of ``n_steps`` steps of every environment into :attr:`rollout`, with its
+        returns; the cells are stepped one timestep at a time, their state on the device."""
+        policy, ro, n_envs, gamma = self.policy, self.rollout, self.rollout.n_envs, self.hp["gamma"]
+        ro.clear()
+        for t in range(ro.n_steps):
+            ro.store_states(actor=self.actor_state, critic=self.critic_state)
+            h_pi = policy.actor.step(self.obs, self.actor_state, reset=self.starts)
+            h_vf = policy.critic.step(self.obs, self.critic_state, reset=self.starts)
+            logp_all = log_softmax(policy.logits(h_pi))
+            cumulative = np.cumsum(np.exp(logp_all), axis=1)
+            actions = np.minimum((self.rng.random((n_envs, 1)) > cumulative).sum(axis=1), self.n_actions - 1)
+            values = policy.value(h_vf)
+            raw, reward, terminated, truncated, info = self.envs.step(actions)
+            reward = reward.astype(np.float64)
+            done = terminated | truncated
+            self.episode_return += reward
+            self.finished.extend(self.episode_return[done].tolist())
+            self.episode_return[done] = 0.0
+            next_obs = self._prepare(raw)
+            cut = truncated & ~terminated
+            if cut.any():  # time limit: bootstrap from the value of the final observation, as sb3 does
+                final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float64)
+                x = self.normalizer(final) if self.normalizer is not None else final.astype(np.float32)
+                h_next, _ = policy.critic(x, (h_vf[cut], self.critic_state.c[cut]), backend=policy.backend,
+                                          dtype=policy.dtype)
+                reward[cut] += gamma * policy.value(h_next)
+            ro.add(self.obs, self.starts, actions, reward, values, logp_all[np.arange(n_envs), actions])
+            self.obs, self.starts = next_obs, done
+        self.timesteps += self.per_rollout
+        # the value after the last step, without advancing the critic's state
+        keep = (~self.starts)[:, None].astype(np.float32)
+        h_last, _ = policy.critic(self.obs, (self.critic_state.h * keep, self.critic_state.c * keep),
+                                  backend=policy.backend, dtype=policy.dtype)
+        ro.compute_returns(policy.value(h_last), self.starts, gamma, self.hp["gae_lambda"])
+
+    def schedule(self):
+        """sb3's linear decay: learning rate and clip range times the progress remaining after
+        the rollout just collected."""
+        remaining = 1.0 - self.timesteps / self.total
+        return self.hp["learning_rate"] * remaining, self.hp["clip_range"] * remaining
+
+    def learn(self) -> None:
+        hp, policy = self.hp, self.policy
+        lr, clip = self.schedule()
+        for epoch in range(hp["n_epochs"]):
+            for batch in self.rollout.minibatches(hp["batch_size"], self.rng):
+                grads, self.stats = ppo_gradients(policy, batch, clip, vf_coef=hp["vf_coef"], ent_coef=hp["ent_coef"],
+                                                  normalize_advantage=hp["normalize_advantage"])
+                clip_grad_norm(grads, hp["max_grad_norm"])
+                self.adam.step(policy.params, grads, lr)
+                policy.sync()
+
+    def recent_return(self) -> Optional[float]:
+        return float(np.mean(self.finished[-EVAL_EPISODES:])) if self.finished else None
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _train(steps, seed, n_envs, network, backend, dtype, progress, eval_episodes, echo, hyperparameters):
+    trainer = Trainer(steps, seed, n_envs, network, backend, dtype, hyperparameters)
+    policy = trainer.policy
     echo(f"backend: {policy.backend.spec}; CartPoleNoVel (CartPole-v1, velocities masked), {n_envs} envs, "
-         f"{total:,} steps; network {network!r}: LSTM({obs_size}, {policy.hidden}) actor and critic, "
-         f"heads {policy.net_arch} {policy.activation}")
-    raw, _ = envs.reset(seed=seed)
-    obs = prepare(raw)
-    starts = np.ones(n_envs, dtype=bool)
-    actor_state, critic_state = policy.initial_states(n_envs)
-    episode_return = np.zeros(n_envs)
-    finished: List[float] = []
+         f"{trainer.total:,} steps; network {network!r}: LSTM({policy.obs_size}, {policy.hidden}) actor and "
+         f"critic, heads {policy.net_arch} {policy.activation}")
     curve = []
-    bar = ProgressBar(total) if progress else None
+    bar = ProgressBar(trainer.total) if progress else None
     t0 = time.perf_counter()
-    timesteps = 0
-    stats = {}
     try:
-        for it in range(iterations):
-            # 1. act
-            rollout.clear()
-            for t in range(n_steps):
-                rollout.store_states(actor=actor_state, critic=critic_state)
-                h_pi = policy.actor.step(obs, actor_state, reset=starts)
-                h_vf = policy.critic.step(obs, critic_state, reset=starts)
-                logp_all = log_softmax(policy.logits(h_pi))
-                cumulative = np.cumsum(np.exp(logp_all), axis=1)
-                actions = np.minimum((rng.random((n_envs, 1)) > cumulative).sum(axis=1), n_actions - 1)
-                values = policy.value(h_vf)
-                raw, reward, terminated, truncated, info = envs.step(actions)
-                reward = reward.astype(np.float64)
-                done = terminated | truncated
-                episode_return += reward
-                finished.extend(episode_return[done].tolist())
-                episode_return[done] = 0.0
-                cut = truncated & ~terminated
-                if cut.any():  # time limit: bootstrap from the value of the final observation, as sb3
-                    final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float64)
-                    x = normalizer(final) if normalizer is not None else final.astype(np.float32)
-                    c_vf = critic_state.c[cut]
-                    h_next, _ = policy.critic(x, (h_vf[cut], c_vf), backend=policy.backend, dtype=policy.dtype)
-                    reward[cut] += gamma * policy.value(h_next)
-                rollout.add(obs, starts, actions, reward, values, logp_all[np.arange(n_envs), actions])
-                obs = prepare(raw)
-                starts = done
-            timesteps += per_rollout
-            # the value after the last step, without advancing the critic's state
-            keep = (~starts)[:, None].astype(np.float32)
-            h_last, _ = policy.critic(obs, (critic_state.h * keep, critic_state.c * keep),
-                                      backend=policy.backend, dtype=policy.dtype)
-            rollout.compute_returns(policy.value(h_last), starts, gamma, hp["gae_lambda"])
-            # 2. learn (sb3 decays the learning rate and clip range with the progress after this rollout)
-            remaining = 1.0 - timesteps / total
-            lr, clip = hp["learning_rate"] * remaining, hp["clip_range"] * remaining
-            for epoch in range(hp["n_epochs"]):
-                for batch in rollout.minibatches(hp["batch_size"], rng):
-                    grads, stats = ppo_gradients(policy, batch, clip, vf_coef=hp["vf_coef"], ent_coef=hp["ent_coef"],
-                                                 normalize_advantage=hp["normalize_advantage"])
-                    clip_grad_norm(grads, hp["max_grad_norm"])
-                    adam.step(policy.params, grads, lr)
-                    policy.sync()
-            recent = float(np.mean(finished[-EVAL_EPISODES:])) if finished else None
-            curve.append((timesteps, recent))
+        for it in range(trainer.iterations):
+            trainer.collect()   # 1. act
+            trainer.learn()     # 2. learn
+            curve.append((trainer.timesteps, trainer.recent_return()))
             if bar:
-                bar.update(timesteps, recent)
+                bar.update(trainer.timesteps, curve[-1][1])
     finally:
         if bar:
             bar.close()
-        envs.close()
+        trainer.close()
     seconds = time.perf_counter() - t0
-    returns = evaluate(policy, normalizer, eval_episodes, seed + 10_000)
+    returns = evaluate(policy, trainer.normalizer, eval_episodes, seed + 10_000)
     return dict(returns=returns, mean=float(returns.mean()), std=float(returns.std()), curve=curve,
-                steps=timesteps, seconds=seconds, steps_per_second=timesteps / seconds, stats=stats,
-                policy=policy, normalizer=normalizer)
+                steps=trainer.timesteps, seconds=seconds, steps_per_second=trainer.timesteps / seconds,
+                stats=trainer.stats, policy=policy, normalizer=trainer.normalizer)
 
 
 def plot_curves(curves: Dict[str, list], path: str) -> bool:
