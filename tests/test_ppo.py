@@ -34,8 +34,10 @@ def _torch_loss_gradients(policy, batch, clip_range, vf_coef, ent_coef):
 
     def run(name):
         cell = torch.nn.LSTMCell(policy.obs_size, policy.hidden).double()
-        h = torch.tensor(batch.initial_states[name][0], dtype=f64)
-        c = torch.tensor(batch.initial_states[name][1], dtype=f64)
+        # the stored state is the fused cell's: the actor's units first, then the critic's
+        part = slice(0, policy.hidden) if name == "actor" else slice(policy.hidden, 2 * policy.hidden)
+        h = torch.tensor(batch.initial_states["policy"][0][:, part], dtype=f64)
+        c = torch.tensor(batch.initial_states["policy"][1][:, part], dtype=f64)
         weights = {k: P[f"{name}.{k}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         outs = []
         for t in range(S):
@@ -79,8 +81,11 @@ def test_gradients_equal_torch_autograd_on_the_same_rollout(any_backend, network
         trainer.close()
     assert trainer.rollout.resets[1:].any(), "the rollout should contain episode starts"
     # the second rollout starts from the state the first left: stored, not zero
-    assert np.abs(trainer.rollout.batch([0]).initial_states["actor"][0]).sum() > 0
+    assert np.abs(trainer.rollout.batch([0]).initial_states["policy"][0]).sum() > 0
     policy = trainer.policy
+    H = policy.hidden
+    cross = policy.fused.state_dict()["weight_hh"].reshape(4, 2 * H, 2 * H)
+    assert not cross[:, :H, H:].any() and not cross[:, H:, :H].any(), "actor and critic must stay separate"
     trainer.learn()  # the policy moves away from the one that collected this rollout
     batch = trainer.rollout.batch(range(trainer.rollout.n_envs))
     clip = 0.01      # small enough that both branches of the clipped surrogate occur

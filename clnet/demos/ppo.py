@@ -123,6 +123,13 @@ class RecurrentPolicy:
     Parameters live in :attr:`params` (float64 NumPy arrays): ``actor.weight_ih`` ... (the
     LSTMs, PyTorch's names) and ``pi.0.w``, ``pi.0.b``, ..., ``action.w``, ``vf.0.w``, ...,
     ``value.w``; linear weights are ``(in, out)``. :meth:`sync` copies the LSTM weights to the cells.
+
+    While training, the two LSTMs run as one cell of 2H units (:attr:`fused`) whose recurrent
+    weights are block-diagonal: units 0..H-1 of every gate are the actor's, H..2H-1 the
+    critic's, and the off-diagonal blocks stay zero, so it computes exactly the two separate
+    LSTMs. Why: one kernel launch per step and one ``sequence`` and one ``backward_sequence``
+    per minibatch instead of two each; at these sizes a launch costs more than the zero blocks.
+    The fused cell's gradients are split back (:meth:`split_gradients`), the cross blocks dropped.
     """
 
     def __init__(self, obs_size: int, n_actions: int, network: dict, seed: int, backend=None, dtype=None):
@@ -138,6 +145,7 @@ class RecurrentPolicy:
         H = self.hidden
         self.actor = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
         self.critic = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
+        self.fused = clnet.LSTMCell(obs_size, 2 * H)
         self.params: Dict[str, np.ndarray] = {}
         for name, cell in (("actor", self.actor), ("critic", self.critic)):
             for k, v in cell.state_dict().items():
@@ -147,6 +155,7 @@ class RecurrentPolicy:
             for i in range(len(self.net_arch)):
                 self._linear(rng, f"{tower}.{i}", sizes[i], sizes[i + 1], np.sqrt(2), network["ortho_init"])
             self._linear(rng, out_name, sizes[-1], out_size, out_gain, network["ortho_init"])
+        self.sync()
 
     def _linear(self, rng, name, n_in, n_out, gain, ortho):
         if ortho:  # sb3's ortho_init: orthogonal weights, zero biases
@@ -161,10 +170,37 @@ class RecurrentPolicy:
         """Load the LSTM weights of :attr:`params` into the cells (after an optimiser step)."""
         for name, cell in (("actor", self.actor), ("critic", self.critic)):
             cell.load_state_dict({k: self.params[f"{name}.{k}"] for k in cell.state_dict()})
+        H = self.hidden
+        fused = {}
+        for k in self.actor.state_dict():
+            a, c = self.params[f"actor.{k}"], self.params[f"critic.{k}"]
+            if k == "weight_hh":   # (4, 2H, 2H), gate by gate: actor block, zeros, critic block
+                w = np.zeros((4, 2 * H, 2 * H))
+                w[:, :H, :H] = a.reshape(4, H, H)
+                w[:, H:, H:] = c.reshape(4, H, H)
+            else:                  # weight_ih (4, 2H, I), biases (4, 2H)
+                w = np.concatenate([a.reshape((4, H) + a.shape[1:]), c.reshape((4, H) + c.shape[1:])], axis=1)
+            fused[k] = w.reshape((8 * H,) + w.shape[2:])
+        self.fused.load_state_dict(fused)
 
-    def initial_states(self, batch: int):
-        return (self.actor.initial_state(batch, backend=self.backend, dtype=self.dtype),
-                self.critic.initial_state(batch, backend=self.backend, dtype=self.dtype))
+    def split_gradients(self, g: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The actor's and critic's weight gradients out of the fused cell's (cross blocks dropped)."""
+        H = self.hidden
+        out = {}
+        for k in self.actor.state_dict():
+            w = g[k].astype(np.float64)
+            w = w.reshape((4, 2 * H) + w.shape[1:])
+            if k == "weight_hh":
+                out[f"actor.{k}"] = w[:, :H, :H].reshape(4 * H, H)
+                out[f"critic.{k}"] = w[:, H:, H:].reshape(4 * H, H)
+            else:
+                out[f"actor.{k}"] = w[:, :H].reshape((4 * H,) + w.shape[2:])
+                out[f"critic.{k}"] = w[:, H:].reshape((4 * H,) + w.shape[2:])
+        return out
+
+    def initial_state(self, batch: int):
+        """The fused (actor, critic) state: h and c of 2H units, kept on the device."""
+        return self.fused.initial_state(batch, backend=self.backend, dtype=self.dtype)
 
     # -- heads ------------------------------------------------------------------------------
     def _tower(self, tower: str, out_name: str, h: np.ndarray):
@@ -222,12 +258,10 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     H = policy.hidden
     be, dt = policy.backend, policy.dtype
     xs, resets = batch.obs, batch.resets
-    hs = {}
-    for name, cell in (("actor", policy.actor), ("critic", policy.critic)):
-        h0, c0 = batch.initial_states[name]
-        state = cell.initial_state(M, backend=be, dtype=dt)
-        state.set(h0, c0)
-        hs[name] = cell.sequence(xs, state, resets)
+    state = policy.fused.initial_state(M, backend=be, dtype=dt)
+    state.set(*batch.initial_states["policy"])
+    hs_both = policy.fused.sequence(xs, state, resets)
+    hs = {"actor": hs_both[..., :H], "critic": hs_both[..., H:]}
     mask = batch.mask.reshape(-1)
     on = mask > 0
     count = mask.sum()
@@ -262,11 +296,9 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     grads: Dict[str, np.ndarray] = {}
     d_h_pi = policy._tower_backward("pi", "action", pi_cache, d_logits, grads)
     d_h_vf = policy._tower_backward("vf", "value", vf_cache, d_values[:, None], grads)
-    for name, cell, d_h in (("actor", policy.actor, d_h_pi), ("critic", policy.critic, d_h_vf)):
-        g = cell.backward_sequence(xs, batch.initial_states[name], resets, d_h.reshape(S, M, H),
-                                   backend=be, dtype=dt)
-        for k in cell.state_dict():
-            grads[f"{name}.{k}"] = g[k].astype(np.float64)
+    grad_hs = np.concatenate([d_h_pi.reshape(S, M, H), d_h_vf.reshape(S, M, H)], axis=2)
+    g = policy.fused.backward_sequence(xs, batch.initial_states["policy"], resets, grad_hs, backend=be, dtype=dt)
+    grads.update(policy.split_gradients(g))
     stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
                  loss=policy_loss + ent_coef * entropy_loss + vf_coef * value_loss,
                  clip_fraction=float((np.abs(ratio - 1) > clip_range)[on].mean()),
@@ -387,13 +419,13 @@ class Trainer:
         self.adam = Adam(self.policy.params, hp["adam_eps"])
         self.normalizer = ObservationNormalizer(obs_size) if hp["normalize_obs"] else None
         hidden = self.policy.hidden
-        self.rollout = RecurrentRollout(hp["n_steps"], n_envs, obs_size, {"actor": hidden, "critic": hidden})
+        self.rollout = RecurrentRollout(hp["n_steps"], n_envs, obs_size, {"policy": 2 * hidden})
         self.per_rollout = hp["n_steps"] * n_envs
         self.iterations = max(1, -(-steps // self.per_rollout))
         self.total = self.iterations * self.per_rollout
         self.obs = self._prepare(self.envs.reset(seed=seed)[0])
         self.starts = np.ones(n_envs, dtype=bool)
-        self.actor_state, self.critic_state = self.policy.initial_states(n_envs)
+        self.state = self.policy.initial_state(n_envs)
         self.episode_return = np.zeros(n_envs)
         self.finished: List[float] = []
         self.timesteps = 0
@@ -411,9 +443,10 @@ class Trainer:
         policy, ro, n_envs, gamma = self.policy, self.rollout, self.rollout.n_envs, self.hp["gamma"]
         ro.clear()
         for t in range(ro.n_steps):
-            ro.store_states(actor=self.actor_state, critic=self.critic_state)
-            h_pi = policy.actor.step(self.obs, self.actor_state, reset=self.starts)
-            h_vf = policy.critic.step(self.obs, self.critic_state, reset=self.starts)
+            ro.store_states(policy=self.state)
+            h = policy.fused.step(self.obs, self.state, reset=self.starts)
+            H = policy.hidden
+            h_pi, h_vf = h[:, :H], h[:, H:]
             logp_all = log_softmax(policy.logits(h_pi))
             cumulative = np.cumsum(np.exp(logp_all), axis=1)
             actions = np.minimum((self.rng.random((n_envs, 1)) > cumulative).sum(axis=1), self.n_actions - 1)
@@ -429,17 +462,16 @@ class Trainer:
             if cut.any():  # time limit: bootstrap from the value of the final observation, as sb3 does
                 final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float64)
                 x = self.normalizer(final) if self.normalizer is not None else final.astype(np.float32)
-                h_next, _ = policy.critic(x, (h_vf[cut], self.critic_state.c[cut]), backend=policy.backend,
-                                          dtype=policy.dtype)
-                reward[cut] += gamma * policy.value(h_next)
+                h_next, _ = policy.fused(x, (h[cut], self.state.c[cut]), backend=policy.backend, dtype=policy.dtype)
+                reward[cut] += gamma * policy.value(h_next[:, H:])
             ro.add(self.obs, self.starts, actions, reward, values, logp_all[np.arange(n_envs), actions])
             self.obs, self.starts = next_obs, done
         self.timesteps += self.per_rollout
         # the value after the last step, without advancing the critic's state
         keep = (~self.starts)[:, None].astype(np.float32)
-        h_last, _ = policy.critic(self.obs, (self.critic_state.h * keep, self.critic_state.c * keep),
-                                  backend=policy.backend, dtype=policy.dtype)
-        ro.compute_returns(policy.value(h_last), self.starts, gamma, self.hp["gae_lambda"])
+        h_last, _ = policy.fused(self.obs, (self.state.h * keep, self.state.c * keep),
+                                 backend=policy.backend, dtype=policy.dtype)
+        ro.compute_returns(policy.value(h_last[:, policy.hidden:]), self.starts, gamma, self.hp["gae_lambda"])
 
     def schedule(self):
         """sb3's linear decay: learning rate and clip range times the progress remaining after
