@@ -39,4 +39,4 @@ def test_bench_fnn_prints_ratios(tmp_path):
 
 def test_unknown_command_arguments_fail_clearly(tmp_path):
     res = _run("bench", "nope", cwd=tmp_path)
-    assert res.returncode != 0 and "unknown benchmark 'nope'; choose from: bptt, fnn, pearson, rnn" in res.stderr
+    assert res.returncode != 0 and "unknown benchmark 'nope'; choose from: bptt, fnn, pearson, ppo, rnn" in res.stderr

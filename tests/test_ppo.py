@@ -129,3 +129,15 @@ def test_command_line_prints_the_final_line(capsys):
     assert last.startswith("final mean return: ") and last.endswith(" over 20 episodes")
     with pytest.raises(SystemExit):
         main(["demo", "ppo", "--steps", "0"])
+
+
+def test_bench_prints_both_and_the_speed_up(capsys):
+    pytest.importorskip("sb3_contrib")
+    from clnet.__main__ import main
+
+    assert main(["bench", "ppo", "--steps", "256", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("sb3-contrib RecurrentPPO") and "steps/s" in line for line in out)
+    assert any(line.startswith("clnet PPO") and "final mean return" in line for line in out)
+    import re
+    assert re.fullmatch(r"speed-up over sb3-contrib: \d+\.\dx", out[-1]), out[-1]
