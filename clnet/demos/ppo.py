@@ -19,6 +19,12 @@ Hyperparameters: rl-baselines3-zoo's ``ppo_lstm.yml`` entry for CartPoleNoVel-v1
 (:data:`SB3_PPO_DEFAULTS`). Network: ``--network zoo`` (default) is that entry's
 ``policy_kwargs``; ``--network sb3-default`` is sb3-contrib's ``MlpLstmPolicy`` defaults
 (:data:`NETWORKS`).
+
+One difference from sb3-contrib, deliberately: with batch_size = n_envs * n_steps each of its
+minibatches is the whole rollout, rotated by a random offset, which cuts one environment's
+sequence at a random step (restarting it from the state stored there). Here every minibatch is
+the whole rollout too, each environment's 32 steps one sequence from its stored initial state,
+cut only by resets, where the gradient is cut anyway.
 """
 from __future__ import annotations
 
@@ -247,8 +253,8 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
                   normalize_advantage: bool = True):
     """The PPO loss of one minibatch of stored sequences and its gradient for every parameter.
 
-    The sequences are re-run with ``cell.sequence`` from their stored initial states (with the
-    same resets); the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
+    The sequences are re-run with ``sequence`` of the fused actor-critic cell from their stored
+    initial states (with the same resets); the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
     of the value against the GAE returns and ``ent_coef`` times minus the entropy, each averaged
     over the steps where ``batch.mask`` is 1 (advantages normalised over those steps). The
     heads' gradients are computed here; the LSTMs' come from ``cell.backward_sequence``.
