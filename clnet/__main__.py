@@ -16,10 +16,12 @@ BENCHMARKS = {
     "bptt": "clnet.bench.bptt",
     "paths": "clnet.bench.paths",
     "distributed": "clnet.bench.distributed",
+    "ppo": "clnet.bench.ppo",
 }
 DEMOS = {
     "population": "clnet.demos.population",
     "memory": "clnet.demos.memory",
+    "ppo": "clnet.demos.ppo",
 }
 DEFAULT_DEMO = "population"
 

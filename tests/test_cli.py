@@ -40,7 +40,7 @@ def test_demo_checks_against_the_reference(tmp_path):
 def test_unknown_command_arguments_fail_clearly(tmp_path):
     res = _run("bench", "nope", cwd=tmp_path)
     assert res.returncode != 0 and "unknown benchmark 'nope'; choose from: bptt, distributed, fnn, " in res.stderr
-    assert "paths" in res.stderr and "pearson" in res.stderr
+    assert "paths" in res.stderr and "pearson" in res.stderr and "ppo" in res.stderr
 
 
 # --- defects a new user hit ------------------------------------------------------------------

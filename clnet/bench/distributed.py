@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from .. import _cli as cli
 from .pearson import _data
 
 
@@ -34,8 +35,7 @@ def _blas_like_workers(spec: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench distributed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench distributed", __doc__)
     parser.add_argument("--quick", action="store_true", help="N=10,000 instead of 50,000")
     parser.add_argument("--n", type=int, default=None, help="rows (default 50,000; 10,000 with --quick)")
     parser.add_argument("--backend", default=None, help="backend spec (default: the best usable one)")

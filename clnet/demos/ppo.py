@@ -1,0 +1,583 @@
+"""``python -m clnet demo ppo``: recurrent PPO on CartPole without velocities, written on clnet.
+
+CartPole-v1 with the velocity observations zeroed (rl-baselines3-zoo's "CartPoleNoVel":
+indices 1 and 3 of the observation are masked) cannot be solved without memory: the policy
+must infer the velocities from the positions it saw. This demo trains an LSTM policy on it
+with PPO, the recurrent PPO of sb3-contrib (``RecurrentPPO``) rewritten on clnet:
+
+1. act over gymnasium's vectorised environments with ``cell.step(obs, state, reset=starts)``,
+   the actor's and the critic's LSTM state kept on the device and zeroed where an episode
+   starts; the rollout goes into :class:`clnet.rl.RecurrentRollout`;
+2. learn: for every minibatch of stored sequences, ``cell.sequence`` re-evaluates them from
+   their stored initial state with the same resets, the PPO loss and its gradient through
+   the small heads are computed in NumPy, and ``cell.backward_sequence`` returns the LSTM
+   weights' gradients (backpropagation through time on the device);
+3. clip the global gradient norm and update with Adam, in NumPy. No torch needed.
+
+Hyperparameters: rl-baselines3-zoo's ``ppo_lstm.yml`` entry for CartPoleNoVel-v1
+(:data:`ZOO_HYPERPARAMETERS`), with sb3's PPO defaults for what it leaves unset
+(:data:`SB3_PPO_DEFAULTS`). Network: ``--network zoo`` (default) is that entry's
+``policy_kwargs``; ``--network sb3-default`` is sb3-contrib's ``MlpLstmPolicy`` defaults
+(:data:`NETWORKS`).
+
+One difference from sb3-contrib, deliberately: with batch_size = n_envs * n_steps each of its
+minibatches is the whole rollout, rotated by a random offset, which cuts one environment's
+sequence at a random step (restarting it from the state stored there). Here every minibatch is
+the whole rollout too, each environment's 32 steps one sequence from its stored initial state,
+cut only by resets, where the gradient is cut anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+# rl-baselines3-zoo, hyperparams/ppo_lstm.yml, CartPoleNoVel-v1 (n_timesteps 1e5; "lin_" = decayed
+# linearly to 0 over training; normalize: VecNormalize(norm_obs=True, norm_reward=False)).
+ZOO_HYPERPARAMETERS = dict(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, learning_rate=1e-3,
+                           clip_range=0.2, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, n_timesteps=100_000,
+                           normalize_obs=True)
+# stable-baselines3 PPO defaults the zoo entry does not override (and Adam's eps that sb3 sets).
+SB3_PPO_DEFAULTS = dict(vf_coef=0.5, max_grad_norm=0.5, normalize_advantage=True, adam_eps=1e-5)
+# Network shapes. "zoo": the policy_kwargs of that zoo entry. "sb3-default": sb3-contrib's
+# MlpLstmPolicy defaults (lstm_hidden_size=256, a separate critic LSTM, net_arch pi=[64, 64] and
+# vf=[64, 64] with tanh, orthogonal initialisation of the heads: gain sqrt(2), 0.01 for the
+# action layer, 1 for the value layer; the LSTMs keep PyTorch's default initialisation).
+NETWORKS = {
+    "zoo": dict(lstm_hidden_size=64, net_arch=[64], activation="relu", ortho_init=False),
+    "sb3-default": dict(lstm_hidden_size=256, net_arch=[64, 64], activation="tanh", ortho_init=True),
+}
+MASKED_INDICES = (1, 3)  # cart velocity, pole angular velocity
+EVAL_EPISODES = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------
+def _mask_velocity_wrapper():
+    import gymnasium as gym
+
+    class MaskVelocity(gym.ObservationWrapper):
+        """CartPole with the two velocity observations zeroed (the zoo's CartPoleNoVel)."""
+
+        def __init__(self, env):
+            super().__init__(env)
+            self._keep = np.ones(env.observation_space.shape, dtype=np.float32)
+            self._keep[list(MASKED_INDICES)] = 0.0
+
+        def observation(self, observation):
+            return (observation * self._keep).astype(np.float32)
+
+    return MaskVelocity
+
+
+def make_envs(n: int):
+    """``n`` CartPoleNoVel environments, vectorised; a finished episode restarts in the same step
+    (its last observation is in ``info["final_obs"]``), as sb3's VecEnv does."""
+    try:
+        import gymnasium as gym
+    except ImportError as exc:  # the optional extra
+        raise SystemExit("the ppo demo needs gymnasium: pip install 'clnet[rl]'") from exc
+    wrapper = _mask_velocity_wrapper()
+    return gym.vector.SyncVectorEnv([lambda: wrapper(gym.make("CartPole-v1")) for _ in range(n)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+class ObservationNormalizer:
+    """Running mean and variance of observations, as sb3's VecNormalize(norm_obs=True): the
+    statistics are updated with each batch before it is normalised, and clipped to +-10."""
+
+    def __init__(self, shape, clip=10.0, epsilon=1e-8):
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+        self.clip, self.epsilon = clip, epsilon
+
+    def update(self, batch: np.ndarray) -> None:
+        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta, total = b_mean - self.mean, self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        self.var = (self.var * self.count + b_var * b_count + delta ** 2 * self.count * b_count / total) / total
+        self.count = total
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return np.clip((obs - self.mean) / np.sqrt(self.var + self.epsilon), -self.clip, self.clip).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy: two LSTMs on the device, heads in NumPy
+# ---------------------------------------------------------------------------------------------
+def _orthogonal(rng, rows, cols, gain):
+    """An orthogonal (rows, cols) matrix times ``gain`` (torch.nn.init.orthogonal_'s construction)."""
+    a = rng.normal(size=(max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return gain * (q if rows >= cols else q.T)
+
+
+_ACTIVATIONS = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0).astype(z.dtype)),
+    "tanh": (np.tanh, lambda z, a: 1.0 - a * a),
+}
+
+
+class RecurrentPolicy:
+    """An actor LSTM and a separate critic LSTM (sb3-contrib's ``enable_critic_lstm=True``),
+    each followed by an MLP (``net_arch``) and a linear layer: action logits and a value.
+
+    Parameters live in :attr:`params` (float64 NumPy arrays): ``actor.weight_ih`` ... (the
+    LSTMs, PyTorch's names) and ``pi.0.w``, ``pi.0.b``, ..., ``action.w``, ``vf.0.w``, ...,
+    ``value.w``; linear weights are ``(in, out)``. :meth:`sync` copies the LSTM weights to the cells.
+
+    While training, the two LSTMs run as one cell of 2H units (:attr:`fused`) whose recurrent
+    weights are block-diagonal: units 0..H-1 of every gate are the actor's, H..2H-1 the
+    critic's, and the off-diagonal blocks stay zero, so it computes exactly the two separate
+    LSTMs. Why: one kernel launch per step and one ``sequence`` and one ``backward_sequence``
+    per minibatch instead of two each; at these sizes a launch costs more than the zero blocks.
+    The fused cell's gradients are split back (:meth:`split_gradients`), the cross blocks dropped.
+    """
+
+    def __init__(self, obs_size: int, n_actions: int, network: dict, seed: int, backend=None, dtype=None):
+        import clnet
+
+        self.backend = clnet.get_backend(backend)
+        self.dtype = self.backend.check_dtype(dtype)
+        self.obs_size, self.n_actions = obs_size, n_actions
+        self.hidden = network["lstm_hidden_size"]
+        self.net_arch = list(network["net_arch"])
+        self.activation = network["activation"]
+        rng = np.random.default_rng(seed)
+        H = self.hidden
+        self.actor = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
+        self.critic = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
+        self.fused = clnet.LSTMCell(obs_size, 2 * H)
+        self.params: Dict[str, np.ndarray] = {}
+        for name, cell in (("actor", self.actor), ("critic", self.critic)):
+            for k, v in cell.state_dict().items():
+                self.params[f"{name}.{k}"] = v
+        for tower, out_name, out_size, out_gain in (("pi", "action", n_actions, 0.01), ("vf", "value", 1, 1.0)):
+            sizes = [H] + self.net_arch
+            for i in range(len(self.net_arch)):
+                self._linear(rng, f"{tower}.{i}", sizes[i], sizes[i + 1], np.sqrt(2), network["ortho_init"])
+            self._linear(rng, out_name, sizes[-1], out_size, out_gain, network["ortho_init"])
+        self.sync()
+
+    def _linear(self, rng, name, n_in, n_out, gain, ortho):
+        if ortho:  # sb3's ortho_init: orthogonal weights, zero biases
+            self.params[name + ".w"] = _orthogonal(rng, n_out, n_in, gain).T.copy()
+            self.params[name + ".b"] = np.zeros(n_out)
+        else:      # PyTorch's nn.Linear default: uniform in +-1/sqrt(fan_in)
+            bound = 1.0 / np.sqrt(n_in)
+            self.params[name + ".w"] = rng.uniform(-bound, bound, size=(n_in, n_out))
+            self.params[name + ".b"] = rng.uniform(-bound, bound, size=n_out)
+
+    def sync(self) -> None:
+        """Load the LSTM weights of :attr:`params` into the cells (after an optimiser step)."""
+        for name, cell in (("actor", self.actor), ("critic", self.critic)):
+            cell.load_state_dict({k: self.params[f"{name}.{k}"] for k in cell.state_dict()})
+        H = self.hidden
+        fused = {}
+        for k in self.actor.state_dict():
+            a, c = self.params[f"actor.{k}"], self.params[f"critic.{k}"]
+            if k == "weight_hh":   # (4, 2H, 2H), gate by gate: actor block, zeros, critic block
+                w = np.zeros((4, 2 * H, 2 * H))
+                w[:, :H, :H] = a.reshape(4, H, H)
+                w[:, H:, H:] = c.reshape(4, H, H)
+            else:                  # weight_ih (4, 2H, I), biases (4, 2H)
+                w = np.concatenate([a.reshape((4, H) + a.shape[1:]), c.reshape((4, H) + c.shape[1:])], axis=1)
+            fused[k] = w.reshape((8 * H,) + w.shape[2:])
+        self.fused.load_state_dict(fused)
+
+    def split_gradients(self, g: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The actor's and critic's weight gradients out of the fused cell's (cross blocks dropped)."""
+        H = self.hidden
+        out = {}
+        for k in self.actor.state_dict():
+            w = g[k].astype(np.float64)
+            w = w.reshape((4, 2 * H) + w.shape[1:])
+            if k == "weight_hh":
+                out[f"actor.{k}"] = w[:, :H, :H].reshape(4 * H, H)
+                out[f"critic.{k}"] = w[:, H:, H:].reshape(4 * H, H)
+            else:
+                out[f"actor.{k}"] = w[:, :H].reshape((4 * H,) + w.shape[2:])
+                out[f"critic.{k}"] = w[:, H:].reshape((4 * H,) + w.shape[2:])
+        return out
+
+    def initial_state(self, batch: int):
+        """The fused (actor, critic) state: h and c of 2H units, kept on the device."""
+        return self.fused.initial_state(batch, backend=self.backend, dtype=self.dtype)
+
+    # -- heads ------------------------------------------------------------------------------
+    def _tower(self, tower: str, out_name: str, h: np.ndarray):
+        """Forward through one MLP tower and its output layer; returns (output, cache)."""
+        act = _ACTIVATIONS[self.activation][0]
+        x, cache = h.astype(np.float64), []
+        for i in range(len(self.net_arch)):
+            z = x @ self.params[f"{tower}.{i}.w"] + self.params[f"{tower}.{i}.b"]
+            a = act(z)
+            cache.append((x, z, a))
+            x = a
+        out = x @ self.params[out_name + ".w"] + self.params[out_name + ".b"]
+        cache.append((x, None, None))
+        return out, cache
+
+    def _tower_backward(self, tower: str, out_name: str, cache, d_out: np.ndarray, grads: dict) -> np.ndarray:
+        """Gradients of the tower's weights (into ``grads``) given d(loss)/d(output); returns d/dh."""
+        deriv = _ACTIVATIONS[self.activation][1]
+        x_last = cache[-1][0]
+        grads[out_name + ".w"] = x_last.T @ d_out
+        grads[out_name + ".b"] = d_out.sum(axis=0)
+        d = d_out @ self.params[out_name + ".w"].T
+        for i in reversed(range(len(self.net_arch))):
+            x, z, a = cache[i]
+            dz = d * deriv(z, a)
+            grads[f"{tower}.{i}.w"] = x.T @ dz
+            grads[f"{tower}.{i}.b"] = dz.sum(axis=0)
+            d = dz @ self.params[f"{tower}.{i}.w"].T
+        return d
+
+    def logits(self, h_pi: np.ndarray) -> np.ndarray:
+        return self._tower("pi", "action", h_pi)[0]
+
+    def value(self, h_vf: np.ndarray) -> np.ndarray:
+        return self._tower("vf", "value", h_vf)[0][..., 0]
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef: float, ent_coef: float,
+                  normalize_advantage: bool = True):
+    """The PPO loss of one minibatch of stored sequences and its gradient for every parameter.
+
+    The sequences are re-run with ``sequence`` of the fused actor-critic cell from their stored
+    initial states (with the same resets); the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
+    of the value against the GAE returns and ``ent_coef`` times minus the entropy, each averaged
+    over the steps where ``batch.mask`` is 1 (advantages normalised over those steps). The
+    heads' gradients are computed here; the LSTMs' come from ``cell.backward_sequence``.
+    Returns ``(grads, stats)``.
+    """
+    S, M = batch.mask.shape
+    H = policy.hidden
+    be, dt = policy.backend, policy.dtype
+    xs, resets = batch.obs, batch.resets
+    state = policy.fused.initial_state(M, backend=be, dtype=dt)
+    state.set(*batch.initial_states["policy"])
+    hs_both = policy.fused.sequence(xs, state, resets)
+    hs = {"actor": hs_both[..., :H], "critic": hs_both[..., H:]}
+    mask = batch.mask.reshape(-1)
+    on = mask > 0
+    count = mask.sum()
+    logits, pi_cache = policy._tower("pi", "action", hs["actor"].reshape(-1, H))
+    value_out, vf_cache = policy._tower("vf", "value", hs["critic"].reshape(-1, H))
+    values = value_out[:, 0]
+    logp_all = log_softmax(logits)
+    probs = np.exp(logp_all)
+    actions = batch.actions.reshape(-1)
+    rows = np.arange(actions.size)
+    logp = logp_all[rows, actions]
+    adv = batch.advantages.reshape(-1)
+    if normalize_advantage:  # torch's std is the unbiased one
+        adv = (adv - adv[on].mean()) / (adv[on].std(ddof=1) + 1e-8)
+    ratio = np.exp(logp - batch.log_probs.reshape(-1))
+    surrogate = adv * ratio
+    clipped = adv * np.clip(ratio, 1 - clip_range, 1 + clip_range)
+    policy_loss = -(np.minimum(surrogate, clipped) * mask).sum() / count
+    returns = batch.returns.reshape(-1)
+    value_loss = (((returns - values) ** 2) * mask).sum() / count
+    entropy = -(probs * logp_all).sum(axis=1)
+    entropy_loss = -(entropy * mask).sum() / count
+    # d(loss)/d(logits): the surrogate's gradient reaches log p only where the unclipped term is
+    # the smaller one (where both are equal the ratio is inside the clip range: the same).
+    d_logp = -np.where(surrogate <= clipped, adv, 0.0) * ratio * mask / count
+    onehot = np.zeros_like(probs)
+    onehot[rows, actions] = 1.0
+    d_logits = d_logp[:, None] * (onehot - probs)
+    if ent_coef:
+        d_logits += ent_coef * (mask / count)[:, None] * probs * (logp_all + entropy[:, None])
+    d_values = vf_coef * 2.0 * (values - returns) * mask / count
+    grads: Dict[str, np.ndarray] = {}
+    d_h_pi = policy._tower_backward("pi", "action", pi_cache, d_logits, grads)
+    d_h_vf = policy._tower_backward("vf", "value", vf_cache, d_values[:, None], grads)
+    grad_hs = np.concatenate([d_h_pi.reshape(S, M, H), d_h_vf.reshape(S, M, H)], axis=2)
+    g = policy.fused.backward_sequence(xs, batch.initial_states["policy"], resets, grad_hs, backend=be, dtype=dt)
+    grads.update(policy.split_gradients(g))
+    stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
+                 loss=policy_loss + ent_coef * entropy_loss + vf_coef * value_loss,
+                 clip_fraction=float((np.abs(ratio - 1) > clip_range)[on].mean()),
+                 approx_kl=float(((ratio - 1) - np.log(ratio))[on].mean()))
+    return grads, stats
+
+
+def clip_grad_norm(grads: Dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale every gradient so that their global L2 norm is at most ``max_norm`` (as
+    torch.nn.utils.clip_grad_norm_); returns the norm before clipping."""
+    total = float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for k in grads:
+            grads[k] = grads[k] * scale
+    return total
+
+
+class Adam:
+    """Adam as torch.optim.Adam (bias-corrected moments), the learning rate settable per step."""
+
+    def __init__(self, params: Dict[str, np.ndarray], eps: float, betas=(0.9, 0.999)):
+        self.eps, (self.b1, self.b2), self.t = eps, betas, 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params: Dict[str, np.ndarray], grads: Dict[str, np.ndarray], lr: float) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for k, g in grads.items():
+            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
+            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
+            params[k] = params[k] - (lr / c1) * self.m[k] / (np.sqrt(self.v[k] / c2) + self.eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+# ---------------------------------------------------------------------------------------------
+class ProgressBar:
+    def __init__(self, total: int, stream=None, width: int = 24):
+        self.total, self.stream, self.width = total, stream or sys.stderr, width
+        self.start = time.perf_counter()
+
+    def update(self, steps: int, recent: Optional[float]) -> None:
+        done = min(1.0, steps / self.total)
+        bar = "#" * int(done * self.width) + "." * (self.width - int(done * self.width))
+        rate = steps / max(time.perf_counter() - self.start, 1e-9)
+        ret = "   -  " if recent is None else f"{recent:6.1f}"
+        self.stream.write(f"\r[{bar}] {steps:>7,}/{self.total:,} steps  {rate:6.0f} steps/s  "
+                          f"recent mean return {ret}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def evaluate(policy: RecurrentPolicy, normalizer: Optional[ObservationNormalizer], episodes: int, seed: int):
+    """Returns of ``episodes`` deterministic episodes (argmax action), one per environment, run in
+    parallel; the normaliser's statistics are frozen."""
+    envs = make_envs(episodes)
+    obs, _ = envs.reset(seed=seed)
+    actor_state = policy.actor.initial_state(episodes, backend=policy.backend, dtype=policy.dtype)
+    totals, finished = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    try:
+        while not finished.all():
+            x = normalizer(obs) if normalizer is not None else obs.astype(np.float32)
+            h = policy.actor.step(x, actor_state)
+            actions = policy.logits(h).argmax(axis=1)
+            obs, reward, terminated, truncated, _ = envs.step(actions)
+            totals += np.where(finished, 0.0, reward)
+            finished |= terminated | truncated  # later episodes of an environment are not counted
+    finally:
+        envs.close()
+    return totals
+
+
+def _single_threaded_blas():
+    """A context in which NumPy's BLAS runs on one thread (threadpoolctl, when installed).
+
+    The heads' matrices are tiny (256 x 64): a multi-threaded BLAS spends far more time waking
+    and synchronising its threads than multiplying, and on a loaded machine it was measured 60
+    times slower than one thread here. The OpenCL device keeps the cores busy meanwhile."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def train(steps: int = ZOO_HYPERPARAMETERS["n_timesteps"], seed: int = 0, n_envs: int = ZOO_HYPERPARAMETERS["n_envs"],
+          network: str = "zoo", backend=None, dtype=None, progress: bool = True,
+          eval_episodes: int = EVAL_EPISODES, echo=print, hyperparameters: Optional[dict] = None) -> dict:
+    """Train for ``steps`` environment steps (whole rollouts); returns the final evaluation
+    returns, the training curve ``[(steps, recent mean return)]`` and the timing."""
+    with _single_threaded_blas():
+        return _train(steps, seed, n_envs, network, backend, dtype, progress, eval_episodes, echo, hyperparameters)
+
+
+class Trainer:
+    """The training loop in two halves, :meth:`collect` (one rollout) and :meth:`learn` (the
+    epochs over it), so that a test can look at one rollout and its gradients."""
+
+    def __init__(self, steps, seed=0, n_envs=ZOO_HYPERPARAMETERS["n_envs"], network="zoo", backend=None,
+                 dtype=None, hyperparameters=None):
+        from clnet.rl import RecurrentRollout
+
+        hp = dict(ZOO_HYPERPARAMETERS, **SB3_PPO_DEFAULTS)
+        hp.update(hyperparameters or {})
+        hp["n_envs"] = n_envs
+        self.hp, self.network = hp, network
+        self.rng = np.random.default_rng(seed)
+        self.envs = make_envs(n_envs)
+        obs_size = int(np.prod(self.envs.single_observation_space.shape))
+        self.n_actions = int(self.envs.single_action_space.n)
+        self.policy = RecurrentPolicy(obs_size, self.n_actions, NETWORKS[network], seed, backend, dtype)
+        self.adam = Adam(self.policy.params, hp["adam_eps"])
+        self.normalizer = ObservationNormalizer(obs_size) if hp["normalize_obs"] else None
+        hidden = self.policy.hidden
+        self.rollout = RecurrentRollout(hp["n_steps"], n_envs, obs_size, {"policy": 2 * hidden})
+        self.per_rollout = hp["n_steps"] * n_envs
+        self.iterations = max(1, -(-steps // self.per_rollout))
+        self.total = self.iterations * self.per_rollout
+        self.obs = self._prepare(self.envs.reset(seed=seed)[0])
+        self.starts = np.ones(n_envs, dtype=bool)
+        self.state = self.policy.initial_state(n_envs)
+        self.episode_return = np.zeros(n_envs)
+        self.finished: List[float] = []
+        self.timesteps = 0
+        self.stats = {}
+
+    def _prepare(self, raw):
+        if self.normalizer is None:
+            return raw.astype(np.float32)
+        self.normalizer.update(raw)
+        return self.normalizer(raw)
+
+    def collect(self) -> None:
+        """One rollout of ``n_steps`` steps of every environment into :attr:`rollout`, with its
+        returns; the cells are stepped one timestep at a time, their state on the device."""
+        policy, ro, n_envs, gamma = self.policy, self.rollout, self.rollout.n_envs, self.hp["gamma"]
+        ro.clear()
+        for t in range(ro.n_steps):
+            ro.store_states(policy=self.state)
+            h = policy.fused.step(self.obs, self.state, reset=self.starts)
+            H = policy.hidden
+            h_pi, h_vf = h[:, :H], h[:, H:]
+            logp_all = log_softmax(policy.logits(h_pi))
+            cumulative = np.cumsum(np.exp(logp_all), axis=1)
+            actions = np.minimum((self.rng.random((n_envs, 1)) > cumulative).sum(axis=1), self.n_actions - 1)
+            values = policy.value(h_vf)
+            raw, reward, terminated, truncated, info = self.envs.step(actions)
+            reward = reward.astype(np.float64)
+            done = terminated | truncated
+            self.episode_return += reward
+            self.finished.extend(self.episode_return[done].tolist())
+            self.episode_return[done] = 0.0
+            next_obs = self._prepare(raw)
+            cut = truncated & ~terminated
+            if cut.any():  # time limit: bootstrap from the value of the final observation, as sb3 does
+                final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float64)
+                x = self.normalizer(final) if self.normalizer is not None else final.astype(np.float32)
+                h_next, _ = policy.fused(x, (h[cut], self.state.c[cut]), backend=policy.backend, dtype=policy.dtype)
+                reward[cut] += gamma * policy.value(h_next[:, H:])
+            ro.add(self.obs, self.starts, actions, reward, values, logp_all[np.arange(n_envs), actions])
+            self.obs, self.starts = next_obs, done
+        self.timesteps += self.per_rollout
+        # the value after the last step, without advancing the critic's state
+        keep = (~self.starts)[:, None].astype(np.float32)
+        h_last, _ = policy.fused(self.obs, (self.state.h * keep, self.state.c * keep),
+                                 backend=policy.backend, dtype=policy.dtype)
+        ro.compute_returns(policy.value(h_last[:, policy.hidden:]), self.starts, gamma, self.hp["gae_lambda"])
+
+    def schedule(self):
+        """sb3's linear decay: learning rate and clip range times the progress remaining after
+        the rollout just collected."""
+        remaining = 1.0 - self.timesteps / self.total
+        return self.hp["learning_rate"] * remaining, self.hp["clip_range"] * remaining
+
+    def learn(self) -> None:
+        hp, policy = self.hp, self.policy
+        lr, clip = self.schedule()
+        for epoch in range(hp["n_epochs"]):
+            for batch in self.rollout.minibatches(hp["batch_size"], self.rng):
+                grads, self.stats = ppo_gradients(policy, batch, clip, vf_coef=hp["vf_coef"], ent_coef=hp["ent_coef"],
+                                                  normalize_advantage=hp["normalize_advantage"])
+                clip_grad_norm(grads, hp["max_grad_norm"])
+                self.adam.step(policy.params, grads, lr)
+                policy.sync()
+
+    def recent_return(self) -> Optional[float]:
+        return float(np.mean(self.finished[-EVAL_EPISODES:])) if self.finished else None
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _train(steps, seed, n_envs, network, backend, dtype, progress, eval_episodes, echo, hyperparameters):
+    trainer = Trainer(steps, seed, n_envs, network, backend, dtype, hyperparameters)
+    policy = trainer.policy
+    echo(f"backend: {policy.backend.spec}; CartPoleNoVel (CartPole-v1, velocities masked), {n_envs} envs, "
+         f"{trainer.total:,} steps; network {network!r}: LSTM({policy.obs_size}, {policy.hidden}) actor and "
+         f"critic, heads {policy.net_arch} {policy.activation}")
+    curve = []
+    bar = ProgressBar(trainer.total) if progress else None
+    t0 = time.perf_counter()
+    try:
+        for it in range(trainer.iterations):
+            trainer.collect()   # 1. act
+            trainer.learn()     # 2. learn
+            curve.append((trainer.timesteps, trainer.recent_return()))
+            if bar:
+                bar.update(trainer.timesteps, curve[-1][1])
+    finally:
+        if bar:
+            bar.close()
+        trainer.close()
+    seconds = time.perf_counter() - t0
+    returns = evaluate(policy, trainer.normalizer, eval_episodes, seed + 10_000)
+    return dict(returns=returns, mean=float(returns.mean()), std=float(returns.std()), curve=curve,
+                steps=trainer.timesteps, seconds=seconds, steps_per_second=trainer.timesteps / seconds,
+                stats=trainer.stats, policy=policy, normalizer=trainer.normalizer)
+
+
+def plot_curves(curves: Dict[str, list], path: str) -> bool:
+    """A PNG of recent mean training return against steps, one line per curve; False without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, curve in curves.items():
+        pts = [(s, r) for s, r in curve if r is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=label)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean return, last 20 training episodes")
+    ax.set_title("Recurrent PPO on CartPoleNoVel-v1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clnet demo ppo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=ZOO_HYPERPARAMETERS["n_timesteps"],
+                        help="environment steps, rounded up to whole rollouts (default: the zoo's 100000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--envs", type=int, default=ZOO_HYPERPARAMETERS["n_envs"],
+                        help="parallel environments (default: the zoo's 8)")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="zoo",
+                        help="zoo: the zoo entry's policy_kwargs (default); sb3-default: MlpLstmPolicy's defaults")
+    parser.add_argument("--backend", default=None, help="backend spec (default: automatic selection)")
+    parser.add_argument("--plot", default=None, help="write the training curve to this PNG (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.envs < 1:
+        parser.error("--steps and --envs must be at least 1")
+    result = train(args.steps, args.seed, args.envs, args.network, backend=args.backend,
+                   progress=not args.no_progress)
+    print(f"trained {result['steps']:,} steps in {result['seconds']:.1f} s "
+          f"({result['steps_per_second']:.0f} steps/s)")
+    if args.plot:
+        if plot_curves({"clnet": result["curve"]}, args.plot):
+            print(f"training curve written to {args.plot}")
+        else:
+            print("no plot: matplotlib is not installed")
+    print(f"final mean return: {result['mean']:.1f} +/- {result['std']:.1f} over {len(result['returns'])} episodes")
+    return 0
