@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .. import _cli as cli
+
 from clnet.demos import ppo
 
 
@@ -121,20 +123,21 @@ def _line(name: str, r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench ppo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet bench ppo", __doc__)
     parser.add_argument("--steps", type=int, default=ppo.ZOO_HYPERPARAMETERS["n_timesteps"],
                         help="environment steps for both (default: the zoo's 100000)")
     parser.add_argument("--sb3-steps", type=int, default=None,
                         help="a smaller budget for sb3-contrib only (default: --steps)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--envs", type=int, default=ppo.ZOO_HYPERPARAMETERS["n_envs"])
-    parser.add_argument("--network", choices=sorted(ppo.NETWORKS), default="zoo")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both trainings and their environments (default 0)")
+    parser.add_argument("--envs", type=int, default=ppo.ZOO_HYPERPARAMETERS["n_envs"],
+                        help="vectorised environments (default: the zoo's 8)")
+    parser.add_argument("--network", choices=sorted(ppo.NETWORKS), default="zoo",
+                        help="zoo: the zoo's ppo_lstm.yml network; sb3-default: MlpLstmPolicy's defaults")
     parser.add_argument("--backend", default=None, help="clnet backend spec (default: automatic selection)")
     parser.add_argument("--plot", default=None, help="write both training curves to this PNG (needs matplotlib)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for sb3-contrib (default 1: its fastest here, see below; 0 = torch's default)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     sb3_steps = args.steps if args.sb3_steps is None else args.sb3_steps
     if args.steps < 1 or sb3_steps < 1 or args.envs < 1:

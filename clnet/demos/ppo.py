@@ -35,6 +35,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .. import _cli as cli
+
 # rl-baselines3-zoo, hyperparams/ppo_lstm.yml, CartPoleNoVel-v1 (n_timesteps 1e5; "lin_" = decayed
 # linearly to 0 over training; normalize: VecNormalize(norm_obs=True, norm_reward=False)).
 ZOO_HYPERPARAMETERS = dict(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, learning_rate=1e-3,
@@ -555,11 +557,10 @@ def plot_curves(curves: Dict[str, list], path: str) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet demo ppo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m clnet demo ppo", __doc__)
     parser.add_argument("--steps", type=int, default=ZOO_HYPERPARAMETERS["n_timesteps"],
                         help="environment steps, rounded up to whole rollouts (default: the zoo's 100000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training and its environments (default 0)")
     parser.add_argument("--envs", type=int, default=ZOO_HYPERPARAMETERS["n_envs"],
                         help="parallel environments (default: the zoo's 8)")
     parser.add_argument("--network", choices=sorted(NETWORKS), default="zoo",
