@@ -24,6 +24,7 @@ from .backend import (
 )
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
+from .mcl import MCLResult, mcl
 from .pearson import pearson, pearson_threshold, pearson_topk
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
@@ -43,11 +44,13 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "MCLResult",
     "RNNCell",
     "RecurrentState",
     "backends",
     "fnn_forward",
     "get_backend",
+    "mcl",
     "notes",
     "pearson",
     "pearson_threshold",

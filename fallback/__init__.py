@@ -9,13 +9,15 @@ from clnet.backend import Backend, BackendCandidate
 
 from .bptt import BPTTReference
 from .fnn import FNNReference
+from .mcl import MCLReference
 from .pearson import PearsonReference
 from .rnn import RNNReference
 
 __all__ = ["NumpyProvider", "NumpyBackend", "make_backend"]
 
 
-class NumpyBackend(Backend, FNNReference, RNNReference, BPTTReference, PearsonReference):
+class NumpyBackend(Backend, FNNReference, RNNReference, BPTTReference, PearsonReference,
+                   MCLReference):
     """Every family of clnet/contract.py, in NumPy."""
 
     spec = "numpy"
