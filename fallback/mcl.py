@@ -13,6 +13,9 @@ from clnet.contract import MCLOps, MCLPlan
 
 # Product terms generated at once: about 24 bytes each over three arrays and their sort.
 BLOCK_TERMS = 1 << 21
+# Up to this many nodes, an iterand whose expansion has more terms than a quarter of N*N is
+# expanded with dense products (BLAS) in blocks of columns instead of sorting its terms.
+DENSE_NODES = 3000
 
 
 def multiply_block(a: Columns, b_indptr, b_indices, b_data, dtype):
@@ -62,6 +65,8 @@ def expand_and_prune(m: Columns, power: int, params: MCLParams, dtype, block_ter
     col_len = np.diff(m.indptr)
     terms_per_col = np.zeros(m.n, dtype=np.int64)
     np.add.at(terms_per_col, m.column_of_entry(), col_len[m.indices])
+    if m.n <= DENSE_NODES and terms_per_col.sum() * 4 > m.n * m.n:
+        return _expand_dense(m, power, params, dtype)
     pieces, chaos = [], np.zeros(m.n)
     for start, stop in column_blocks(m, terms_per_col, block_terms):
         lo, hi = m.indptr[start], m.indptr[stop]
@@ -72,6 +77,26 @@ def expand_and_prune(m: Columns, power: int, params: MCLParams, dtype, block_ter
         block = Columns(stop - start, indptr, indices, data)
         pruned, block_chaos = prune_columns(block, params)
         chaos[start:stop] = block_chaos
+        pieces.append(pruned)
+    indptr = np.concatenate([[0]] + [np.diff(p.indptr) for p in pieces]).cumsum().astype(np.int64)
+    return Columns(m.n, indptr, np.concatenate([p.indices for p in pieces]).astype(np.int32),
+                   np.concatenate([p.data for p in pieces]).astype(dtype)), chaos
+
+
+def _expand_dense(m: Columns, power: int, params: MCLParams, dtype):
+    dense = np.zeros((m.n, m.n), dtype=dtype)
+    dense[m.indices, m.column_of_entry()] = m.data
+    pieces, chaos = [], np.zeros(m.n)
+    step = max(1, (1 << 22) // max(1, m.n))
+    for start in range(0, m.n, step):
+        block = dense[:, start:start + step]
+        for _ in range(power - 1):
+            block = dense @ block
+        cols, rows = np.nonzero(block.T)
+        counts = np.bincount(cols, minlength=block.shape[1])
+        expanded = Columns(block.shape[1], np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+                           rows.astype(np.int32), block.T[cols, rows])
+        pruned, chaos[start:start + step] = prune_columns(expanded, params)
         pieces.append(pruned)
     indptr = np.concatenate([[0]] + [np.diff(p.indptr) for p in pieces]).cumsum().astype(np.int64)
     return Columns(m.n, indptr, np.concatenate([p.indices for p in pieces]).astype(np.int32),

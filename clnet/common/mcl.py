@@ -150,7 +150,7 @@ def prune_columns(expanded: Columns, params: MCLParams) -> Tuple[Columns, np.nda
     column_max = np.zeros(n)
     np.maximum.at(column_max, col, vals)
     squares = np.bincount(col, weights=vals * vals, minlength=n)
-    chaos = (column_max - squares) * kept_per_col
+    chaos = np.maximum(column_max - squares, 0.0) * kept_per_col
     indptr = np.concatenate(([0], np.cumsum(kept_per_col))).astype(np.int64)
     data = vals[keep]
     mass = np.bincount(col[keep], weights=data, minlength=n)
