@@ -1,10 +1,12 @@
 """The backend of one OpenCL device: the runtime plus every operation family."""
 from .bptt import BPTTKernels
 from .fnn import FNNKernels
+from .mcl import MCLKernels
 from .pearson import PearsonKernels
 from .rnn import RNNKernels
 from .runtime import OpenCLRuntime
 
 
-class OpenCLBackend(OpenCLRuntime, FNNKernels, RNNKernels, BPTTKernels, PearsonKernels):
+class OpenCLBackend(OpenCLRuntime, FNNKernels, RNNKernels, BPTTKernels, PearsonKernels,
+                    MCLKernels):
     """Every family of clnet/contract.py, on one OpenCL device."""
