@@ -34,7 +34,7 @@ def planted_edges(n: int, n_clusters: int, degree_in: int, degree_out: float, rn
     rows, cols, w = np.concatenate([rows, cols]), np.concatenate([cols, rows]), np.concatenate([w, w])
     order = np.lexsort((-w, cols, rows))
     rows, cols, w = rows[order], cols[order], w[order]
-    first = np.concatenate(([True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])))
+    first = np.concatenate(([True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])))[:len(rows)]
     return rows[first], cols[first], w[first], labels
 
 

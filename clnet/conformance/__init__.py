@@ -32,7 +32,7 @@ from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
 FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.bptt",
-                  "clnet.conformance.pearson"]
+                  "clnet.conformance.pearson", "clnet.conformance.mcl"]
 
 try:
     from hypothesis import HealthCheck, given, settings
