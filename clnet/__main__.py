@@ -17,6 +17,7 @@ BENCHMARKS = {
 DEMOS = {
     "population": "clnet.demos.population",
     "memory": "clnet.demos.memory",
+    "curves": "clnet.demos.curves",
 }
 DEFAULT_DEMO = "population"
 
