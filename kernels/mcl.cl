@@ -4,12 +4,13 @@
  * The iterand is a square matrix by columns (CSC: col_ptr, row_idx, val). One block of
  * columns is expanded at a time, so memory is the iterand plus one block's product terms:
  *
- * clnet_mcl_expand_prune: one work-item per column j of the block. It writes the product
- *   terms of column j of M*M into its own slice of the scratch (the host computed each
- *   column's term count from the structure), sorts them by row and sums equal rows
- *   (expand, sort, compress), measures the column's chaos, sorts a copy of the values in
- *   descending order to find mcl's thresholds (cutoff, top S, recovery up to R), and keeps
- *   the surviving entries, rescaled to sum 1, at the front of its slice.
+ * clnet_mcl_expand_prune: n_lanes work-items, each with its own dense accumulator of N
+ *   values, take the block's columns in turn (as mcl's expansion threads do). A column j
+ *   of M*M is accumulated there, its touched rows collected into the column's slice of
+ *   the scratch (sized by the host from the column's term count, at most N), its chaos
+ *   measured; a copy of its values sorted in descending order gives mcl's thresholds
+ *   (cutoff, top S, recovery up to R); the surviving entries, rescaled to sum 1 and sorted
+ *   by row, stay at the front of its slice.
  * clnet_mcl_gather_inflate: one work-item per column; copies the kept entries of the block
  *   into the next iterand at the offsets the host computed from the kept counts, raised
  *   to the inflation power and rescaled to sum 1.
@@ -72,8 +73,9 @@ static void clnet_mcl_sort_desc(__global real *v, long n)
     }
 }
 
-/* Column j of A * B for the block's columns col0.. of B,
- * into term slice [term_ptr[j], term_ptr[j+1]) of (rows, vals). With do_prune = 0 the
+/* Column j of A * B for the block's columns col0.. of B, accumulated densely in ``column``
+ * (n_rows values, zero on entry and on exit), its entries collected into the slice
+ * [term_ptr[j], term_ptr[j+1]) of (rows, vals). With do_prune = 0 the
  * summed product is left sorted by row at the front of the slice (an intermediate power);
  * with do_prune = 1 it is pruned as mcl prunes and rescaled. kept[j]: entries left. */
 __kernel void clnet_mcl_count_terms(
@@ -87,42 +89,32 @@ __kernel void clnet_mcl_count_terms(
     terms[j] = n;
 }
 
-__kernel void clnet_mcl_expand_prune(
+static void clnet_mcl_column(
     __global const long *a_ptr, __global const int *a_row, __global const real *a_val,
     __global const long *b_ptr, __global const int *b_row, __global const real *b_val, int col0,
     __global const long *term_ptr, __global int *rows, __global real *vals, __global real *sorted,
-    __global int *kept, __global real *chaos,
-    int n_cols, int do_prune, real cutoff, int select_n, int recover_n, real recover_mass)
+    __global real *column, __global int *kept, __global real *chaos,
+    int j, int do_prune, real cutoff, int select_n, int recover_n, real recover_mass)
 {
-    const int j = get_global_id(0);
-    if (j >= n_cols) return;
     const long base = term_ptr[j];
-    long n = 0;
+    long u = 0;
     for (long e = b_ptr[col0 + j]; e < b_ptr[col0 + j + 1]; ++e) {
         const int k = b_row[e];
         const real w = b_val[e];
         for (long q = a_ptr[k]; q < a_ptr[k + 1]; ++q) {
-            rows[base + n] = a_row[q];
-            vals[base + n] = a_val[q] * w;
-            n++;
-        }
-    }
-    clnet_mcl_sort_rows(rows + base, vals + base, n);
-    long u = 0;
-    for (long t = 0; t < n; ++t) {
-        if (u > 0 && rows[base + u - 1] == rows[base + t]) {
-            vals[base + u - 1] += vals[base + t];
-        } else {
-            rows[base + u] = rows[base + t];
-            vals[base + u] = vals[base + t];
-            u++;
+            const int r = a_row[q];
+            if (column[r] == (real)0) rows[base + u++] = r;  /* first touch of row r */
+            column[r] += a_val[q] * w;
         }
     }
     long nz = 0;
-    for (long t = 0; t < u; ++t) {  /* exact zeros are no entries (underflow) */
-        if (vals[base + t] != (real)0) {
-            rows[base + nz] = rows[base + t];
-            vals[base + nz] = vals[base + t];
+    for (long t = 0; t < u; ++t) {  /* collect and clear; an exact zero (underflow) is no entry */
+        const int r = rows[base + t];
+        const real v = column[r];
+        column[r] = 0;
+        if (v != (real)0) {
+            rows[base + nz] = r;
+            vals[base + nz] = v;
             nz++;
         }
     }
@@ -168,7 +160,26 @@ __kernel void clnet_mcl_expand_prune(
     if (mass > 0)
         for (long t = 0; t < m; ++t) vals[base + t] /= mass;
     kept[j] = (int)m;
+    clnet_mcl_sort_rows(rows + base, vals + base, m);
     chaos[j] = fmax(vmax - squares, (real)0) * (real)m;
+}
+
+__kernel void clnet_mcl_expand_prune(
+    __global const long *a_ptr, __global const int *a_row, __global const real *a_val,
+    __global const long *b_ptr, __global const int *b_row, __global const real *b_val, int col0,
+    __global const long *term_ptr, __global int *rows, __global real *vals, __global real *sorted,
+    __global real *acc, __global int *kept, __global real *chaos,
+    int n_cols, int n_rows, int n_lanes, int do_prune, real cutoff, int select_n, int recover_n,
+    real recover_mass)
+{
+    const int lane = get_global_id(0);
+    if (lane >= n_lanes) return;
+    /* This lane's dense accumulator: all zero between columns (each column clears what it
+     * touched), as mcl accumulates a column (mcl/expand.c, matrix_vector_array). */
+    __global real *column = acc + (long)lane * n_rows;
+    for (int j = lane; j < n_cols; j += n_lanes)
+        clnet_mcl_column(a_ptr, a_row, a_val, b_ptr, b_row, b_val, col0, term_ptr, rows, vals, sorted, column,
+                         kept, chaos, j, do_prune, cutoff, select_n, recover_n, recover_mass);
 }
 
 /* Kept entries of column j (front of its term slice) to [out_ptr[j], out_ptr[j+1]) of the

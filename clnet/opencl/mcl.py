@@ -1,11 +1,12 @@
 """Markov clustering iterations on OpenCL (kernels/mcl.cl): the MCL family of clnet/contract.py.
 
 The iterand stays on the device between iterations. Per iteration, the term count of
-every column (one small read-back) sizes the column blocks; each block is expanded,
+every column (one small read-back) sizes the column blocks; each block is expanded
+(dense accumulators per work-item, as mcl's threads accumulate a column),
 pruned and recovered on the device into a scratch of one block's terms, its kept counts
 (read back, one number per column) place it in the next iterand, and it is gathered there
-already inflated. So memory is two iterands plus one block of product terms, never the
-unpruned square.
+already inflated. So memory is two iterands, one block's scratch and the accumulators (at most
+ACCUMULATOR_BYTES), never the unpruned square.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from .runtime import cl
 # Product terms expanded at once (each: a row index and two values in the scratch). A
 # default sized for CPUs; a column with more terms is a block of its own.
 BLOCK_TERMS = 1 << 22
+# Work-items of the expansion, each with a dense accumulator of N values; fewer when the
+# accumulators would exceed ACCUMULATOR_BYTES. Defaults for a CPU device.
+LANES = 64
+ACCUMULATOR_BYTES = 256 << 20
 
 
 class MCLKernels(MCLOps):
@@ -42,6 +47,10 @@ class OpenCLMCLPlan(MCLPlan):
         self.ptr = be.copy_of(self.host_ptr, "mcl iterand column pointers")
         self.row = be.copy_of(start.indices.astype(np.int32), "mcl iterand rows")
         self.val = be.copy_of(start.data.astype(self.dtype), "mcl iterand values")
+        item = self.dtype.itemsize
+        self.lanes = int(max(1, min(LANES, ACCUMULATOR_BYTES // max(1, self.n * item))))
+        self.acc = be.empty(self.lanes * self.n * item, "mcl accumulators")
+        cl.enqueue_fill_buffer(be.queue, self.acc, np.zeros(1, self.dtype), 0, self.lanes * self.n * item)
         k = lambda name: be.kernel("mcl", name, self.dtype)  # noqa: E731
         self.count, self.expand, self.gather = (k("clnet_mcl_count_terms"), k("clnet_mcl_expand_prune"),
                                                 k("clnet_mcl_gather_inflate"))
@@ -58,7 +67,7 @@ class OpenCLMCLPlan(MCLPlan):
     def _product(self, b, col0, n_cols, terms, last: bool, inflation: float):
         """One product of the iterand with block b's columns; pruned and inflated if last."""
         be, item = self.be, self.dtype.itemsize
-        term_ptr = np.concatenate(([0], np.cumsum(terms))).astype(np.int64)
+        term_ptr = np.concatenate(([0], np.cumsum(np.minimum(terms, self.n)))).astype(np.int64)
         total = int(term_ptr[-1])
         term_ptr_buf = be.copy_of(term_ptr, "mcl term pointers")
         rows = be.workspace("mcl rows", 4 * total, "mcl expansion scratch (rows)")
@@ -66,9 +75,11 @@ class OpenCLMCLPlan(MCLPlan):
         ordered = be.workspace("mcl sorted", item * total, "mcl expansion scratch (sorted values)")
         kept_buf, chaos_buf = be.empty(4 * n_cols, "mcl kept"), be.empty(item * n_cols, "mcl chaos")
         p = self.params
-        self.expand(be.queue, (n_cols,), None, a_ptr=self.ptr, a_row=self.row, a_val=self.val, b_ptr=b[0],
+        lanes = min(self.lanes, n_cols)
+        self.expand(be.queue, (lanes,), None, a_ptr=self.ptr, a_row=self.row, a_val=self.val, b_ptr=b[0],
                     b_row=b[1], b_val=b[2], col0=col0, term_ptr=term_ptr_buf, rows=rows, vals=vals,
-                    sorted=ordered, kept=kept_buf, chaos=chaos_buf, n_cols=n_cols, do_prune=int(last),
+                    sorted=ordered, acc=self.acc, kept=kept_buf, chaos=chaos_buf, n_cols=n_cols, n_rows=self.n,
+                    n_lanes=lanes, do_prune=int(last),
                     cutoff=p.prune, select_n=min(p.select, 2**31 - 1), recover_n=min(p.recover, 2**31 - 1),
                     recover_mass=p.recover_fraction)
         kept = np.empty(n_cols, np.int32)
