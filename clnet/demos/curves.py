@@ -17,13 +17,16 @@ import numpy as np
 import clnet
 from clnet.common.mcl_graphs import adjusted_rand_index
 
-SHAPES = ("rise", "fall", "peak", "dip", "wave", "step")
+# Shapes whose slopes differ (the similarity correlates first differences, so a straight
+# line, whose slope is constant, would look like pure noise).
+SHAPES = ("wave", "cosine", "double wave", "double cosine", "early peak", "late step")
 
 
 def shape_values(shape: str, t: np.ndarray) -> np.ndarray:
-    return {"rise": t, "fall": 1 - t, "peak": np.exp(-((t - 0.5) / 0.15) ** 2),
-            "dip": -np.exp(-((t - 0.4) / 0.12) ** 2), "wave": np.sin(2 * np.pi * t * 1.5),
-            "step": (t > 0.6).astype(float) + 0.15 * t}[shape]
+    return {"wave": np.sin(2 * np.pi * t), "cosine": np.cos(2 * np.pi * t),
+            "double wave": np.sin(4 * np.pi * t), "double cosine": np.cos(4 * np.pi * t),
+            "early peak": 1.5 * np.exp(-((t - 0.3) / 0.1) ** 2),
+            "late step": 1.5 / (1 + np.exp(-(t - 0.7) / 0.04))}[shape]
 
 
 def make_curves(n: int, positions: int, rng):
@@ -33,8 +36,8 @@ def make_curves(n: int, positions: int, rng):
     base = np.stack([shape_values(s, t) for s in SHAPES])
     level = rng.uniform(-50, 50, (n, 1))
     gain = rng.uniform(0.5, 5, (n, 1))
-    curves = level + gain * (base[truth] + rng.normal(0, 0.04, (n, positions)))
-    lengths = rng.integers(positions // 2, positions + 1, n)  # uneven lengths: the tail is missing
+    curves = level + gain * (base[truth] + rng.normal(0, 0.01, (n, positions)))
+    lengths = rng.integers(3 * positions // 4, positions + 1, n)  # uneven lengths: the tail is missing
     curves[np.arange(positions)[None, :] >= lengths[:, None]] = np.nan
     curves[rng.random((n, positions)) < 0.08] = np.nan        # gaps
     return curves, truth
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--curves", type=int, default=20000)
     parser.add_argument("--positions", type=int, default=60)
     parser.add_argument("-k", type=int, default=10, help="neighbours per curve (default 10)")
-    parser.add_argument("--inflation", type=float, default=2.0)
+    parser.add_argument("--inflation", type=float, default=1.6,
+                        help="mcl inflation (default 1.6: six shapes are coarse clusters)")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default=None, help="directory for one PNG per cluster (needs matplotlib)")
