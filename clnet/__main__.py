@@ -13,6 +13,7 @@ BENCHMARKS = {
     "pearson": "clnet.bench.pearson",
     "rnn": "clnet.bench.rnn",
     "bptt": "clnet.bench.bptt",
+    "mcl": "clnet.bench.mcl",
 }
 DEMOS = {
     "population": "clnet.demos.population",

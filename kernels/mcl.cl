@@ -103,8 +103,10 @@ static void clnet_mcl_column(
         const real w = b_val[e];
         for (long q = a_ptr[k]; q < a_ptr[k + 1]; ++q) {
             const int r = a_row[q];
-            if (column[r] == (real)0) rows[base + u++] = r;  /* first touch of row r */
-            column[r] += a_val[q] * w;
+            const real term = a_val[q] * w;
+            if (term == (real)0) continue;  /* underflow: no entry, and row r stays untouched */
+            if (column[r] == (real)0) rows[base + u++] = r;  /* first touch: at most N per column */
+            column[r] += term;
         }
     }
     long nz = 0;
@@ -130,22 +132,28 @@ static void clnet_mcl_column(
         const real v = vals[base + t];
         vmax = fmax(vmax, v);
         squares += v * v;
-        sorted[base + t] = v;
         if (v >= cutoff) { n_prune++; mass_prune += v; }
     }
-    clnet_mcl_sort_desc(sorted + base, u);
-    const real v_r = u >= recover_n ? sorted[base + recover_n - 1] : -INFINITY;
-    const real v_s = u >= select_n ? sorted[base + select_n - 1] : -INFINITY;
-    real threshold = cutoff;
-    if (n_prune < recover_n && mass_prune < recover_mass) {
-        threshold = u > recover_n ? v_r : -INFINITY;
-    } else if (n_prune > select_n) {
-        long n_sel = 0;
-        real mass_sel = 0;
-        for (long t = 0; t < u && sorted[base + t] >= v_s; ++t) { n_sel++; mass_sel += sorted[base + t]; }
-        threshold = v_s;
-        if (n_sel < recover_n && mass_sel < recover_mass)
-            threshold = n_prune > recover_n ? v_r : cutoff;
+    /* Most columns keep what passes the cutoff: sorting is needed only for selection, or
+     * for a recovery that cannot keep everything. */
+    const int recovering = n_prune < recover_n && mass_prune < recover_mass;
+    const int selecting = !recovering && n_prune > select_n;
+    real threshold = recovering ? -INFINITY : cutoff;
+    if (selecting || (recovering && u > recover_n)) {
+        for (long t = 0; t < u; ++t) sorted[base + t] = vals[base + t];
+        clnet_mcl_sort_desc(sorted + base, u);
+        const real v_r = u >= recover_n ? sorted[base + recover_n - 1] : -INFINITY;
+        if (recovering) {
+            threshold = v_r;
+        } else {
+            const real v_s = sorted[base + select_n - 1];
+            long n_sel = 0;
+            real mass_sel = 0;
+            for (long t = 0; t < u && sorted[base + t] >= v_s; ++t) { n_sel++; mass_sel += sorted[base + t]; }
+            threshold = v_s;
+            if (n_sel < recover_n && mass_sel < recover_mass)
+                threshold = n_prune > recover_n ? v_r : cutoff;
+        }
     }
     long m = 0;
     real mass = 0;

@@ -110,21 +110,25 @@ def prune_thresholds(col: np.ndarray, values: np.ndarray, n_cols: int, params: M
     """
     vals = values.astype(np.float64)
     counts = np.bincount(col, minlength=n_cols)
-    order = np.lexsort((-vals, col))
-    sorted_desc = vals[order]
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
     kept = vals >= params.prune
     n_prune = np.bincount(col, weights=kept, minlength=n_cols)
     mass_prune = np.bincount(col, weights=np.where(kept, vals, 0.0), minlength=n_cols)
     recover, select = params.recover, params.select
-    v_r = _kth_largest(sorted_desc, starts, counts, recover)
-    v_s = _kth_largest(sorted_desc, starts, counts, select)
+    recovering = (n_prune < recover) & (mass_prune < params.recover_fraction)
+    selecting = ~recovering & (n_prune > select)
+    # Only columns that select, or recover without keeping everything, need their values sorted.
+    ranked = selecting | (recovering & (counts > recover))
+    in_ranked = ranked[col]
+    ranked_counts = np.where(ranked, counts, 0)
+    sub_col, sub_vals = col[in_ranked], vals[in_ranked]
+    sorted_desc = sub_vals[np.lexsort((-sub_vals, sub_col))]
+    starts = (np.cumsum(ranked_counts) - ranked_counts).astype(np.int64)
+    v_r = _kth_largest(sorted_desc, starts, ranked_counts, recover)
+    v_s = _kth_largest(sorted_desc, starts, ranked_counts, select)
 
     threshold = np.full(n_cols, params.prune, dtype=np.float64)
-    recovering = (n_prune < recover) & (mass_prune < params.recover_fraction)
     threshold[recovering] = np.where(counts[recovering] > recover, v_r[recovering], -np.inf)
 
-    selecting = ~recovering & (n_prune > select)
     if np.any(selecting):
         selected = vals >= v_s[col]
         n_sel = np.bincount(col, weights=selected, minlength=n_cols)

@@ -76,7 +76,7 @@ class OpenCLMCLPlan(MCLPlan):
         kept_buf, chaos_buf = be.empty(4 * n_cols, "mcl kept"), be.empty(item * n_cols, "mcl chaos")
         p = self.params
         lanes = min(self.lanes, n_cols)
-        self.expand(be.queue, (lanes,), None, a_ptr=self.ptr, a_row=self.row, a_val=self.val, b_ptr=b[0],
+        self.expand(be.queue, (lanes,), (1,), a_ptr=self.ptr, a_row=self.row, a_val=self.val, b_ptr=b[0],
                     b_row=b[1], b_val=b[2], col0=col0, term_ptr=term_ptr_buf, rows=rows, vals=vals,
                     sorted=ordered, acc=self.acc, kept=kept_buf, chaos=chaos_buf, n_cols=n_cols, n_rows=self.n,
                     n_lanes=lanes, do_prune=int(last),
