@@ -103,9 +103,9 @@ def _timed_mcl(args):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clnet bench mcl", description=__doc__)
     parser.add_argument("--nodes", type=int, default=100_000)
-    parser.add_argument("--degree", type=int, default=10, help="neighbours drawn per node in its own cluster")
+    parser.add_argument("--degree", type=int, default=24, help="neighbours drawn per node in its own cluster")
     parser.add_argument("--noise", type=float, default=1.0, help="noise edges per node, anywhere")
-    parser.add_argument("--cluster-size", type=int, default=50)
+    parser.add_argument("--cluster-size", type=int, default=100, help="mean planted cluster size")
     parser.add_argument("--inflation", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2, help="mcl -te")
     parser.add_argument("--backend", default=None)
