@@ -26,6 +26,7 @@ from .backend import (
 from .fnn import FNN, FNNPopulation, fnn_forward, weight_count
 from .functions import ACTIVATIONS, AGGREGATIONS
 from .paths import count_simple_paths, simple_paths
+from .mcl import MCLResult, mcl
 from .pearson import pearson, pearson_threshold, pearson_topk
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
@@ -45,12 +46,14 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "MCLResult",
     "RNNCell",
     "RecurrentState",
     "backends",
     "count_simple_paths",
     "fnn_forward",
     "get_backend",
+    "mcl",
     "notes",
     "pearson",
     "pearson_threshold",

@@ -17,11 +17,13 @@ BENCHMARKS = {
     "paths": "clnet.bench.paths",
     "distributed": "clnet.bench.distributed",
     "ppo": "clnet.bench.ppo",
+    "mcl": "clnet.bench.mcl",
 }
 DEMOS = {
     "population": "clnet.demos.population",
     "memory": "clnet.demos.memory",
     "ppo": "clnet.demos.ppo",
+    "curves": "clnet.demos.curves",
 }
 DEFAULT_DEMO = "population"
 

@@ -28,9 +28,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 import numpy as np
 
 from .common.packing import LayeredNetwork, PackedPopulation
+from .common.mcl import Columns, MCLParams
 from .common.pearson import Prepared
 
-__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "PearsonOps", "PearsonPlan", "FAMILIES",
+__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "PearsonOps", "PearsonPlan", "MCLOps", "MCLPlan", "FAMILIES",
            "ContractError", "families_of", "missing_operations", "check_backend",
            "signature_mismatches", "operation_family", "operation_family_by_name"]
 
@@ -261,7 +262,43 @@ class PathsOps(Family):
         raise NotImplementedError
 
 
-FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, PearsonOps, PathsOps)
+class MCLPlan(Family):
+    """One Markov clustering run's iterand, kept by the backend between iterations.
+
+    Made by :meth:`MCLOps.mcl_plan` from the start matrix (loops added, columns
+    stochastic). The public driver (clnet.mcl) decides when to stop and interprets the
+    limit on the host.
+    """
+
+    name = "mcl plan"
+
+    @operation
+    def iterate(self, inflation: float) -> Tuple[float, int]:
+        """One mcl iteration on the iterand: expansion (the plan's power), per-column
+        pruning/selection/recovery (clnet.common.mcl.prune_thresholds) and rescaling,
+        inflation with ``inflation`` and rescaling. Returns (chaos, nonzeros): the largest
+        column chaos of the expanded iterand, as mcl measures it, and the entries kept."""
+        raise NotImplementedError
+
+    @operation
+    def current(self) -> Columns:
+        """The iterand now, as float64 :class:`clnet.common.mcl.Columns` (rows ascending)."""
+        raise NotImplementedError
+
+
+class MCLOps(Family):
+    """Markov clustering with mcl's semantics (docs/SEMANTICS.md)."""
+
+    name = "mcl"
+
+    @operation
+    def mcl_plan(self, start: Columns, dtype: np.dtype, params: MCLParams) -> MCLPlan:
+        """An :class:`MCLPlan` whose iterand is ``start`` (column-stochastic, a loop on every
+        non-empty column, float64 values) in ``dtype``."""
+        raise NotImplementedError
+
+
+FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, PearsonOps, MCLOps, PathsOps)
 
 
 def operation_family(name: str) -> Optional[Type[Family]]:

@@ -40,6 +40,9 @@ _TABLE = {
     ("bptt_fd", "float64"): Tolerance(atol=1e-6, rtol=1e-6, control=0.0),
     ("pearson", "float32"): Tolerance(atol=1e-4, rtol=0.0, control=0.0),
     ("pearson", "float64"): Tolerance(atol=1e-10, rtol=0.0, control=0.0),
+    # Partitions (labels) must be equal; the tolerance applies to the column sums of the iterand.
+    ("mcl", "float32"): Tolerance(atol=1e-5, rtol=0.0, control=0.0),
+    ("mcl", "float64"): Tolerance(atol=1e-12, rtol=0.0, control=0.0),
     # Path counts are exact integers on every backend: no tolerance at all.
     ("paths", "float32"): Tolerance(atol=0.0, rtol=0.0, control=0.0),
     ("paths", "float64"): Tolerance(atol=0.0, rtol=0.0, control=0.0),

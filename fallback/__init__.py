@@ -9,6 +9,7 @@ from clnet.backend import Backend, BackendCandidate
 
 from .bptt import BPTTReference
 from .fnn import FNNReference
+from .mcl import MCLReference
 from .paths import PathsReference
 from .pearson import PearsonReference
 from .rnn import RNNReference
@@ -17,7 +18,7 @@ __all__ = ["NumpyProvider", "NumpyBackend", "make_backend"]
 
 
 class NumpyBackend(Backend, FNNReference, RNNReference, BPTTReference, PearsonReference,
-                   PathsReference):
+                   MCLReference, PathsReference):
     """Every family of clnet/contract.py, in NumPy."""
 
     spec = "numpy"

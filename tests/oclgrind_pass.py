@@ -226,6 +226,33 @@ def pearson_every_path(be, dtypes):
 
 
 @case
+def mcl_every_path(be, dtypes):
+    """Markov clustering: the cutoff alone, selection, recovery, pruning off, expansion 3
+    (an unpruned intermediate product), several column blocks and fewer lanes than columns."""
+    from clnet.common.mcl_graphs import planted_edges
+    from clnet.opencl import mcl
+
+    rng = np.random.default_rng(8)
+    rows, cols, w, _ = planted_edges(40, 4, 4, 0.5, rng)
+    g = np.zeros((40, 40))
+    g[rows, cols] = w
+    ok = True
+    saved = mcl.BLOCK_TERMS, mcl.LANES
+    mcl.BLOCK_TERMS, mcl.LANES = 300, 5
+    try:
+        for label, kw in (("defaults", {}), ("select and recover", dict(select=4, recover=7)),
+                          ("recover", dict(prune=0.05, recover=12, recover_pct=95)),
+                          ("no pruning", dict(prune=0.0, select=10**6, recover=10**6)),
+                          ("expansion 3", dict(expansion=3))):
+            for dt in dtypes:
+                ok &= check(f"mcl {label} {dt}", lambda b, d: clnet.mcl(g, 2.0, backend=b, dtype=d, **kw).labels,
+                            be, dt, family="mcl")
+    finally:
+        mcl.BLOCK_TERMS, mcl.LANES = saved
+    return ok
+
+
+@case
 def bptt_every_cell(be, dtypes):
     """backward_sequence of every cell kind and stacked layers, with resets, truncation,
     burn-in, masks and final-state gradients, through the one-launch and the per-step paths."""

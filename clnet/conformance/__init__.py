@@ -32,7 +32,8 @@ from ..backend import Backend, backends, get_backend
 from ..tolerances import tolerance
 
 FAMILY_MODULES = ["clnet.conformance.fnn", "clnet.conformance.rnn", "clnet.conformance.bptt",
-                  "clnet.conformance.pearson", "clnet.conformance.paths", "clnet.conformance.nonfinite"]
+                  "clnet.conformance.pearson", "clnet.conformance.mcl", "clnet.conformance.paths",
+                  "clnet.conformance.nonfinite"]
 
 try:
     from hypothesis import HealthCheck, given, settings

@@ -1,6 +1,7 @@
 """The backend of one OpenCL device: the runtime plus every operation family."""
 from .bptt import BPTTKernels
 from .fnn import FNNKernels
+from .mcl import MCLKernels
 from .paths import PathsKernels
 from .pearson import PearsonKernels
 from .rnn import RNNKernels
@@ -8,5 +9,5 @@ from .runtime import OpenCLRuntime
 
 
 class OpenCLBackend(OpenCLRuntime, FNNKernels, RNNKernels, BPTTKernels, PearsonKernels,
-                    PathsKernels):
+                    MCLKernels, PathsKernels):
     """Every family of clnet/contract.py, on one OpenCL device."""

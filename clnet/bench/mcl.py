@@ -1,0 +1,168 @@
+"""Markov clustering: clnet.mcl against the mcl program and the markov_clustering package.
+
+All in one run, on one planted-partition graph (made edge by edge, never N x N):
+
+* mcl (``-te THREADS``, the same inflation and its default pruning), reading a label (abc)
+  file as it does; its time without I/O is the full run minus a run with ``-L 0`` (no
+  iterations: the same reading, loop setup, interpretation and writing);
+* clnet.mcl reading the same file (pandas when installed, else NumPy) and without I/O;
+* markov_clustering (pip install markov_clustering), in a child process stopped after
+  ``--markov-timeout`` seconds.
+
+Each contender runs in its own process; peak resident memory is that process's. The
+clusterings are compared with ``clm dist``. Timings are facts of this machine only.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from . import mcl_binary, ratio
+from ..common.mcl_graphs import adjusted_rand_index, planted_edges
+
+
+def _read_abc(path: str, n: int):
+    """The graph of a label file of ``a b w`` lines (node names are indices), symmetrised."""
+    import scipy.sparse as sp
+
+    try:
+        import pandas as pd
+
+        table = pd.read_csv(path, sep="\t", header=None, names=["a", "b", "w"], dtype={"a": np.int64, "b": np.int64,
+                                                                                       "w": np.float64})
+        a, b, w = table["a"].to_numpy(), table["b"].to_numpy(), table["w"].to_numpy()
+    except ImportError:
+        data = np.loadtxt(path)
+        a, b, w = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2]
+    graph = sp.csr_matrix((w, (a, b)), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()  # label input is undirected, as mcl reads it
+
+
+def _clnet_child(path, n, inflation, backend, queue):
+    import clnet
+
+    # Kernels are built on the first call (a one-time cost per process, timed apart).
+    tb = time.perf_counter()
+    clnet.mcl(np.kron(np.eye(2), np.ones((3, 3))), inflation, backend=backend)
+    build = time.perf_counter() - tb
+    t0 = time.perf_counter()
+    graph = _read_abc(path, n)
+    t1 = time.perf_counter()
+    res = clnet.mcl(graph, inflation, backend=backend)
+    t2 = time.perf_counter()
+    queue.put(dict(build=build, backend=clnet.get_backend(backend).spec, read=t1 - t0, compute=t2 - t1,
+                   clusters=res.clusters, iterations=res.iterations,
+                   converged=res.converged, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def _markov_child(path, n, inflation, queue):
+    import markov_clustering as mc
+
+    graph = _read_abc(path, n)
+    t0 = time.perf_counter()
+    result = mc.run_mcl(graph, inflation=inflation)
+    clusters = mc.get_clusters(result)
+    queue.put(dict(compute=time.perf_counter() - t0, clusters=[np.array(sorted(c)) for c in clusters],
+                   rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def _in_child(target, args, timeout):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=args + (queue,))
+    proc.start()
+    try:
+        out = queue.get(timeout=timeout)
+    except Exception:
+        out = None
+    proc.join(5 if out is not None else 0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return out
+
+
+def _timed_mcl(args):
+    """(wall seconds, peak RSS bytes) of one mcl run."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed with {proc.returncode}")
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clnet bench mcl", description=__doc__)
+    parser.add_argument("--nodes", type=int, default=100_000)
+    parser.add_argument("--degree", type=int, default=24, help="neighbours drawn per node in its own cluster")
+    parser.add_argument("--noise", type=float, default=1.0, help="noise edges per node, anywhere")
+    parser.add_argument("--cluster-size", type=int, default=100, help="mean planted cluster size")
+    parser.add_argument("--inflation", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2, help="mcl -te")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--markov-timeout", type=float, default=600.0)
+    parser.add_argument("--skip-markov", action="store_true")
+    args = parser.parse_args(argv)
+    if not mcl_binary.available():
+        print("the mcl program is not installed (apt-get install mcl)")
+        return 1
+    n = args.nodes
+    rows, cols, w, truth = planted_edges(n, max(1, n // args.cluster_size), args.degree, args.noise,
+                                         np.random.default_rng(0))
+    print(f"planted partition: {n} nodes, {len(rows) // 2} edges, {truth.max() + 1} planted clusters; "
+          f"inflation {args.inflation}, mcl -te {args.threads}")
+    with tempfile.TemporaryDirectory(prefix="clnet-bench-mcl-") as tmp:
+        path = os.path.join(tmp, "graph.abc")
+        half = rows < cols
+        mcl_binary.write_abc(rows[half], cols[half], w[half], path)
+        out = os.path.join(tmp, "mcl.out")
+        base = ["mcl", path, "--abc", "-I", str(args.inflation), "-te", str(args.threads), "-o", out]
+        mcl_total, mcl_rss = _timed_mcl(base)
+        mcl_io, _ = _timed_mcl(base[:-2] + ["-L", "0", "-o", out + ".io"])
+        mcl_clusters = mcl_binary.read_label_clusters(out)
+        mcl_compute = max(mcl_total - mcl_io, 1e-9)
+        print(f"  mcl: {mcl_total:8.2f} s with I/O, {mcl_compute:8.2f} s without "
+              f"(I/O and setup {mcl_io:.2f} s), peak RSS {mcl_rss / 2**30:.2f} GiB, {len(mcl_clusters)} clusters")
+        got = _in_child(_clnet_child, (path, n, args.inflation, args.backend), None)
+        total = got["read"] + got["compute"]
+        print(f"  clnet.mcl on {got['backend']}: {total:8.2f} s with I/O, {got['compute']:8.2f} s without "
+              f"(reading {got['read']:.2f} s; kernel build before, {got['build']:.1f} s), "
+              f"peak RSS {got['rss'] / 2**30:.2f} GiB, {len(got['clusters'])} clusters, {got['iterations']} "
+              f"iterations, converged {got['converged']}")
+        d = mcl_binary.split_join_distance(mcl_clusters, got["clusters"], n)
+        print(f"  clm dist (mcl, clnet): {d[0]},{d[1]}")
+        labels = np.zeros(n, np.int64)
+        for cid, members in enumerate(got["clusters"]):
+            labels[members] = cid
+        print(f"  adjusted Rand index of clnet's clustering against the planted one: "
+              f"{adjusted_rand_index(labels, truth):.4f}")
+        print(ratio("clnet vs mcl, with I/O", mcl_total / total))
+        print(ratio("clnet vs mcl, without I/O", mcl_compute / got["compute"], target=1.0))
+        if not args.skip_markov:
+            try:
+                import markov_clustering  # noqa: F401
+            except ImportError:
+                print("  markov_clustering: not installed (pip install markov_clustering)")
+                return 0
+            mk = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
+            if mk is None:
+                print(f"  markov_clustering: did not finish within {args.markov_timeout:.0f} s")
+            else:
+                dm = mcl_binary.split_join_distance(mcl_clusters, mk["clusters"], n)
+                print(f"  markov_clustering: {mk['compute']:8.2f} s without I/O, peak RSS "
+                      f"{mk['rss'] / 2**30:.2f} GiB, {len(mk['clusters'])} clusters, clm dist to mcl {dm[0]},{dm[1]}")
+                print(ratio("clnet vs markov_clustering, without I/O", mk["compute"] / got["compute"], target=20.0))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
