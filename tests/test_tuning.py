@@ -144,11 +144,11 @@ def test_an_interrupted_save_leaves_the_old_file_whole(tuning_dir, monkeypatch):
     t.save({"fnn": [{"shape": {"batch": 10}, "params": {"graph_lanes": 8}}]})
     before = t.path.read_text()
 
-    def broken_dump(*args, **kwargs):
+    def broken_dumps(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(json, "dump", broken_dump)
+        m.setattr(json, "dumps", broken_dumps)
         with pytest.raises(KeyboardInterrupt):
             t.save({"fnn": [{"shape": {"batch": 10}, "params": {"graph_lanes": 16}}]})
     assert t.path.read_text() == before
@@ -357,3 +357,21 @@ def test_every_configuration_is_bitwise_deterministic(opencl_backend, family):
 def test_a_shape_the_budget_never_reached_gets_no_entry():
     untried = tuner.Outcome("rnn", "lstm B=16", {"kind": "lstm", "batch": 16}, {"step_rows": 4}, 1.0, 1.0, [])
     assert tuner.entries_from([untried]) == {}
+
+
+def test_an_interrupt_while_writing_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from clnet.common import files
+
+    target = tmp_path / "x.json"
+    target.write_text("old")
+
+    def broken_replace(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "replace", broken_replace)
+        with pytest.raises(KeyboardInterrupt):
+            files.write_atomically(target, "new", durable=True)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    files.write_atomically(target, "new", mode=0o644)
+    assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o644

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import site
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, MutableMapping, Optional, Tuple
+
+from ..common.files import write_atomically
 
 LIBRARY = "libintelocl.so"
 SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
@@ -77,18 +78,8 @@ def _write_if_changed(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".icd")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the loader may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # 0o644: the loader may run as another user
+    write_atomically(path, text, mode=0o644)
 
 
 def write_vendor_folder(library: Path, folder: Path, system_vendors: Path = SYSTEM_VENDORS) -> None:

@@ -18,12 +18,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from ..common.files import write_atomically
 
 FORMAT = 1  # version of the cache file's layout
 ENV_DIR = "CLNET_TUNING_DIR"
@@ -445,19 +446,8 @@ class DeviceTuning:
         merged = dict(self.entries())
         merged.update({k: list(v) for k, v in entries.items()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=str(self.path.parent))
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"identity": self.identity, "entries": merged}, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomically(self.path, json.dumps({"identity": self.identity, "entries": merged}, indent=1,
+                                               sort_keys=True), durable=True)
         self._entries, self._memo = merged, {}
         return self.path
 
