@@ -47,7 +47,7 @@ from typing import List, Optional
 import numpy as np
 
 from .fnn import FNN, FNNPopulation, _prepare_inputs
-from .pearson import _as_matrix, _check_transform, _progress
+from .pearson import _as_matrix, _check_transform, _progress, checked_k
 from .pearson import _row_count as _array_row_count
 from ._validate import as_float, as_int
 from .backend import Backend, BackendLike, resolve_dtype, run
@@ -395,11 +395,7 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
     thread). ``backend``: a spec every worker resolves itself (default: each worker's best).
     """
     x_rows = _row_count(X, "X")
-    k = as_int(k, "k", minimum=1)
-    if Y is None and k >= x_rows:
-        raise ValueError(f"k must be smaller than the number of rows of X ({x_rows}), got k={k}")
-    if Y is not None and k > _row_count(Y, "Y"):
-        raise ValueError(f"k must be at most the number of rows of Y ({_row_count(Y, 'Y')}), got k={k}")
+    k = checked_k(k, x_rows, None if Y is None else _row_count(Y, "Y"))
     job = _PearsonRun(X, Y, min_overlap=min_overlap, transform=transform, backend=backend, dtype=dtype,
                       client=client, rows_per_task=rows_per_task)
     job.start()

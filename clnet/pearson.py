@@ -201,6 +201,17 @@ def pearson(X, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
     return out
 
 
+def checked_k(k, x_rows: int, y_rows=None) -> int:
+    """``k`` as an int, or ValueError: X against itself needs k below its row count (a row
+    is not its own neighbour), X against Y at most Y's row count."""
+    k = as_int(k, "k", minimum=1)
+    if y_rows is None and k >= x_rows:
+        raise ValueError(f"k must be smaller than the number of rows of X ({x_rows}), got k={k}")
+    if y_rows is not None and k > y_rows:
+        raise ValueError(f"k must be at most the number of rows of Y ({y_rows}), got k={k}")
+    return k
+
+
 def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
                  backend: BackendLike = None, dtype=None, progress=None):
     """Per row of X, the k most correlated rows (of X itself, or of Y): ``(indices, values)``.
@@ -214,11 +225,7 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
     (the indices stay positions).
     """
     x_rows = _row_count(X, "X")
-    k = as_int(k, "k", minimum=1)
-    if Y is None and k >= x_rows:
-        raise ValueError(f"k must be smaller than the number of rows of X ({x_rows}), got k={k}")
-    if Y is not None and k > _row_count(Y, "Y"):
-        raise ValueError(f"k must be at most the number of rows of Y ({_row_count(Y, 'Y')}), got k={k}")
+    k = checked_k(k, x_rows, None if Y is None else _row_count(Y, "Y"))
     req, dt = _prepare(X, Y, transform, min_overlap, dtype, backend)
     indices, values = run(backend, "pearson_topk", lambda be: _topk(req, be, k, progress))
     if req.labels_x is not None:
