@@ -14,7 +14,6 @@ clusterings are compared with ``clm dist``. Timings are facts of this machine on
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import resource
@@ -24,6 +23,7 @@ import time
 
 import numpy as np
 
+from .. import _cli as cli
 from . import mcl_binary, ratio
 from ..common.mcl_graphs import adjusted_rand_index, planted_edges
 
@@ -101,16 +101,17 @@ def _timed_mcl(args):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet bench mcl", description=__doc__)
-    parser.add_argument("--nodes", type=int, default=100_000)
+    parser = cli.parser("python -m clnet bench mcl", __doc__)
+    parser.add_argument("--nodes", type=int, default=100_000, help="nodes of the planted graph (default 100,000)")
     parser.add_argument("--degree", type=int, default=24, help="neighbours drawn per node in its own cluster")
     parser.add_argument("--noise", type=float, default=1.0, help="noise edges per node, anywhere")
     parser.add_argument("--cluster-size", type=int, default=100, help="mean planted cluster size")
-    parser.add_argument("--inflation", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2, help="mcl -te")
-    parser.add_argument("--backend", default=None)
-    parser.add_argument("--markov-timeout", type=float, default=600.0)
-    parser.add_argument("--skip-markov", action="store_true")
+    parser.add_argument("--inflation", type=float, default=2.0, help="MCL inflation, the same for both (default 2.0)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of the mcl program (its -te; default 2)")
+    parser.add_argument("--backend", default=None, help="clnet backend spec (default: the best usable one)")
+    parser.add_argument("--markov-timeout", type=float, default=600.0,
+                        help="seconds the markov_clustering package may run before it is stopped (default 600)")
+    parser.add_argument("--skip-markov", action="store_true", help="do not run the markov_clustering package")
     args = parser.parse_args(argv)
     if not mcl_binary.available():
         print("the mcl program is not installed (apt-get install mcl)")

@@ -8,13 +8,13 @@ With matplotlib installed, ``--png DIR`` writes one picture per cluster.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
 
 import clnet
+from clnet import _cli as cli
 from clnet.common.mcl_graphs import adjusted_rand_index
 
 # Shapes whose slopes differ (the similarity correlates first differences, so a straight
@@ -44,14 +44,14 @@ def make_curves(n: int, positions: int, rng):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clnet demo curves", description=__doc__)
-    parser.add_argument("--curves", type=int, default=20000)
-    parser.add_argument("--positions", type=int, default=60)
+    parser = cli.parser("python -m clnet demo curves", __doc__)
+    parser.add_argument("--curves", type=int, default=20000, help="curves generated (default 20,000)")
+    parser.add_argument("--positions", type=int, default=60, help="points per curve (default 60)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per curve (default 10)")
     parser.add_argument("--inflation", type=float, default=1.6,
                         help="mcl inflation (default 1.6: six shapes are coarse clusters)")
-    parser.add_argument("--backend", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default=None, help="clnet backend spec (default: the best usable one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated curves (default 0)")
     parser.add_argument("--png", default=None, help="directory for one PNG per cluster (needs matplotlib)")
     args = parser.parse_args(argv)
 
