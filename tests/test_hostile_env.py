@@ -48,6 +48,9 @@ def run(tmp_path, env_changes, *args):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for k in ("CLNET_BACKEND", "POCL_CACHE_DIR", "XDG_CACHE_HOME"):
         env.pop(k, None)
+    # PoCL alone (the system's vendor folder; clnet never overrides a user-set OCL_ICD_VENDORS):
+    # these cases are about PoCL's cache, and another usable device would hide the fallback.
+    env["OCL_ICD_VENDORS"] = "/etc/OpenCL/vendors"
     env.update(env_changes)
     res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
                          env=env, cwd=str(tmp_path))
@@ -110,3 +113,23 @@ def test_a_real_300_kb_filesystem_does_not_kill_the_process(tmp_path):
         pytest.skip(f"no private mount here: {res.stderr.strip()}")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "KB free" in res.stdout and "POCL_CACHE_DIR" in res.stdout
+
+
+def test_every_device_names_an_unwritable_user_cache_as_its_reason(tmp_path):
+    """With HOME unwritable, each OpenCL device (Intel's runtime too, where installed) says the
+    cache folder is the cause and how to move it; none suggests reinstalling a runtime."""
+    home = _blocked(tmp_path)
+    script = tmp_path / "hostile.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), HOME=str(home),
+               PYOPENCL_CACHE_DIR=str(tmp_path / "pyopencl"))
+    for k in ("CLNET_BACKEND", "POCL_CACHE_DIR", "XDG_CACHE_HOME"):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    infos = [line[5:].split(" | ") for line in res.stdout.splitlines() if line.startswith("INFO ")]
+    assert infos and all(i[1] == "False" for i in infos), infos
+    for spec, _, reason, fix in infos:
+        assert str(home / ".cache") in reason and "(from HOME)" in reason, (spec, reason)
+        assert "apt-get" not in fix and "pip install" not in fix and "CACHE" in fix, (spec, fix)

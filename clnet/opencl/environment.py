@@ -75,3 +75,19 @@ def pocl_cache_problem() -> Optional[Tuple[str, str]]:
            "export POCL_CACHE_DIR=/tmp/pocl-cache (and PYOPENCL_CACHE_DIR=/tmp/pyopencl-cache), "
            f"or free space in / make writable {str(folder)!r}")
     return reason, fix
+
+
+def user_cache_problem() -> Optional[Tuple[str, str]]:
+    """(reason, fix) when the user's cache folder ($XDG_CACHE_HOME, else ~/.cache), which
+    pyopencl and vendor compilers write into, cannot take files; else None. (pyopencl 2026.1
+    then fails every build with a KeyError for PYOPENCL_CACHE_FAILURE_FATAL.)"""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    folder = Path(xdg) if xdg else Path(os.environ.get("HOME", "") or os.path.expanduser("~")) / ".cache"
+    problem = folder_problem(folder, min_free=0)
+    if problem is None:
+        return None
+    source = "XDG_CACHE_HOME" if xdg else "HOME"
+    return (f"the user cache folder {str(folder)!r} (from {source}) {problem}, so the OpenCL compiler's "
+            f"caches cannot be written",
+            "point the caches at a writable folder, e.g. export XDG_CACHE_HOME=/tmp/cache "
+            "(or PYOPENCL_NO_CACHE=1 to build without pyopencl's cache)")

@@ -23,7 +23,7 @@ import numpy as np
 from ..backend import Backend, BackendUnavailable, DeviceError
 from ..common.cache import DeviceCache
 from .args import BoundKernel, signature
-from .environment import is_pocl, pocl_cache_problem
+from .environment import is_pocl, pocl_cache_problem, user_cache_problem
 from .tuning import DeviceTuning
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
@@ -165,6 +165,9 @@ class OpenCLRuntime(Backend):
         except CompilerEnvironmentError as exc:
             raise BackendUnavailable(self.spec, exc.reason, exc.fix) from exc
         except KernelBuildError as exc:
+            cache = user_cache_problem()  # the real cause when the build broke in a cache
+            if cache is not None:
+                raise BackendUnavailable(self.spec, *cache) from exc
             first = next((ln for ln in exc.log.splitlines() if ln.strip()), "no build log")
             raise BackendUnavailable(
                 self.spec, f"its OpenCL compiler fails ({first.strip()})",
