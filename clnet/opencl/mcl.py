@@ -49,8 +49,9 @@ class OpenCLMCLPlan(MCLPlan):
         self.val = be.copy_of(start.data.astype(self.dtype), "mcl iterand values")
         item = self.dtype.itemsize
         self.lanes = int(max(1, min(LANES, ACCUMULATOR_BYTES // max(1, self.n * item))))
-        self.acc = be.empty(self.lanes * self.n * item, "mcl accumulators")
-        cl.enqueue_fill_buffer(be.queue, self.acc, np.zeros(1, self.dtype), 0, self.lanes * self.n * item)
+        # Uploaded zeros rather than enqueue_fill_buffer: the same on every device, and seen as
+        # initialised by Oclgrind (which does not track fills). The kernels leave them zero.
+        self.acc = be.copy_of(np.zeros(self.lanes * self.n, self.dtype), "mcl accumulators")
         k = lambda name: be.kernel("mcl", name, self.dtype)  # noqa: E731
         self.count, self.expand, self.gather = (k("clnet_mcl_count_terms"), k("clnet_mcl_expand_prune"),
                                                 k("clnet_mcl_gather_inflate"))
