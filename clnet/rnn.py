@@ -504,9 +504,8 @@ class _Stacked:
         if T == 0:
             return np.empty((0, B, self.hidden_size), dtype=states[0].dtype)
         weights = [cell._weights(be, states[0].dtype) for cell in self.layers]
-        with exclusive(states):
-            return call(be, "rnn_sequence_stacked", weights, [s._storage for s in states], xv, keeps,
-                        stateless=False)
+        return exclusive(states, lambda: call(be, "rnn_sequence_stacked", weights, [s._storage for s in states],
+                                              xv, keeps, stateless=False))
 
     def backward_sequence(self, xs, initial_state, resets, grad_hs, grad_final=None, *, truncate=None,
                           burn_in=0, mask=None, batch_first=None, backend: BackendLike = None,

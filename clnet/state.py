@@ -8,9 +8,8 @@ convention).
 """
 from __future__ import annotations
 
-import contextlib
 import threading
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -18,6 +17,8 @@ from ._validate import host_array
 from .backend import Backend, call, get_backend
 
 __all__ = ["RecurrentState", "reset_keep", "per_step_array"]
+
+T = TypeVar("T")
 
 
 def per_step_array(value, name: str, shape: Tuple[int, ...], *, holds: str = "0/1 or booleans",
@@ -167,11 +168,22 @@ def _restore_state(cell, dtype, batch_size, h, c=None, backend=None, origin=None
     return state
 
 
-@contextlib.contextmanager
-def exclusive(states: Sequence[RecurrentState]) -> Iterator[None]:
-    """Hold the locks of ``states`` (in one global order, so that two threads locking
-    overlapping lists cannot deadlock)."""
-    with contextlib.ExitStack() as stack:
-        for state in sorted(set(states), key=id):
-            stack.enter_context(state._lock)
-        yield
+def exclusive(states: Sequence[RecurrentState], work: Callable[[], T]) -> T:
+    """``work()`` run holding the locks of ``states`` (taken in one global order, so that two
+    threads locking overlapping lists cannot deadlock).
+
+    Each lock is taken by a plain ``with lock:`` on the lock itself. The interpreter checks
+    for signals neither between a C-level ``__enter__`` and the start of the block nor
+    inside ``__exit__``, so a KeyboardInterrupt can never leave one taken. (An ExitStack did:
+    an interrupt landing between ``lock.__enter__()`` and the stack recording its exit left
+    the lock held and hung the next call on that state.)
+    """
+    locks = [state._lock for state in sorted(set(states), key=id)]
+    return _holding(locks, work)
+
+
+def _holding(locks: List[threading.Lock], work: Callable[[], T]) -> T:
+    if not locks:
+        return work()
+    with locks[0]:
+        return _holding(locks[1:], work)

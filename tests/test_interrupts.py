@@ -80,24 +80,15 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-# KNOWN DEFECT (issue 12, open): a stacked LSTM sequence interrupted at a random moment
-# sometimes hangs the process, on NumPy and on OpenCL (in about half of the runs of 150
-# trials, 2026-12-01); likely a state lock left taken (clnet.state.exclusive). Marked xfail,
-# not skipped: it still runs and reports XPASS or XFAIL.
-STACKED_HANG = pytest.mark.xfail(reason="interrupting a stacked sequence can hang (issue 12)", strict=False)
-
-
 @pytest.mark.parametrize("what", ["step", "sequence", "stacked", "set", "reset"])
 @pytest.mark.parametrize("spec", USABLE)
-def test_an_interrupted_call_leaves_the_state_before_or_after_it(tmp_path, spec, what, request):
-    if what == "stacked":
-        request.applymarker(STACKED_HANG)
+def test_an_interrupted_call_leaves_the_state_before_or_after_it(tmp_path, spec, what):
     script = tmp_path / "interrupts.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         res = subprocess.run([sys.executable, str(script), spec, what, "150"], capture_output=True, text=True,
-                             timeout=60 if what == "stacked" else 180, env=env, cwd=str(tmp_path))
+                             timeout=180, env=env, cwd=str(tmp_path))
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"interrupt trials hung: {exc.stdout!r}")
     assert res.returncode == 0, res.stdout + res.stderr
