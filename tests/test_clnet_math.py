@@ -42,7 +42,7 @@ def _inputs(name):
         parts = [_bits(1e-45, 3.4e38, 1031), _bits(0.5, 2.0, 7), rnd]
     elif name == "log1p":
         parts = [_bits(1e-45, 0.99999994, 1031), -_bits(1e-45, 0.99999994, 1031),
-                 _bits(1e-10, 1e-2, 13), -_bits(1e-10, 1e-2, 13), _bits(1.0, 3.4e38, 1031), rnd]
+                 _bits(1e-10, 1e-2, 97), -_bits(1e-10, 1e-2, 97), _bits(1.0, 3.4e38, 1031), rnd]
     elif name == "expm1":
         parts = [_bits(1e-45, 89.0, 1031), -_bits(1e-45, 104.0, 1031),
                  _bits(0.1, 2.0, 7), -_bits(0.1, 2.0, 7), rnd]

@@ -31,6 +31,7 @@ def _under_oclgrind(args, timeout=1800):
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow  # a simulator: about 2-3 minutes on 2 cores
 def test_every_kernel_is_clean_under_oclgrind():
     res = _under_oclgrind([os.path.join(HERE, "oclgrind_pass.py"), "float32", "float64"])
     diagnostics = DIAGNOSTIC.findall(res.stderr)
