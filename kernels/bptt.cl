@@ -39,6 +39,11 @@
 #ifndef CLNET_GN
 #define CLNET_GN 2
 #endif
+/* terms summed in registers before they are added to C (clnet_bptt_gemm): an accuracy
+ * bound, not a speed parameter */
+#ifndef CLNET_GEMM_KBLOCK
+#define CLNET_GEMM_KBLOCK 128
+#endif
 
 #define CLNET_SLOT(base, s) CLNET_VLOAD(0, (base) + (s) * CLNET_VW)
 /* columns of a row of bias partial sums: the GRU's input-side n gate has its own */
@@ -278,54 +283,72 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
     __global const real *bk[CLNET_GN];
     long ld[CLNET_GN];
     realv acc[CLNET_GM][CLNET_GN];
-    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r)
         ak[r] = A + a_off + (size_t)min(m0 + r, M - 1) * sam; /* clamped rows are not stored */
-        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-            acc[r][j] = (realv)0;
-    }
     _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
         const int col = min(nb0 + j, NB - 1) * CLNET_VW;
         bk[j] = col < N1 ? B1 + b1_off + col : B2 + b2_off + (col - N1);
         ld[j] = col < N1 ? ldb1 : ldb2;
     }
-    if (sam == 1 && m0 + CLNET_GM <= M) {
-        /* A^T with a whole tile of rows (the weight gradients): the GM values of A for one
-         * k are adjacent, read through ONE pointer (GM pointers would not fit the general
-         * purpose registers next to the loop's others). */
-        __global const real *ap = ak[0];
-        for (int k = 0; k < K; ++k) {
-            realv bv[CLNET_GN];
-            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-                bv[j] = CLNET_VLOAD(0, bk[j]);
-                bk[j] += ld[j];
+    const bool whole_tile = sam == 1 && m0 + CLNET_GM <= M;
+    /* Blocked summation: the register tile sums CLNET_GEMM_KBLOCK terms, then is added to C
+     * (written by the first block). One float32 sum over all K = T * B rows of the weight
+     * gradients grows its rounding error with K (K = 8192 passed the float32 tolerance by
+     * 1.5x); blocks bound it by about KBLOCK + K / KBLOCK terms, without a second set of
+     * accumulator registers. */
+    for (int kb = 0; kb < K; kb += CLNET_GEMM_KBLOCK) {
+        const int kend = min(K, kb + CLNET_GEMM_KBLOCK);
+        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r)
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                acc[r][j] = (realv)0;
+        if (whole_tile) {
+            /* A^T with a whole tile of rows (the weight gradients): the GM values of A for one
+             * k are adjacent, read through ONE pointer (GM pointers would not fit the general
+             * purpose registers next to the loop's others). */
+            __global const real *ap = ak[0];
+            for (int k = kb; k < kend; ++k) {
+                realv bv[CLNET_GN];
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                    bv[j] = CLNET_VLOAD(0, bk[j]);
+                    bk[j] += ld[j];
+                }
+                _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                    const realv a = (realv)(ap[r]);
+                    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                        acc[r][j] = fma(a, bv[j], acc[r][j]);
+                }
+                ap += sak;
             }
-            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-                const realv a = (realv)(ap[r]);
-                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-                    acc[r][j] = fma(a, bv[j], acc[r][j]);
+            ak[0] = ap;
+        } else {
+            for (int k = kb; k < kend; ++k) {
+                realv bv[CLNET_GN];
+                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
+                    bv[j] = CLNET_VLOAD(0, bk[j]);
+                    bk[j] += ld[j];
+                }
+                _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+                    const realv a = (realv)(*ak[r]);
+                    ak[r] += sak;
+                    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                        acc[r][j] = fma(a, bv[j], acc[r][j]);
+                }
             }
-            ap += sak;
         }
-    } else {
-        for (int k = 0; k < K; ++k) {
-            realv bv[CLNET_GN];
-            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-                bv[j] = CLNET_VLOAD(0, bk[j]);
-                bk[j] += ld[j];
-            }
-            _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-                const realv a = (realv)(*ak[r]);
-                ak[r] += sak;
-                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-                    acc[r][j] = fma(a, bv[j], acc[r][j]);
-            }
+        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
+            if (m0 + r >= M)
+                continue;
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                if (nb0 + j < NB) {
+                    __global real *cp = C + c_off + (size_t)(m0 + r) * ldc + (nb0 + j) * CLNET_VW;
+                    CLNET_VSTORE(kb ? CLNET_VLOAD(0, cp) + acc[r][j] : acc[r][j], 0, cp);
+                }
         }
     }
-    _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
-        if (m0 + r >= M)
-            continue;
-        _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
-            if (nb0 + j < NB)
-                CLNET_VSTORE(acc[r][j], 0, C + c_off + (size_t)(m0 + r) * ldc + (nb0 + j) * CLNET_VW);
+    if (K == 0) { /* an empty sum is zero */
+        _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r)
+            _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
+                if (m0 + r < M && nb0 + j < NB)
+                    CLNET_VSTORE((realv)0, 0, C + c_off + (size_t)(m0 + r) * ldc + (nb0 + j) * CLNET_VW);
     }
 }

@@ -222,8 +222,9 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
             base = family.defaults(tuning.props, work.shape)
             rejected: List[str] = []
             tried: Dict[tuple, float] = {}
-            # Where the defaults themselves exceed the table (long float32 sums: see the
-            # closing note of issue 10), candidates must be at least about as accurate.
+            # Where the defaults themselves exceed the table (a guard: long float32 sums did,
+            # before clnet_bptt_gemm summed in blocks), candidates must be at least about as
+            # accurate as the defaults.
             limit = {"ratio": 1.0}
 
             def measure(config) -> float:
