@@ -160,8 +160,8 @@ class NeatPacker:
             node_resp = np.asarray(resp, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"genome weights, biases and responses must be real numbers ({exc})") from None
-        act_ids = [acts[a] if a in acts else self._activation(a) for a in act]
-        agg_ids = [aggs[a] if a in aggs else self._aggregation(a) for a in agg]
+        act_ids = _ids(act, acts, self._activation)
+        agg_ids = _ids(agg, aggs, self._aggregation)
         return PackedPopulation(
             self.n_inputs, self.n_outputs,
             net_node_start=tables["net_node_start"], net_out=tables["net_out"],
@@ -177,18 +177,35 @@ class NeatPacker:
         if (last is not None and len(last[0]) == len(templates) and last[2] == weight_start
                 and all(a is b for a, b in zip(last[0], templates))):
             return last[1]
-        n_nodes = np.array([t.n_nodes for t in templates], dtype=np.int64)
-        n_conns = np.array([len(t.conn_src) for t in templates], dtype=np.int64)
-        node_base = np.concatenate([[0], np.cumsum(n_nodes)])
-        conn_base = np.concatenate([[0], np.cumsum(n_conns)])
-        node_conn_start = np.concatenate(
-            [[0]] + [t.node_conn_start[1:] + conn_base[p] for p, t in enumerate(templates)])
-        gather = np.concatenate([t.conn_index + weight_start[p] for p, t in enumerate(templates)])
+        # Each table is the templates' pieces joined by one concatenate, then shifted by
+        # each network's base with one repeat: no NumPy operation per genome.
+        n_nodes = np.fromiter((t.n_nodes for t in templates), dtype=np.int64, count=len(templates))
+        n_conns = np.fromiter((len(t.conn_src) for t in templates), dtype=np.int64, count=len(templates))
+        node_base = np.zeros(len(templates) + 1, dtype=np.int64)
+        np.cumsum(n_nodes, out=node_base[1:])
+        conn_base = np.zeros(len(templates) + 1, dtype=np.int64)
+        np.cumsum(n_conns, out=conn_base[1:])
+        node_conn_start = np.zeros(int(node_base[-1]) + 1, dtype=np.int64)
+        node_conn_start[1:] = np.concatenate([t.node_conn_start[1:] for t in templates])
+        node_conn_start[1:] += np.repeat(conn_base[:-1], n_nodes)
+        gather = np.concatenate([t.conn_index for t in templates])
+        gather += np.repeat(np.asarray(weight_start, dtype=np.int64), n_conns)
         tables = dict(
             net_node_start=node_base.astype(np.int32),
             net_out=np.stack([t.net_out for t in templates]).astype(np.int32),
             node_conn_start=node_conn_start.astype(np.int32),
             conn_src=np.concatenate([t.conn_src for t in templates]).astype(np.int32),
-            gather=gather.astype(np.int64))
+            gather=gather)
         self._last = (templates, tables, list(weight_start))
         return tables
+
+
+def _ids(names, known: Dict[str, int], resolve) -> List[int]:
+    """The function ids of ``names``: one C-level lookup per name, and ``resolve`` (which
+    checks and records a name) only for names not seen before."""
+    try:
+        return list(map(known.__getitem__, names))
+    except KeyError:
+        for name in set(names) - known.keys():
+            resolve(name)
+        return list(map(known.__getitem__, names))
