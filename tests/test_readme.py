@@ -32,6 +32,9 @@ def test_readme_opens_with_the_two_setup_commands():
     assert "CLNET_REQUIRE_OPENCL=1 .venv/bin/python -m pytest" in tests and "[test,cpu]" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'CLNET_REQUIRE_OPENCL=1 python3 -m pytest' in ci
+    # The tests marked slow, left out of a plain run, have their own command, and CI runs them.
+    assert "CLNET_REQUIRE_OPENCL=1 .venv/bin/python -m pytest -n 2 -m slow" in text
+    assert re.search(r"python3 -m pytest .*-m slow", ci)
     # CI installs both CPU OpenCL implementations: PoCL from apt, Intel's runtime from pip.
     assert "pocl-opencl-icd" in ci and '".[test,cpu]"' in ci
 
