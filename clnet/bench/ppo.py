@@ -3,8 +3,8 @@
 Trains, in one run, clnet's recurrent PPO (``python -m clnet demo ppo``) and sb3-contrib's
 ``RecurrentPPO`` with the same hyperparameters (rl-baselines3-zoo's ppo_lstm.yml entry for
 CartPoleNoVel-v1), the same network (``--network``), the same environments (gymnasium's
-CartPole-v1 with the velocities masked, 8 of them, observations normalised as the zoo's
-VecNormalize does) and the same step budget, and prints for each the environment steps per
+CartPole-v1 with the velocities masked, 8 of them, observations and rewards normalised as the
+zoo's VecNormalize does) and the same step budget, and prints for each the environment steps per
 second, the wall time of training and the final mean return over 20 deterministic evaluation
 episodes (the same evaluation seeds for both).
 
@@ -55,8 +55,8 @@ def run_sb3(steps: int, seed: int, n_envs: int, network: str, progress: bool = T
     hp = dict(ppo.ZOO_HYPERPARAMETERS, **ppo.SB3_PPO_DEFAULTS)
     wrapper = ppo._mask_velocity_wrapper()
     venv = make_vec_env(lambda: wrapper(gym.make("CartPole-v1")), n_envs=n_envs, seed=seed)
-    if hp["normalize_obs"]:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
+    if hp["normalize_obs"] or hp["normalize_reward"]:  # the zoo's "normalize: True"
+        venv = VecNormalize(venv, norm_obs=hp["normalize_obs"], norm_reward=hp["normalize_reward"], gamma=hp["gamma"])
     lr0, clip0 = hp["learning_rate"], hp["clip_range"]
     model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
                          n_epochs=hp["n_epochs"], learning_rate=lambda remaining: lr0 * remaining,
