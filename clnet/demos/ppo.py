@@ -113,8 +113,9 @@ class RewardNormalizer:
     """Rewards divided by the running standard deviation of each environment's discounted
     return, as sb3's VecNormalize(norm_reward=True): the return is accumulated with ``gamma``
     from the raw rewards, its statistics updated every step before the division, the result
-    clipped to +-10, and the return zeroed where an episode ended. Without it the critic
-    regresses returns of ~50 and its gradient dominates the global norm clip (0.5)."""
+    clipped to +-10, and the return zeroed where an episode ended. The zoo's entry asks for it;
+    without it (observations normalised alone) two seeds of three ended below 250 after 100,000
+    steps, with it all five tried reach 500 within 150,000 (README, BPTT section)."""
 
     def __init__(self, n_envs: int, gamma: float, clip=10.0, epsilon=1e-8):
         self.stats = ObservationNormalizer(())
