@@ -88,7 +88,7 @@ def test_gradients_equal_torch_autograd_on_the_same_rollout(any_backend, network
     assert not cross[:, :H, H:].any() and not cross[:, H:, :H].any(), "actor and critic must stay separate"
     trainer.learn()  # the policy moves away from the one that collected this rollout
     batch = trainer.rollout.batch(range(trainer.rollout.n_envs))
-    clip = 0.01      # small enough that both branches of the clipped surrogate occur
+    clip = 0.002     # small enough that both branches of the clipped surrogate occur
     grads, stats = ppo.ppo_gradients(policy, batch, clip, vf_coef=0.5, ent_coef=ent_coef)
     assert 0 < stats["clip_fraction"] < 1, "the check should cover clipped steps"
     expected, loss = _torch_loss_gradients(policy, batch, clip, 0.5, ent_coef)
@@ -141,3 +141,40 @@ def test_bench_prints_both_and_the_speed_up(capsys):
     assert any(line.startswith("clnet PPO") and "final mean return" in line for line in out)
     import re
     assert re.fullmatch(r"speed-up over sb3-contrib: \d+\.\dx", out[-1]), out[-1]
+
+
+def test_normalisation_equals_sb3_vecnormalize():
+    """The zoo's "normalize: True" is VecNormalize(gamma=0.98): observations and rewards. The
+    demo's two normalisers against sb3's on the same seeded environments and random actions."""
+    pytest.importorskip("stable_baselines3")
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    n, gamma = 4, ppo.ZOO_HYPERPARAMETERS["gamma"]
+    wrapper = ppo._mask_velocity_wrapper()
+    theirs = VecNormalize(DummyVecEnv([lambda: wrapper(gym.make("CartPole-v1"))] * n), gamma=gamma)
+    theirs.seed(5)
+    their_obs = theirs.reset()
+    envs = ppo.make_envs(n)
+    raw, _ = envs.reset(seed=5)
+    obs_norm, reward_norm = ppo.ObservationNormalizer(raw.shape[1]), ppo.RewardNormalizer(n, gamma)
+    obs_norm.update(raw)
+    np.testing.assert_allclose(obs_norm(raw), their_obs, rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(0)
+    episodes = 0
+    try:
+        for _ in range(200):
+            actions = rng.integers(0, 2, size=n)
+            their_obs, their_reward, their_done, _ = theirs.step(actions)
+            raw, reward, terminated, truncated, _ = envs.step(actions)
+            done = terminated | truncated
+            np.testing.assert_array_equal(done, their_done)
+            obs_norm.update(raw)
+            np.testing.assert_allclose(obs_norm(raw), their_obs, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(reward_norm(reward.astype(np.float64), done), their_reward, rtol=1e-6)
+            episodes += int(done.sum())
+    finally:
+        envs.close()
+        theirs.close()
+    assert episodes > 10  # returns were zeroed at many episode ends
+    assert not np.allclose(their_reward, 1.0)  # the rewards were scaled, not passed through

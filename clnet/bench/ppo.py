@@ -3,18 +3,19 @@
 Trains, in one run, clnet's recurrent PPO (``python -m clnet demo ppo``) and sb3-contrib's
 ``RecurrentPPO`` with the same hyperparameters (rl-baselines3-zoo's ppo_lstm.yml entry for
 CartPoleNoVel-v1), the same network (``--network``), the same environments (gymnasium's
-CartPole-v1 with the velocities masked, 8 of them, observations normalised as the zoo's
-VecNormalize does) and the same step budget, and prints for each the environment steps per
+CartPole-v1 with the velocities masked, 8 of them, observations and rewards normalised as the
+zoo's VecNormalize does) and the same step budget, and prints for each the environment steps per
 second, the wall time of training and the final mean return over 20 deterministic evaluation
 episodes (the same evaluation seeds for both).
 
-sb3-contrib runs this at about 90 steps per second on a 2-core machine: ``--sb3-steps`` gives it
-a smaller budget for its steps per second when time is short (its return is then not
-comparable, and the output says so). clnet runs first, so that torch's threads, which keep
-spinning after each call, do not slow it down. sb3-contrib gets one torch thread by default: its
-matrices are small, and on a 2-core machine shared with other work two threads were measured
-17 times slower (5.7 against 97 steps per second, 512 steps); ``--torch-threads 0`` keeps torch's
-default.
+sb3-contrib ran this at 338 steps per second over its first 4,096 steps and 545 over 100,000
+here (one torch thread, 2 cores; likely faster once episodes are long, since its minibatches
+are padded per episode), so 100,000 steps take 3 to 5 minutes: ``--sb3-steps`` gives it a smaller budget for its steps per second when time is short
+(its return is then not comparable, and the output says so). clnet runs first, so that torch's
+threads, which keep spinning after each call, do not slow it down. sb3-contrib gets one torch
+thread by default: its matrices are small, and on this 2-core machine two threads were measured
+at least 16 times slower (338 steps per second on one thread; on two, 4,096 steps did not end
+within 200 s); ``--torch-threads 0`` keeps torch's default.
 """
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def run_sb3(steps: int, seed: int, n_envs: int, network: str, progress: bool = T
     hp = dict(ppo.ZOO_HYPERPARAMETERS, **ppo.SB3_PPO_DEFAULTS)
     wrapper = ppo._mask_velocity_wrapper()
     venv = make_vec_env(lambda: wrapper(gym.make("CartPole-v1")), n_envs=n_envs, seed=seed)
-    if hp["normalize_obs"]:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
+    if hp["normalize_obs"] or hp["normalize_reward"]:  # the zoo's "normalize: True"
+        venv = VecNormalize(venv, norm_obs=hp["normalize_obs"], norm_reward=hp["normalize_reward"], gamma=hp["gamma"])
     lr0, clip0 = hp["learning_rate"], hp["clip_range"]
     model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
                          n_epochs=hp["n_epochs"], learning_rate=lambda remaining: lr0 * remaining,

@@ -209,9 +209,13 @@ class RNNKernels(RNNOps):
             return out
 
         with self.lock:
-            cl.enqueue_copy(self.queue, storage.h_bufs[1 - storage.cur], padded(h), is_blocking=True)
+            # both copies enqueued without waiting, then one wait: the host arrays live until it
+            h_host = padded(h)
+            cl.enqueue_copy(self.queue, storage.h_bufs[1 - storage.cur], h_host, is_blocking=False)
             if c is not None:
-                cl.enqueue_copy(self.queue, storage.c_bufs[1 - storage.cur], padded(c), is_blocking=True)
+                c_host = padded(c)
+                cl.enqueue_copy(self.queue, storage.c_bufs[1 - storage.cur], c_host, is_blocking=False)
+            self.queue.finish()
             publish([storage])
 
     def rnn_state_reset(self, storage, keep):
@@ -237,22 +241,26 @@ class RNNKernels(RNNOps):
         w, s = weights, storage
         B, I = x.shape
         with self.lock:
-            d_x = self.workspace("rnn.x", x.nbytes, "inputs")
-            cl.enqueue_copy(self.queue, d_x, x, is_blocking=True)
-            d_keep = w.zeros
-            if keep is not None:
-                d_keep = self.workspace("rnn.keep", keep.nbytes, "reset mask")
-                cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=True)
             cfg = self.params("rnn", kind=w.kind, batch=B)
             rows = cfg["step_rows"]
             recur = self._rnn_kernel(w, "recur", rows)
-            recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B, H=w.hidden,
-                  Hp=s.hp,
-                  Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0, h_next=s.h_bufs[1 - s.cur],
-                  hn_off=0, c_prev=s.c if s.c is not None else w.zeros, c_next=s.next_c(w.zeros), keep=d_keep,
-                  keep_off=0,
-                  has_keep=int(keep is not None), bias_h=w.b_h, zero_row=w.zeros, x=d_x, x_off=0, I=I,
-                  Wx=w.w_ih, bias_x=w.b_x)
+            # The uploads do not wait: the in-order queue runs them before the kernel, and x and
+            # keep stay referenced here until the blocking read of h below, the one wait per step
+            # (or until the queue is drained, if the launch fails).
+            d_x = self.workspace("rnn.x", x.nbytes, "inputs")
+            d_keep = w.zeros if keep is None else self.workspace("rnn.keep", keep.nbytes, "reset mask")
+            cl.enqueue_copy(self.queue, d_x, x, is_blocking=False)
+            try:
+                if keep is not None:
+                    cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=False)
+                recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B,
+                      H=w.hidden, Hp=s.hp, Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0,
+                      h_next=s.h_bufs[1 - s.cur], hn_off=0, c_prev=s.c if s.c is not None else w.zeros,
+                      c_next=s.next_c(w.zeros), keep=d_keep, keep_off=0, has_keep=int(keep is not None),
+                      bias_h=w.b_h, zero_row=w.zeros, x=d_x, x_off=0, I=I, Wx=w.w_ih, bias_x=w.b_x)
+            except BaseException:
+                self.queue.finish()
+                raise
             h = self._read_rows(s, s.h_bufs[1 - s.cur], B)
             publish([s])
             return h
