@@ -291,6 +291,12 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
         ld[j] = col < N1 ? ldb1 : ldb2;
     }
     const bool whole_tile = sam == 1 && m0 + CLNET_GM <= M;
+    /* row k of the tile's GN vectors of Bn, and the pointers moved on to row k + 1 */
+#define CLNET_GEMM_NEXT_B_ROW(bv)                                \
+    _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {       \
+        bv[j] = CLNET_VLOAD(0, bk[j]);                           \
+        bk[j] += ld[j];                                          \
+    }
     /* Blocked summation: the register tile sums CLNET_GEMM_KBLOCK terms, then is added to C
      * (written by the first block). One float32 sum over all K = T * B rows of the weight
      * gradients grows its rounding error with K (K = 8192 passed the float32 tolerance by
@@ -308,10 +314,7 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
             __global const real *ap = ak[0];
             for (int k = kb; k < kend; ++k) {
                 realv bv[CLNET_GN];
-                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-                    bv[j] = CLNET_VLOAD(0, bk[j]);
-                    bk[j] += ld[j];
-                }
+                CLNET_GEMM_NEXT_B_ROW(bv);
                 _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
                     const realv a = (realv)(ap[r]);
                     _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j)
@@ -323,10 +326,7 @@ __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
         } else {
             for (int k = kb; k < kend; ++k) {
                 realv bv[CLNET_GN];
-                _Pragma("unroll") for (int j = 0; j < CLNET_GN; ++j) {
-                    bv[j] = CLNET_VLOAD(0, bk[j]);
-                    bk[j] += ld[j];
-                }
+                CLNET_GEMM_NEXT_B_ROW(bv);
                 _Pragma("unroll") for (int r = 0; r < CLNET_GM; ++r) {
                     const realv a = (realv)(*ak[r]);
                     ak[r] += sak;
