@@ -29,9 +29,12 @@ same strips in one process):
    never holds a strip of the N x N matrix or the data of a dask.array.
 
 Faults: a worker that dies mid-run loses only its running tasks, which dask reruns
-elsewhere (the data is replicated or recomputable); a task whose automatically chosen
-device fails reruns on the worker's next backend with a warning that reaches the client;
-a task on a named backend that fails is retried once by dask, then raises.
+elsewhere (the data is replicated or recomputable). A task whose automatically chosen
+device fails reruns on the worker's next backend (at last NumPy), with a warning that
+reaches the client. A task on a named backend whose device fails (DeviceError, or the
+device out of memory) is sent to another worker, with a warning naming the worker and
+the error; only when it failed on every worker does the call raise, naming each one. A
+named backend is never swapped for another: the single-machine call would not either.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ from .fnn import FNN, FNNPopulation, _prepare_inputs
 from .pearson import _as_matrix, _check_transform, _progress, checked_k
 from .pearson import _row_count as _array_row_count
 from ._validate import as_float, as_int
-from .backend import Backend, BackendLike, resolve_dtype, run
+from .backend import Backend, BackendLike, DeviceError, resolve_dtype, run
 from .common.packing import PackedPopulation
 from .common.pearson import Prepared, diff_rows, standardise_rows
 
@@ -67,8 +70,6 @@ PLANS_KEPT = 2
 # worker's backend does so on one machine) when a call has at most this many tasks: each
 # task then returns lists for every row from its first on, which the client merges.
 SYMMETRIC_TASKS_MAX = 16
-# Attempts dask makes again for a task that raised (a named backend that failed).
-TASK_RETRIES = 1
 #: Per task of the last call in this process: worker, backend, seconds on the worker and
 #: bytes of the result shipped back (``python -m clnet bench distributed`` reports them).
 last_tasks: List[dict] = []
@@ -126,20 +127,68 @@ def _forward(report_notes, seen: set) -> None:
             warnings.warn(f"clnet.distributed (worker {where}): {message}", RuntimeWarning, stacklevel=3)
 
 
-def _collect(client, futures, on_result, progress_total: int, desc: str, progress, fresh: bool = True):
-    """Hand each finished task's report to ``on_result`` as it arrives; on a failure,
-    cancel the rest and raise it (no partial result)."""
+class _Tasks:
+    """Submits tasks and remembers how, so that a task whose device failed on one worker
+    can be sent to the others (``workers=``, never back to one that failed it)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.calls = {}  # future key -> (function, arguments, workers that failed it)
+        self.failures = {}  # key of a retry -> {worker: error} of the attempts before it
+
+    def submit(self, fn, *args, key: str, failed_on=()):
+        where = {}
+        if failed_on:
+            where = dict(workers=[w for w in self.client.scheduler_info()["workers"] if w not in failed_on],
+                         allow_other_workers=False)
+        future = self.client.submit(fn, *args, key=key, pure=False, **where)
+        self.calls[future.key] = (fn, args, tuple(failed_on))
+        return future
+
+    def elsewhere(self, future, report, seen: set):
+        """The same task on a worker that has not failed it, or raise when none is left."""
+        fn, args, failed_on = self.calls.pop(future.key)
+        failed_on = failed_on + (report["worker"],)
+        problems = dict(self.failures.get(future.key, ()), **{report["worker"]: report["failed"]})
+        others = [w for w in self.client.scheduler_info()["workers"] if w not in failed_on]
+        if not others:
+            listed = "; ".join(f"on worker {w}: {m}" for w, m in problems.items())
+            raise DeviceError(f"clnet.distributed: a task on backend {report['backend']!r} failed on every "
+                              f"worker ({listed}); pass backend=None to let each worker fall back by itself")
+        notice = (f"backend {report['backend']!r} failed on worker {report['worker']} ({report['failed']}); "
+                  f"its tasks are sent to other workers")
+        if notice not in seen:
+            seen.add(notice)
+            warnings.warn(f"clnet.distributed: {notice}", RuntimeWarning, stacklevel=4)
+        retry = self.submit(fn, *args, key=f"{future.key}-r{len(failed_on)}", failed_on=failed_on)
+        self.failures[retry.key] = problems
+        return retry
+
+
+def _collect(tasks: _Tasks, futures, on_result, progress_total: int, desc: str, progress, fresh: bool = True):
+    """Hand each finished task's report to ``on_result`` as it arrives (a task whose
+    device failed goes to another worker first); on an error, cancel the rest and raise
+    it (no partial result)."""
     distributed = _distributed()
+    client = tasks.client
     bar = _progress(progress_total, desc, progress) if progress_total else None
     seen: set = set()
     pending = list(futures)
     if fresh:
         last_tasks.clear()
     try:
-        for future in distributed.as_completed(pending):
+        running = distributed.as_completed(pending)
+        for future in running:
             report = future.result()
             _forward(report.pop("notes"), seen)
+            if "failed" in report:
+                retry = tasks.elsewhere(future, report, seen)
+                pending.append(retry)
+                running.add(retry)
+                future.release()
+                continue
             last_tasks.append(dict(start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"], seconds=report["seconds"],
+                                   began=report["began"], arrived=time.time(),
                                    result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
             on_result(report)
             if bar is not None:
@@ -289,14 +338,20 @@ def _worker_name() -> str:
 
 def _reported(work, operation: str, backend):
     """``work(be)`` through clnet's call path, with the warnings it raised kept for the client."""
-    t0 = time.perf_counter()
+    t0, began = time.perf_counter(), time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         used = []
-        result = run(backend, operation, lambda be: (used.append(be.spec), work(be))[1])
+        try:
+            result = run(backend, operation, lambda be: (used.append(be.spec), work(be))[1])
+        except (DeviceError, MemoryError) as exc:
+            # The device failed (or ran out of memory) on a backend the caller named: the
+            # client sends the task to another worker (see _Tasks.elsewhere).
+            result = dict(failed=f"{type(exc).__name__}: {exc}")
+            used.append(used[-1] if used else str(backend))
     where = _worker_name()
     result.update(notes=[(where, str(w.message)) for w in caught if issubclass(w.category, RuntimeWarning)],
-                  backend=used[-1], worker=where, seconds=time.perf_counter() - t0)
+                  backend=used[-1], worker=where, seconds=time.perf_counter() - t0, began=began)
     return result
 
 
@@ -353,19 +408,21 @@ class _PearsonRun:
     def start(self):
         """Ship the rows and find the task size (after every argument was checked)."""
         self.client = _client(self.client_arg)
+        self.runner = _Tasks(self.client)
         self.token = uuid.uuid4().hex
         self.x_chunks = self.x.ship(self.client, self.transform, self.token + "-x")
         self.y_chunks = None if self.y is None else self.y.ship(self.client, self.transform, self.token + "-y")
-        probe = self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}").result()
-        _forward(probe.pop("notes"), set())
-        strip = probe["strip_rows"]
+        layout = []
+        _collect(self.runner, [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}")],
+                 layout.append, 0, "", False)
+        strip = layout[0]["strip_rows"]
         wanted = self.rows_per_task or -(-self.x.n // (TASKS_PER_THREAD * _threads(self.client)))
         self.task_rows = max(1, -(-wanted // strip)) * strip  # whole strips, see the module's note
         return self
 
     def _submit(self, op, start, stop, arg, key):
-        return self.client.submit(_pearson_task, op, self.token, self.x_chunks, self.y_chunks, start, stop, arg,
-                                  self.options, key=key, retries=TASK_RETRIES, pure=False)
+        return self.runner.submit(_pearson_task, op, self.token, self.x_chunks, self.y_chunks, start, stop, arg,
+                                  self.options, key=key)
 
     def tasks(self, op: str, arg) -> list:
         n, step = self.x.n, self.task_rows
@@ -419,14 +476,14 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
             final[s:e] = True
 
     try:
-        _collect(job.client, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
+        _collect(job.runner, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
         if partial_blocks and final.any():
             # Workers of different kinds: full-row tasks sent no candidates to later rows, so
             # the rows of the upper-triangle tasks are computed again against all rows.
             job.options = dict(job.options, symmetric=False)
             again = [job._submit("topk", s, e, k, f"clnet-pearson-topk-{job.token}-full-{s}")
                      for s, e in partial_blocks]
-            _collect(job.client, again, merge, 0, "", False, fresh=False)
+            _collect(job.runner, again, merge, 0, "", False, fresh=False)
     finally:
         job.finish()
     if job.x.labels is not None:
@@ -468,7 +525,7 @@ def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2, tran
     if n_rows and n_cols:
         job.start()
         try:
-            _collect(job.client, job.tasks("threshold", t), lambda r: pieces.__setitem__(r["start"], r),
+            _collect(job.runner, job.tasks("threshold", t), lambda r: pieces.__setitem__(r["start"], r),
                      n_rows, "pearson threshold", progress)
         finally:
             job.finish()
@@ -539,14 +596,15 @@ def evaluate_population(nets_or_population, inputs, *, client=None, nets_per_tas
     if x.shape[0]:
         step = per_task or -(-P // (TASKS_PER_THREAD * _threads(cl)))
         shared_x = cl.scatter(x, broadcast=True, hash=False)
-        futures = [cl.submit(_population_task, _slice_population(packed, a, min(P, a + step)), a, shared_x, options,
-                             key=f"clnet-population-{uuid.uuid4().hex}", retries=TASK_RETRIES, pure=False)
+        runner = _Tasks(cl)
+        futures = [runner.submit(_population_task, _slice_population(packed, a, min(P, a + step)), a, shared_x,
+                                 options, key=f"clnet-population-{uuid.uuid4().hex}")
                    for a in range(0, P, step)]
 
         def merge(report):
             out[report["start"]:report["stop"]] = report["outputs"]
 
-        _collect(cl, futures, merge, 0, "", False)
+        _collect(runner, futures, merge, 0, "", False)
     return out[:, 0] if single else out
 
 

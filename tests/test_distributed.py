@@ -289,11 +289,83 @@ def test_a_task_whose_device_fails_reruns_on_the_next_backend_with_a_warning(cli
             got = cd.pearson_topk(X, 5, rows_per_task=64)
         assert "flaky" not in {t["backend"] for t in cd.last_tasks}
         _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
-        # A backend named by the caller fails loudly (after dask's retry), naming the device.
+    finally:
+        client.run(_remove_flaky)
+
+
+class _BrokenOnOneWorker(type(clnet.get_backend("numpy"))):
+    """The NumPy backend under the name 'shaky', whose device is lost on one worker: the
+    first worker to build a Pearson plan or evaluate a population on it (claimed through
+    a file, so that exactly one is broken whichever dask picks)."""
+
+    spec = "shaky"
+    description = "NumPy, but lost on the worker that claims the marker file"
+    marker = None
+
+    def _broken_here(self):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        except FileExistsError:
+            pass
+        with open(self.marker) as claimed:
+            return claimed.read() == str(os.getpid())
+
+    def pearson_plan(self, *args):
+        if self._broken_here():
+            raise DeviceError(f"device 'shaky' was lost in process {os.getpid()} (CL_DEVICE_NOT_AVAILABLE)")
+        return super().pearson_plan(*args)
+
+    def fnn_graph(self, *args):
+        if self._broken_here():
+            raise DeviceError(f"device 'shaky' was lost in process {os.getpid()} (CL_DEVICE_NOT_AVAILABLE)")
+        return super().fnn_graph(*args)
+
+
+class _ShakyProvider:
+    name = "shaky"
+
+    def candidates(self):
+        return [BackendCandidate("shaky", _BrokenOnOneWorker.description, -1, _BrokenOnOneWorker)]
+
+
+def _install_shaky(marker):
+    _BrokenOnOneWorker.marker = marker
+    clnet.register_provider(_ShakyProvider(), replace=True)
+
+
+def _remove_shaky():
+    clnet.unregister_provider("shaky")
+
+
+def test_a_named_backend_that_fails_on_one_worker_is_retried_on_another_with_a_warning(client, tmp_path):
+    X = _curves(missing=0.1, seed=12)
+    expected = _reference(clnet.pearson_topk, X, 5, backend="numpy")
+    rng = np.random.default_rng(13)
+    nets, x = _population(rng), rng.normal(size=(5, 3))
+    try:
+        client.run(_install_shaky, str(tmp_path / "pearson"))
+        with pytest.warns(RuntimeWarning, match=r"backend 'shaky' failed on worker tcp://.*DeviceError.*"
+                                                r"lost in process.*sent to other workers"):
+            got = cd.pearson_topk(X, 5, backend="shaky", rows_per_task=64)
+        broken = int((tmp_path / "pearson").read_text())
+        pids = client.run(os.getpid)
+        healthy = [w for w, pid in pids.items() if pid != broken]
+        assert len(healthy) == 1 and {t["worker"] for t in cd.last_tasks} == set(healthy)
+        assert {t["backend"] for t in cd.last_tasks} == {"shaky"}  # the named backend, never another
+        _assert_same_topk(got, expected)  # the shaky backend is NumPy: bitwise the same
+        client.run(_install_shaky, str(tmp_path / "population"))
+        with pytest.warns(RuntimeWarning, match="backend 'shaky' failed on worker"):
+            out = cd.evaluate_population(nets, x, nets_per_task=3, backend="shaky")
+        np.testing.assert_array_equal(out, clnet.FNNPopulation(nets)(x, backend="numpy"))
+        # Broken on every worker: the call raises, naming each worker and its error.
         client.run(_install_flaky)
-        with pytest.raises(DeviceError, match="flaky"):
+        with pytest.raises(DeviceError, match=r"failed on every worker \(on worker tcp://.*flaky.*"
+                                              r"on worker tcp://.*flaky"):
             cd.pearson_topk(X, 5, backend="flaky", rows_per_task=64)
     finally:
+        client.run(_remove_shaky)
         client.run(_remove_flaky)
 
 
