@@ -8,9 +8,11 @@ dask's current client) and the size of a task.
 How the Pearson work is split (the single-machine drivers of :mod:`clnet.pearson` walk the
 same strips in one process):
 
-1. The rows are read and standardised once: a NumPy array on the client (then shipped once
-   and replicated among the workers), a ``.npy`` file by the workers themselves (memory
-   mapped, a range of rows per task), a dask.array chunk by chunk where its chunks live.
+1. The rows are read and standardised where they are: a NumPy array is sent as given to
+   every worker (4 bytes a float32 value, where standardised rows are 9) and each worker
+   standardises its copy once, with its plan; a ``.npy`` file is read by the workers
+   themselves (memory mapped, a range of rows per task), a dask.array chunk by chunk where
+   its chunks live.
    Rows are standardised independently of each other, so chunk by chunk gives the same
    values as the whole matrix at once.
 2. Each worker builds one plan of all rows on its own best backend (or ``backend=``), kept
@@ -127,6 +129,12 @@ def _forward(report_notes, seen: set) -> None:
             warnings.warn(f"clnet.distributed (worker {where}): {message}", RuntimeWarning, stacklevel=3)
 
 
+def _shipped_bytes(args) -> int:
+    import cloudpickle
+
+    return len(cloudpickle.dumps(args))
+
+
 class _Tasks:
     """Submits tasks and remembers how, so that a task whose device failed on one worker
     can be sent to the others (``workers=``, never back to one that failed it)."""
@@ -135,6 +143,7 @@ class _Tasks:
         self.client = client
         self.calls = {}  # future key -> (function, arguments, workers that failed it)
         self.failures = {}  # key of a retry -> {worker: error} of the attempts before it
+        self.sent = {}  # future key -> bytes of its pickled arguments (futures travel as keys)
 
     def submit(self, fn, *args, key: str, failed_on=()):
         where = {}
@@ -143,6 +152,7 @@ class _Tasks:
                          allow_other_workers=False)
         future = self.client.submit(fn, *args, key=key, pure=False, **where)
         self.calls[future.key] = (fn, args, tuple(failed_on))
+        self.sent[future.key] = _shipped_bytes(args)
         return future
 
     def elsewhere(self, future, report, seen: set):
@@ -188,7 +198,7 @@ def _collect(tasks: _Tasks, futures, on_result, progress_total: int, desc: str, 
                 future.release()
                 continue
             last_tasks.append(dict(start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"], seconds=report["seconds"],
-                                   began=report["began"], arrived=time.time(),
+                                   began=report["began"], arrived=time.time(), task_bytes=tasks.sent.get(future.key, 0),
                                    result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
             on_result(report)
             if bar is not None:
@@ -266,10 +276,20 @@ class _Rows:
 
             blocks = self.lazy.rechunk({1: -1}).to_delayed()[:, 0]
             return client.compute([dask.delayed(_prepare_chunk)(b, transform, self.name) for b in blocks])
-        x = diff_rows(self.array) if transform == "diff" else self.array
-        # One copy to one worker, then replicated among them: every worker needs all rows,
-        # and a worker that dies takes no data with it.
-        return [client.scatter(standardise_rows(x), broadcast=True, hash=False)]
+        # The rows as given (float32 rows are 4 bytes a value, standardised ones 9), one copy
+        # to every worker: every worker needs all rows, and a worker that dies takes no data
+        # with it. Each worker standardises its copy once, when it builds its plan (_joined).
+        return [client.scatter(_RawRows(self.array, transform, self.name), broadcast=True, hash=False)]
+
+
+class _RawRows:
+    """Rows shipped as the caller gave them, standardised where they arrive."""
+
+    def __init__(self, values: np.ndarray, transform, name: str):
+        self.values, self.transform, self.name = values, transform, name
+
+    def prepared(self) -> Prepared:
+        return _prepare_chunk(self.values, self.transform, self.name)
 
 
 def _prepare_chunk(raw, transform, name: str) -> Prepared:
@@ -291,6 +311,7 @@ _PLANS_LOCK = threading.Lock()
 def _joined(chunks) -> Optional[Prepared]:
     if chunks is None:
         return None
+    chunks = [c.prepared() if isinstance(c, _RawRows) else c for c in chunks]
     if len(chunks) == 1:
         return chunks[0]
     return Prepared(np.concatenate([c.filled for c in chunks]), np.concatenate([c.valid for c in chunks]),
