@@ -383,7 +383,8 @@ def _pearson_task(op: str, token: str, x_chunks, y_chunks, start: int, stop: int
     def work(be):
         plan = _plan(be, token, x_chunks, y_chunks, options["dtype"], options["min_overlap"])
         if op == "layout":
-            return dict(start=0, stop=0, strip_rows=int(plan.strip_rows))
+            return dict(start=0, stop=0, strip_rows=int(plan.strip_rows),
+                        symmetric_topk_max=int(getattr(plan, "symmetric_topk_max", 0)))
         strips = list(_strips(start, stop, plan.strip_rows))
         out = dict(start=start, stop=stop)
         symmetric = (getattr(plan, "topk_symmetric", None) if op == "topk" and y_chunks is None
@@ -436,8 +437,10 @@ class _PearsonRun:
         layout = []
         _collect(self.runner, [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}")],
                  layout.append, 0, "", False)
-        strip = layout[0]["strip_rows"]
-        wanted = self.rows_per_task or -(-self.x.n // (TASKS_PER_THREAD * _threads(self.client)))
+        strip = self.strip_rows = layout[0]["strip_rows"]
+        self.symmetric_topk_max = layout[0]["symmetric_topk_max"]  # the probing worker's backend
+        self.wanted_tasks = TASKS_PER_THREAD * _threads(self.client)
+        wanted = self.rows_per_task or -(-self.x.n // self.wanted_tasks)
         self.task_rows = max(1, -(-wanted // strip)) * strip  # whole strips, see the module's note
         return self
 
@@ -448,9 +451,17 @@ class _PearsonRun:
     def tasks(self, op: str, arg) -> list:
         n, step = self.x.n, self.task_rows
         # Partial top-k lists cost the client (N - start) k per task: worth it for few tasks only.
-        self.options["symmetric"] = -(-n // step) <= SYMMETRIC_TASKS_MAX
-        return [self._submit(op, s, min(n, s + step), arg, f"clnet-pearson-{op}-{self.token}-{s}")
-                for s in range(0, n, step)]
+        count = -(-n // step)
+        self.options["symmetric"] = symmetric = count <= SYMMETRIC_TASKS_MAX
+        edges = list(range(0, n, step)) + [n]
+        if (symmetric and op == "topk" and self.y is None and self.rows_per_task is None
+                and arg <= self.symmetric_topk_max):
+            # Where the worker's backend computes over the upper triangle, row r meets only
+            # the rows after it: tasks of equal rows would leave the first one the most work
+            # and the workers idle behind it. Tasks of about equal pairs instead.
+            edges = _equal_work_edges(n, self.strip_rows, max(count, min(self.wanted_tasks, SYMMETRIC_TASKS_MAX)))
+        return [self._submit(op, s, e, arg, f"clnet-pearson-{op}-{self.token}-{s}")
+                for s, e in zip(edges[:-1], edges[1:])]
 
     def finish(self) -> None:
         self.x_chunks = self.y_chunks = None  # the futures go: dask frees the rows on the workers
@@ -458,6 +469,16 @@ class _PearsonRun:
             self.client.run(_forget, self.token)
         except Exception:  # a worker that left meanwhile holds nothing any more
             pass
+
+
+def _equal_work_edges(n: int, strip: int, count: int) -> list:
+    """Task edges on whole strips, ``count`` tasks (at most one per strip) that each hold
+    about as many upper-triangle pairs: rows a..b-1 meet the rows from themselves on."""
+    strip_edges = np.array(list(range(0, n, strip)) + [n], dtype=np.float64)
+    before = strip_edges * n - strip_edges * (strip_edges - 1) / 2  # pairs of the rows before an edge
+    wanted = np.linspace(0, before[-1], min(count, len(strip_edges) - 1) + 1)
+    picked = np.unique(np.abs(before[None, :] - wanted[:, None]).argmin(axis=1))
+    return [int(strip_edges[i]) for i in picked]
 
 
 def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,

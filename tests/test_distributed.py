@@ -165,6 +165,35 @@ def test_every_worker_on_its_own_best_backend_matches_the_single_process_call(cl
     _assert_same_topk(got, _reference(clnet.pearson_topk, X, k))
 
 
+def _pairs_from(a, b, n):
+    """Upper-triangle pairs of rows a..b-1 (row r meets the rows from r on), counted one by one."""
+    return sum(n - r for r in range(a, b))
+
+
+def test_default_upper_triangle_tasks_hold_about_equal_pairs(client):
+    # At the benchmark's shape (strips of 496 rows): eight tasks of whole strips, none with
+    # far more pairs than another, the first ones with fewer rows.
+    n, strip = 50_000, 496
+    edges = cd._equal_work_edges(n, strip, 8)
+    assert edges[0] == 0 and edges[-1] == n and len(edges) == 9
+    assert all(e % strip == 0 for e in edges[:-1])
+    pairs = [_pairs_from(a, b, n) for a, b in zip(edges[:-1], edges[1:])]
+    # Each edge is the strip edge nearest its share: a task is off by at most one strip's pairs,
+    # where tasks of equal rows would give the first twice the average.
+    mean = sum(pairs) / len(pairs)
+    assert max(abs(p - mean) for p in pairs) <= strip * n, pairs
+    assert max(pairs) < 0.6 * _pairs_from(0, -(-n // 8), n)
+    assert edges[1] - edges[0] < edges[-1] - edges[-2]
+    if not clnet.get_backend().spec.startswith("opencl"):
+        pytest.skip("the upper-triangle top-k is OpenCL's; NumPy workers get tasks of equal rows")
+    X = _curves(missing=0.1, seed=14)
+    got = cd.pearson_topk(X, 5)  # default task size, on the workers' OpenCL backend
+    spans = sorted((t["start"], t["stop"]) for t in cd.last_tasks)
+    assert spans[0][0] == 0 and spans[-1][1] == N and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(spans) >= 3 and spans[0][1] - spans[0][0] < spans[-1][1] - spans[-1][0]
+    _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
+
+
 def _numpy_by_default():
     os.environ["CLNET_BACKEND"] = "numpy"  # this worker behaves as one without OpenCL
     return os.getpid()
