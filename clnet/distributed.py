@@ -145,8 +145,8 @@ class _Tasks:
         self.failures = {}  # key of a retry -> {worker: error} of the attempts before it
         self.sent = {}  # future key -> bytes of its pickled arguments (futures travel as keys)
 
-    def submit(self, fn, *args, key: str, failed_on=()):
-        where = {}
+    def submit(self, fn, *args, key: str, failed_on=(), prefer=None):
+        where = {} if prefer is None else dict(workers=[prefer], allow_other_workers=True)
         if failed_on:
             where = dict(workers=[w for w in self.client.scheduler_info()["workers"] if w not in failed_on],
                          allow_other_workers=False)
@@ -434,19 +434,24 @@ class _PearsonRun:
         self.token = uuid.uuid4().hex
         self.x_chunks = self.x.ship(self.client, self.transform, self.token + "-x")
         self.y_chunks = None if self.y is None else self.y.ship(self.client, self.transform, self.token + "-y")
-        layout = []
-        _collect(self.runner, [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}")],
-                 layout.append, 0, "", False)
-        strip = self.strip_rows = layout[0]["strip_rows"]
-        self.symmetric_topk_max = layout[0]["symmetric_topk_max"]  # the probing worker's backend
+        # One probe per worker, at once: each builds its plan (standardised rows on its
+        # device) in parallel with the others, not in its first task behind the first
+        # worker's probe. The layout is the first worker's (by address).
+        layout = {}
+        probes = [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}-{i}", prefer=w)
+                  for i, w in enumerate(sorted(self.client.scheduler_info()["workers"]))]
+        _collect(self.runner, probes, lambda r: layout.setdefault(r["worker"], r), 0, "", False)
+        first = layout[min(layout)]
+        strip = self.strip_rows = first["strip_rows"]
+        self.symmetric_topk_max = first["symmetric_topk_max"]  # the probing worker's backend
         self.wanted_tasks = TASKS_PER_THREAD * _threads(self.client)
         wanted = self.rows_per_task or -(-self.x.n // self.wanted_tasks)
         self.task_rows = max(1, -(-wanted // strip)) * strip  # whole strips, see the module's note
         return self
 
-    def _submit(self, op, start, stop, arg, key):
+    def _submit(self, op, start, stop, arg, key, prefer=None):
         return self.runner.submit(_pearson_task, op, self.token, self.x_chunks, self.y_chunks, start, stop, arg,
-                                  self.options, key=key)
+                                  self.options, key=key, prefer=prefer)
 
     def tasks(self, op: str, arg) -> list:
         n, step = self.x.n, self.task_rows
