@@ -8,13 +8,12 @@ dask's current client) and the size of a task.
 How the Pearson work is split (the single-machine drivers of :mod:`clnet.pearson` walk the
 same strips in one process):
 
-1. The rows are read and standardised where they are: a NumPy array is sent as given to
-   every worker (4 bytes a float32 value, where standardised rows are 9) and each worker
-   standardises its copy once, with its plan; a ``.npy`` file is read by the workers
-   themselves (memory mapped, a range of rows per task), a dask.array chunk by chunk where
-   its chunks live.
-   Rows are standardised independently of each other, so chunk by chunk gives the same
-   values as the whole matrix at once.
+1. The rows are read and standardised where they are: a NumPy array is sent as given once
+   and replicated among the workers (4 bytes a float32 value, where standardised rows are
+   9), and each worker standardises its copy once, with its plan; a ``.npy`` file is read
+   by the workers themselves (memory mapped, a range of rows per task), a dask.array chunk
+   by chunk where its chunks live. Rows are standardised independently of each other, so
+   chunk by chunk gives the same values as the whole matrix at once.
 2. Each worker builds one plan of all rows on its own best backend (or ``backend=``), kept
    for the tasks that follow and for the compiled programs its backend caches, and each
    task computes the top-k lists or the kept pairs of a block of rows against all rows.
@@ -25,7 +24,10 @@ same strips in one process):
    computes top-k of X against itself over the upper triangle (OpenCL, k <= 16) and the
    call has few tasks (SYMMETRIC_TASKS_MAX), a task does the same for its strips and
    returns partial lists for the rows from its first on; otherwise it computes its rows
-   against all rows (twice the pairs, but only its own rows' lists come back).
+   against all rows (twice the pairs, but only its own rows' lists come back). Upper-
+   triangle tasks of the default size hold about equal pairs (the first rows meet the
+   most later rows, so the first tasks have the fewest rows); every worker builds its plan
+   at once, in a probe task of its own, before the tasks start.
 3. The client merges results as tasks finish (``distributed.as_completed``): top-k rows
    are written into the ``(N, k)`` answer, threshold pieces are kept as COO parts. It
    never holds a strip of the N x N matrix or the data of a dask.array.
@@ -72,8 +74,9 @@ PLANS_KEPT = 2
 # worker's backend does so on one machine) when a call has at most this many tasks: each
 # task then returns lists for every row from its first on, which the client merges.
 SYMMETRIC_TASKS_MAX = 16
-#: Per task of the last call in this process: worker, backend, seconds on the worker and
-#: bytes of the result shipped back (``python -m clnet bench distributed`` reports them).
+#: Per task of the last call in this process: worker, backend, seconds on the worker, its
+#: start (``time.time()`` there) and arrival here, bytes of its pickled arguments and of the
+#: result shipped back (``python -m clnet bench distributed`` reports them).
 last_tasks: List[dict] = []
 
 
@@ -197,9 +200,11 @@ def _collect(tasks: _Tasks, futures, on_result, progress_total: int, desc: str, 
                 running.add(retry)
                 future.release()
                 continue
-            last_tasks.append(dict(start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"], seconds=report["seconds"],
-                                   began=report["began"], arrived=time.time(), task_bytes=tasks.sent.get(future.key, 0),
-                                   result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
+            last_tasks.append(dict(
+                start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"],
+                seconds=report["seconds"], began=report["began"], arrived=time.time(),
+                task_bytes=tasks.sent.get(future.key, 0),
+                result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
             on_result(report)
             if bar is not None:
                 bar.update(report["stop"] - report["start"])
@@ -277,8 +282,9 @@ class _Rows:
             blocks = self.lazy.rechunk({1: -1}).to_delayed()[:, 0]
             return client.compute([dask.delayed(_prepare_chunk)(b, transform, self.name) for b in blocks])
         # The rows as given (float32 rows are 4 bytes a value, standardised ones 9), one copy
-        # to every worker: every worker needs all rows, and a worker that dies takes no data
-        # with it. Each worker standardises its copy once, when it builds its plan (_joined).
+        # to one worker, then replicated among them: every worker needs all rows, and a worker
+        # that dies takes no data with it. Each worker standardises its copy once, when it
+        # builds its plan (_joined).
         return [client.scatter(_RawRows(self.array, transform, self.name), broadcast=True, hash=False)]
 
 

@@ -90,8 +90,9 @@ def main(argv=None) -> int:
     secs = np.array([t["seconds"] for t in tasks])
     result = np.array([t["result_bytes"] for t in tasks])
     sent = np.array([t["task_bytes"] for t in tasks])
-    print(f"\n   tasks: {len(tasks)} of {rows.min()} to {rows.max()} rows (first {rows[np.argmin([t['start'] for t in tasks])]}, "
-          f"last {rows[np.argmax([t['start'] for t in tasks])]})")
+    starts = [t["start"] for t in tasks]
+    print(f"\n   tasks: {len(tasks)} of {rows.min()} to {rows.max()} rows "
+          f"(first {rows[np.argmin(starts)]}, last {rows[np.argmax(starts)]})")
     print(f"   seconds per task on its worker: mean {secs.mean():.3f}, max {secs.max():.3f} "
           f"(the first on each worker builds its plan)")
     print(f"   seconds per row of X: {secs.sum() / n * 1e3:.4f} ms of worker time")
