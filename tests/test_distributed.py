@@ -194,6 +194,23 @@ def test_default_upper_triangle_tasks_hold_about_equal_pairs(client):
     _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
 
 
+def _backend_and_programs():
+    be = clnet.get_backend()
+    return id(be), be.spec, len(getattr(be, "_programs", {}))
+
+
+def test_workers_keep_their_backend_and_compiled_programs_between_calls(client):
+    if not clnet.get_backend().spec.startswith("opencl"):
+        pytest.skip("the NumPy backend compiles nothing")
+    for seed in (21, 22):  # every worker runs tasks of this shape and builds what it needs
+        cd.pearson_topk(_curves(missing=0.1, seed=seed), 5, rows_per_task=64)
+    before = client.run(_backend_and_programs)
+    cd.pearson_topk(_curves(missing=0.1, seed=23), 5, rows_per_task=64)
+    assert {t["worker"] for t in cd.last_tasks} == set(before)  # both workers ran tasks
+    after = client.run(_backend_and_programs)
+    assert after == before and all(n > 0 for _, _, n in after.values())
+
+
 def _numpy_by_default():
     os.environ["CLNET_BACKEND"] = "numpy"  # this worker behaves as one without OpenCL
     return os.getpid()
