@@ -8,11 +8,12 @@ dask's current client) and the size of a task.
 How the Pearson work is split (the single-machine drivers of :mod:`clnet.pearson` walk the
 same strips in one process):
 
-1. The rows are read and standardised once: a NumPy array on the client (then shipped once
-   and replicated among the workers), a ``.npy`` file by the workers themselves (memory
-   mapped, a range of rows per task), a dask.array chunk by chunk where its chunks live.
-   Rows are standardised independently of each other, so chunk by chunk gives the same
-   values as the whole matrix at once.
+1. The rows are read and standardised where they are: a NumPy array is sent as given once
+   and replicated among the workers (4 bytes a float32 value, where standardised rows are
+   9), and each worker standardises its copy once, with its plan; a ``.npy`` file is read
+   by the workers themselves (memory mapped, a range of rows per task), a dask.array chunk
+   by chunk where its chunks live. Rows are standardised independently of each other, so
+   chunk by chunk gives the same values as the whole matrix at once.
 2. Each worker builds one plan of all rows on its own best backend (or ``backend=``), kept
    for the tasks that follow and for the compiled programs its backend caches, and each
    task computes the top-k lists or the kept pairs of a block of rows against all rows.
@@ -23,15 +24,21 @@ same strips in one process):
    computes top-k of X against itself over the upper triangle (OpenCL, k <= 16) and the
    call has few tasks (SYMMETRIC_TASKS_MAX), a task does the same for its strips and
    returns partial lists for the rows from its first on; otherwise it computes its rows
-   against all rows (twice the pairs, but only its own rows' lists come back).
+   against all rows (twice the pairs, but only its own rows' lists come back). Upper-
+   triangle tasks of the default size hold about equal pairs (the first rows meet the
+   most later rows, so the first tasks have the fewest rows); every worker builds its plan
+   at once, in a probe task of its own, before the tasks start.
 3. The client merges results as tasks finish (``distributed.as_completed``): top-k rows
    are written into the ``(N, k)`` answer, threshold pieces are kept as COO parts. It
    never holds a strip of the N x N matrix or the data of a dask.array.
 
 Faults: a worker that dies mid-run loses only its running tasks, which dask reruns
-elsewhere (the data is replicated or recomputable); a task whose automatically chosen
-device fails reruns on the worker's next backend with a warning that reaches the client;
-a task on a named backend that fails is retried once by dask, then raises.
+elsewhere (the data is replicated or recomputable). A task whose automatically chosen
+device fails reruns on the worker's next backend (at last NumPy), with a warning that
+reaches the client. A task on a named backend whose device fails (DeviceError, or the
+device out of memory) is sent to another worker, with a warning naming the worker and
+the error; only when it failed on every worker does the call raise, naming each one. A
+named backend is never swapped for another: the single-machine call would not either.
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ from .fnn import FNN, FNNPopulation, _prepare_inputs
 from .pearson import _as_matrix, _check_transform, _progress, checked_k
 from .pearson import _row_count as _array_row_count
 from ._validate import as_float, as_int
-from .backend import Backend, BackendLike, resolve_dtype, run
+from .backend import Backend, BackendLike, DeviceError, resolve_dtype, run
 from .common.packing import PackedPopulation
 from .common.pearson import Prepared, diff_rows, standardise_rows
 
@@ -67,10 +74,9 @@ PLANS_KEPT = 2
 # worker's backend does so on one machine) when a call has at most this many tasks: each
 # task then returns lists for every row from its first on, which the client merges.
 SYMMETRIC_TASKS_MAX = 16
-# Attempts dask makes again for a task that raised (a named backend that failed).
-TASK_RETRIES = 1
-#: Per task of the last call in this process: worker, backend, seconds on the worker and
-#: bytes of the result shipped back (``python -m clnet bench distributed`` reports them).
+#: Per task of the last call in this process: worker, backend, seconds on the worker, its
+#: start (``time.time()`` there) and arrival here, bytes of its pickled arguments and of the
+#: result shipped back (``python -m clnet bench distributed`` reports them).
 last_tasks: List[dict] = []
 
 
@@ -126,21 +132,79 @@ def _forward(report_notes, seen: set) -> None:
             warnings.warn(f"clnet.distributed (worker {where}): {message}", RuntimeWarning, stacklevel=3)
 
 
-def _collect(client, futures, on_result, progress_total: int, desc: str, progress, fresh: bool = True):
-    """Hand each finished task's report to ``on_result`` as it arrives; on a failure,
-    cancel the rest and raise it (no partial result)."""
+def _shipped_bytes(args) -> int:
+    import cloudpickle
+
+    return len(cloudpickle.dumps(args))
+
+
+class _Tasks:
+    """Submits tasks and remembers how, so that a task whose device failed on one worker
+    can be sent to the others (``workers=``, never back to one that failed it)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.calls = {}  # future key -> (function, arguments, workers that failed it)
+        self.failures = {}  # key of a retry -> {worker: error} of the attempts before it
+        self.sent = {}  # future key -> bytes of its pickled arguments (futures travel as keys)
+
+    def submit(self, fn, *args, key: str, failed_on=(), prefer=None):
+        where = {} if prefer is None else dict(workers=[prefer], allow_other_workers=True)
+        if failed_on:
+            where = dict(workers=[w for w in self.client.scheduler_info()["workers"] if w not in failed_on],
+                         allow_other_workers=False)
+        future = self.client.submit(fn, *args, key=key, pure=False, **where)
+        self.calls[future.key] = (fn, args, tuple(failed_on))
+        self.sent[future.key] = _shipped_bytes(args)
+        return future
+
+    def elsewhere(self, future, report, seen: set):
+        """The same task on a worker that has not failed it, or raise when none is left."""
+        fn, args, failed_on = self.calls.pop(future.key)
+        failed_on = failed_on + (report["worker"],)
+        problems = dict(self.failures.get(future.key, ()), **{report["worker"]: report["failed"]})
+        others = [w for w in self.client.scheduler_info()["workers"] if w not in failed_on]
+        if not others:
+            listed = "; ".join(f"on worker {w}: {m}" for w, m in problems.items())
+            raise DeviceError(f"clnet.distributed: a task on backend {report['backend']!r} failed on every "
+                              f"worker ({listed}); pass backend=None to let each worker fall back by itself")
+        notice = (f"backend {report['backend']!r} failed on worker {report['worker']} ({report['failed']}); "
+                  f"its tasks are sent to other workers")
+        if notice not in seen:
+            seen.add(notice)
+            warnings.warn(f"clnet.distributed: {notice}", RuntimeWarning, stacklevel=4)
+        retry = self.submit(fn, *args, key=f"{future.key}-r{len(failed_on)}", failed_on=failed_on)
+        self.failures[retry.key] = problems
+        return retry
+
+
+def _collect(tasks: _Tasks, futures, on_result, progress_total: int, desc: str, progress, fresh: bool = True):
+    """Hand each finished task's report to ``on_result`` as it arrives (a task whose
+    device failed goes to another worker first); on an error, cancel the rest and raise
+    it (no partial result)."""
     distributed = _distributed()
+    client = tasks.client
     bar = _progress(progress_total, desc, progress) if progress_total else None
     seen: set = set()
     pending = list(futures)
     if fresh:
         last_tasks.clear()
     try:
-        for future in distributed.as_completed(pending):
+        running = distributed.as_completed(pending)
+        for future in running:
             report = future.result()
             _forward(report.pop("notes"), seen)
-            last_tasks.append(dict(start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"], seconds=report["seconds"],
-                                   result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
+            if "failed" in report:
+                retry = tasks.elsewhere(future, report, seen)
+                pending.append(retry)
+                running.add(retry)
+                future.release()
+                continue
+            last_tasks.append(dict(
+                start=report["start"], stop=report["stop"], worker=report["worker"], backend=report["backend"],
+                seconds=report["seconds"], began=report["began"], arrived=time.time(),
+                task_bytes=tasks.sent.get(future.key, 0),
+                result_bytes=sum(v.nbytes for v in report.values() if isinstance(v, np.ndarray))))
             on_result(report)
             if bar is not None:
                 bar.update(report["stop"] - report["start"])
@@ -217,10 +281,21 @@ class _Rows:
 
             blocks = self.lazy.rechunk({1: -1}).to_delayed()[:, 0]
             return client.compute([dask.delayed(_prepare_chunk)(b, transform, self.name) for b in blocks])
-        x = diff_rows(self.array) if transform == "diff" else self.array
-        # One copy to one worker, then replicated among them: every worker needs all rows,
-        # and a worker that dies takes no data with it.
-        return [client.scatter(standardise_rows(x), broadcast=True, hash=False)]
+        # The rows as given (float32 rows are 4 bytes a value, standardised ones 9), one copy
+        # to one worker, then replicated among them: every worker needs all rows, and a worker
+        # that dies takes no data with it. Each worker standardises its copy once, when it
+        # builds its plan (_joined).
+        return [client.scatter(_RawRows(self.array, transform, self.name), broadcast=True, hash=False)]
+
+
+class _RawRows:
+    """Rows shipped as the caller gave them, standardised where they arrive."""
+
+    def __init__(self, values: np.ndarray, transform, name: str):
+        self.values, self.transform, self.name = values, transform, name
+
+    def prepared(self) -> Prepared:
+        return _prepare_chunk(self.values, self.transform, self.name)
 
 
 def _prepare_chunk(raw, transform, name: str) -> Prepared:
@@ -242,6 +317,7 @@ _PLANS_LOCK = threading.Lock()
 def _joined(chunks) -> Optional[Prepared]:
     if chunks is None:
         return None
+    chunks = [c.prepared() if isinstance(c, _RawRows) else c for c in chunks]
     if len(chunks) == 1:
         return chunks[0]
     return Prepared(np.concatenate([c.filled for c in chunks]), np.concatenate([c.valid for c in chunks]),
@@ -289,14 +365,20 @@ def _worker_name() -> str:
 
 def _reported(work, operation: str, backend):
     """``work(be)`` through clnet's call path, with the warnings it raised kept for the client."""
-    t0 = time.perf_counter()
+    t0, began = time.perf_counter(), time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         used = []
-        result = run(backend, operation, lambda be: (used.append(be.spec), work(be))[1])
+        try:
+            result = run(backend, operation, lambda be: (used.append(be.spec), work(be))[1])
+        except (DeviceError, MemoryError) as exc:
+            # The device failed (or ran out of memory) on a backend the caller named: the
+            # client sends the task to another worker (see _Tasks.elsewhere).
+            result = dict(failed=f"{type(exc).__name__}: {exc}")
+            used.append(used[-1] if used else str(backend))
     where = _worker_name()
     result.update(notes=[(where, str(w.message)) for w in caught if issubclass(w.category, RuntimeWarning)],
-                  backend=used[-1], worker=where, seconds=time.perf_counter() - t0)
+                  backend=used[-1], worker=where, seconds=time.perf_counter() - t0, began=began)
     return result
 
 
@@ -307,7 +389,8 @@ def _pearson_task(op: str, token: str, x_chunks, y_chunks, start: int, stop: int
     def work(be):
         plan = _plan(be, token, x_chunks, y_chunks, options["dtype"], options["min_overlap"])
         if op == "layout":
-            return dict(start=0, stop=0, strip_rows=int(plan.strip_rows))
+            return dict(start=0, stop=0, strip_rows=int(plan.strip_rows),
+                        symmetric_topk_max=int(getattr(plan, "symmetric_topk_max", 0)))
         strips = list(_strips(start, stop, plan.strip_rows))
         out = dict(start=start, stop=stop)
         symmetric = (getattr(plan, "topk_symmetric", None) if op == "topk" and y_chunks is None
@@ -353,26 +436,43 @@ class _PearsonRun:
     def start(self):
         """Ship the rows and find the task size (after every argument was checked)."""
         self.client = _client(self.client_arg)
+        self.runner = _Tasks(self.client)
         self.token = uuid.uuid4().hex
         self.x_chunks = self.x.ship(self.client, self.transform, self.token + "-x")
         self.y_chunks = None if self.y is None else self.y.ship(self.client, self.transform, self.token + "-y")
-        probe = self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}").result()
-        _forward(probe.pop("notes"), set())
-        strip = probe["strip_rows"]
-        wanted = self.rows_per_task or -(-self.x.n // (TASKS_PER_THREAD * _threads(self.client)))
+        # One probe per worker, at once: each builds its plan (standardised rows on its
+        # device) in parallel with the others, not in its first task behind the first
+        # worker's probe. The layout is the first worker's (by address).
+        layout = {}
+        probes = [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}-{i}", prefer=w)
+                  for i, w in enumerate(sorted(self.client.scheduler_info()["workers"]))]
+        _collect(self.runner, probes, lambda r: layout.setdefault(r["worker"], r), 0, "", False)
+        first = layout[min(layout)]
+        strip = self.strip_rows = first["strip_rows"]
+        self.symmetric_topk_max = first["symmetric_topk_max"]  # the probing worker's backend
+        self.wanted_tasks = TASKS_PER_THREAD * _threads(self.client)
+        wanted = self.rows_per_task or -(-self.x.n // self.wanted_tasks)
         self.task_rows = max(1, -(-wanted // strip)) * strip  # whole strips, see the module's note
         return self
 
-    def _submit(self, op, start, stop, arg, key):
-        return self.client.submit(_pearson_task, op, self.token, self.x_chunks, self.y_chunks, start, stop, arg,
-                                  self.options, key=key, retries=TASK_RETRIES, pure=False)
+    def _submit(self, op, start, stop, arg, key, prefer=None):
+        return self.runner.submit(_pearson_task, op, self.token, self.x_chunks, self.y_chunks, start, stop, arg,
+                                  self.options, key=key, prefer=prefer)
 
     def tasks(self, op: str, arg) -> list:
         n, step = self.x.n, self.task_rows
         # Partial top-k lists cost the client (N - start) k per task: worth it for few tasks only.
-        self.options["symmetric"] = -(-n // step) <= SYMMETRIC_TASKS_MAX
-        return [self._submit(op, s, min(n, s + step), arg, f"clnet-pearson-{op}-{self.token}-{s}")
-                for s in range(0, n, step)]
+        count = -(-n // step)
+        self.options["symmetric"] = symmetric = count <= SYMMETRIC_TASKS_MAX
+        edges = list(range(0, n, step)) + [n]
+        if (symmetric and op == "topk" and self.y is None and self.rows_per_task is None
+                and arg <= self.symmetric_topk_max):
+            # Where the worker's backend computes over the upper triangle, row r meets only
+            # the rows after it: tasks of equal rows would leave the first one the most work
+            # and the workers idle behind it. Tasks of about equal pairs instead.
+            edges = _equal_work_edges(n, self.strip_rows, max(count, min(self.wanted_tasks, SYMMETRIC_TASKS_MAX)))
+        return [self._submit(op, s, e, arg, f"clnet-pearson-{op}-{self.token}-{s}")
+                for s, e in zip(edges[:-1], edges[1:])]
 
     def finish(self) -> None:
         self.x_chunks = self.y_chunks = None  # the futures go: dask frees the rows on the workers
@@ -380,6 +480,16 @@ class _PearsonRun:
             self.client.run(_forget, self.token)
         except Exception:  # a worker that left meanwhile holds nothing any more
             pass
+
+
+def _equal_work_edges(n: int, strip: int, count: int) -> list:
+    """Task edges on whole strips, ``count`` tasks (at most one per strip) that each hold
+    about as many upper-triangle pairs: rows a..b-1 meet the rows from themselves on."""
+    strip_edges = np.array(list(range(0, n, strip)) + [n], dtype=np.float64)
+    before = strip_edges * n - strip_edges * (strip_edges - 1) / 2  # pairs of the rows before an edge
+    wanted = np.linspace(0, before[-1], min(count, len(strip_edges) - 1) + 1)
+    picked = np.unique(np.abs(before[None, :] - wanted[:, None]).argmin(axis=1))
+    return [int(strip_edges[i]) for i in picked]
 
 
 def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional[str] = None,
@@ -419,14 +529,14 @@ def pearson_topk(X, k: int, Y=None, *, min_overlap: int = 2, transform: Optional
             final[s:e] = True
 
     try:
-        _collect(job.client, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
+        _collect(job.runner, job.tasks("topk", k), merge, x_rows, "pearson top-k", progress)
         if partial_blocks and final.any():
             # Workers of different kinds: full-row tasks sent no candidates to later rows, so
             # the rows of the upper-triangle tasks are computed again against all rows.
             job.options = dict(job.options, symmetric=False)
             again = [job._submit("topk", s, e, k, f"clnet-pearson-topk-{job.token}-full-{s}")
                      for s, e in partial_blocks]
-            _collect(job.client, again, merge, 0, "", False, fresh=False)
+            _collect(job.runner, again, merge, 0, "", False, fresh=False)
     finally:
         job.finish()
     if job.x.labels is not None:
@@ -468,7 +578,7 @@ def pearson_threshold(X, threshold: float, Y=None, *, min_overlap: int = 2, tran
     if n_rows and n_cols:
         job.start()
         try:
-            _collect(job.client, job.tasks("threshold", t), lambda r: pieces.__setitem__(r["start"], r),
+            _collect(job.runner, job.tasks("threshold", t), lambda r: pieces.__setitem__(r["start"], r),
                      n_rows, "pearson threshold", progress)
         finally:
             job.finish()
@@ -539,14 +649,15 @@ def evaluate_population(nets_or_population, inputs, *, client=None, nets_per_tas
     if x.shape[0]:
         step = per_task or -(-P // (TASKS_PER_THREAD * _threads(cl)))
         shared_x = cl.scatter(x, broadcast=True, hash=False)
-        futures = [cl.submit(_population_task, _slice_population(packed, a, min(P, a + step)), a, shared_x, options,
-                             key=f"clnet-population-{uuid.uuid4().hex}", retries=TASK_RETRIES, pure=False)
+        runner = _Tasks(cl)
+        futures = [runner.submit(_population_task, _slice_population(packed, a, min(P, a + step)), a, shared_x,
+                                 options, key=f"clnet-population-{uuid.uuid4().hex}")
                    for a in range(0, P, step)]
 
         def merge(report):
             out[report["start"]:report["stop"]] = report["outputs"]
 
-        _collect(cl, futures, merge, 0, "", False)
+        _collect(runner, futures, merge, 0, "", False)
     return out[:, 0] if single else out
 
 

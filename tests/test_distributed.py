@@ -165,6 +165,52 @@ def test_every_worker_on_its_own_best_backend_matches_the_single_process_call(cl
     _assert_same_topk(got, _reference(clnet.pearson_topk, X, k))
 
 
+def _pairs_from(a, b, n):
+    """Upper-triangle pairs of rows a..b-1 (row r meets the rows from r on), counted one by one."""
+    return sum(n - r for r in range(a, b))
+
+
+def test_default_upper_triangle_tasks_hold_about_equal_pairs(client):
+    # At the benchmark's shape (strips of 496 rows): eight tasks of whole strips, none with
+    # far more pairs than another, the first ones with fewer rows.
+    n, strip = 50_000, 496
+    edges = cd._equal_work_edges(n, strip, 8)
+    assert edges[0] == 0 and edges[-1] == n and len(edges) == 9
+    assert all(e % strip == 0 for e in edges[:-1])
+    pairs = [_pairs_from(a, b, n) for a, b in zip(edges[:-1], edges[1:])]
+    # Each edge is the strip edge nearest its share: a task is off by at most one strip's pairs,
+    # where tasks of equal rows would give the first twice the average.
+    mean = sum(pairs) / len(pairs)
+    assert max(abs(p - mean) for p in pairs) <= strip * n, pairs
+    assert max(pairs) < 0.6 * _pairs_from(0, -(-n // 8), n)
+    assert edges[1] - edges[0] < edges[-1] - edges[-2]
+    if not clnet.get_backend().spec.startswith("opencl"):
+        pytest.skip("the upper-triangle top-k is OpenCL's; NumPy workers get tasks of equal rows")
+    X = _curves(missing=0.1, seed=14)
+    got = cd.pearson_topk(X, 5)  # default task size, on the workers' OpenCL backend
+    spans = sorted((t["start"], t["stop"]) for t in cd.last_tasks)
+    assert spans[0][0] == 0 and spans[-1][1] == N and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(spans) >= 3 and spans[0][1] - spans[0][0] < spans[-1][1] - spans[-1][0]
+    _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
+
+
+def _backend_and_programs():
+    be = clnet.get_backend()
+    return id(be), be.spec, len(getattr(be, "_programs", {}))
+
+
+def test_workers_keep_their_backend_and_compiled_programs_between_calls(client):
+    if not clnet.get_backend().spec.startswith("opencl"):
+        pytest.skip("the NumPy backend compiles nothing")
+    for seed in (21, 22):  # every worker runs tasks of this shape and builds what it needs
+        cd.pearson_topk(_curves(missing=0.1, seed=seed), 5, rows_per_task=64)
+    before = client.run(_backend_and_programs)
+    cd.pearson_topk(_curves(missing=0.1, seed=23), 5, rows_per_task=64)
+    assert {t["worker"] for t in cd.last_tasks} == set(before)  # both workers ran tasks
+    after = client.run(_backend_and_programs)
+    assert after == before and all(n > 0 for _, _, n in after.values())
+
+
 def _numpy_by_default():
     os.environ["CLNET_BACKEND"] = "numpy"  # this worker behaves as one without OpenCL
     return os.getpid()
@@ -289,11 +335,83 @@ def test_a_task_whose_device_fails_reruns_on_the_next_backend_with_a_warning(cli
             got = cd.pearson_topk(X, 5, rows_per_task=64)
         assert "flaky" not in {t["backend"] for t in cd.last_tasks}
         _assert_same_topk(got, _reference(clnet.pearson_topk, X, 5))
-        # A backend named by the caller fails loudly (after dask's retry), naming the device.
+    finally:
+        client.run(_remove_flaky)
+
+
+class _BrokenOnOneWorker(type(clnet.get_backend("numpy"))):
+    """The NumPy backend under the name 'shaky', whose device is lost on one worker: the
+    first worker to build a Pearson plan or evaluate a population on it (claimed through
+    a file, so that exactly one is broken whichever dask picks)."""
+
+    spec = "shaky"
+    description = "NumPy, but lost on the worker that claims the marker file"
+    marker = None
+
+    def _broken_here(self):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        except FileExistsError:
+            pass
+        with open(self.marker) as claimed:
+            return claimed.read() == str(os.getpid())
+
+    def pearson_plan(self, *args):
+        if self._broken_here():
+            raise DeviceError(f"device 'shaky' was lost in process {os.getpid()} (CL_DEVICE_NOT_AVAILABLE)")
+        return super().pearson_plan(*args)
+
+    def fnn_graph(self, *args):
+        if self._broken_here():
+            raise DeviceError(f"device 'shaky' was lost in process {os.getpid()} (CL_DEVICE_NOT_AVAILABLE)")
+        return super().fnn_graph(*args)
+
+
+class _ShakyProvider:
+    name = "shaky"
+
+    def candidates(self):
+        return [BackendCandidate("shaky", _BrokenOnOneWorker.description, -1, _BrokenOnOneWorker)]
+
+
+def _install_shaky(marker):
+    _BrokenOnOneWorker.marker = marker
+    clnet.register_provider(_ShakyProvider(), replace=True)
+
+
+def _remove_shaky():
+    clnet.unregister_provider("shaky")
+
+
+def test_a_named_backend_that_fails_on_one_worker_is_retried_on_another_with_a_warning(client, tmp_path):
+    X = _curves(missing=0.1, seed=12)
+    expected = _reference(clnet.pearson_topk, X, 5, backend="numpy")
+    rng = np.random.default_rng(13)
+    nets, x = _population(rng), rng.normal(size=(5, 3))
+    try:
+        client.run(_install_shaky, str(tmp_path / "pearson"))
+        with pytest.warns(RuntimeWarning, match=r"backend 'shaky' failed on worker tcp://.*DeviceError.*"
+                                                r"lost in process.*sent to other workers"):
+            got = cd.pearson_topk(X, 5, backend="shaky", rows_per_task=64)
+        broken = int((tmp_path / "pearson").read_text())
+        pids = client.run(os.getpid)
+        healthy = [w for w, pid in pids.items() if pid != broken]
+        assert len(healthy) == 1 and {t["worker"] for t in cd.last_tasks} == set(healthy)
+        assert {t["backend"] for t in cd.last_tasks} == {"shaky"}  # the named backend, never another
+        _assert_same_topk(got, expected)  # the shaky backend is NumPy: bitwise the same
+        client.run(_install_shaky, str(tmp_path / "population"))
+        with pytest.warns(RuntimeWarning, match="backend 'shaky' failed on worker"):
+            out = cd.evaluate_population(nets, x, nets_per_task=3, backend="shaky")
+        np.testing.assert_array_equal(out, clnet.FNNPopulation(nets)(x, backend="numpy"))
+        # Broken on every worker: the call raises, naming each worker and its error.
         client.run(_install_flaky)
-        with pytest.raises(DeviceError, match="flaky"):
+        with pytest.raises(DeviceError, match=r"failed on every worker \(on worker tcp://.*flaky.*"
+                                              r"on worker tcp://.*flaky"):
             cd.pearson_topk(X, 5, backend="flaky", rows_per_task=64)
     finally:
+        client.run(_remove_shaky)
         client.run(_remove_flaky)
 
 

@@ -10,6 +10,7 @@ The scaling plan that uses these figures is docs/SCALING.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     parser = cli.parser("python -m clnet bench distributed", __doc__)
     parser.add_argument("--quick", action="store_true", help="N=10,000 instead of 50,000")
     parser.add_argument("--n", type=int, default=None, help="rows (default 50,000; 10,000 with --quick)")
+    parser.add_argument("--m", type=int, default=200, help="positions per row (default 200)")
     parser.add_argument("--backend", default=None, help="backend spec (default: the best usable one)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     import clnet.distributed as cd
 
     n = args.n or (10_000 if args.quick else 50_000)
-    m, k = 200, 10
+    m, k = args.m, 10
     be = clnet.get_backend(args.backend)
     spec = be.spec
     x = _data(n, m, 0.10, seed=1)
@@ -87,13 +89,17 @@ def main(argv=None) -> int:
     rows = np.array([t["stop"] - t["start"] for t in tasks])
     secs = np.array([t["seconds"] for t in tasks])
     result = np.array([t["result_bytes"] for t in tasks])
-    prepared = n * m * (8 + 1)  # float64 standardised values and the validity mask, once per worker
-    print(f"\n   tasks: {len(tasks)} of {rows.max()} rows (last {rows[np.argmax([t['start'] for t in tasks])]})")
+    sent = np.array([t["task_bytes"] for t in tasks])
+    starts = [t["start"] for t in tasks]
+    print(f"\n   tasks: {len(tasks)} of {rows.min()} to {rows.max()} rows "
+          f"(first {rows[np.argmin(starts)]}, last {rows[np.argmax(starts)]})")
     print(f"   seconds per task on its worker: mean {secs.mean():.3f}, max {secs.max():.3f} "
           f"(the first on each worker builds its plan)")
     print(f"   seconds per row of X: {secs.sum() / n * 1e3:.4f} ms of worker time")
-    print(f"   shipped per task: {result.mean() / 1e3:.1f} kB of results back, a few hundred bytes of task there")
-    print(f"   shipped once per worker: {prepared / 1e6:.1f} MB of standardised rows")
+    print(f"   shipped per task: {sent.mean():.0f} bytes of task there (pickled arguments; the rows travel "
+          f"as a key), {result.mean() / 1e3:.1f} kB of results back (max {result.max() / 1e3:.1f} kB)")
+    print(f"   shipped once per worker: {x.nbytes / 1e6:.1f} MB of rows as given (standardised on the worker)")
+    print(f"   load average (1 min) after the runs: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"   workers used: {', '.join(sorted({t['worker'] for t in tasks}))}; "
           f"backends: {', '.join(sorted({t['backend'] for t in tasks}))}")
     return 0 if same else 1

@@ -73,6 +73,9 @@ class SparseTables:
 class OpenCLPearsonPlan(PearsonPlan):
     """Prepared rows on one OpenCL device, and the strip operations of the drivers."""
 
+    #: largest k for which topk_symmetric computes over the upper triangle
+    symmetric_topk_max = SYMMETRIC_TOPK_MAX
+
     def __init__(self, backend, rows: Prepared, cols: Optional[Prepared], dtype, min_overlap: int):
         self.be = backend
         self.dtype = dt = np.dtype(dtype)
