@@ -328,8 +328,9 @@ def _remove_flaky():
 
 def test_a_task_whose_device_fails_reruns_on_the_next_backend_with_a_warning(client):
     X = _curves(missing=0.1, seed=9)
-    first = sorted(client.scheduler_info()["workers"])[0]
-    client.run(_install_flaky, workers=[first])
+    # On every worker: dask may place every task on one worker, and installing it on one
+    # only made the warning depend on where the tasks ran (a flaky test).
+    client.run(_install_flaky)
     try:
         with pytest.warns(RuntimeWarning, match=r"worker .*backend .flaky. failed during pearson_"):
             got = cd.pearson_topk(X, 5, rows_per_task=64)
