@@ -8,7 +8,8 @@
  *   values, take the block's columns in turn (as mcl's expansion threads do). A column j
  *   of M*M is accumulated there, its touched rows collected into the column's slice of
  *   the scratch (sized by the host from the column's term count, at most N), its chaos
- *   measured; a copy of its values sorted in descending order gives mcl's thresholds
+ *   measured; when selection or recovery needs them, the S-th and R-th largest values are
+ *   found by selection (never a full sort) in a copy of its values, giving mcl's thresholds
  *   (cutoff, top S, recovery up to R); the surviving entries, rescaled to sum 1 and sorted
  *   by row, stay at the front of its slice.
  * clnet_mcl_gather_inflate: one work-item per column; copies the kept entries of the block
@@ -16,6 +17,8 @@
  *   to the inflation power and rescaled to sum 1.
  * clnet_mcl_count_terms: the number of product terms of each column of the block, from
  *   which the host sizes the block and its term slices (the one read-back per block).
+ * clnet_mcl_append: copies one block's entries into the next iterand at an offset (on the
+ *   device, where several blocks make one iterand).
  * An expansion power above 2 multiplies again with the previous product of the block as
  *   the right factor (do_prune = 0 leaves it unpruned, gathered with inflation 1). */
 #include "clnet_common.h"
@@ -45,32 +48,29 @@ static void clnet_mcl_sort_rows(__global int *key, __global real *val, long n)
     }
 }
 
-/* Heap sort of n values in descending order (a min-heap, extracted to the back). */
-static void clnet_mcl_sort_desc(__global real *v, long n)
+/* The k-th largest of v[lo..hi] (0-based position k in descending order), v reordered
+ * so that v[lo..k-1] >= v[k] >= v[k+1..hi] (Hoare's selection, as Wirth writes it, with a
+ * median-of-three pivot). O(n) on average: selection needs the S-th and R-th largest
+ * values of a column, never the whole column in order. The pivot is a value of the range,
+ * so the inner scans stop inside it; equal values stop both scans, so ties cost no more. */
+static real clnet_mcl_select_desc(__global real *v, long lo, long hi, long k)
 {
-    for (long start = n / 2 - 1; start >= 0; --start) {
-        long root = start;
-        for (;;) {
-            long child = 2 * root + 1;
-            if (child >= n) break;
-            if (child + 1 < n && v[child + 1] < v[child]) child++;
-            if (v[root] <= v[child]) break;
-            real t = v[root]; v[root] = v[child]; v[child] = t;
-            root = child;
-        }
+    while (lo < hi) {
+        const real a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+        const real pivot = fmax(fmin(a, b), fmin(fmax(a, b), c));
+        long i = lo, j = hi;
+        do {
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) {
+                const real t = v[i]; v[i] = v[j]; v[j] = t;
+                i++; j--;
+            }
+        } while (i <= j);
+        if (j < k) lo = i;
+        if (k < i) hi = j;
     }
-    for (long end = n - 1; end > 0; --end) {
-        real t = v[0]; v[0] = v[end]; v[end] = t;
-        long root = 0;
-        for (;;) {
-            long child = 2 * root + 1;
-            if (child >= end) break;
-            if (child + 1 < end && v[child + 1] < v[child]) child++;
-            if (v[root] <= v[child]) break;
-            t = v[root]; v[root] = v[child]; v[child] = t;
-            root = child;
-        }
-    }
+    return v[k];
 }
 
 /* Column j of A * B for the block's columns col0.. of B, accumulated densely in ``column``
@@ -140,16 +140,25 @@ static void clnet_mcl_column(
     const int selecting = !recovering && n_prune > select_n;
     real threshold = recovering ? -INFINITY : cutoff;
     if (selecting || (recovering && u > recover_n)) {
-        for (long t = 0; t < u; ++t) sorted[base + t] = vals[base + t];
-        clnet_mcl_sort_desc(sorted + base, u);
-        const real v_r = u >= recover_n ? sorted[base + recover_n - 1] : -INFINITY;
+        __global real *copy = sorted + base;
+        for (long t = 0; t < u; ++t) copy[t] = vals[base + t];
         if (recovering) {
-            threshold = v_r;
+            threshold = clnet_mcl_select_desc(copy, 0, u - 1, recover_n - 1);  /* u > recover_n here */
         } else {
-            const real v_s = sorted[base + select_n - 1];
+            /* The S-th largest, then (when needed) the R-th largest in the part of the copy
+             * that can hold it: selection leaves the larger values before position S-1. */
+            const long ks = select_n - 1, kr = recover_n - 1;
+            const real v_s = clnet_mcl_select_desc(copy, 0, u - 1, ks);
             long n_sel = 0;
             real mass_sel = 0;
-            for (long t = 0; t < u && sorted[base + t] >= v_s; ++t) { n_sel++; mass_sel += sorted[base + t]; }
+            for (long t = 0; t < u; ++t) {  /* ties at v_s are all kept */
+                const real v = vals[base + t];
+                if (v >= v_s) { n_sel++; mass_sel += v; }
+            }
+            const real v_r = u <= kr ? -INFINITY
+                             : kr == ks ? v_s
+                             : kr > ks ? clnet_mcl_select_desc(copy, ks + 1, u - 1, kr)
+                                       : clnet_mcl_select_desc(copy, 0, ks - 1, kr);
             threshold = v_s;
             if (n_sel < recover_n && mass_sel < recover_mass)
                 threshold = n_prune > recover_n ? v_r : cutoff;
@@ -205,13 +214,34 @@ __kernel void clnet_mcl_gather_inflate(
         for (long t = 0; t < m; ++t) { out_row[dst + t] = rows[src + t]; out_val[dst + t] = vals[src + t]; }
         return;
     }
+    /* pow() is a slow general routine on CPU devices (about 0.3 us a call on PoCL, most of an
+     * iteration's time); the entries are > 0, so exp2(inflation * log2(v)) serves, within a
+     * few ulp, and mcl's default inflation 2 is an exact square. */
+    const int square = inflation == (real)2;
     real sum = 0;
     for (long t = 0; t < m; ++t) {
-        const real p = pow(vals[src + t], inflation);
+        const real v = vals[src + t];
+        const real p = square ? v * v : v > (real)0 ? exp2(inflation * log2(v)) : (real)0;
         out_row[dst + t] = rows[src + t];
         out_val[dst + t] = p;
         sum += p;
     }
     if (sum > 0)
         for (long t = 0; t < m; ++t) out_val[dst + t] /= sum;
+}
+
+
+/* Entries [0, n) of a block to [offset, offset + n) of the next iterand. A kernel rather
+ * than clEnqueueCopyBuffer: the same on every device, and Oclgrind's uninitialised-value
+ * tracking keeps its state through kernel stores (a host copy at an offset resets the
+ * shadow of the whole destination buffer to the copied range, so earlier blocks would read
+ * as uninitialised: a false report, traced in its source, Uninitialized::hostMemoryStore). */
+__kernel void clnet_mcl_append(
+    __global const int *piece_row, __global const real *piece_val, __global int *out_row, __global real *out_val,
+    long offset, long n)
+{
+    const long t = get_global_id(0);
+    if (t >= n) return;
+    out_row[offset + t] = piece_row[t];
+    out_val[offset + t] = piece_val[t];
 }

@@ -225,12 +225,11 @@ def pearson_every_path(be, dtypes):
     return ok
 
 
-# Not in the pass yet: Oclgrind 21.10 reports uninitialised reads in clnet_mcl_count_terms and
-# clnet_mcl_expand_prune although every result matches the reference (issue 13 is open on it).
-# Run it alone with: oclgrind --uninitialized python tests/oclgrind_pass.py --mcl float32
+@case
 def mcl_every_path(be, dtypes):
     """Markov clustering: the cutoff alone, selection, recovery, pruning off, expansion 3
-    (an unpruned intermediate product), several column blocks and fewer lanes than columns."""
+    (an unpruned intermediate product), several column blocks joined on the device and fewer
+    lanes than columns."""
     from clnet.common.mcl_graphs import planted_edges
     from clnet.opencl import mcl
 
@@ -375,7 +374,7 @@ def main() -> int:
     be = clnet.get_backend("opencl")
     print(f"device: {be.spec} {be.description}", flush=True)
     args = sys.argv[1:]
-    if "--mcl" in args:  # the Markov clustering case alone (see mcl_every_path)
+    if "--mcl" in args:  # the Markov clustering case alone, e.g. after a change to kernels/mcl.cl
         args.remove("--mcl")
         CASES[:] = [mcl_every_path]
     dtypes = args or ["float32"]

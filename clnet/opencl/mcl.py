@@ -53,8 +53,9 @@ class OpenCLMCLPlan(MCLPlan):
         # initialised by Oclgrind (which does not track fills). The kernels leave them zero.
         self.acc = be.copy_of(np.zeros(self.lanes * self.n, self.dtype), "mcl accumulators")
         k = lambda name: be.kernel("mcl", name, self.dtype)  # noqa: E731
-        self.count, self.expand, self.gather = (k("clnet_mcl_count_terms"), k("clnet_mcl_expand_prune"),
-                                                k("clnet_mcl_gather_inflate"))
+        self.count, self.expand, self.gather, self.append = (
+            k("clnet_mcl_count_terms"), k("clnet_mcl_expand_prune"), k("clnet_mcl_gather_inflate"),
+            k("clnet_mcl_append"))
 
     def _count(self, b_ptr, b_row, col0: int, n_cols: int) -> np.ndarray:
         be = self.be
@@ -115,16 +116,18 @@ class OpenCLMCLPlan(MCLPlan):
             counts = np.concatenate(kept_all).astype(np.int64)
             self.host_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
             nnz = int(self.host_ptr[-1])
-            row = be.empty(4 * nnz, "mcl iterand rows")
-            val = be.empty(self.dtype.itemsize * nnz, "mcl iterand values")
-            offset = 0
-            for (_, piece_row, piece_val), kept in zip(pieces, kept_all):
-                size = int(kept.sum())
-                if size:
-                    cl.enqueue_copy(be.queue, row, piece_row, byte_count=4 * size, dst_offset=4 * offset)
-                    cl.enqueue_copy(be.queue, val, piece_val, byte_count=self.dtype.itemsize * size,
-                                    dst_offset=self.dtype.itemsize * offset)
-                offset += size
+            if len(pieces) == 1:  # one block: its gathered columns are the next iterand as they are
+                _, row, val = pieces[0]
+            else:
+                row = be.empty(4 * nnz, "mcl iterand rows")
+                val = be.empty(self.dtype.itemsize * nnz, "mcl iterand values")
+                offset = 0
+                for (_, piece_row, piece_val), kept in zip(pieces, kept_all):
+                    size = int(kept.sum())
+                    if size:
+                        self.append(be.queue, (size,), None, piece_row=piece_row, piece_val=piece_val, out_row=row,
+                                    out_val=val, offset=offset, n=size)
+                    offset += size
             self.ptr = be.copy_of(self.host_ptr, "mcl iterand column pointers")
             self.row, self.val = row, val
             be.queue.finish()
