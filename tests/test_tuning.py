@@ -215,6 +215,7 @@ def test_bad_tune_arguments_are_one_line_errors():
     assert run.returncode == 2 and "'numpy' has no tunable kernels" in run.stderr
 
 
+@pytest.mark.slow  # one program build per configuration: 1-1.5 minutes a family on an empty compiler cache
 @pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
 def test_every_configuration_the_tuner_may_pick_conforms(opencl_backend, family):
     """The conformance checks of the family under every value of every tunable parameter
