@@ -342,17 +342,34 @@ def _small_workloads(be):
                                 clnet.pearson_topk(X, 4, backend=be, progress=False)[1].ravel()]}
 
 
+def _assert_deterministic(backend, family, configs):
+    run = _small_workloads(backend)[family]
+    for config in configs:
+        with backend.tuning.overriding(family, config):
+            first, second = run(), run()
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(first, second)), config
+
+
+def _sweep(backend, family):
+    configs = FAMILIES[family].sweep(backend.tuning.props, {"kind": "lstm", "batch": 37, "rows": 41})
+    assert len(configs) > 5
+    return configs
+
+
+@pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
+def test_a_spread_of_configurations_is_bitwise_deterministic(opencl_backend, family):
+    """The defaults and four configurations spread over the sweep (its first and last
+    included) give the same bits twice; the whole sweep is the slow test below."""
+    configs = _sweep(opencl_backend, family)
+    picks = sorted({0, *np.linspace(1, len(configs) - 1, 4).round().astype(int).tolist()})
+    _assert_deterministic(opencl_backend, family, [configs[i] for i in picks])
+
+
+@pytest.mark.slow  # one program build per configuration (35-40 s a family on Intel's compiler, cold)
 @pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
 def test_every_configuration_is_bitwise_deterministic(opencl_backend, family):
     """Under each configuration the tuner may pick, two calls give the same bits."""
-    run = _small_workloads(opencl_backend)[family]
-    props = opencl_backend.tuning.props
-    configs = FAMILIES[family].sweep(props, {"kind": "lstm", "batch": 37, "rows": 41})
-    assert len(configs) > 5
-    for config in configs:
-        with opencl_backend.tuning.overriding(family, config):
-            first, second = run(), run()
-        assert all(a.tobytes() == b.tobytes() for a, b in zip(first, second)), config
+    _assert_deterministic(opencl_backend, family, _sweep(opencl_backend, family))
 
 
 def test_a_shape_the_budget_never_reached_gets_no_entry():

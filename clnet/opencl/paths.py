@@ -93,13 +93,13 @@ class PathsKernels(PathsOps):
                 n_masks = comb(n, k)
                 per_item = -(-n_masks // per_source_items)
                 items = -(-n_masks // per_item)
-                layer_kernel(self.queue, (max(items, n), width), None, n=n, k=k, n_masks=n_masks,
+                layer_kernel(self.queue, (max(items, n), width), self.any_local((1, 1)), n=n, k=k, n_masks=n_masks,
                              masks_per_item=per_item, items=items, prev_items=prev_items,
                              first_source=first, binom=d_binom, pred=d_pred, start=d_start,
                              prev=layers[(k + 1) % 2], next=layers[k % 2], partial=partials[k % 2],
                              prev_partial=partials[(k + 1) % 2], out=d_out)
                 prev_items = items
-            reduce_kernel(self.queue, (n, width), None, n=n, items=prev_items, k=n, first_source=first,
+            reduce_kernel(self.queue, (n, width), self.any_local((1, 1)), n=n, items=prev_items, k=n, first_source=first,
                           partial=partials[n % 2], out=d_out)
         cl.enqueue_copy(self.queue, out, d_out)
         self.queue.finish()
@@ -165,7 +165,7 @@ class OpenCLPathsListing(PathsListing):
             d_active = be.upload("paths list active", active, "active walks", keep)
             d_rows = be.workspace("paths list rows", items * cap * row_bytes, "the rows of the walks")
             d_counts = be.workspace("paths list counts", counts.nbytes, "rows per walk")
-            self.kernel(be.queue, (items,), None, width=self.width, min_length=self.min_length,
+            self.kernel(be.queue, (items,), be.any_local((1,)), width=self.width, min_length=self.min_length,
                         max_length=self.max_length, succ=self.d_succ, targets=self.target_bits,
                         active=d_active, state_path=self.d_paths, state_info=self.d_info, cap=cap,
                         step_budget=budget, rows=d_rows, counts=d_counts)
@@ -177,7 +177,7 @@ class OpenCLPathsListing(PathsListing):
             if len(chunk):
                 d_offsets = be.upload("paths list offsets", offsets, "row offsets", keep)
                 d_chunk = be.workspace("paths list chunk", chunk.nbytes, "a chunk of paths")
-                self.compact(be.queue, (items,), None, width=self.width, cap=cap, rows=d_rows,
+                self.compact(be.queue, (items,), be.any_local((1,)), width=self.width, cap=cap, rows=d_rows,
                              offsets=d_offsets, out=d_chunk)
                 cl.enqueue_copy(be.queue, chunk, d_chunk)
             be.queue.finish()

@@ -169,7 +169,7 @@ class OpenCLPearsonPlan(PearsonPlan):
             row_blocks = -(-(stop - start) // self.row_block)
             knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
             args = dict(ax=self.d_ax, av=self.d_av, bx=self.d_bx, bv=self.d_bv, **tile, **masked)
-        knl(be.queue, (col_groups, row_blocks), None, **args)
+        knl(be.queue, (col_groups, row_blocks), be.any_local((1, 1)), **args)
 
     def _rescued(self) -> bool:
         """Whether the last block launch marked any pair for recomputation (see

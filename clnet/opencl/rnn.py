@@ -230,7 +230,7 @@ class RNNKernels(RNNOps):
                 pairs.append((storage.c, storage.c_bufs[1 - storage.cur]))
             for now, new in pairs:  # reset a copy, then publish it
                 cl.enqueue_copy(self.queue, new, now, byte_count=n * storage.dtype.itemsize)
-                knl(self.queue, (n,), None, B=storage.batch, W=width, buf=new, keep=d_keep)
+                knl(self.queue, (n,), self.any_local((1,)), B=storage.batch, W=width, buf=new, keep=d_keep)
             self.queue.finish()
             publish([storage])
 

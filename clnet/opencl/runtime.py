@@ -24,6 +24,7 @@ from ..backend import Backend, BackendUnavailable, DeviceError
 from ..common.cache import DeviceCache
 from .args import BoundKernel, signature
 from .environment import is_pocl, pocl_cache_problem, user_cache_problem
+from .sources import program_source
 from .tuning import DeviceTuning
 
 try:  # pyopencl is a runtime dependency, but a broken install must not break import clnet
@@ -138,10 +139,11 @@ class OpenCLRuntime(Backend):
         self.max_alloc = int(device.max_mem_alloc_size)
         self.global_mem = int(device.global_mem_size)
         self.max_work_group = int(device.max_work_group_size)
+        self._pocl = is_pocl(platform.name)
         # One queue per device: operations enqueue under this lock so that threads sharing
         # the backend never interleave the argument setting and enqueueing of a kernel.
         self.lock = threading.RLock()
-        self._programs: Dict[Tuple[str, str, Tuple[str, ...]], "cl.Program"] = {}
+        self._programs: Dict[tuple, "cl.Program"] = {}
         self._kernels: Dict[tuple, BoundKernel] = {}
         self._workspaces = DeviceCache()  # scratch and output buffers kept between calls
         try:
@@ -194,6 +196,16 @@ class OpenCLRuntime(Backend):
     def is_cpu(self) -> bool:
         return bool(self.device.type & cl.device_type.CPU)
 
+    def any_local(self, global_size: Sequence[int]) -> Optional[Tuple[int, ...]]:
+        """The local size for a launch of a kernel that is correct with any: the
+        implementation's choice (None), except on PoCL. PoCL compiles a kernel for each local
+        size at its first launch with it, and for None picks one from the global size, so a
+        new shape meant a new compile (0.3-0.4 s for a Pearson tile kernel whose call takes
+        2-8 ms); with ones it compiles once. The kernels so launched do a tile of work per
+        work-item with explicit vectors, so PoCL's loop over a group's work-items adds nothing
+        (Pearson at N=3000: the same time within the noise either way)."""
+        return (1,) * len(global_size) if self._pocl else None
+
     # -- tunable parameters (clnet/opencl/tuning.py) -------------------------------------------
     @property
     def tuning(self) -> "DeviceTuning":
@@ -217,7 +229,7 @@ class OpenCLRuntime(Backend):
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
         opts = list(options)
-        if is_pocl(self.platform.name):
+        if self._pocl:
             problem = pocl_cache_problem()
             if problem is not None:
                 raise CompilerEnvironmentError(self.device_name, *problem)
@@ -243,21 +255,23 @@ class OpenCLRuntime(Backend):
                 saved = "(could not be saved)"
             raise KernelBuildError(self.device_name, name, opts, log, saved) from exc
 
-    def program(self, family: str, dtype, defines: Sequence[str] = ()) -> "cl.Program":
-        """The compiled ``kernels/<family>.cl`` for ``dtype``; built once per (source, options)."""
+    def program(self, family: str, dtype, defines: Sequence[str] = (),
+                kernels: Optional[Sequence[str]] = None) -> "cl.Program":
+        """The compiled ``kernels/<family>.cl`` for ``dtype`` (only ``kernels`` of it when
+        given; see clnet/opencl/sources.py); built once per (source, options)."""
         dt = self.check_dtype(dtype)
-        opts = ["-I", str(kernel_dir()), "-D", f"CLNET_REAL={'double' if dt == np.float64 else 'float'}"]
+        opts = ["-D", f"CLNET_REAL={'double' if dt == np.float64 else 'float'}"]
         if dt == np.float64:
             opts += ["-D", "CLNET_USE_DOUBLE"]
         for d in defines:
             opts += ["-D", d]
-        key = (family, dt.name, tuple(opts))
+        wanted = None if kernels is None else tuple(sorted(kernels))
+        key = (family, wanted, dt.name, tuple(opts))
         with self.lock:
             prg = self._programs.get(key)
             if prg is None:
-                src_path = kernel_dir() / f"{family}.cl"
-                source = src_path.read_text()
-                prg = self._build(source, src_path.name, opts)
+                source = program_source(str(kernel_dir()), family, wanted)
+                prg = self._build(source, f"{family}.cl", opts)
                 self._programs[key] = prg
             return prg
 
@@ -276,7 +290,7 @@ class OpenCLRuntime(Backend):
             knl = self._kernels.get(key)
             if knl is None:
                 sig = signature(kernel_dir() / f"{family}.cl", name)
-                knl = BoundKernel(cl.Kernel(self.program(family, dtype, defines), name), sig,
+                knl = BoundKernel(cl.Kernel(self.program(family, dtype, defines, (name,)), name), sig,
                                   np.dtype(dtype), cl.MemoryObjectHolder)
                 self._kernels[key] = knl
             return knl
