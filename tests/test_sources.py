@@ -96,7 +96,9 @@ def test_on_pocl_each_kernel_is_launched_with_one_local_size_at_every_shape(monk
         state = cell.initial_state(batch, backend=pocl)
         cell.step(rng.normal(size=(batch, 4)), state)
         state.reset(rng.random(batch) < 0.5)
-    assert {"clnet_pearson_complete", "clnet_pearson_masked", "clnet_pearson_sparse", "clnet_paths_count_layer",
-            "clnet_paths_list", "clnet_paths_compact", "clnet_rnn_zero_rows"} <= set(seen), sorted(seen)
+    assert {"clnet_pearson_complete", "clnet_paths_count_layer", "clnet_paths_list", "clnet_paths_compact",
+            "clnet_rnn_zero_rows"} <= set(seen), sorted(seen)
+    # which of the two missing-data kernels runs depends on the tuned strategy threshold
+    assert {"clnet_pearson_masked", "clnet_pearson_sparse"} & set(seen), sorted(seen)
     several = {name: sizes for name, sizes in seen.items() if len(sizes) > 1 or None in sizes}
     assert several == {}, f"PoCL compiles these kernels again for each local size: {several}"
