@@ -8,10 +8,12 @@ with PPO, the recurrent PPO of sb3-contrib (``RecurrentPPO``) rewritten on clnet
 1. act over gymnasium's vectorised environments with ``cell.step(obs, state, reset=starts)``,
    the actor's and the critic's LSTM state kept on the device and zeroed where an episode
    starts; the rollout goes into :class:`clnet.rl.RecurrentRollout`;
-2. learn: for every minibatch of stored sequences, ``cell.sequence`` re-evaluates them from
-   their stored initial state with the same resets, the PPO loss and its gradient through
-   the small heads are computed in NumPy, and ``cell.backward_sequence`` returns the LSTM
-   weights' gradients (backpropagation through time on the device);
+2. learn: for every minibatch of stored sequences, ``cell.record_sequence`` re-evaluates them
+   from their stored initial state with the same resets (the outputs ``sequence`` gives,
+   the activations kept on the device), the PPO loss and its gradient through the small
+   heads are computed in NumPy, and the recording's ``backward`` returns the LSTM weights'
+   gradients, those of ``cell.backward_sequence`` without its second forward pass
+   (backpropagation through time on the device);
 3. clip the global gradient norm and update with Adam, in NumPy. No torch needed.
 
 Hyperparameters: rl-baselines3-zoo's ``ppo_lstm.yml`` entry for CartPoleNoVel-v1
@@ -159,7 +161,7 @@ class RecurrentPolicy:
     weights are block-diagonal: units 0..H-1 of every gate are the actor's, H..2H-1 the
     critic's, and the off-diagonal blocks stay zero, so it computes exactly the two separate
     LSTMs in one launch per environment step (at a batch of 8 a launch costs more than the
-    zero blocks). While learning, ``sequence`` and ``backward_sequence`` run on the separate
+    zero blocks). While learning, ``record_sequence`` and its ``backward`` run on the separate
     :attr:`actor` and :attr:`critic` cells instead: over a whole minibatch the zero blocks'
     arithmetic is what costs. Measured on PoCL (2 cores), one sequence and backward_sequence
     of 32 steps x 8 environments, weights changed before each: 107 ms for the fused 512-unit
@@ -202,7 +204,6 @@ class RecurrentPolicy:
             self.params[k] = self.flat[offset:offset + int(np.prod(shape))].reshape(shape)
             offset += int(np.prod(shape))
         self.sync()
-        self._minibatch_states = {}
 
     def _linear(self, rng, name, n_in, n_out, gain, ortho):
         if ortho:  # sb3's ortho_init: orthogonal weights, zero biases
@@ -245,17 +246,6 @@ class RecurrentPolicy:
     def actor_cell(self):
         """The actor's own LSTM cell, with the current weights."""
         return self.actor
-
-    def minibatch_state(self, name: str, h: np.ndarray, c: np.ndarray):
-        """A state of the ``name`` ("actor" or "critic") cell holding ``(h, c)``, reused from one
-        minibatch to the next (the same number of sequences each time), so that each minibatch
-        only uploads the two arrays."""
-        cell = self.actor if name == "actor" else self.critic
-        st = self._minibatch_states.get(name)
-        if st is None or st.batch_size != h.shape[0]:
-            st = self._minibatch_states[name] = cell.initial_state(h.shape[0], backend=self.backend, dtype=self.dtype)
-        st.set(h, c)
-        return st
 
     def initial_state(self, batch: int):
         """The fused (actor, critic) state: h and c of 2H units, kept on the device."""
@@ -306,11 +296,13 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
                   normalize_advantage: bool = True):
     """The PPO loss of one minibatch of stored sequences and its gradient for every parameter.
 
-    The sequences are re-run with ``sequence`` of the actor and the critic cell from their stored
-    initial states (with the same resets); the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
+    The sequences are re-run by the actor and the critic cell from their stored initial states
+    (with the same resets) with ``record_sequence``, which keeps the activations on the device
+    for the backward; the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
     of the value against the GAE returns and ``ent_coef`` times minus the entropy, each averaged
     over the steps where ``batch.mask`` is 1 (advantages normalised over those steps). The
-    heads' gradients are computed here; the LSTMs' come from ``cell.backward_sequence``.
+    heads' gradients are computed here; the LSTMs' come from the recordings' ``backward``
+    (``backward_sequence`` without running the forward again).
     Returns ``(grads, stats)``.
     """
     S, M = batch.mask.shape
@@ -321,7 +313,9 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     parts = {"actor": slice(0, H), "critic": slice(H, 2 * H)}
     initial = {name: (h0[:, part], c0[:, part]) for name, part in parts.items()}
     cells = {"actor": policy.actor, "critic": policy.critic}
-    hs = {name: cells[name].sequence(xs, policy.minibatch_state(name, *initial[name]), resets) for name in cells}
+    # one forward per cell, kept on the device for the backward (record_sequence)
+    recorded = {name: cell.record_sequence(xs, initial[name], resets, backend=be, dtype=dt) for name, cell in cells.items()}
+    hs = {name: rec.hs for name, rec in recorded.items()}
     mask = batch.mask.reshape(-1)
     on = mask > 0
     count = mask.sum()
@@ -357,7 +351,7 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     d_h_pi = policy._tower_backward("pi", "action", pi_cache, d_logits, grads)
     d_h_vf = policy._tower_backward("vf", "value", vf_cache, d_values[:, None], grads)
     for name, d_h in (("actor", d_h_pi), ("critic", d_h_vf)):
-        g = cells[name].backward_sequence(xs, initial[name], resets, d_h.reshape(S, M, H), backend=be, dtype=dt)
+        g = recorded[name].backward(d_h.reshape(S, M, H))
         for k in policy.lstm_keys:
             grads[f"{name}.{k}"] = g[k].astype(np.float64)
     stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
