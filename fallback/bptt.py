@@ -47,7 +47,8 @@ class BPTTReference(BPTTOps):
                 inputs = caches[-1].hs[1:]
         return inputs.copy(), caches
 
-    def rnn_backward_saved(self, layers, caches, gkeep, dhs, dhT, dcT, burn_in):
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+        caches = saved  # the LayerTraces of rnn_forward_saving
         L = len(layers)
         lstm = caches[0].c_used is not None
         with np.errstate(all="ignore"):

@@ -186,7 +186,8 @@ class BPTTKernels(BPTTOps):
         hs = out if sz.hp == sz.H else np.ascontiguousarray(out[:, :, :sz.H])
         return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None)
 
-    def rnn_backward_saved(self, layers, forward, gkeep, dhs, dhT, dcT, burn_in):
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+        forward: SavedForward = saved
         sz = self._bptt_sizes(layers, np.empty(forward.shape, dtype=np.int8), burn_in)
         backs = [self._back_weights(w) for w in layers]
         with self.lock:
