@@ -379,15 +379,26 @@ class Adam:
     def __init__(self, size: int, eps: float, betas=(0.9, 0.999)):
         self.eps, (self.b1, self.b2), self.t = eps, betas, 0
         self.m, self.v = np.zeros(size), np.zeros(size)
+        self._work = np.empty(size)  # one scratch vector: no temporaries of the parameters' size
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
         self.t += 1
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        work = self._work
         self.m *= self.b1
-        self.m += (1 - self.b1) * grad
+        np.multiply(grad, 1 - self.b1, out=work)
+        self.m += work
         self.v *= self.b2
-        self.v += (1 - self.b2) * grad * grad
-        params -= (lr / c1) * self.m / (np.sqrt(self.v / c2) + self.eps)
+        np.multiply(grad, grad, out=work)
+        work *= 1 - self.b2
+        self.v += work
+        # params -= lr / c1 * m / (sqrt(v / c2) + eps), torch's order of operations
+        np.divide(self.v, c2, out=work)
+        np.sqrt(work, out=work)
+        work += self.eps
+        np.divide(self.m, work, out=work)
+        work *= lr / c1
+        params -= work
 
 
 # ---------------------------------------------------------------------------------------------

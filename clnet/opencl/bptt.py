@@ -128,10 +128,13 @@ class BPTTKernels(BPTTOps):
     def _back_weights(self, w: R.CellWeights) -> BackWeights:
         def make():
             fwd = self.padded_input_weights(w)  # (Ip, G*Hp), padded input rows zero
-            w_hh = np.zeros((w.gates * w.hidden, w.hp))
-            w_hh[:, :w.hidden] = w.params["weight_hh"]
-            vw = R.vector_width(w.dtype)
-            w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
+            if w.host_w_hh is not None:  # the forward's interleaved W_hh, transposed
+                w_hh_t = np.ascontiguousarray(w.host_w_hh.T)
+            else:
+                w_hh = np.zeros((w.gates * w.hidden, w.hp))
+                w_hh[:, :w.hidden] = w.params["weight_hh"]
+                vw = R.vector_width(w.dtype)
+                w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
             up = self.to_device
             return BackWeights(fwd.shape[0], up(fwd.astype(w.dtype), "weight_ih"),
                                up(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
