@@ -28,6 +28,7 @@ from .functions import ACTIVATIONS, AGGREGATIONS
 from .paths import count_simple_paths, simple_paths
 from .mcl import MCLResult, mcl
 from .pearson import pearson, pearson_threshold, pearson_topk
+from .bptt import RecordedSequence
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "MCLResult",
     "RNNCell",
     "RecurrentState",
+    "RecordedSequence",
     "backends",
     "count_simple_paths",
     "fnn_forward",

@@ -163,6 +163,22 @@ class BPTTOps(Family):
         """
         raise NotImplementedError
 
+    @operation
+    def rnn_forward_saving(self, layers: Sequence[Any], xs: np.ndarray, h0: np.ndarray, c0: Optional[np.ndarray],
+                           keeps: Optional[np.ndarray]) -> Tuple[np.ndarray, Any]:
+        """The forward pass of :meth:`rnn_backward` alone (arguments alike), keeping what the
+        backward needs: returns ``(hs, saved)``, the last layer's outputs ``(T, B, H)`` and an
+        object of the backend's own that :meth:`rnn_backward_saved` takes, once (it may use
+        the saved buffers up)."""
+        raise NotImplementedError
+
+    @operation
+    def rnn_backward_saved(self, layers: Sequence[Any], saved: Any, gkeep: np.ndarray, dhs: np.ndarray,
+                           dhT: Optional[np.ndarray], dcT: Optional[np.ndarray], burn_in: int) -> Dict[str, Any]:
+        """:meth:`rnn_backward` through a forward pass saved by :meth:`rnn_forward_saving` with
+        the same ``layers``: the same result, the forward not run again."""
+        raise NotImplementedError
+
 
 class PearsonPlan(Family):
     """Prepared rows on one backend, and the strip operations of the Pearson drivers.

@@ -35,12 +35,23 @@ class BPTTReference(BPTTOps):
         (masked) gradients of the last layer's outputs, ``dhT`` / ``dcT`` (L, B, H) those
         of the final states; steps before ``burn_in`` carry no gradient.
         """
-        L = len(layers)
+        hs, caches = self.rnn_forward_saving(layers, xs, h0, c0, keeps)
+        return self.rnn_backward_saved(layers, caches, gkeep, dhs, dhT, dcT, burn_in)
+
+    def rnn_forward_saving(self, layers, xs, h0, c0, keeps):
+        """Every layer forward, keeping its :class:`LayerTrace`: (last layer's hs, traces)."""
         with np.errstate(all="ignore"):
             caches, inputs = [], xs
             for l, w in enumerate(layers):
                 caches.append(_forward_saving(w, inputs, h0[l], None if c0 is None else c0[l], keeps))
                 inputs = caches[-1].hs[1:]
+        return inputs.copy(), caches
+
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+        caches = saved  # the LayerTraces of rnn_forward_saving
+        L = len(layers)
+        lstm = caches[0].c_used is not None
+        with np.errstate(all="ignore"):
             grads, dh0s, dc0s = [None] * L, [None] * L, [None] * L
             dout = dhs
             for l in reversed(range(L)):
@@ -48,7 +59,7 @@ class BPTTReference(BPTTOps):
                     layers[l], caches[l], gkeep, dout, None if dhT is None else dhT[l],
                     None if dcT is None else dcT[l], burn_in)
         return {"layers": grads, "x": dout, "h0": np.stack(dh0s),
-                "c0": None if c0 is None else np.stack(dc0s)}
+                "c0": np.stack(dc0s) if lstm else None}
 
 
 def _forward_saving(w, xs, h0, c0, keeps):

@@ -328,6 +328,97 @@ def test_bad_states_are_refused(any_backend, no_device_work):
 
 
 # ---------------------------------------------------------------------------------------
+# record_sequence: the forward kept for the backward
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scenario", ["plain", "everything"])
+@pytest.mark.parametrize("which", ["lstm", "lstm_nobias", "gru", "rnn_tanh"])
+def test_recorded_sequence_equals_backward_sequence_exactly_and_torch(any_backend, which, scenario):
+    module, cls = _modules()[which]
+    lstm = cls is clnet.LSTMCell
+    dtype = "float64" if any_backend.supports_float64 else "float32"
+    module = module.double() if dtype == "float64" else module
+    model = cls.from_torch(module)
+    a = _arrays(module, SCENARIOS[scenario])
+    initial = (a["h0"], a["c0"]) if lstm else a["h0"]
+    rec = model.record_sequence(a["xs"], initial, a["resets"], backend=any_backend, dtype=dtype)
+    # the outputs are sequence()'s from that state
+    state = model.initial_state(a["xs"].shape[1], backend=any_backend, dtype=dtype)
+    state.set(*initial) if lstm else state.set(initial)
+    np.testing.assert_array_equal(rec.hs, model.sequence(a["xs"], state, a["resets"]))
+    got = rec.backward(a["grad_hs"], a["grad_final"], truncate=a["truncate"], burn_in=a["burn_in"], mask=a["mask"])
+    recomputed = _clnet_grads(model, a, lstm, any_backend, dtype)
+    assert set(got) == set(recomputed)
+    for name in recomputed:  # the same kernels on the same activations: bit for bit
+        np.testing.assert_array_equal(got[name], recomputed[name], err_msg=name)
+    ref = torch_grads(module, a["xs"], a["h0"], a["c0"], a["resets"], a["grad_hs"], a["grad_final"],
+                      a["truncate"], a["burn_in"], a["mask"])
+    _assert_grads_close(got, ref, 1e-9 if dtype == "float64" else 1e-4, 1e-9 if dtype == "float64" else 1e-4)
+
+
+def test_recorded_sequence_batch_first_and_a_recurrent_state(any_backend):
+    cell = clnet.GRUCell(I, H, seed=2)
+    rng = np.random.default_rng(1)
+    xs, g = rng.normal(size=(B, T, I)), rng.normal(size=(B, T, H))
+    resets = rng.random((B, T)) < 0.3
+    state = cell.initial_state(B, backend=any_backend)
+    state.set(rng.normal(size=(B, H)))
+    before = state.h.copy()
+    rec = cell.record_sequence(xs, state, resets, batch_first=True)
+    assert rec.hs.shape == (B, T, H) and rec.steps == (T, B)
+    np.testing.assert_array_equal(state.h, before)  # read, not changed
+    got = rec.backward(g)
+    want = cell.backward_sequence(xs, state, resets, g, batch_first=True)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_recorded_sequence_runs_backwards_once_and_only_with_its_weights(any_backend):
+    cell = clnet.LSTMCell(I, H, seed=0)
+    kwargs = _good()
+    rec = cell.record_sequence(kwargs["xs"], kwargs["initial_state"], kwargs["resets"], backend=any_backend)
+    with pytest.raises(ValueError, match=r"grad_hs must have the shape"):  # a bad call does not use it up
+        rec.backward(np.zeros((T, B, H + 1)))
+    with pytest.raises(ValueError, match=r"burn_in must be smaller"):
+        rec.backward(kwargs["grad_hs"], burn_in=T)
+    first = rec.backward(kwargs["grad_hs"])
+    np.testing.assert_array_equal(first["weight_hh"], cell.backward_sequence(**kwargs, backend=any_backend)["weight_hh"])
+    with pytest.raises(RuntimeError, match="run backwards already; record it again"):
+        rec.backward(kwargs["grad_hs"])
+    rec = cell.record_sequence(kwargs["xs"], kwargs["initial_state"], kwargs["resets"], backend=any_backend)
+    cell.load_state_dict(cell.state_dict())
+    with pytest.raises(ValueError, match="the weights changed since this sequence was recorded"):
+        rec.backward(kwargs["grad_hs"])
+
+
+def test_record_sequence_refuses_bad_input_before_device_work(any_backend, monkeypatch):
+    from clnet_fallback.bptt import BPTTReference
+
+    from clnet.opencl.bptt import BPTTKernels
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("rnn_forward_saving ran although the arguments were bad")
+
+    monkeypatch.setattr(BPTTReference, "rnn_forward_saving", forbidden)
+    monkeypatch.setattr(BPTTKernels, "rnn_forward_saving", forbidden)
+    cell, other = clnet.LSTMCell(I, H, seed=0), clnet.LSTMCell(I, H, seed=1)
+    good = _good()
+    cases = [(dict(xs=np.zeros((T, B, I + 1))), ValueError, r"xs must have 3 features"),
+             (dict(xs=np.zeros((0, B, I))), ValueError, r"at least one time step"),
+             (dict(resets=np.zeros((T, B + 1))), ValueError, r"resets must have shape \(6, 4\)"),
+             (dict(initial_state=np.zeros((B, H))), TypeError, r"initial_state of an LSTM must be a pair"),
+             (dict(initial_state=(np.zeros((B + 1, H)), np.zeros((B + 1, H)))), ValueError,
+              r"initial_state \(h\) must have shape"),
+             (dict(initial_state=other.initial_state(B, backend=any_backend)), ValueError,
+              "initial_state belongs to another cell"),
+             (dict(initial_state=cell.initial_state(3, backend=any_backend)), ValueError,
+              r"xs has batch size 4 but initial_state holds 3")]
+    for change, exc, message in cases:
+        args = dict(good, **change)
+        with pytest.raises(exc, match=message):
+            cell.record_sequence(args["xs"], args["initial_state"], args["resets"], backend=any_backend)
+
+
+# ---------------------------------------------------------------------------------------
 # The worked example
 # ---------------------------------------------------------------------------------------
 def test_memory_demo_learns_beyond_chance(capsys):

@@ -178,3 +178,22 @@ def test_normalisation_equals_sb3_vecnormalize():
         theirs.close()
     assert episodes > 10  # returns were zeroed at many episode ends
     assert not np.allclose(their_reward, 1.0)  # the rewards were scaled, not passed through
+
+
+def test_adam_equals_torch_optim_adam():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=300)
+    ours, adam = start.copy(), ppo.Adam(start.size, eps=1e-5)
+    theirs = torch.tensor(start, requires_grad=True)
+    opt = torch.optim.Adam([theirs], lr=1e-3, eps=1e-5)
+    for step in range(5):
+        grad = rng.normal(size=start.size) * 10.0 ** (step - 2)
+        lr = 1e-3 * (1 - step / 5)     # the demo's decayed learning rate, given per step
+        adam.step(ours, grad, lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        theirs.grad = torch.tensor(grad)
+        opt.step()
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-15)
+    assert not np.allclose(ours, start)

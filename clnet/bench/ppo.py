@@ -8,7 +8,7 @@ zoo's VecNormalize does) and the same step budget, and prints for each the envir
 second, the wall time of training and the final mean return over 20 deterministic evaluation
 episodes (the same evaluation seeds for both).
 
-sb3-contrib ran this at 338 steps per second over its first 4,096 steps and 545 over 100,000
+sb3-contrib ran this at 338 steps per second over its first 4,096 steps and 545 to 693 over 100,000
 here (one torch thread, 2 cores; likely faster once episodes are long, since its minibatches
 are padded per episode), so 100,000 steps take 3 to 5 minutes: ``--sb3-steps`` gives it a smaller budget for its steps per second when time is short
 (its return is then not comparable, and the output says so). clnet runs first, so that torch's

@@ -94,6 +94,17 @@ class SavedLayer:
 
 
 @dataclass
+class SavedForward:
+    """A forward pass kept for backward passes (rnn_forward_saving): the inputs' shape, every
+    layer's saved buffers (its own, not the shared workspaces) and the reset masks."""
+
+    shape: Tuple[int, int, int]
+    layers: List[SavedLayer]
+    d_keep: "cl.Buffer"
+    has_keep: bool
+
+
+@dataclass
 class PendingGradients:
     """Host arrays a layer's gradients are being read into (filled at the final finish)."""
 
@@ -117,10 +128,13 @@ class BPTTKernels(BPTTOps):
     def _back_weights(self, w: R.CellWeights) -> BackWeights:
         def make():
             fwd = self.padded_input_weights(w)  # (Ip, G*Hp), padded input rows zero
-            w_hh = np.zeros((w.gates * w.hidden, w.hp))
-            w_hh[:, :w.hidden] = w.params["weight_hh"]
-            vw = R.vector_width(w.dtype)
-            w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
+            if w.host_w_hh is not None:  # the forward's interleaved W_hh, transposed
+                w_hh_t = np.ascontiguousarray(w.host_w_hh.T)
+            else:
+                w_hh = np.zeros((w.gates * w.hidden, w.hp))
+                w_hh[:, :w.hidden] = w.params["weight_hh"]
+                vw = R.vector_width(w.dtype)
+                w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
             up = self.to_device
             return BackWeights(fwd.shape[0], up(fwd.astype(w.dtype), "weight_ih"),
                                up(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
@@ -152,27 +166,63 @@ class BPTTKernels(BPTTOps):
     def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
         sz = self._bptt_sizes(layers, xs, burn_in)
         backs = [self._back_weights(w) for w in layers]
-        pending: List[PendingGradients] = [None] * len(layers)
         with self.lock:
             keep_alive = []  # host arrays of transfers not waited for
             d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
-            d_gkeep = self.to_device(gkeep, "gradient masks")
             d_x = self.upload("bptt.x", padded(xs, backs[0].ip, sz.dtype), "inputs", keep_alive)
             saved = self._forward_layers(sz, layers, backs, d_x, h0, c0, d_keep, keeps is not None)
-            d_grad = self.upload("bptt.dhs", padded(dhs, sz.hp, sz.dtype), "output gradients", keep_alive)
-            for l in reversed(range(len(layers))):
-                # a layer's dx is the gradient of the outputs of the layer below
-                final = (None if dhT is None else dhT[l], None if dcT is None else dcT[l])
-                pending[l], d_grad = self._backward_layer(sz, l, layers[l], backs[l], saved[l], d_grad, final,
-                                                          d_keep, keeps is not None, d_gkeep)
-            dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
-            cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
-                            is_blocking=False)
-            self.queue.finish()
+            return self._backward_layers(sz, layers, backs, saved, d_keep, keeps is not None, gkeep, dhs, dhT, dcT,
+                                         keep_alive)
+
+    def rnn_forward_saving(self, layers, xs, h0, c0, keeps):
+        """The forward pass into buffers of its own (not the shared workspaces), kept by the
+        returned :class:`SavedForward` for one backward pass (which zeroes rows of the saved
+        states in place, as rnn_backward's does)."""
+        sz = self._bptt_sizes(layers, xs, 0)
+        backs = [self._back_weights(w) for w in layers]
+        with self.lock:
+            d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
+            d_x = self.to_device(padded(xs, backs[0].ip, sz.dtype), "inputs")
+            saved = self._forward_layers(sz, layers, backs, d_x, h0, c0, d_keep, keeps is not None, private=True)
+            out = np.empty((sz.T, sz.B, sz.hp), dtype=sz.dtype)
+            cl.enqueue_copy(self.queue, out, saved[-1].hs, src_offset=sz.B * sz.hp * sz.item, is_blocking=True)
+        hs = out if sz.hp == sz.H else np.ascontiguousarray(out[:, :, :sz.H])
+        return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None)
+
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+        forward: SavedForward = saved
+        sz = self._bptt_sizes(layers, np.empty(forward.shape, dtype=np.int8), burn_in)
+        backs = [self._back_weights(w) for w in layers]
+        with self.lock:
+            return self._backward_layers(sz, layers, backs, forward.layers, forward.d_keep, forward.has_keep, gkeep,
+                                         dhs, dhT, dcT, [])
+
+    def _backward_layers(self, sz: Sizes, layers, backs, saved, d_keep, has_keep: bool, gkeep, dhs, dhT, dcT,
+                         keep_alive):
+        """Passes 2 and 3 over every layer from the top down, given the saved forward; the
+        caller holds the lock. Returns the gradients read back."""
+        pending: List[PendingGradients] = [None] * len(layers)
+        burn_in = sz.burn_in
+        d_gkeep = self.to_device(gkeep, "gradient masks")
+        d_grad = self.upload("bptt.dhs", padded(dhs, sz.hp, sz.dtype), "output gradients", keep_alive)
+        for l in reversed(range(len(layers))):
+            # a layer's dx is the gradient of the outputs of the layer below
+            final = (None if dhT is None else dhT[l], None if dcT is None else dcT[l])
+            pending[l], d_grad = self._backward_layer(sz, l, layers[l], backs[l], saved[l], d_grad, final,
+                                                      d_keep, has_keep, d_gkeep)
+        dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
+        cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
+                        is_blocking=False)
+        self.queue.finish()
         return self._gradients(sz, layers, pending, dx)
 
-    def _forward_layers(self, sz: Sizes, layers, backs, d_x, h0, c0, d_keep, has_keep: bool) -> List[SavedLayer]:
-        """Pass 1: every layer forward, saving h, c and the gate activations."""
+    def _forward_layers(self, sz: Sizes, layers, backs, d_x, h0, c0, d_keep, has_keep: bool,
+                        private: bool = False) -> List[SavedLayer]:
+        """Pass 1: every layer forward, saving h, c and the gate activations (into the shared
+        workspaces, or, when ``private``, into buffers of this pass alone)."""
+        def buffer(name, nbytes, what):
+            return self.empty(nbytes, what) if private else self.workspace(name, nbytes, what)
+
         lstm = sz.kind == "lstm"
         fwd = self._bptt_kernel(sz, "forward", sz.rows)
         local = (1, sz.blocks) if sz.one_launch else (1, 1)
@@ -180,12 +230,12 @@ class BPTTKernels(BPTTOps):
         x_buf, x_base, x_width = d_x, 0, backs[0].ip
         for l, (w, back) in enumerate(zip(layers, backs)):
             d_h0 = self.to_device(padded(h0[l], sz.hp, sz.dtype), "initial state")
-            d_hs = self.workspace(f"bptt.hs{l}", (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
+            d_hs = buffer(f"bptt.hs{l}", (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
             d_c0 = self.to_device(padded(c0[l], sz.hp, sz.dtype), "initial cell state") if lstm else w.zeros
             d_c = self.empty(sz.B * sz.hp * sz.item, "cell state") if lstm else w.zeros
             if lstm:
                 cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=sz.B * sz.hp * sz.item)
-            d_save = self.workspace(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
+            d_save = buffer(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
                                     "saved activations")
             for t0, t1 in sz.steps(0, backwards=False):
                 fwd(self.queue, sz.grid, local, B=sz.B, H=sz.H, Hp=sz.hp, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0, hs=d_hs, c=d_c,

@@ -49,10 +49,11 @@ def row_launch(rows: int, batch: int, blocks: int, group: int):
     return (-(-items // group) * group, blocks), (group, 1)
 
 
-def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int) -> np.ndarray:
-    """(G*H, K) gate-stacked weights -> (K, G*Hp) with columns (block, gate, lane)."""
+def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, dtype=np.float64) -> np.ndarray:
+    """(G*H, K) gate-stacked weights -> (K, G*Hp) with columns (block, gate, lane), in
+    ``dtype`` (converted once, on the first copy: weights change at every optimiser step)."""
     K = w.shape[1]
-    padded = np.zeros((gates, hp, K))
+    padded = np.zeros((gates, hp, K), dtype)
     padded[:, :hidden] = w.reshape(gates, hidden, K)
     return np.ascontiguousarray(
         padded.reshape(gates, hp // vw, vw, K).transpose(3, 1, 0, 2).reshape(K, gates * hp))
@@ -90,6 +91,10 @@ class CellWeights:
     b_h: "cl.Buffer"
     zeros: "cl.Buffer"
     params: Dict[str, np.ndarray]
+    # the host arrays of w_ih and w_hh as uploaded (interleaved, in dtype): BPTT's copies are
+    # their padded rows and transpose, not a second interleave of params
+    host_w_ih: Optional[np.ndarray] = field(default=None, repr=False)
+    host_w_hh: Optional[np.ndarray] = field(default=None, repr=False)
     device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
 
 
@@ -153,23 +158,29 @@ class RNNKernels(RNNOps):
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
         # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
-        w_hh = np.zeros((G * H, hp))
+        w_hh = np.zeros((G * H, hp), dt)
         w_hh[:, :H] = params["weight_hh"]
+        host_w_ih = interleave(params["weight_ih"], G, H, hp, vw, dt)
+        host_w_hh = interleave(w_hh, G, H, hp, vw, dt)
         with self.lock:
             up = self.to_device
             return CellWeights(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
-                w_ih=up(interleave(params["weight_ih"], G, H, hp, vw).astype(dt), "weight_ih"),
-                w_hh=up(interleave(w_hh, G, H, hp, vw).astype(dt), "weight_hh"),
-                b_x=up(interleave(b_ih[:, None], G, H, hp, vw).astype(dt), "biases"),
-                b_h=up(interleave(b_hh[:, None], G, H, hp, vw).astype(dt), "biases"),
+                w_ih=up(host_w_ih, "weight_ih"),
+                w_hh=up(host_w_hh, "weight_hh"),
+                b_x=up(interleave(b_ih[:, None], G, H, hp, vw, dt), "biases"),
+                b_h=up(interleave(b_hh[:, None], G, H, hp, vw, dt), "biases"),
                 zeros=up(np.zeros(hp, dtype=dt), "zeros"),
-                params=params)
+                params=params, host_w_ih=host_w_ih, host_w_hh=host_w_hh)
 
     def padded_input_weights(self, w: CellWeights) -> np.ndarray:
         """W_ih interleaved with its input rows padded to a multiple of the vector width
         (zero rows), as (Ip, G*Hp): for inputs stored in padded rows (a lower layer's h)."""
         vw = vector_width(w.dtype)
+        if w.host_w_ih is not None:  # the uploaded rows and zero rows below them
+            out = np.zeros((pad_to(w.inputs, vw), w.gates * w.hp), w.dtype)
+            out[:w.inputs] = w.host_w_ih
+            return out
         w_ih = np.zeros((w.gates * w.hidden, pad_to(w.inputs, vw)))
         w_ih[:, :w.inputs] = w.params["weight_ih"]
         return interleave(w_ih, w.gates, w.hidden, w.hp, vw)
