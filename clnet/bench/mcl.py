@@ -28,8 +28,9 @@ from . import mcl_binary, ratio
 from ..common.mcl_graphs import adjusted_rand_index, planted_edges
 
 
-def _read_abc(path: str, n: int):
-    """The graph of a label file of ``a b w`` lines (node names are indices), symmetrised."""
+def _read_abc(path: str, n: int, dtype=np.float64):
+    """The graph of a label file of ``a b w`` lines (node names are indices), symmetrised,
+    its weights in ``dtype``."""
     import scipy.sparse as sp
 
     try:
@@ -38,10 +39,13 @@ def _read_abc(path: str, n: int):
         table = pd.read_csv(path, sep="\t", header=None, names=["a", "b", "w"], dtype={"a": np.int64, "b": np.int64,
                                                                                        "w": np.float64})
         a, b, w = table["a"].to_numpy(), table["b"].to_numpy(), table["w"].to_numpy()
+        del table
     except ImportError:
         data = np.loadtxt(path)
         a, b, w = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2]
-    graph = sp.csr_matrix((w, (a, b)), shape=(n, n))
+        del data
+    graph = sp.csr_matrix((w.astype(dtype, copy=False), (a, b)), shape=(n, n))
+    del a, b, w
     return graph.maximum(graph.T).tocsr()  # label input is undirected, as mcl reads it
 
 
@@ -53,7 +57,7 @@ def _clnet_child(path, n, inflation, backend, queue):
     clnet.mcl(np.kron(np.eye(2), np.ones((3, 3))), inflation, backend=backend)
     build = time.perf_counter() - tb
     t0 = time.perf_counter()
-    graph = _read_abc(path, n)
+    graph = _read_abc(path, n, np.float32)  # clnet.mcl computes in float32 by default
     t1 = time.perf_counter()
     res = clnet.mcl(graph, inflation, backend=backend)
     t2 = time.perf_counter()
@@ -125,6 +129,7 @@ def main(argv=None) -> int:
         path = os.path.join(tmp, "graph.abc")
         half = rows < cols
         mcl_binary.write_abc(rows[half], cols[half], w[half], path)
+        del rows, cols, w, half  # the contenders run in child processes and read the file
         out = os.path.join(tmp, "mcl.out")
         base = ["mcl", path, "--abc", "-I", str(args.inflation), "-te", str(args.threads), "-o", out]
         mcl_total, mcl_rss = _timed_mcl(base)
