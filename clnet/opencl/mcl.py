@@ -22,8 +22,8 @@ BLOCK_TERMS = None
 LANES = None
 # The scratch of one block (each term: a row index and two values) and the lanes' dense
 # accumulators (N values each) may each take this fraction of the device's global memory:
-# a 64th leaves the two iterands, which are what grows with the graph, nearly all of it.
-SCRATCH_FRACTION = 1 / 64
+# a 256th leaves the two iterands, which are what grows with the graph, nearly all of it.
+SCRATCH_FRACTION = 1 / 256
 # Work-items per compute unit: a few, so that columns of uneven cost balance across units,
 # and no more, since every lane holds an accumulator of N values that should stay in cache.
 LANES_PER_UNIT = 4
