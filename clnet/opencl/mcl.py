@@ -24,9 +24,11 @@ LANES = None
 # accumulators (N values each) may each take this fraction of the device's global memory:
 # a 256th leaves the two iterands, which are what grows with the graph, nearly all of it.
 SCRATCH_FRACTION = 1 / 256
-# Work-items per compute unit: a few, so that columns of uneven cost balance across units,
-# and no more, since every lane holds an accumulator of N values that should stay in cache.
-LANES_PER_UNIT = 4
+# Work-items per compute unit: two, so that columns of uneven cost (and a unit busy with
+# other work) balance across units, and no more, since every lane holds an accumulator of
+# N values that should stay in cache. On the 2-core EPYC at 30,000 nodes, 4, 8 and 64 lanes
+# took 4.2, 4.1-6.9 and 7.8 s (64 was the earlier fixed count); a default, not a fact.
+LANES_PER_UNIT = 2
 # The next iterand is allocated from the kept entries of the columns done so far,
 # extrapolated to all N columns, with this margin; a block that does not fit grows it.
 CAPACITY_MARGIN = 1.25
