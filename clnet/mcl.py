@@ -24,8 +24,7 @@ import numpy as np
 from ._validate import as_float, as_int, host_array
 from .backend import BackendLike, get_backend, run
 from .common.mcl import (CHAOS_LIMIT, DEFAULT_PRUNE, DEFAULT_RECOVER, DEFAULT_RECOVER_PCT, DEFAULT_SELECT,
-                         INFLATION_BUMP, INFLATION_BUMP_AFTER, Columns, MCLParams, interpret, labels_of,
-                         normalise_columns)
+                         INFLATION_BUMP, INFLATION_BUMP_AFTER, Columns, MCLParams, interpret, labels_of)
 
 __all__ = ["mcl", "MCLResult", "LOOP_MODES"]
 
@@ -145,28 +144,61 @@ def _pair_triplets(indices, values):
     rows, cols, w = rows[keep], cols[keep], w[keep]
     order = np.lexsort((-w, rows, cols))
     rows, cols, w = rows[order], cols[order], w[order]
-    first = np.concatenate(([True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])))
+    first = np.concatenate(([True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])))[:len(rows)]  # none: no edge
     return n, rows[first], cols[first], w[first]
+
+
+def _csc_arrays(graph):
+    """(n, indptr, indices, values) of the graph by columns, rows ascending within each
+    column, duplicates merged. A scipy.sparse graph goes through its own CSC form (int32
+    indices, no (row, column) triplets), which keeps a graph of millions of nodes small."""
+    if _is_scipy_sparse(graph):
+        if len(graph.shape) != 2 or graph.shape[0] != graph.shape[1]:
+            raise ValueError(f"graph must be a square matrix, got shape {graph.shape}")
+        csc = graph.tocsc(copy=True)
+        csc.sum_duplicates()  # also sorts the rows of every column
+        values = _real(csc.data, "graph")
+        _check_weights(values, "g.data[~np.isfinite(g.data) | (g.data < 0)] = 0; g.eliminate_zeros()")
+        return graph.shape[0], csc.indptr.astype(np.int64), csc.indices.astype(np.int32, copy=False), values
+    n, rows, cols, vals = _triplets(graph)
+    order = np.lexsort((rows, cols))
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(cols, minlength=n)))).astype(np.int64)
+    return n, indptr, rows[order].astype(np.int32), vals[order]
 
 
 def start_matrix(graph, loops: str = "mcl") -> Columns:
     """The graph as mcl's start matrix: float64 columns (column j = node j's edges), loops
     set (``loops="mcl"``: each loop replaced by the column's largest other weight, 1 for a
     node with no edges; ``"keep"``: as given), every column scaled to sum 1."""
-    n, rows, cols, vals = _triplets(graph)
-    nonzero = vals != 0
-    rows, cols, vals = rows[nonzero], cols[nonzero], vals[nonzero]
+    n, indptr, indices, vals = _csc_arrays(graph)
+    col = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+    keep = vals != 0
     if loops == "mcl":
-        off = rows != cols
-        rows, cols, vals = rows[off], cols[off], vals[off]
+        keep &= indices != col
+    if not keep.all():
+        indices, vals, col = indices[keep], vals[keep], col[keep]
+    del keep
+    counts = np.bincount(col, minlength=n)
+    if loops == "mcl":
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         loop = np.zeros(n)
-        np.maximum.at(loop, cols, vals)
+        filled = counts > 0
+        if vals.size:
+            loop[filled] = np.maximum.reduceat(vals, starts[filled])
         loop[loop == 0] = 1.0
-        nodes = np.arange(n, dtype=np.int64)
-        rows, cols, vals = np.concatenate([rows, nodes]), np.concatenate([cols, nodes]), np.concatenate([vals, loop])
-    order = np.lexsort((rows, cols))
-    indptr = np.concatenate(([0], np.cumsum(np.bincount(cols, minlength=n)))).astype(np.int64)
-    return normalise_columns(Columns(n, indptr, rows[order].astype(np.int32), vals[order]))
+        # Each loop goes before the first entry of its column with a larger row, which keeps
+        # the rows of every column ascending.
+        below = np.bincount(col[indices < col], minlength=n)
+        at = starts + below
+        indices = np.insert(indices, at, np.arange(n, dtype=np.int32))
+        vals = np.insert(vals, at, loop)
+        counts += 1
+        col = None
+    indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    del col
+    sums = np.bincount(np.repeat(np.arange(n, dtype=np.int32), counts), weights=vals, minlength=n)
+    vals /= np.repeat(np.where(sums > 0, sums, 1.0), counts)
+    return Columns(n, indptr, indices, vals)
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,22 +256,31 @@ def mcl(graph, inflation: float = 2.0, *, expansion: int = 2, loops: str = "mcl"
         # Only loops: every node is an attractor of its own (mcl converges in one iteration).
         clusters = [np.array([i], dtype=np.int64) for i in range(n)]
         return MCLResult(np.arange(n, dtype=np.int64), clusters, 1, True, 0.0)
+    # The host copy of the start matrix is handed to the backend and dropped once the backend
+    # holds it (for a large graph it is as large as the graph); a rerun on another backend
+    # after a device failure builds it again from the graph.
+    pending = [start]
+    del start
+
+    def take_start():
+        return pending.pop() if pending else start_matrix(graph, loops)
+
     iterations, converged, chaos, limit = run(
-        backend, "mcl", lambda be: _iterate(be, start, dt, params, inflation, max_iterations, progress))
+        backend, "mcl", lambda be: _iterate(be, take_start, dt, params, inflation, max_iterations, progress))
     clusters = interpret(limit)
     return MCLResult(labels_of(clusters, n), clusters, iterations, converged, chaos)
 
 
-def _iterate(be, start, dt, params, inflation, max_iterations, progress):
-    plan = be.op("mcl_plan")(start, be.check_dtype(dt), params)
+def _iterate(be, take_start, dt, params, inflation, max_iterations, progress):
+    plan = be.op("mcl_plan")(take_start(), be.check_dtype(dt), params)
     bar = _progress(max_iterations, progress)
     chaos, converged, done = float("inf"), False, 0
     try:
         for done in range(1, max_iterations + 1):
             chaos, nonzeros = plan.iterate(inflation)
-            if bar is not None:
-                bar.update(1)
+            if bar is not None:  # the postfix first, so that the update shows this iteration's
                 bar.set_postfix(chaos=f"{chaos:.3g}", nonzeros=nonzeros, refresh=False)
+                bar.update(1)
             if done >= INFLATION_BUMP_AFTER:
                 inflation *= INFLATION_BUMP
             if chaos < CHAOS_LIMIT:

@@ -217,3 +217,31 @@ def test_iterands_equal_the_dense_process_without_pruning(any_backend, expansion
         plan.iterate(1.7)
         got = plan.current().to_dense()
         np.testing.assert_allclose(got, np.where(ref > 0, ref, 0), atol=1e-12, err_msg=f"iteration {step + 1}")
+
+
+def test_opencl_blocks_and_a_grown_next_iterand_equal_the_dense_process(opencl_backend, monkeypatch):
+    """Many small column blocks, fewer lanes than columns, and a next iterand allocated too
+    small (CAPACITY_MARGIN below 1) so that blocks must grow it: the iterands stay those of
+    the dense process, for expansion 2 and 3."""
+    from clnet.common.mcl import MCLParams
+    from clnet.mcl import start_matrix
+    from clnet.opencl import mcl as opencl_mcl
+
+    monkeypatch.setattr(opencl_mcl, "BLOCK_TERMS", 150)
+    monkeypatch.setattr(opencl_mcl, "LANES", 3)
+    monkeypatch.setattr(opencl_mcl, "CAPACITY_MARGIN", 0.3)
+    g = dense_planted(30, np.random.default_rng(22))
+    for expansion in (2, 3):
+        plan = opencl_backend.op("mcl_plan")(start_matrix(g), np.dtype("float64"),
+                                             MCLParams(expansion, 0.0, 10**6, 10**6, 0.9))
+        for step, ref in enumerate(dense_mcl_iterands(g, 1.7, expansion, 3)):
+            plan.iterate(1.7)
+            got = plan.current().to_dense()
+            np.testing.assert_allclose(got, np.where(ref > 0, ref, 0), atol=1e-12,
+                                       err_msg=f"expansion {expansion}, iteration {step + 1}")
+
+
+def test_topk_pair_without_any_edge_is_every_node_alone(any_backend):
+    indices = np.full((5, 2), -1)
+    res = clnet.mcl((indices, np.zeros((5, 2))), backend=any_backend)
+    assert res.labels.tolist() == [0, 1, 2, 3, 4] and res.n_clusters == 5

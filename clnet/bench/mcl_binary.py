@@ -53,13 +53,20 @@ def write_matrix(graph, path: str) -> None:
         f.write(")\n")
 
 
+ABC_CHUNK_LINES = 1 << 20
+
+
 def write_abc(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, path: str) -> None:
     """Label input, one ``a b w`` line per edge (nodes named by their index)."""
-    text = np.char.add(np.char.add(np.char.add(np.char.add(rows.astype(str), "\t"), cols.astype(str)), "\t"),
-                       np.char.mod("%.9g", weights))
     with open(path, "w") as f:
-        f.write("\n".join(text.tolist()))
-        f.write("\n")
+        # In chunks: the text of a whole 20-million-edge graph as one array would take gigabytes.
+        for at in range(0, max(1, len(rows)), ABC_CHUNK_LINES):
+            part = slice(at, at + ABC_CHUNK_LINES)
+            text = np.char.add(np.char.add(np.char.add(np.char.add(rows[part].astype(str), "\t"),
+                                                       cols[part].astype(str)), "\t"),
+                               np.char.mod("%.9g", weights[part]))
+            f.write("\n".join(text.tolist()))
+            f.write("\n")
 
 
 def read_clusters(path: str) -> List[np.ndarray]:

@@ -180,7 +180,7 @@ def _dag(limit: Columns) -> Columns:
     of at least 1/(n+1) where n is the number kept (mcl interprets this graph)."""
     n = limit.n
     col = limit.column_of_entry()
-    vals = limit.data.astype(np.float64)
+    vals = np.asarray(limit.data, dtype=np.float64)  # no copy of a float64 limit
     selfval = np.zeros(n)
     loop = limit.indices == col
     selfval[col[loop]] = vals[loop]
