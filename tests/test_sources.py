@@ -91,13 +91,16 @@ def test_on_pocl_each_kernel_is_launched_with_one_local_size_at_every_shape(monk
         np.fill_diagonal(graph, 0)
         clnet.count_simple_paths(graph, backend=pocl)
         list(clnet.simple_paths(graph, 0, backend=pocl, max_results=20_000 * n, progress=False))
+    for n in (60, 90, 150):
+        graph = (rng.random((n, n)) < 0.1).astype(np.float64)
+        clnet.mcl(graph + graph.T, backend=pocl)
     for batch in (3, 17, 64):
         cell = clnet.LSTMCell(4, 8, seed=1)
         state = cell.initial_state(batch, backend=pocl)
         cell.step(rng.normal(size=(batch, 4)), state)
         state.reset(rng.random(batch) < 0.5)
     assert {"clnet_pearson_complete", "clnet_paths_count_layer", "clnet_paths_list", "clnet_paths_compact",
-            "clnet_rnn_zero_rows"} <= set(seen), sorted(seen)
+            "clnet_rnn_zero_rows", "clnet_mcl_count_terms", "clnet_mcl_gather_inflate"} <= set(seen), sorted(seen)
     # which of the two missing-data kernels runs depends on the tuned strategy threshold
     assert {"clnet_pearson_masked", "clnet_pearson_sparse"} & set(seen), sorted(seen)
     several = {name: sizes for name, sizes in seen.items() if len(sizes) > 1 or None in sizes}
