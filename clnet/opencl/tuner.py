@@ -6,7 +6,9 @@ every allowed value with the others at the best found so far, for a few passes o
 family's share of the budget is spent. Every candidate's results are first compared with the
 float64 NumPy reference under the conformance tolerance table; a candidate that disagrees is
 reported and never chosen. Each family is tuned at a few representative shapes; a call at a
-shape in between uses the nearest tuned entry.
+shape in between uses the nearest tuned entry when it lies within the family's reach
+(clnet/opencl/tuning.py: for the recurrent families, a factor of 2 in batch times hidden size),
+else the defaults.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def _rnn_workloads(be) -> List[Workload]:
                 hs = cell.sequence(xs, state, resets=resets)
                 steps = [cell.step(xs[t], state) for t in range(4)]  # the step kernel alone
                 return [np.asarray(hs), np.stack(steps)]
-            out.append(Workload("rnn", {"kind": kind, "batch": batch}, f"{kind} B={batch}", run,
+            out.append(Workload("rnn", {"kind": kind, "batch": batch, "hidden": H}, f"{kind} B={batch}", run,
                                 run(backend="numpy", dtype="float64"), run(backend="numpy"), "rnn"))
     return out
 
@@ -107,7 +109,7 @@ def _bptt_workloads(be) -> List[Workload]:
             def run(cell=cell, args=args, backend=None, dtype="float32"):
                 g = cell.backward_sequence(**args, backend=backend or be, dtype=dtype)
                 return [np.asarray(g[k]) for k in sorted(g)]
-            out.append(Workload("bptt", {"kind": kind, "batch": batch}, f"{kind} B={batch}", run,
+            out.append(Workload("bptt", {"kind": kind, "batch": batch, "hidden": H}, f"{kind} B={batch}", run,
                                 run(backend="numpy", dtype="float64"), run(backend="numpy"), "bptt"))
     return out
 
