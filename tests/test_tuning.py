@@ -445,3 +445,57 @@ def test_an_interrupt_while_writing_leaves_the_old_file_and_no_temporary(tmp_pat
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
     files.write_atomically(target, "new", mode=0o644)
     assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o644
+
+
+class _FakeBackend:
+    spec = "opencl:fake"
+    description = "fake"
+
+    def __init__(self):
+        self.tuning = fake_tuning()
+
+
+def _sleepy_workload(be, calls):
+    """An rnn workload whose run takes 0.5 ms with step_rows=1 and 3 ms otherwise, and
+    records the step_rows each call ran with."""
+    import time as _time
+    shape = {"kind": "lstm", "batch": 16, "hidden": 200}
+
+    def run():
+        rows = be.tuning.lookup("rnn", **shape)["step_rows"]
+        calls.append(rows)
+        _time.sleep(0.0005 if rows == 1 else 0.003)
+        return [np.zeros(3)]
+    return tuner.Workload("rnn", shape, "lstm B=16", run, [np.zeros(3)], [np.zeros(3)], "rnn",
+                          lambda name: name == "step_rows")
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_the_search_winner_is_kept_only_if_re_timing_confirms_it(tuning_dir, monkeypatch, holds):
+    be, calls, confirmations = _FakeBackend(), [], []
+    monkeypatch.setitem(tuner.WORKLOADS, "rnn", lambda be: [_sleepy_workload(be, calls)])
+
+    def confirmed(tuning, family, run, best, base, rounds=tuner.CONFIRM_ROUNDS):
+        confirmations.append((best, base))
+        return (1.0, 2.0) if holds else (1.0, 1.0)  # 1.0 is not under 0.97 of the defaults' 1.0
+    monkeypatch.setattr(tuner, "_confirmed", confirmed)
+    (outcome,) = tuner.tune_family(be, "rnn", budget=5.0, progress=False)
+    defaults = be.tuning.defaults_for("rnn", kind="lstm", batch=16, hidden=200)
+    assert defaults["step_rows"] != 1
+    (best, base), = confirmations
+    assert best["step_rows"] == 1 and base == defaults  # the search found the fast value
+    if holds:
+        assert outcome.params == {"step_rows": 1} and outcome.unconfirmed is None
+    else:
+        assert outcome.params == {"step_rows": defaults["step_rows"]} and outcome.unconfirmed == {"step_rows": 1}
+        assert (outcome.seconds, outcome.default_seconds) == (1.0, 1.0)
+
+
+def test_re_timing_alternates_the_winner_and_the_defaults(tuning_dir):
+    be, calls = _FakeBackend(), []
+    work = _sleepy_workload(be, calls)
+    base = be.tuning.defaults_for("rnn", kind="lstm", batch=16, hidden=200)
+    best_s, base_s = tuner._confirmed(be.tuning, "rnn", work.run, dict(base, step_rows=1), base, rounds=4)
+    assert calls == [1, base["step_rows"]] * 4
+    assert 0 < best_s and 0 < base_s
+    assert be.tuning.overrides == {}  # nothing left forced afterwards
