@@ -112,7 +112,7 @@ def test_saved_entries_are_found_again_and_the_nearest_shape_is_used(tuning_dir)
     near_100 = again.lookup("rnn", kind="lstm", batch=150, hidden=64)
     assert near_100["step_rows"] == 2 and near_100["group"] == 4
     assert near_100["projection"] == default["projection"]  # untuned parameters stay at the defaults
-    assert again.lookup("rnn", kind="lstm", batch=1900, hidden=64)["step_rows"] == 12
+    assert again.lookup("rnn", kind="lstm", batch=1920, hidden=64)["step_rows"] == 12
     assert again.lookup("rnn", kind="gru", batch=200, hidden=64)["step_rows"] == 1  # the only gru entry
     # an LSTM entry never configures another kind
     assert again.lookup("rnn", kind="rnn_tanh", batch=100, hidden=64) == fake_tuning().defaults_for(
@@ -499,3 +499,21 @@ def test_re_timing_alternates_the_winner_and_the_defaults(tuning_dir):
     assert calls == [1, base["step_rows"]] * 4
     assert 0 < best_s and 0 < base_s
     assert be.tuning.overrides == {}  # nothing left forced afterwards
+
+
+@pytest.mark.parametrize("family,param", [("rnn", "step_rows"), ("bptt", "rows")])
+def test_a_tuned_row_height_is_dropped_where_it_splits_the_batch_less_evenly(tuning_dir, family, param):
+    """Tuned at B=16 with 8-row tiles (2 tiles: both of POCL's 2 compute units busy); at B=20
+    that height makes 3 tiles, one unit idle half the time, so the default height (which splits
+    20 rows at least as evenly) is kept there; the entry's other parameters still apply."""
+    from clnet.opencl.tuning import tile_balance
+    assert tile_balance(16, 8, 2) == 1.0 and tile_balance(20, 8, 2) == 0.75 and tile_balance(20, 4, 2) < 1.0
+    t = fake_tuning()
+    t.save({family: [{"shape": {"kind": "lstm", "batch": 16, "hidden": 120}, "params": {param: 8, "group": 4}}]})
+    at_16 = t.lookup(family, kind="lstm", batch=16, hidden=120)
+    assert at_16[param] == 8 and at_16["group"] == 4
+    at_20 = t.lookup(family, kind="lstm", batch=20, hidden=120)
+    default_20 = t.defaults_for(family, kind="lstm", batch=20, hidden=120)
+    assert tile_balance(20, default_20[param], 2) > tile_balance(20, 8, 2)
+    assert at_20[param] == default_20[param] and at_20["group"] == 4
+    assert t.lookup(family, kind="lstm", batch=32, hidden=120)[param] == 8  # 4 tiles: still even

@@ -84,6 +84,10 @@ class TunableFamily:
     nearest: Tuple[str, ...]
     constraint: Callable[[Mapping[str, Any], DeviceProperties, Mapping[str, Any]], bool]
     reach: Optional[float] = None
+    # Row-tile heights along the batch: a tuned height is applied at another batch only if it
+    # spreads that batch's tiles over the compute units at least as evenly as the default
+    # height does (see tile_balance).
+    balanced: Tuple[str, ...] = ()
 
     def param(self, name: str) -> Tunable:
         for p in self.params:
@@ -226,7 +230,8 @@ RNN = TunableFamily(
      Tunable("group", ROW_GROUPS, _row_group, "work-items per group along the batch (step and projection)"),
      Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose sequence runs in one launch"),
      Tunable("projection", ("fused", "batched"), _projection, "a sequence's input projection: per step or per chunk")),
-    exact=("kind",), nearest=("batch", "hidden"), constraint=_rnn_ok, reach=RECURRENT_REACH)
+    exact=("kind",), nearest=("batch", "hidden"), constraint=_rnn_ok, reach=RECURRENT_REACH,
+    balanced=("step_rows",))
 
 # -- BPTT: kernels/bptt.cl ----------------------------------------------------------------------
 GEMM_ROWS = (2, 4, 8, 12, 16)
@@ -243,10 +248,14 @@ def _bptt_rows(props, shape):
     fits = [r for r in ROWS if r * g <= REGISTER_TILE]
     batch, units = shape.get("batch", 1), props.compute_units
 
-    def balance(rows):
-        tiles = -(-batch // rows)
-        return tiles / (-(-tiles // units) * units)
-    return max(reversed(fits[-2:]), key=balance)
+    return max(reversed(fits[-2:]), key=lambda rows: tile_balance(batch, rows, units))
+
+
+def tile_balance(batch: int, rows: int, units: int) -> float:
+    """Fraction of the compute units' rounds kept busy when ``batch`` rows are cut into tiles
+    of ``rows``, one tile per unit at a time: 1.0 when the tiles fill every round."""
+    tiles = -(-max(1, int(batch)) // rows)
+    return tiles / (-(-tiles // units) * units)
 
 
 def _gemm_rows(props, shape):
@@ -272,7 +281,8 @@ BPTT = TunableFamily(
      Tunable("inputs_vectors", GEMM_VECTORS, _gemm_vectors, "vectors per row of that tile"),
      Tunable("group", ROW_GROUPS, _row_group, "work-items per group of the products and per-step passes"),
      Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose passes run in one launch")),
-    exact=("kind",), nearest=("batch", "hidden"), constraint=_bptt_ok, reach=RECURRENT_REACH)
+    exact=("kind",), nearest=("batch", "hidden"), constraint=_bptt_ok, reach=RECURRENT_REACH,
+    balanced=("rows",))
 
 # -- Pearson: kernels/pearson.cl ----------------------------------------------------------------
 MB = 2**20
@@ -412,6 +422,10 @@ class DeviceTuning:
                                      f"{sorted(shape)}")
                 best = min(rows, key=lambda r: _distance(r["shape"], shape, family.nearest))
                 candidate = dict(hit, **best["params"])
+                for name in family.balanced:
+                    units, batch = self.props.compute_units, shape.get("batch", 1)
+                    if tile_balance(batch, candidate[name], units) < tile_balance(batch, hit[name], units):
+                        candidate[name] = hit[name]  # a height that left no unit idle at the tuned batch may here
                 if within_reach(family, best["shape"], shape) and family.allowed(candidate, self.props, shape):
                     hit = candidate
             if not self.ignore_cache:
