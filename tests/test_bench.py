@@ -35,7 +35,8 @@ def _write_tuning_file(tuning_dir, monkeypatch):
     from clnet.opencl.tuning import FAMILIES, cache_path
 
     be = clnet.get_backend(OPENCL[0])
-    shapes = {"fnn": {"batch": 50}, "rnn": {"kind": "lstm", "batch": 8}, "bptt": {"kind": "lstm", "batch": 4},
+    shapes = {"fnn": {"batch": 50}, "rnn": {"kind": "lstm", "batch": 8, "hidden": 8},
+              "bptt": {"kind": "lstm", "batch": 4, "hidden": 8},
               "pearson": {"rows": 100}}
     entries = {}
     for name, shape in shapes.items():

@@ -23,7 +23,7 @@ INTEL = DeviceProperties("cpu", 2, 1, 16, 256 << 10, 8192, 1 << 31)
 BIG_GPU = DeviceProperties("gpu", 132, 1, 1, 48 << 10, 1024, 1 << 34)
 SMALL_GPU = DeviceProperties("gpu", 4, 4, 4, 32 << 10, 256, 1 << 28)
 SHAPES = {"kind": ["lstm", "gru", "rnn_tanh", "rnn_relu"], "batch": [1, 16, 100, 1024, 100000],
-          "rows": [3, 5000, 10 ** 6]}
+          "rows": [3, 5000, 10 ** 6], "hidden": [1, 200]}
 
 
 def shapes_of(family):
@@ -101,30 +101,81 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
 def test_saved_entries_are_found_again_and_the_nearest_shape_is_used(tuning_dir):
     t = fake_tuning()
     assert not t.tuned
-    default = t.lookup("rnn", kind="lstm", batch=300)
-    rows = [{"shape": {"kind": "lstm", "batch": 100}, "params": {"step_rows": 2, "group": 4}},
-            {"shape": {"kind": "lstm", "batch": 1000}, "params": {"step_rows": 12}},
-            {"shape": {"kind": "gru", "batch": 300}, "params": {"step_rows": 1}}]
+    default = t.lookup("rnn", kind="lstm", batch=150, hidden=64)
+    rows = [{"shape": {"kind": "lstm", "batch": 100, "hidden": 64}, "params": {"step_rows": 2, "group": 4}},
+            {"shape": {"kind": "lstm", "batch": 1000, "hidden": 64}, "params": {"step_rows": 12}},
+            {"shape": {"kind": "gru", "batch": 300, "hidden": 64}, "params": {"step_rows": 1}}]
     path = t.save({"rnn": rows})
     assert path.parent == tuning_dir and not [p for p in tuning_dir.iterdir() if p.name.startswith(".")]
     again = fake_tuning()  # a new process would read the file
     assert again.tuned
-    near_100 = again.lookup("rnn", kind="lstm", batch=250)
+    near_100 = again.lookup("rnn", kind="lstm", batch=150, hidden=64)
     assert near_100["step_rows"] == 2 and near_100["group"] == 4
     assert near_100["projection"] == default["projection"]  # untuned parameters stay at the defaults
-    assert again.lookup("rnn", kind="lstm", batch=5000)["step_rows"] == 12
-    assert again.lookup("rnn", kind="gru", batch=16)["step_rows"] == 1  # the only gru entry
+    assert again.lookup("rnn", kind="lstm", batch=1920, hidden=64)["step_rows"] == 12
+    assert again.lookup("rnn", kind="gru", batch=200, hidden=64)["step_rows"] == 1  # the only gru entry
     # an LSTM entry never configures another kind
-    assert again.lookup("rnn", kind="rnn_tanh", batch=100) == fake_tuning().defaults_for("rnn", kind="rnn_tanh",
-                                                                                        batch=100)
+    assert again.lookup("rnn", kind="rnn_tanh", batch=100, hidden=64) == fake_tuning().defaults_for(
+        "rnn", kind="rnn_tanh", batch=100, hidden=64)
     assert again.lookup("fnn", batch=100) == fake_tuning().defaults_for("fnn", batch=100)
+
+
+@pytest.mark.parametrize("family", ["rnn", "bptt"])
+def test_a_recurrent_entry_applies_only_within_its_reach(tuning_dir, family):
+    """Within a factor of RECURRENT_REACH of the tuned shape (batch ratio times hidden ratio)
+    the entry applies; beyond it, in batch, in hidden size or in both together, the call runs
+    on the defaults, however near the entry is in batch alone."""
+    from clnet.opencl.tuning import RECURRENT_REACH
+    assert FAMILIES[family].nearest == ("batch", "hidden") and FAMILIES[family].reach == RECURRENT_REACH == 2.0
+    param = "step_rows" if family == "rnn" else "rows"
+    t = fake_tuning()
+    t.save({family: [{"shape": {"kind": "lstm", "batch": 16, "hidden": 200}, "params": {param: 1}}]})
+
+    def used(batch, hidden):
+        got = t.lookup(family, kind="lstm", batch=batch, hidden=hidden)
+        if got == t.defaults_for(family, kind="lstm", batch=batch, hidden=hidden):
+            return False
+        assert got[param] == 1 and got == dict(t.defaults_for(family, kind="lstm", batch=batch, hidden=hidden),
+                                               **{param: 1})
+        return True
+    assert used(16, 200) and used(32, 200) and used(8, 200) and used(16, 100) and used(16, 400)
+    assert used(12, 160)  # 16/12 * 200/160 = 1.67
+    assert not used(33, 200) and not used(7, 200)  # batch alone beyond 2x
+    assert not used(16, 96) and not used(16, 401)  # hidden alone beyond 2x
+    assert not used(13, 100)  # 16/13 * 200/100 = 2.46: each within 2x, together beyond
+    assert not used(9, 96)
+
+
+def test_only_the_recurrent_families_bound_their_reach():
+    # fnn and pearson keep the nearest entry at any distance (not measured off their shapes yet)
+    assert FAMILIES["fnn"].reach is None and FAMILIES["pearson"].reach is None
+
+
+def test_a_recurrent_lookup_without_the_hidden_size_is_refused_once_tuned(tuning_dir):
+    t = fake_tuning()
+    t.save({"rnn": [{"shape": {"kind": "lstm", "batch": 16, "hidden": 200}, "params": {"step_rows": 1}}]})
+    with pytest.raises(ValueError, match=r"rnn lookup needs the shape fields \['hidden'\]"):
+        t.lookup("rnn", kind="lstm", batch=16)
+
+
+def test_a_version_1_file_without_hidden_sizes_is_ignored_with_a_warning(tuning_dir):
+    """Format 2 added the hidden size to the recurrent entries: an entry without it (as
+    format 1 wrote them) makes the file ignored, never a crash or a misapplied entry."""
+    t = fake_tuning()
+    assert t.identity["format"] == 2
+    tuning_dir.mkdir(parents=True)
+    t.path.write_text(json.dumps({"identity": t.identity, "entries": {
+        "rnn": [{"shape": {"kind": "lstm", "batch": 16}, "params": {"step_rows": 1}}]}}))
+    with pytest.warns(RuntimeWarning, match=r"ignoring the tuning file .*lacks \['hidden'\]"):
+        assert t.lookup("rnn", kind="lstm", batch=16, hidden=200) == t.defaults_for("rnn", kind="lstm", batch=16,
+                                                                                  hidden=200)
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), "",
                                      "FOREIGN", "BAD VALUE", "NO SHAPE"])
 def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning(tuning_dir, content):
     t = fake_tuning()
-    good = {"shape": {"kind": "lstm", "batch": 10}, "params": {"step_rows": 2}}
+    good = {"shape": {"kind": "lstm", "batch": 10, "hidden": 8}, "params": {"step_rows": 2}}
     if content == "FOREIGN":
         content = json.dumps({"identity": dict(t.identity, driver="9.9"), "entries": {"rnn": [good]}})
     elif content == "BAD VALUE":
@@ -134,8 +185,8 @@ def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning(tuning_dir, content
     tuning_dir.mkdir(parents=True)
     t.path.write_text(content)
     with pytest.warns(RuntimeWarning, match="ignoring the tuning file .* default parameters"):
-        config = t.lookup("rnn", kind="lstm", batch=10)
-    assert config == t.defaults_for("rnn", kind="lstm", batch=10)
+        config = t.lookup("rnn", kind="lstm", batch=10, hidden=8)
+    assert config == t.defaults_for("rnn", kind="lstm", batch=10, hidden=8)
     assert not t.tuned
 
 
@@ -247,8 +298,9 @@ from clnet.conformance.rnn import make_cell
 be = clnet.get_backend(sys.argv[1])
 be.tuning.save({
     "fnn": [{"shape": {"batch": 77}, "params": {"graph_lanes": 4, "graph_group": 16, "layered_lanes": 2}}],
-    "rnn": [{"shape": {"kind": "gru", "batch": 77}, "params": {"step_rows": 2, "group": 4, "projection": "batched"}}],
-    "bptt": [{"shape": {"kind": "gru", "batch": 77}, "params": {"rows": 2, "weights_rows": 4, "group": 4}}],
+    "rnn": [{"shape": {"kind": "gru", "batch": 77, "hidden": 21},
+             "params": {"step_rows": 2, "group": 4, "projection": "batched"}}],
+    "bptt": [{"shape": {"kind": "gru", "batch": 77, "hidden": 21}, "params": {"rows": 2, "weights_rows": 4, "group": 4}}],
     "pearson": [{"shape": {"rows": 77}, "params": {"row_block": 2, "sparse_rows": 4, "sparse_missing_max": 1.0}}]})
 rng = np.random.default_rng(5)
 x = rng.normal(size=(77, 3))
@@ -278,11 +330,11 @@ sys.stdout.write(a.tobytes().hex()[:200000])
 
 def test_untuned_runs_on_the_defaults_and_then_the_cache_applies_again(tuning_dir):
     t = fake_tuning()
-    t.save({"rnn": [{"shape": {"kind": "lstm", "batch": 64}, "params": {"step_rows": 1}}]})
-    assert t.lookup("rnn", kind="lstm", batch=64)["step_rows"] == 1
+    t.save({"rnn": [{"shape": {"kind": "lstm", "batch": 64, "hidden": 32}, "params": {"step_rows": 1}}]})
+    assert t.lookup("rnn", kind="lstm", batch=64, hidden=32)["step_rows"] == 1
     with t.untuned():
-        assert t.lookup("rnn", kind="lstm", batch=64) == t.defaults_for("rnn", kind="lstm", batch=64)
-    assert t.lookup("rnn", kind="lstm", batch=64)["step_rows"] == 1
+        assert t.lookup("rnn", kind="lstm", batch=64, hidden=32) == t.defaults_for("rnn", kind="lstm", batch=64)
+    assert t.lookup("rnn", kind="lstm", batch=64, hidden=32)["step_rows"] == 1
 
 
 def test_an_elman_rnn_with_relu_shares_the_entries_tuned_with_tanh():
@@ -393,3 +445,75 @@ def test_an_interrupt_while_writing_leaves_the_old_file_and_no_temporary(tmp_pat
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
     files.write_atomically(target, "new", mode=0o644)
     assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o644
+
+
+class _FakeBackend:
+    spec = "opencl:fake"
+    description = "fake"
+
+    def __init__(self):
+        self.tuning = fake_tuning()
+
+
+def _sleepy_workload(be, calls):
+    """An rnn workload whose run takes 0.5 ms with step_rows=1 and 3 ms otherwise, and
+    records the step_rows each call ran with."""
+    import time as _time
+    shape = {"kind": "lstm", "batch": 16, "hidden": 200}
+
+    def run():
+        rows = be.tuning.lookup("rnn", **shape)["step_rows"]
+        calls.append(rows)
+        _time.sleep(0.0005 if rows == 1 else 0.003)
+        return [np.zeros(3)]
+    return tuner.Workload("rnn", shape, "lstm B=16", run, [np.zeros(3)], [np.zeros(3)], "rnn",
+                          lambda name: name == "step_rows")
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_the_search_winner_is_kept_only_if_re_timing_confirms_it(tuning_dir, monkeypatch, holds):
+    be, calls, confirmations = _FakeBackend(), [], []
+    monkeypatch.setitem(tuner.WORKLOADS, "rnn", lambda be: [_sleepy_workload(be, calls)])
+
+    def confirmed(tuning, family, run, best, base, rounds=tuner.CONFIRM_ROUNDS):
+        confirmations.append((best, base))
+        return (1.0, 2.0) if holds else (1.0, 1.0)  # 1.0 is not under 0.97 of the defaults' 1.0
+    monkeypatch.setattr(tuner, "_confirmed", confirmed)
+    (outcome,) = tuner.tune_family(be, "rnn", budget=5.0, progress=False)
+    defaults = be.tuning.defaults_for("rnn", kind="lstm", batch=16, hidden=200)
+    assert defaults["step_rows"] != 1
+    (best, base), = confirmations
+    assert best["step_rows"] == 1 and base == defaults  # the search found the fast value
+    if holds:
+        assert outcome.params == {"step_rows": 1} and outcome.unconfirmed is None
+    else:
+        assert outcome.params == {"step_rows": defaults["step_rows"]} and outcome.unconfirmed == {"step_rows": 1}
+        assert (outcome.seconds, outcome.default_seconds) == (1.0, 1.0)
+
+
+def test_re_timing_alternates_the_winner_and_the_defaults(tuning_dir):
+    be, calls = _FakeBackend(), []
+    work = _sleepy_workload(be, calls)
+    base = be.tuning.defaults_for("rnn", kind="lstm", batch=16, hidden=200)
+    best_s, base_s = tuner._confirmed(be.tuning, "rnn", work.run, dict(base, step_rows=1), base, rounds=4)
+    assert calls == [1, base["step_rows"]] * 4
+    assert 0 < best_s and 0 < base_s
+    assert be.tuning.overrides == {}  # nothing left forced afterwards
+
+
+@pytest.mark.parametrize("family,param", [("rnn", "step_rows"), ("bptt", "rows")])
+def test_a_tuned_row_height_is_dropped_where_it_splits_the_batch_less_evenly(tuning_dir, family, param):
+    """Tuned at B=16 with 8-row tiles (2 tiles: both of POCL's 2 compute units busy); at B=20
+    that height makes 3 tiles, one unit idle half the time, so the default height (which splits
+    20 rows at least as evenly) is kept there; the entry's other parameters still apply."""
+    from clnet.opencl.tuning import tile_balance
+    assert tile_balance(16, 8, 2) == 1.0 and tile_balance(20, 8, 2) == 0.75 and tile_balance(20, 4, 2) < 1.0
+    t = fake_tuning()
+    t.save({family: [{"shape": {"kind": "lstm", "batch": 16, "hidden": 120}, "params": {param: 8, "group": 4}}]})
+    at_16 = t.lookup(family, kind="lstm", batch=16, hidden=120)
+    assert at_16[param] == 8 and at_16["group"] == 4
+    at_20 = t.lookup(family, kind="lstm", batch=20, hidden=120)
+    default_20 = t.defaults_for(family, kind="lstm", batch=20, hidden=120)
+    assert tile_balance(20, default_20[param], 2) > tile_balance(20, 8, 2)
+    assert at_20[param] == default_20[param] and at_20["group"] == 4
+    assert t.lookup(family, kind="lstm", batch=32, hidden=120)[param] == 8  # 4 tiles: still even

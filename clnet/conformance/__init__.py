@@ -278,7 +278,7 @@ def configurations(backend: Backend, check: Check) -> List[Tuple[str, Optional[d
     family = tuning.families().get(check.operation.split(".")[0]) if hasattr(tuning, "families") else None
     if family is None:
         return [("", None)]
-    shape = {"kind": "lstm", "batch": 64, "rows": 64}
+    shape = {"kind": "lstm", "batch": 64, "hidden": 64, "rows": 64}
     configs = family.sweep(tuning.props, {k: shape[k] for k in family.exact + family.nearest})
     base = configs[0]
     out = [("[defaults]", base)]

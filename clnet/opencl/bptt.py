@@ -151,7 +151,7 @@ class BPTTKernels(BPTTOps):
     def _bptt_sizes(self, layers, xs, burn_in: int) -> Sizes:
         T, B, I = xs.shape
         w = layers[0]
-        cfg = self.params("bptt", kind=w.kind, batch=B)
+        cfg = self.params("bptt", kind=w.kind, batch=B, hidden=w.hidden)
         rows = cfg["rows"]
         blocks = w.hp // R.vector_width(w.dtype)
         sz = Sizes(T, B, I, w.hidden, w.hp, w.kind, w.dtype, burn_in, rows, blocks, backward_blocks(rows, blocks))

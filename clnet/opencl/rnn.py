@@ -252,7 +252,7 @@ class RNNKernels(RNNOps):
         w, s = weights, storage
         B, I = x.shape
         with self.lock:
-            cfg = self.params("rnn", kind=w.kind, batch=B)
+            cfg = self.params("rnn", kind=w.kind, batch=B, hidden=w.hidden)
             rows = cfg["step_rows"]
             recur = self._rnn_kernel(w, "recur", rows)
             # The uploads do not wait: the in-order queue runs them before the kernel, and x and
@@ -307,7 +307,7 @@ class RNNKernels(RNNOps):
         tuned ``one_launch_batch`` run all T steps in one launch; otherwise each step is one
         launch, enqueued back to back, its input projection fused into it or batched per chunk
         (the tuned ``projection``)."""
-        cfg = self.params("rnn", kind=w.kind, batch=B)
+        cfg = self.params("rnn", kind=w.kind, batch=B, hidden=w.hidden)
         rows = cfg["step_rows"]
         blocks = s.hp // vector_width(s.dtype)
         fused = cfg["projection"] == "fused"

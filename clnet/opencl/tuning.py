@@ -9,7 +9,8 @@ run); a family's constraint rejects combinations the kernels or the device canno
 
 Tuned values live in one JSON file per device (see :func:`cache_path`), keyed by platform,
 device, driver version and clnet version; a call looks up the tuned entry of its family whose
-shape is nearest its own (:meth:`DeviceTuning.lookup`). Untuned devices run on the defaults.
+shape is nearest its own (:meth:`DeviceTuning.lookup`) and uses it only within the family's
+``reach`` of that shape, else the defaults. Untuned devices run on the defaults.
 Nothing here measures anything: the measuring is clnet/opencl/tuner.py, run only on request.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..common.files import write_atomically
 
-FORMAT = 1  # version of the cache file's layout
+FORMAT = 2  # version of the cache file's layout (2: rnn and bptt entries carry the hidden size)
 ENV_DIR = "CLNET_TUNING_DIR"
 
 
@@ -72,13 +73,21 @@ class Tunable:
 class TunableFamily:
     """The tunable parameters of one kernel family. ``exact`` shape fields must match for a
     tuned entry to apply (an LSTM entry never configures a GRU); ``nearest`` fields pick the
-    entry nearest in log scale."""
+    entry nearest in log scale. ``reach`` bounds how far a measurement is trusted: an entry
+    applies only to shapes whose ``nearest`` fields differ from its own by at most that factor
+    in all (the product of the per-field ratios, larger over smaller); beyond it the call runs
+    on the defaults. None: every shape uses the nearest entry, however far."""
 
     name: str
     params: Tuple[Tunable, ...]
     exact: Tuple[str, ...]
     nearest: Tuple[str, ...]
     constraint: Callable[[Mapping[str, Any], DeviceProperties, Mapping[str, Any]], bool]
+    reach: Optional[float] = None
+    # Row-tile heights along the batch: a tuned height is applied at another batch only if it
+    # spreads that batch's tiles over the compute units at least as evenly as the default
+    # height does (see tile_balance).
+    balanced: Tuple[str, ...] = ()
 
     def param(self, name: str) -> Tunable:
         for p in self.params:
@@ -163,6 +172,13 @@ ROWS = (1, 2, 4, 6, 8, 12)
 REGISTER_TILE = 24
 ROW_GROUPS = (1, 2, 4, 8, 16, 32, 64)
 ONE_LAUNCH = (0, 32, 64, 128, 256, 512)
+# The recurrent tiles' best values depend on the batch (row tiles per compute unit) and on the
+# hidden size (the length of each tile's reductions, what stays in cache), and a tuner's
+# winner is often a noise-sized gain at its own shape: measured at shapes away from the
+# tuner's, the nearest entry ran up to 9% slower than the defaults (README, Tuning). An entry
+# is trusted within a factor of 2 of its shape (batch ratio times hidden ratio), where the
+# number of row tiles per compute unit and the reduction length change by at most 2x.
+RECURRENT_REACH = 2.0
 
 
 def _register_rows(props, gates, batch=None):
@@ -214,7 +230,8 @@ RNN = TunableFamily(
      Tunable("group", ROW_GROUPS, _row_group, "work-items per group along the batch (step and projection)"),
      Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose sequence runs in one launch"),
      Tunable("projection", ("fused", "batched"), _projection, "a sequence's input projection: per step or per chunk")),
-    exact=("kind",), nearest=("batch",), constraint=_rnn_ok)
+    exact=("kind",), nearest=("batch", "hidden"), constraint=_rnn_ok, reach=RECURRENT_REACH,
+    balanced=("step_rows",))
 
 # -- BPTT: kernels/bptt.cl ----------------------------------------------------------------------
 GEMM_ROWS = (2, 4, 8, 12, 16)
@@ -231,10 +248,14 @@ def _bptt_rows(props, shape):
     fits = [r for r in ROWS if r * g <= REGISTER_TILE]
     batch, units = shape.get("batch", 1), props.compute_units
 
-    def balance(rows):
-        tiles = -(-batch // rows)
-        return tiles / (-(-tiles // units) * units)
-    return max(reversed(fits[-2:]), key=balance)
+    return max(reversed(fits[-2:]), key=lambda rows: tile_balance(batch, rows, units))
+
+
+def tile_balance(batch: int, rows: int, units: int) -> float:
+    """Fraction of the compute units' rounds kept busy when ``batch`` rows are cut into tiles
+    of ``rows``, one tile per unit at a time: 1.0 when the tiles fill every round."""
+    tiles = -(-max(1, int(batch)) // rows)
+    return tiles / (-(-tiles // units) * units)
 
 
 def _gemm_rows(props, shape):
@@ -260,7 +281,8 @@ BPTT = TunableFamily(
      Tunable("inputs_vectors", GEMM_VECTORS, _gemm_vectors, "vectors per row of that tile"),
      Tunable("group", ROW_GROUPS, _row_group, "work-items per group of the products and per-step passes"),
      Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose passes run in one launch")),
-    exact=("kind",), nearest=("batch",), constraint=_bptt_ok)
+    exact=("kind",), nearest=("batch", "hidden"), constraint=_bptt_ok, reach=RECURRENT_REACH,
+    balanced=("rows",))
 
 # -- Pearson: kernels/pearson.cl ----------------------------------------------------------------
 MB = 2**20
@@ -317,6 +339,14 @@ def cache_path(identity: Mapping[str, Any]) -> Path:
 
 def _distance(a: Mapping[str, Any], b: Mapping[str, Any], fields) -> float:
     return sum(abs(math.log(max(float(a[f]), 1.0)) - math.log(max(float(b[f]), 1.0))) for f in fields)
+
+
+def within_reach(family: TunableFamily, tuned: Mapping[str, Any], shape: Mapping[str, Any]) -> bool:
+    """True when an entry tuned at ``tuned`` may configure a call at ``shape`` (see
+    :attr:`TunableFamily.reach`)."""
+    if family.reach is None:
+        return True
+    return _distance(tuned, shape, family.nearest) <= math.log(family.reach) + 1e-9
 
 
 class DeviceTuning:
@@ -386,9 +416,17 @@ class DeviceTuning:
             rows = [] if self.ignore_cache else [r for r in self.entries().get(family_name, [])
                                                  if all(r["shape"].get(f) == shape.get(f) for f in family.exact)]
             if rows:
+                missing = [f for f in family.nearest if f not in shape]
+                if missing:
+                    raise ValueError(f"a {family_name} lookup needs the shape fields {sorted(missing)}; it got "
+                                     f"{sorted(shape)}")
                 best = min(rows, key=lambda r: _distance(r["shape"], shape, family.nearest))
                 candidate = dict(hit, **best["params"])
-                if family.allowed(candidate, self.props, shape):
+                for name in family.balanced:
+                    units, batch = self.props.compute_units, shape.get("batch", 1)
+                    if tile_balance(batch, candidate[name], units) < tile_balance(batch, hit[name], units):
+                        candidate[name] = hit[name]  # a height that left no unit idle at the tuned batch may here
+                if within_reach(family, best["shape"], shape) and family.allowed(candidate, self.props, shape):
                     hit = candidate
             if not self.ignore_cache:
                 self._memo[key] = hit
