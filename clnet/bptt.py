@@ -239,7 +239,10 @@ class RecordedSequence:
         recorded), through the recorded forward pass."""
         if self._saved is None:
             raise RuntimeError("this recorded sequence has been run backwards already; record it again")
-        if any(cell._weights(self._backend, self._dtype) is not w for cell, w in zip(self._layers, self._weights)):
+        # peek, not _weights: a changed cell has no prepared copy yet, and preparing one would
+        # upload weights only to refuse
+        if any(cell._device_copies.peek(self._backend, self._dtype) is not w
+               for cell, w in zip(self._layers, self._weights)):
             raise ValueError("the weights changed since this sequence was recorded (load_state_dict); "
                              "record it again")
         lstm = self._model.kind == "lstm"

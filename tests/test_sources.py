@@ -24,6 +24,9 @@ __kernel void second(__global int *x)
     first(x);
 }
 __kernel void third(__global int *x) { x[0] = 3; }
+#define RUN_FOURTH(x) fourth(x)
+  kernel __attribute__((vec_type_hint(float))) void fourth(__global int *x) { x[0] = 4; }
+__kernel void fifth(__global int *x) { RUN_FOURTH(x); }
 """
 
 
@@ -33,8 +36,26 @@ def test_only_the_requested_kernel_and_those_it_calls_are_kept():
     assert "helper" in kept and "TWICE" in kept  # helpers and macros stay
     assert kept.count("\n") == SYNTHETIC.count("\n")  # build logs keep their line numbers
     assert set(parse_signatures(only_kernels(SYNTHETIC, {"second"}))) == {"first", "second"}
+    # a kernel named anywhere else (here in a macro) is kept; other spellings are kernels too
+    fifth = only_kernels(SYNTHETIC, {"fifth"})
+    assert "void fourth(" in fifth and "x[0] = 3" not in fifth and "x[0] = 4" in fifth
+    assert "x[0] = 4" in only_kernels(SYNTHETIC, {"third"})  # a macro outside kernels names it: kept
     with pytest.raises(KeyError, match="no kernel nosuch"):
         only_kernels(SYNTHETIC, {"nosuch"})
+
+
+def test_includes_are_inlined_once_and_commented_ones_are_left(tmp_path):
+    (tmp_path / "a.h").write_text("#pragma once\n#define A_VALUE 1\n")
+    (tmp_path / "b.h").write_text('#include "a.h"\n#define B_VALUE 2\n')
+    (tmp_path / "main.cl").write_text('#include "a.h"  // the first\n#include "b.h" /* the second */\n'
+                                      '// #include "missing.h"\n/* #include "missing.h" */\nint x = A_VALUE + B_VALUE;\n')
+    from clnet.opencl.sources import inline_includes
+    text = inline_includes(tmp_path / "main.cl")
+    assert text.count("#define A_VALUE") == 1 and "#define B_VALUE" in text and "#pragma once" not in text
+    assert '// #include "missing.h"' in text and '/* #include "missing.h" */' in text
+    # #line directives give each included file's own lines back
+    lines = text.splitlines()
+    assert lines[lines.index("int x = A_VALUE + B_VALUE;") - 5:].count('#line 3 "main.cl"') == 1
 
 
 @pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson", "mcl", "paths"])

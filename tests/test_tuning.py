@@ -151,8 +151,10 @@ def test_only_the_recurrent_families_bound_their_reach():
     assert FAMILIES["fnn"].reach is None and FAMILIES["pearson"].reach is None
 
 
-def test_a_recurrent_lookup_without_the_hidden_size_is_refused_once_tuned(tuning_dir):
+def test_a_recurrent_lookup_without_the_hidden_size_is_refused_tuned_or_not(tuning_dir):
     t = fake_tuning()
+    with pytest.raises(ValueError, match=r"rnn lookup needs the shape fields \['hidden'\]"):
+        t.lookup("rnn", kind="lstm", batch=16)  # untuned: refused too, so untuned test runs catch the caller
     t.save({"rnn": [{"shape": {"kind": "lstm", "batch": 16, "hidden": 200}, "params": {"step_rows": 1}}]})
     with pytest.raises(ValueError, match=r"rnn lookup needs the shape fields \['hidden'\]"):
         t.lookup("rnn", kind="lstm", batch=16)
@@ -172,7 +174,7 @@ def test_a_version_1_file_without_hidden_sizes_is_ignored_with_a_warning(tuning_
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), "",
-                                     "FOREIGN", "BAD VALUE", "NO SHAPE"])
+                                     "FOREIGN", "BAD VALUE", "NO SHAPE", "TEXT HIDDEN", "NULL HIDDEN", "LIST HIDDEN"])
 def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning(tuning_dir, content):
     t = fake_tuning()
     good = {"shape": {"kind": "lstm", "batch": 10, "hidden": 8}, "params": {"step_rows": 2}}
@@ -182,6 +184,10 @@ def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning(tuning_dir, content
         content = json.dumps({"identity": t.identity, "entries": {"rnn": [dict(good, params={"step_rows": 5})]}})
     elif content == "NO SHAPE":
         content = json.dumps({"identity": t.identity, "entries": {"rnn": [dict(good, shape={"kind": "lstm"})]}})
+    elif content.endswith("HIDDEN"):  # a shape field the lookup takes the logarithm of, not a number
+        hidden = {"TEXT HIDDEN": "x", "NULL HIDDEN": None, "LIST HIDDEN": [1]}[content]
+        content = json.dumps({"identity": t.identity, "entries": {"rnn": [
+            dict(good, shape={"kind": "lstm", "batch": 10, "hidden": hidden})]}})
     tuning_dir.mkdir(parents=True)
     t.path.write_text(content)
     with pytest.warns(RuntimeWarning, match="ignoring the tuning file .* default parameters"):

@@ -90,7 +90,7 @@ class OpenCLMCLPlan(MCLPlan):
     def _count(self, b_ptr, b_row, col0: int, n_cols: int) -> np.ndarray:
         be = self.be
         out = be.empty(8 * n_cols, "mcl term counts")
-        self.count(be.queue, (n_cols,), be.any_local((1,)), a_ptr=self.ptr, b_ptr=b_ptr, b_row=b_row, terms=out, col0=col0,
+        self.count(be.queue, *be.bounded_launch(n_cols), a_ptr=self.ptr, b_ptr=b_ptr, b_row=b_row, terms=out, col0=col0,
                    n_cols=n_cols)
         terms = np.empty(n_cols, np.int64)
         cl.enqueue_copy(be.queue, terms, out)
@@ -127,7 +127,7 @@ class OpenCLMCLPlan(MCLPlan):
         be = self.be
         term_ptr_buf, rows, vals = scratch
         out_ptr = offset + np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
-        self.gather(be.queue, (len(kept),), be.any_local((1,)), term_ptr=term_ptr_buf, rows=rows, vals=vals,
+        self.gather(be.queue, *be.bounded_launch(len(kept)), term_ptr=term_ptr_buf, rows=rows, vals=vals,
                     out_ptr=be.copy_of(out_ptr, "mcl block pointers"), out_row=out_row, out_val=out_val,
                     n_cols=len(kept), inflation=inflation)
 
@@ -168,7 +168,7 @@ class OpenCLMCLPlan(MCLPlan):
                     capacity = max(filled + size, estimate, 1)
                     grown = self._next_buffers(capacity)
                     if filled:
-                        self.append(be.queue, (filled,), be.any_local((1,)), piece_row=row, piece_val=val, out_row=grown[0],
+                        self.append(be.queue, *be.bounded_launch(filled), piece_row=row, piece_val=val, out_row=grown[0],
                                     out_val=grown[1], offset=0, n=filled)
                     row, val = grown
                 if size:

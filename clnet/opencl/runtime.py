@@ -74,6 +74,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# Work-items per group of PoCL's bounded 1-D launches: a multiple of any vector width it
+# packs work-items into (up to 16 floats of AVX-512), small enough for few idle ones at the end.
+POCL_GROUP = 64
+
+
 def kernel_dir() -> Path:
     """Folder with the .cl sources: clnet/kernels in an installed package, or the checkout's
     top-level kernels/ (beside clnet/)."""
@@ -201,10 +206,22 @@ class OpenCLRuntime(Backend):
         implementation's choice (None), except on PoCL. PoCL compiles a kernel for each local
         size at its first launch with it, and for None picks one from the global size, so a
         new shape meant a new compile (0.3-0.4 s for a Pearson tile kernel whose call takes
-        2-8 ms); with ones it compiles once. The kernels so launched do a tile of work per
-        work-item with explicit vectors, so PoCL's loop over a group's work-items adds nothing
-        (Pearson at N=3000: the same time within the noise either way)."""
+        2-8 ms); with ones it compiles once. For kernels that do a tile of work per work-item
+        (Pearson's pair tiles, the path walks), where PoCL's loop over a group's work-items
+        adds little (Pearson at N=3000: the same time within the noise either way); a kernel
+        of one small item per work-item uses :meth:`bounded_launch`."""
         return (1,) * len(global_size) if self._pocl else None
+
+    def bounded_launch(self, items: int) -> Tuple[Tuple[int], Optional[Tuple[int]]]:
+        """(global, local) for a 1-D kernel that returns early past ``items`` (``if (i >= n)
+        return;``): ``items`` and the implementation's choice, except on PoCL, where the
+        global size is rounded up to whole groups of one fixed size, so that the kernel is
+        compiled once (see :meth:`any_local`) and PoCL still runs a group's work-items as one
+        vectorised loop (local size 1 made a copy of 4M entries 10-20x slower)."""
+        if not self._pocl:
+            return (max(int(items), 1),), None
+        group = POCL_GROUP
+        return (max(-(-int(items) // group), 1) * group,), (group,)
 
     # -- tunable parameters (clnet/opencl/tuning.py) -------------------------------------------
     @property

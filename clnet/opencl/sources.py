@@ -22,9 +22,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+# Found in the comment-blanked text (so a commented-out include stays a comment); a comment
+# after the file name is only blanks there.
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)  # each file is inlined once anyway
-_KERNEL_HEAD = re.compile(r"^(?:__attribute__\s*\(\(.*?\)\)\s*)*__kernel\s+void\s+(\w+)\s*\(", re.M | re.S)
+_ATTRIBUTES = r"(?:__attribute__\s*\(\(.*?\)\)\s*)*"
+_KERNEL_HEAD = re.compile(rf"^[ \t]*{_ATTRIBUTES}(?:__kernel|kernel)\s+{_ATTRIBUTES}void\s+(\w+)\s*\(", re.M | re.S)
 
 
 def _blank_comments(text: str) -> str:
@@ -41,7 +44,7 @@ def inline_includes(path: Path, _seen: Optional[set] = None) -> str:
     text = _PRAGMA_ONCE.sub("", path.read_text())
     pieces: List[str] = []
     pos = 0
-    for match in _INCLUDE.finditer(text):
+    for match in _INCLUDE.finditer(_blank_comments(text)):
         pieces.append(text[pos:match.start()])
         name = match.group(1)
         line_after = text.count("\n", 0, match.end()) + 2
@@ -79,7 +82,7 @@ def kernel_spans(source: str) -> List[Tuple[str, int, int]]:
 
 def only_kernels(source: str, keep: Iterable[str]) -> str:
     """``source`` with every kernel not in ``keep`` blanked (newlines kept). A kernel that a
-    kept one calls by name stays too."""
+    kept one calls, or that code outside every kernel names (a helper, a macro), stays too."""
     keep = set(keep)
     spans = kernel_spans(source)
     known = {name for name, _, _ in spans}
@@ -87,15 +90,17 @@ def only_kernels(source: str, keep: Iterable[str]) -> str:
     if missing:
         raise KeyError(f"no kernel {', '.join(sorted(missing))} in this source (it has {', '.join(sorted(known))})")
     code = _blank_comments(source)
-    grew = True
-    while grew:  # kernels called from kept kernels, to a fixed point
-        grew = False
-        for name, start, end in spans:
-            if name in keep:
-                for other in known - keep:
-                    if re.search(rf"\b{other}\s*\(", code[start:end]):
-                        keep.add(other)
-                        grew = True
+    outside, pos = [], 0
+    for _, start, end in spans:
+        outside.append(code[pos:start])
+        pos = end
+    outside = "".join(outside) + code[pos:]
+    bodies = {name: code[start:end] for name, start, end in spans}
+    reached = [name for name in known if re.search(rf"\b{name}\b", outside)] + list(keep)
+    while reached:  # kernels named from kept code, to a fixed point
+        name = reached.pop()
+        keep.add(name)
+        reached += [other for other in known - keep if re.search(rf"\b{other}\b", bodies[name])]
     out, pos = [], 0
     for name, start, end in spans:
         if name not in keep:

@@ -385,6 +385,10 @@ class DeviceTuning:
                     missing = set(family.exact + family.nearest) - set(row["shape"])
                     if missing:
                         raise ValueError(f"a {name} entry lacks {sorted(missing)}")
+                    for field in family.nearest:  # the lookup takes logarithms of these
+                        value = row["shape"][field]
+                        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                            raise ValueError(f"a {name} entry's {field} is {value!r}, not a finite number")
             return entries
         except Exception as exc:  # corrupt, foreign or from an older clnet: never fatal
             warnings.warn(f"clnet: ignoring the tuning file {self.path} ({type(exc).__name__}: {exc}); the "
@@ -412,14 +416,14 @@ class DeviceTuning:
         hit = None if self.ignore_cache else self._memo.get(key)
         if hit is None:
             family = FAMILIES[family_name]
+            missing = [f for f in family.nearest if f not in shape]
+            if missing:  # checked tuned or not, so that an untuned test run catches the caller too
+                raise ValueError(f"a {family_name} lookup needs the shape fields {sorted(missing)}; it got "
+                                 f"{sorted(shape)}")
             hit = family.defaults(self.props, shape)
             rows = [] if self.ignore_cache else [r for r in self.entries().get(family_name, [])
                                                  if all(r["shape"].get(f) == shape.get(f) for f in family.exact)]
             if rows:
-                missing = [f for f in family.nearest if f not in shape]
-                if missing:
-                    raise ValueError(f"a {family_name} lookup needs the shape fields {sorted(missing)}; it got "
-                                     f"{sorted(shape)}")
                 best = min(rows, key=lambda r: _distance(r["shape"], shape, family.nearest))
                 candidate = dict(hit, **best["params"])
                 for name in family.balanced:
