@@ -372,6 +372,23 @@ def test_recorded_sequence_batch_first_and_a_recurrent_state(any_backend):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+def test_a_recording_runs_backwards_with_the_parameters_it_was_recorded_with(opencl_backend):
+    """The backward of a recording uses the launch geometry of its forward even when the
+    tuned parameters change in between (the tuner and the tests override them)."""
+    cell = clnet.LSTMCell(I, H, seed=4)
+    kwargs = _good()
+    tuning = opencl_backend.tuning
+    forward_config = {"rows": 1, "one_launch_batch": 0}
+    other_config = {"rows": 4, "one_launch_batch": 512}
+    with tuning.overriding("bptt", forward_config):
+        want = cell.backward_sequence(**kwargs, backend=opencl_backend)
+        rec = cell.record_sequence(kwargs["xs"], kwargs["initial_state"], kwargs["resets"], backend=opencl_backend)
+    with tuning.overriding("bptt", other_config):
+        got = rec.backward(kwargs["grad_hs"])
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_recorded_sequence_runs_backwards_once_and_only_with_its_weights(any_backend):
     cell = clnet.LSTMCell(I, H, seed=0)
     kwargs = _good()

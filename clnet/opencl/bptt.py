@@ -8,7 +8,7 @@ the host reads the gradients once, at the end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -102,6 +102,7 @@ class SavedForward:
     layers: List[SavedLayer]
     d_keep: "cl.Buffer"
     has_keep: bool
+    sizes: "Sizes"  # the forward's launch geometry, so the backward runs with the same tuning
 
 
 @dataclass
@@ -187,11 +188,13 @@ class BPTTKernels(BPTTOps):
             out = np.empty((sz.T, sz.B, sz.hp), dtype=sz.dtype)
             cl.enqueue_copy(self.queue, out, saved[-1].hs, src_offset=sz.B * sz.hp * sz.item, is_blocking=True)
         hs = out if sz.hp == sz.H else np.ascontiguousarray(out[:, :, :sz.H])
-        return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None)
+        return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None, sz)
 
     def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
         forward: SavedForward = saved
-        sz = self._bptt_sizes(layers, np.empty(forward.shape, dtype=np.int8), burn_in)
+        # the forward's parameters, not a new lookup: the tuning may have changed in between
+        # (an override of the tuner or a test)
+        sz = replace(forward.sizes, burn_in=burn_in)
         backs = [self._back_weights(w) for w in layers]
         with self.lock:
             return self._backward_layers(sz, layers, backs, forward.layers, forward.d_keep, forward.has_keep, gkeep,
