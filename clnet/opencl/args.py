@@ -19,12 +19,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .sources import blank_comments
+
 _SCALAR_TYPES = {"int": np.int32, "uint": np.uint32, "long": np.int64, "ulong": np.uint64,
                  "float": np.float32, "double": np.float64, "real": None}  # None: the build's dtype
 _QUALIFIERS = {"const", "__global", "global", "__constant", "constant", "__local", "local",
                "restrict", "__restrict", "volatile"}
 _KERNEL = re.compile(r"__kernel\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
-_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
 
 class KernelArgumentError(TypeError):
@@ -70,7 +71,7 @@ def _parse_arg(kernel: str, text: str) -> KernelArg:
 def parse_signatures(source: str) -> Dict[str, KernelSignature]:
     """Every ``__kernel void name(...)`` of an OpenCL C source, by kernel name."""
     found = {}
-    for match in _KERNEL.finditer(_COMMENT.sub(" ", source)):
+    for match in _KERNEL.finditer(blank_comments(source)):
         name, params = match.group(1), match.group(2)
         args = tuple(_parse_arg(name, p) for p in params.split(",") if p.strip())
         found[name] = KernelSignature(name, args)

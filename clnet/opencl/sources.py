@@ -30,7 +30,7 @@ _ATTRIBUTES = r"(?:__attribute__\s*\(\(.*?\)\)\s*)*"
 _KERNEL_HEAD = re.compile(rf"^[ \t]*{_ATTRIBUTES}(?:__kernel|kernel)\s+{_ATTRIBUTES}void\s+(\w+)\s*\(", re.M | re.S)
 
 
-def _blank_comments(text: str) -> str:
+def blank_comments(text: str) -> str:
     """``text`` with every comment's characters replaced by spaces (newlines kept), so that
     braces and kernel names inside comments are not mistaken for code; offsets are unchanged."""
     def blank(match: "re.Match[str]") -> str:
@@ -44,7 +44,7 @@ def inline_includes(path: Path, _seen: Optional[set] = None) -> str:
     text = _PRAGMA_ONCE.sub("", path.read_text())
     pieces: List[str] = []
     pos = 0
-    for match in _INCLUDE.finditer(_blank_comments(text)):
+    for match in _INCLUDE.finditer(blank_comments(text)):
         pieces.append(text[pos:match.start()])
         name = match.group(1)
         line_after = text.count("\n", 0, match.end()) + 2
@@ -62,7 +62,7 @@ def inline_includes(path: Path, _seen: Optional[set] = None) -> str:
 
 def kernel_spans(source: str) -> List[Tuple[str, int, int]]:
     """(name, start, end) of every ``__kernel`` definition in ``source``, end past its ``}``."""
-    code = _blank_comments(source)
+    code = blank_comments(source)
     spans = []
     for match in _KERNEL_HEAD.finditer(code):
         body = code.index("{", match.end())
@@ -89,7 +89,7 @@ def only_kernels(source: str, keep: Iterable[str]) -> str:
     missing = keep - known
     if missing:
         raise KeyError(f"no kernel {', '.join(sorted(missing))} in this source (it has {', '.join(sorted(known))})")
-    code = _blank_comments(source)
+    code = blank_comments(source)
     outside, pos = [], 0
     for _, start, end in spans:
         outside.append(code[pos:start])
