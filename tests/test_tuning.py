@@ -56,9 +56,34 @@ def test_gpu_defaults_follow_gpu_practice():
     rnn = FAMILIES["rnn"].defaults(BIG_GPU, {"kind": "lstm", "batch": 1024})
     assert 64 <= rnn["group"] <= 256 and rnn["projection"] == "batched" and rnn["one_launch_batch"] == 0
     assert FAMILIES["pearson"].defaults(BIG_GPU, {"rows": 1000})["list_group"] >= 32
-    cpu = FAMILIES["fnn"].defaults(INTEL, {"batch": 1000})
-    assert cpu["graph_lanes"] > 1
+    # PoCL vectorises the kernels' lane loops (preferred width 16): several vectors of samples
+    # per work-item. Intel's runtime (preferred 1, native 16) packs work-items itself: the
+    # population kernel runs one sample per work-item in groups of one native vector, the
+    # layered kernel one native vector of samples per work-item.
+    pocl = FAMILIES["fnn"].defaults(POCL, {"batch": 1000})
+    assert (pocl["graph_lanes"], pocl["graph_group"], pocl["layered_lanes"], pocl["layered_group"]) == (64, 1, 64, 1)
+    intel = FAMILIES["fnn"].defaults(INTEL, {"batch": 1000})
+    assert (intel["graph_lanes"], intel["graph_group"]) == (1, 16)
+    assert (intel["layered_lanes"], intel["layered_group"]) == (16, 1)
     assert FAMILIES["rnn"].defaults(POCL, {"kind": "lstm", "batch": 1024})["projection"] == "fused"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_coupled_parameters_are_searched_as_every_combination(name):
+    """A coupled set is one coordinate of the search holding every combination of its
+    parameters' values; every other parameter is a coordinate of its own, and every parameter
+    is searched exactly once per pass."""
+    family = FAMILIES[name]
+    coords = tuner.coordinates(family)
+    searched = [n for names, _ in coords for n in names]
+    assert sorted(searched) == sorted(p.name for p in family.params)
+    for names, values in coords:
+        sizes = [len(family.param(n).values) for n in names]
+        assert len(values) == int(np.prod(sizes)) and len(set(values)) == len(values)
+        assert all(len(v) == len(names) for v in values)
+    if name == "fnn":  # samples per work-item and group size depend on each other
+        assert {names for names, _ in coords} == {("layered_lanes", "layered_group"), ("graph_lanes", "graph_group")}
+        assert ((1, 16) in dict(coords)[("graph_lanes", "graph_group")])
 
 
 def test_bad_parameter_values_are_refused_with_the_allowed_ones():

@@ -42,11 +42,14 @@ class BatchLayout:
     per_launch: int
     whole: bool
     group: int = 0  # work-items per group along the samples; 0: the implementation's choice
+    align: int = 1  # with group 0: work-items along the samples come in multiples of this
 
     def items(self, nb: int) -> int:
-        """Work-items along the samples for ``nb`` samples: whole groups (extra ones return)."""
+        """Work-items along the samples for ``nb`` samples: whole groups, or with the
+        implementation's choice of group a multiple of the native vector width (a prime count,
+        2999 samples, left Intel's runtime only groups of one: 6x slower). Extra ones return."""
         n = -(-nb // self.lanes)
-        return round_up(n, self.group) if self.group else n
+        return round_up(n, self.group or self.align)
 
     def local(self, dims: int):
         return None if not self.group else (self.group,) + (1,) * (dims - 1)
@@ -89,7 +92,8 @@ class FNNKernels(FNNOps):
         whole = out_bytes <= budget
         if not whole:
             per_launch = max(lanes, min(per_launch, budget // out_row_bytes // lanes * lanes))
-        return BatchLayout(lanes, per_launch, whole, launch.group)
+        align = max(1, int(self.device.native_vector_width_float)) if launch.lanes == 1 else 1
+        return BatchLayout(lanes, per_launch, whole, launch.group, align)
 
     def _fnn_inputs(self, x, lanes: int):
         """Inputs transposed to (n_inputs, B_padded), zero-padded to whole lanes."""
@@ -186,7 +190,7 @@ class FNNKernels(FNNOps):
             bounded = max(plan.lanes, LAUNCH_TERMS // max(terms, 1) // plan.lanes * plan.lanes)
             long_work = terms * B > LAUNCH_TERMS
             if bounded < plan.per_launch:
-                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group)
+                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group, plan.align)
             knl = self.kernel("fnn", "clnet_fnn_graph", dtype, (f"CLNET_LANES={plan.lanes}",))
             bufs = self._population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)

@@ -1,8 +1,9 @@
 """``python -m clnet tune``: measure each family's tunable parameters on a device and keep
 the fastest in the device's cache file (clnet/opencl/tuning.py).
 
-The search is coordinate descent from the declared defaults: each parameter in turn tries
-every allowed value with the others at the best found so far, for a few passes or until the
+The search is coordinate descent from the declared defaults: each parameter in turn (or each
+set of coupled parameters, every combination of their values) tries every allowed value with
+the others at the best found so far, for a few passes or until the
 family's share of the budget is spent; the winner is then re-timed against the defaults in
 alternating rounds and kept only if it still wins. Every candidate's results are first compared with the
 float64 NumPy reference under the conformance tolerance table; a candidate that disagrees is
@@ -228,6 +229,23 @@ class _Progress:
             self.bar.close()
 
 
+def coordinates(family) -> List[tuple]:
+    """The search's coordinates, in declaration order: (names, the values to try), one per
+    parameter, except that a coupled set (TunableFamily.coupled) is one coordinate whose
+    values are every combination of its parameters' values."""
+    import itertools
+
+    grouped = {name: names for names in family.coupled for name in names}
+    out, seen = [], set()
+    for p in family.params:
+        names = grouped.get(p.name, (p.name,))
+        if names in seen:
+            continue
+        seen.add(names)
+        out.append((names, list(itertools.product(*(family.param(n).values for n in names)))))
+    return out
+
+
 def tune_family(be, family_name: str, budget: float, progress: bool = True, echo=print) -> List[Outcome]:
     """Tune one family on ``be`` within ``budget`` seconds; returns one outcome per workload
     (the tuned entries are not saved here, see :func:`tune`)."""
@@ -237,8 +255,9 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
     deadline = time.perf_counter() + budget
     per_work = budget / max(1, len(works))
     outcomes = []
-    # Candidates, for the progress bar's total: the values of every relevant parameter per pass.
-    total = sum(sum(len(p.values) for p in family.params if w.relevant(p.name)) for w in works)
+    # Candidates, for the progress bar's total: the values of every relevant coordinate per pass.
+    total = sum(sum(len(values) for names, values in coordinates(family) if all(map(w.relevant, names)))
+                for w in works)
     bar = _Progress(total, f"tune {family_name} on {be.spec}", progress)
     try:
         for wi, work in enumerate(works):
@@ -274,18 +293,20 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
             best, best_s = dict(base), default_seconds
             for _ in range(PASSES):
                 improved = False
-                for p in family.params:
-                    if not work.relevant(p.name):
+                for names, values in coordinates(family):
+                    if not all(map(work.relevant, names)):
                         continue
-                    for v in p.values:
+                    for combo in values:
                         if time.perf_counter() > work_deadline:
                             break
-                        cand = dict(best, **{p.name: v})
+                        change = dict(zip(names, combo))
+                        what = " ".join(f"{k}={v}" for k, v in change.items())
+                        cand = dict(best, **change)
                         if cand == best or not family.allowed(cand, tuning.props, work.shape):
-                            bar.step(f"{work.label} {p.name}={v} (skipped)")
+                            bar.step(f"{work.label} {what} (skipped)")
                             continue
                         s = measure(cand)
-                        bar.step(f"{work.label} {p.name}={v}: {s * 1e3:.2f} ms")
+                        bar.step(f"{work.label} {what}: {s * 1e3:.2f} ms")
                         if s < best_s * MARGIN:  # a clear gain only: timings on a CPU are noisy
                             best, best_s, improved = cand, s, True
                 if not improved:
