@@ -97,6 +97,53 @@ def test_large_batch_split_into_chunks_is_identical_and_a_population_agrees(open
         assert worst <= 1.0, msg
 
 
+
+def test_a_population_keeps_each_launch_within_the_cache_budget(opencl_backend, rng, monkeypatch):
+    """The tuned cache budget (scratch_mb) splits a large batch of a population into launches
+    whose node values fit it, with bitwise identical results; a network larger than the
+    budget still runs whole in its launch."""
+    from clnet.opencl import fnn
+    from clnet.opencl.args import BoundKernel
+
+    from clnet.bench.neat_genomes import default_population
+
+    config, genomes = default_population(9)
+    pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+    x = rng.normal(size=(4099, pop.n_inputs))
+    with opencl_backend.tuning.overriding("fnn", {"scratch_mb": 256}):
+        whole = pop(x, backend=opencl_backend)
+    launches = []
+    real_call = BoundKernel.__call__
+
+    def counting_call(self, queue, global_size, *args, **kwargs):
+        if "p0" in kwargs:
+            launches.append((kwargs["nb_pad"], kwargs["p0"], global_size[1]))
+        return real_call(self, queue, global_size, *args, **kwargs)
+
+    monkeypatch.setattr(BoundKernel, "__call__", counting_call)
+    starts = pop.packed.net_node_start
+    item = 4
+    for budget_nodes in (None, 1):  # 1 MiB of node values; then a budget below one network's
+        launches.clear()
+        if budget_nodes is None:
+            with opencl_backend.tuning.overriding("fnn", {"scratch_mb": 1}):
+                pieces = pop(x, backend=opencl_backend)
+            budget = 2**20
+        else:
+            budget = 1024  # bytes: less than one network's node values for a lane group
+            real_launch = fnn.FNNKernels._fnn_launch
+
+            def tiny_budget(self, form, batch):
+                launch = real_launch(self, form, batch)
+                return fnn.FNNLaunch(launch.lanes, launch.group, budget)
+
+            monkeypatch.setattr(fnn.FNNKernels, "_fnn_launch", tiny_budget)
+            pieces = pop(x, backend=opencl_backend)
+        np.testing.assert_array_equal(whole, pieces)
+        assert len(launches) > 1
+        for nb_pad, p0, count in launches:
+            nodes = int(starts[p0 + count] - starts[p0])
+            assert count == 1 or nodes * nb_pad * item <= budget, (nb_pad, p0, count, budget)
 # --- graph form semantics --------------------------------------------------------------------
 def test_graph_disabled_connections_are_removed_not_zeroed(any_backend):
     nodes = [dict(key=0, aggregation="product")]

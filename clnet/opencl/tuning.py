@@ -42,6 +42,7 @@ class DeviceProperties:
     local_memory: int    # bytes
     max_group: int       # CL_DEVICE_MAX_WORK_GROUP_SIZE
     max_alloc: int
+    cache: int = 0       # CL_DEVICE_GLOBAL_MEM_CACHE_SIZE, bytes (0: not reported)
 
     @classmethod
     def of(cls, device) -> "DeviceProperties":
@@ -50,7 +51,8 @@ class DeviceProperties:
         kind = "gpu" if t & cl.device_type.GPU else "cpu" if t & cl.device_type.CPU else "accelerator"
         return cls(kind, int(device.max_compute_units), max(1, int(device.preferred_vector_width_float)),
                    max(1, int(device.native_vector_width_float)), int(device.local_mem_size),
-                   int(device.max_work_group_size), int(device.max_mem_alloc_size))
+                   int(device.max_work_group_size), int(device.max_mem_alloc_size),
+                   int(getattr(device, "global_mem_cache_size", 0) or 0))
 
     @property
     def simd(self) -> bool:
@@ -187,6 +189,20 @@ def _fnn_graph_group(props, shape):
     return _one_sample_group(props) if props.vectorises_work_items else _fnn_group(props, shape)
 
 
+SCRATCH_MB = (1, 2, 4, 8, 16, 32, 64, 256)
+
+
+def _fnn_scratch(props, shape):
+    # A launch's node values are written once and read back by later nodes of the same
+    # network: on a CPU they should stay in the cache the device reports (PoCL: the 32 MB L3;
+    # Intel's runtime: the 1 MB L2), but a launch also costs tens of microseconds, so it holds
+    # at least 4 MB (a million float32 node values, about half a millisecond of work). GPUs
+    # stream their scratch through memory anyway and want the most work per launch.
+    if props.kind == "gpu":
+        return SCRATCH_MB[-1]
+    return _pick(SCRATCH_MB, max(4, props.cache // 2**20))
+
+
 def _fnn_ok(c, props, shape):
     return all(c[f"{form}_group"] <= props.max_group for form in ("layered", "graph"))
 
@@ -196,7 +212,8 @@ FNN = TunableFamily(
     (Tunable("layered_lanes", LANES, _fnn_lanes, "samples per work-item, layered kernel"),
      Tunable("layered_group", GROUPS, _fnn_group, "work-items per group, layered kernel (0: implementation's)"),
      Tunable("graph_lanes", LANES, _fnn_graph_lanes, "samples per work-item, population (graph) kernel"),
-     Tunable("graph_group", GROUPS, _fnn_graph_group, "work-items per group, population kernel (0: implementation's)")),
+     Tunable("graph_group", GROUPS, _fnn_graph_group, "work-items per group, population kernel (0: implementation's)"),
+     Tunable("scratch_mb", SCRATCH_MB, _fnn_scratch, "MiB of node values per launch (both kernels)")),
     exact=(), nearest=("batch",), constraint=_fnn_ok,
     coupled=(("layered_lanes", "layered_group"), ("graph_lanes", "graph_group")))
 
