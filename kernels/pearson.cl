@@ -19,6 +19,9 @@
 #endif
 
 typedef CLNET_CAT(CLNET_REAL, CLNET_VW) realv;
+/* The pair kernels below are written with explicit vectors and say so (vec_type_hint):
+ * without the hint Intel's CPU compiler scalarises them and packs neighbouring work-items
+ * into vectors again. */
 #define CLNET_VLOAD CLNET_CAT(vload, CLNET_VW)
 #define CLNET_VSTORE CLNET_CAT(vstore, CLNET_VW)
 
@@ -116,7 +119,7 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
     if (mirror && j0 + CLNET_VW <= i0)                                  \
         return
 
-__kernel void clnet_pearson_masked(__global const real *ax, __global const real *av,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_masked(__global const real *ax, __global const real *av,
                                    __global const real *bx, __global const real *bv,
                                    const int M, const int row0, const int n_rows,
                                    const int n_cols, const int col0, const real min_overlap,
@@ -166,7 +169,7 @@ __kernel void clnet_pearson_masked(__global const real *ax, __global const real 
 /* Complete data: rows are centred and of unit norm, so r is one dot product.
  * `a_ok` / `b_ok` are 0 for a constant row (its r is NaN). Each work-item computes
  * 2 * CLNET_RI rows x CLNET_VW columns. */
-__kernel void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
                                      __global const real *b, __global const real *b_ok,
                                      const int M, const int row0, const int n_rows,
                                      const int n_cols, const int col0, const int mirror,
@@ -287,7 +290,7 @@ typedef CLNET_CAT(CLNET_REAL, CLNET_SR) realsr;
 #define CLNET_SR_LOAD CLNET_CAT(vload, CLNET_SR)
 #define CLNET_SR_STORE CLNET_CAT(vstore, CLNET_SR)
 
-__kernel void clnet_pearson_sparse(__global const real *ax, __global const real *av,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_sparse(__global const real *ax, __global const real *av,
                                    __global const real *a_stats, const int a_padded,
                                    __global const int *a_miss_ptr, __global const int *a_miss_pos,
                                    __global const real *bx, __global const real *bv,

@@ -27,6 +27,7 @@ __kernel void third(__global int *x) { x[0] = 3; }
 #define RUN_FOURTH(x) fourth(x)
   kernel __attribute__((vec_type_hint(float))) void fourth(__global int *x) { x[0] = 4; }
 __kernel void fifth(__global int *x) { RUN_FOURTH(x); }
+__kernel __attribute__((vec_type_hint(float16))) void sixth(__global float *y, const int n) { y[0] = n; }
 """
 
 
@@ -42,6 +43,12 @@ def test_only_the_requested_kernel_and_those_it_calls_are_kept():
     assert "x[0] = 4" in only_kernels(SYNTHETIC, {"third"})  # a macro outside kernels names it: kept
     with pytest.raises(KeyError, match="no kernel nosuch"):
         only_kernels(SYNTHETIC, {"nosuch"})
+    # attributes with parentheses inside, between the qualifier and void, are part of the head:
+    # the kernel is found, cut out alone and its arguments parsed
+    sixth = only_kernels(SYNTHETIC, {"sixth"})
+    assert "y[0] = n" in sixth and "x[0] = 3" not in sixth and "y[0] = n" not in only_kernels(SYNTHETIC, {"third"})
+    args = parse_signatures(SYNTHETIC)["sixth"]
+    assert [(a.name, a.pointer) for a in args.args] == [("y", True), ("n", False)]
 
 
 def test_includes_are_inlined_once_and_commented_ones_are_left(tmp_path):

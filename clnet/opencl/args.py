@@ -19,13 +19,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .sources import blank_comments
+from .sources import _ATTRIBUTES, blank_comments
 
 _SCALAR_TYPES = {"int": np.int32, "uint": np.uint32, "long": np.int64, "ulong": np.uint64,
                  "float": np.float32, "double": np.float64, "real": None}  # None: the build's dtype
 _QUALIFIERS = {"const", "__global", "global", "__constant", "constant", "__local", "local",
                "restrict", "__restrict", "volatile"}
-_KERNEL = re.compile(r"__kernel\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_KERNEL = re.compile(rf"__kernel\s+{_ATTRIBUTES}void\s+(\w+)\s*\(([^)]*)\)", re.S)
 
 
 class KernelArgumentError(TypeError):
