@@ -379,6 +379,25 @@ def test_an_elman_rnn_with_relu_shares_the_entries_tuned_with_tanh():
     assert all(e["params"] == {"step_rows": 4} for e in entries)
 
 
+def test_workloads_at_one_shape_merge_only_what_they_changed_and_the_larger_gain_wins():
+    """Pearson tunes three workloads at each row count: one that kept the defaults must not
+    overwrite another's tuned tile with them, and where two changed the same parameter the
+    one that saved more time stands."""
+    shape = {"rows": 4000}
+    defaults = FAMILIES["pearson"].defaults(POCL, shape)
+
+    def outcome(label, changed, seconds, default_seconds):
+        return tuner.Outcome("pearson", label, shape, dict(defaults, **changed), seconds, default_seconds, [],
+                             candidates=10, changed=changed)
+
+    entries = tuner.entries_from([
+        outcome("complete", {"row_block": 8, "strip_mb": 32}, 0.050, 0.076),   # saved 26 ms
+        outcome("5% missing", {}, 0.100, 0.100),                              # defaults kept
+        outcome("30% missing", {"strip_mb": 16, "sparse_missing_max": 1.0}, 0.118, 0.248)])["pearson"]
+    (entry,) = entries
+    assert entry["params"] == {"row_block": 8, "strip_mb": 16, "sparse_missing_max": 1.0}
+
+
 @pytest.mark.parametrize("family", ["fnn", "rnn", "bptt", "pearson"])
 def test_the_gpu_defaults_compute_the_same_results(opencl_backend, family):
     """The configuration a GPU starts with before any tuning (one sample or row per

@@ -156,6 +156,7 @@ class Outcome:
     rejected: List[str]
     candidates: int = 0  # configurations measured besides the defaults (0: the budget ran out first)
     unconfirmed: Optional[Dict[str, object]] = None  # the search's winner, dropped when re-timing did not confirm it
+    changed: Optional[Dict[str, object]] = None  # the parameters where the winner differs from the defaults
 
 
 def _accuracy(work: Workload, got: Sequence[np.ndarray]):
@@ -320,23 +321,34 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
                     best, best_s = dict(base), default_seconds
             relevant = {k: v for k, v in best.items() if work.relevant(k)}
             outcomes.append(Outcome(family_name, work.label, dict(work.shape), relevant, best_s, default_seconds,
-                                    rejected, len(tried) - 1, unconfirmed))
+                                    rejected, len(tried) - 1, unconfirmed,
+                                    {k: v for k, v in relevant.items() if v != base[k]}))
     finally:
         bar.close()
     return outcomes
 
 
 def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
-    """Cache entries: one per family and shape, the parameters of every workload at that
-    shape merged (the FNN's layered and graph workloads tune different parameters)."""
+    """Cache entries: one per family and shape, merging the workloads measured at that shape
+    (FNN's layered and graph workloads tune different parameters; Pearson's complete, few- and
+    many-missing workloads share some). A workload contributes only the parameters its winner
+    changed from the defaults; where two changed the same one, the value of the workload that
+    saved the most time stands (before, the last workload's whole configuration replaced the
+    others', defaults included, so that a tuned tile of the complete-data kernel was lost)."""
     merged: Dict[tuple, dict] = {}
+    saved_by: Dict[tuple, float] = {}
     for o in outcomes:
         if o.candidates <= 0:
             continue  # nothing was compared: no entry, the shape stays on the defaults
         key = (o.family, tuple(sorted(o.shape.items())))
         row = merged.setdefault(key, {"shape": dict(o.shape), "params": {}, "seconds": 0.0,
                                       "default_seconds": 0.0})
-        row["params"].update(o.params)
+        changed = o.params if o.changed is None else o.changed
+        gain = o.default_seconds - o.seconds
+        for name, value in changed.items():
+            if name not in row["params"] or gain > saved_by[key + (name,)]:
+                row["params"][name] = value
+                saved_by[key + (name,)] = gain
         row["seconds"] += o.seconds
         row["default_seconds"] += o.default_seconds
     out: Dict[str, List[dict]] = {}
