@@ -570,3 +570,27 @@ def test_a_tuned_row_height_is_dropped_where_it_splits_the_batch_less_evenly(tun
     assert tile_balance(20, default_20[param], 2) > tile_balance(20, 8, 2)
     assert at_20[param] == default_20[param] and at_20["group"] == 4
     assert t.lookup(family, kind="lstm", batch=32, hidden=120)[param] == 8  # 4 tiles: still even
+
+
+def test_a_change_that_does_nothing_is_put_back_to_its_default(opencl_backend):
+    """A value that won the search by noise (here: the group size, which this run ignores)
+    returns to its default; one that gains (the lanes) stays."""
+    import time as _time
+
+    be = opencl_backend
+    work = tuner._fnn_workloads(be)[0]
+    honest = work.run
+
+    def run():
+        out = honest()
+        _time.sleep(0.02 if be.params("fnn", batch=work.shape["batch"])["layered_lanes"] == 8 else 0.1)
+        return out
+
+    work.run = run
+    base = FAMILIES["fnn"].defaults(be.tuning.props, work.shape)
+    other_group = next(g for g in FAMILIES["fnn"].param("layered_group").values if g != base["layered_group"])
+    best = dict(base, layered_lanes=8, layered_group=other_group)
+    with be.tuning.overriding("fnn", best):
+        best_s = tuner._timed(work.run)
+    kept, _ = tuner._without_idle_changes(be.tuning, "fnn", work, best, best_s, base, lambda c: True)
+    assert kept["layered_lanes"] == 8 and kept["layered_group"] == base["layered_group"]
