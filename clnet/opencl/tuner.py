@@ -137,8 +137,11 @@ def _pearson_workloads(be) -> List[Workload]:
 
             def run(X=X, backend=None, dtype="float32"):
                 return [clnet.pearson_topk(X, 10, backend=backend or be, dtype=dtype, progress=False)[1]]
+            # complete data runs neither the few-missing kernel nor its threshold
+            relevant = ((lambda name: name not in ("sparse_rows", "sparse_missing_max")) if not missing
+                        else (lambda name: True))
             out.append(Workload("pearson", {"rows": rows}, f"N={rows} {label}", run,
-                                run(backend="numpy", dtype="float64"), run(backend="numpy"), "pearson"))
+                                run(backend="numpy", dtype="float64"), run(backend="numpy"), "pearson", relevant))
     return out
 
 
@@ -261,9 +264,10 @@ def _without_idle_changes(tuning, family_name: str, work: Workload, best: Dict[s
         with tuning.overriding(family_name, cand):
             if _accuracy(work, work.run())[1] is not None:
                 continue
-            s = _timed(work.run)
-        if s * MARGIN <= best_s:
-            best, best_s = cand, min(best_s, s)
+        # alternating rounds, medians: one timing each decides nothing on a noisy CPU
+        kept_s, reverted_s = _confirmed(tuning, family_name, work.run, best, cand, rounds=3)
+        if reverted_s * MARGIN <= kept_s:
+            best, best_s = cand, reverted_s
     return best, best_s
 
 
