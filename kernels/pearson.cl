@@ -106,13 +106,22 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
 #define CLNET_TILE_OF(i) ((int)((uint)(i) / CLNET_VW))
 #define CLNET_LANE_OF(i) ((int)((uint)(i) % CLNET_VW))
 
+/* Which launch dimension runs over the column groups (the other runs over the row
+ * blocks). Work-groups are taken in the order of dimension 0 first: with the row blocks
+ * there (CLNET_COLS_DIM 1), the work-items that run one after another share a column panel,
+ * which stays in cache, and the strip's few rows are read again instead of every column of
+ * the matrix (clnet/opencl/tuning.py, pearson "order"). */
+#ifndef CLNET_COLS_DIM
+#define CLNET_COLS_DIM 0
+#endif
+
 /* The tile of pairs a work-item owns: rows i0 .. i0 + ROWS - 1 of the strip against the
  * VW columns from j0 (column group jg). Work-items past the strip's end return, and with
  * `mirror` (X against itself) so do tiles wholly below the diagonal, which the host fills
  * from their mirror image. Declares jg, i0 and j0. */
 #define CLNET_PAIR_TILE(ROWS)                                            \
-    const int jg = col0 / CLNET_VW + (int)get_global_id(0);             \
-    const int i0 = row0 + (int)get_global_id(1) * (ROWS);               \
+    const int jg = col0 / CLNET_VW + (int)get_global_id(CLNET_COLS_DIM); \
+    const int i0 = row0 + (int)get_global_id(1 - CLNET_COLS_DIM) * (ROWS); \
     const int j0 = jg * CLNET_VW;                                       \
     if (i0 >= row0 + n_rows || j0 >= n_cols)                            \
         return;                                                         \
@@ -207,7 +216,7 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_complete(__glo
  * lower column wins because columns are scanned in increasing order and only a
  * strictly larger r moves ahead). NaN is never a candidate; `self_col0` >= 0 excludes
  * column self_col0 + row (a row is not its own neighbour). Unused slots: -1 / NaN. */
-__kernel void clnet_pearson_topk(__global const real *strip, const long ld, const int n_rows,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_topk(__global const real *strip, const long ld, const int n_rows,
                                  const int n_cols, const int k, const int self_col0,
                                  __global int *out_idx, __global real *out_val)
 {
@@ -220,6 +229,13 @@ __kernel void clnet_pearson_topk(__global const real *strip, const long ld, cons
     const int self = self_col0 >= 0 ? self_col0 + row : -1;
     __global const real *src = strip + (long)row * ld;
     for (int j = 0; j < n_cols; ++j) {
+        /* Once the list is full, a block of CLNET_VW candidates none of which beats the
+         * k-th best is passed over with one vector comparison (NaN compares false). */
+        if (count == k && j % CLNET_VW == 0 && j + CLNET_VW <= n_cols &&
+            !any(CLNET_VLOAD(0, src + j) > (realv)best[k - 1])) {
+            j += CLNET_VW - 1;
+            continue;
+        }
         const real v = src[j];
         if (isnan(v) || j == self)
             continue;
@@ -428,7 +444,7 @@ inline void clnet_topk_save(__global int *idx, __global real *val, const int k,
 }
 
 /* Rows row0 + get_global_id(0) of a strip whose columns start at col0 (= row0). */
-__kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const long ld,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_topk_merge_rows(__global const real *strip, const long ld,
                                             const int n_rows, const int row0, const int n_cand,
                                             const int k, __global int *run_idx,
                                             __global real *run_val)
@@ -443,6 +459,12 @@ __kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const lo
     clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
     __global const real *src = strip + (long)r * ld;
     for (int c = 0; c < n_cand; ++c) {
+        /* a full list passes over CLNET_VW candidates at once when none beats its last */
+        if (count == k && c % CLNET_VW == 0 && c + CLNET_VW <= n_cand &&
+            !any(CLNET_VLOAD(0, src + c) > (realv)best[k - 1])) {
+            c += CLNET_VW - 1;
+            continue;
+        }
         if (row0 + c != row)
             clnet_topk_insert(best, where, &count, k, src[c], row0 + c);
     }
@@ -456,7 +478,7 @@ __kernel void clnet_pearson_topk_merge_rows(__global const real *strip, const lo
 #ifndef CLNET_MERGE_COLS
 #define CLNET_MERGE_COLS 4
 #endif
-__kernel void clnet_pearson_topk_merge_cols(__global const real *strip, const long ld,
+__kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_topk_merge_cols(__global const real *strip, const long ld,
                                             const int n_rows, const int row0, const int first_c,
                                             const int n_total, const int k,
                                             __global int *run_idx, __global real *run_val)
@@ -472,10 +494,23 @@ __kernel void clnet_pearson_topk_merge_cols(__global const real *strip, const lo
         const long row = row0 + c0 + q;
         clnet_topk_load(run_idx + row * k, run_val + row * k, k, best[q], where[q], &count[q]);
     }
+    /* Each list's bar: the value a candidate must beat (any number while it is not full). */
+    real bar[CLNET_MERGE_COLS];
+    for (int q = 0; q < CLNET_MERGE_COLS; ++q)
+        bar[q] = q < n_mine && count[q] == k ? best[q][k - 1] : (real)-INFINITY;
     for (int r = 0; r < n_rows; ++r) {
         __global const real *src = strip + (long)r * ld + c0;
-        for (int q = 0; q < n_mine; ++q)
+        if (n_mine == CLNET_MERGE_COLS) { /* one comparison per column, no branches: vectorises */
+            int hit = 0;
+            for (int q = 0; q < CLNET_MERGE_COLS; ++q)
+                hit |= src[q] > bar[q];
+            if (!hit)
+                continue;
+        }
+        for (int q = 0; q < n_mine; ++q) {
             clnet_topk_insert(best[q], where[q], &count[q], k, src[q], row0 + r);
+            bar[q] = count[q] == k ? best[q][k - 1] : (real)-INFINITY;
+        }
     }
     for (int q = 0; q < n_mine; ++q) {
         const long row = row0 + c0 + q;

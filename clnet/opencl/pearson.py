@@ -84,8 +84,10 @@ class OpenCLPearsonPlan(PearsonPlan):
         self.row_block = cfg["row_block"]  # CLNET_RI: rows per work-item (twice that for complete data)
         self.sparse_rows = cfg["sparse_rows"]  # CLNET_SR: rows per work-item of clnet_pearson_sparse
         self.list_group = cfg["list_group"]
+        self.rows_first = cfg["order"] == "rows"  # the row blocks along launch dimension 0
         self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.row_block}", f"CLNET_SR={self.sparse_rows}",
-                        f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}")
+                        f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}",
+                        f"CLNET_COLS_DIM={1 if self.rows_first else 0}")
         self.symmetric = cols is None
         cols = rows if cols is None else cols
         self.n_rows, self.n_cols = rows.shape[0], cols.shape[0]
@@ -169,7 +171,8 @@ class OpenCLPearsonPlan(PearsonPlan):
             row_blocks = -(-(stop - start) // self.row_block)
             knl = be.kernel("pearson", "clnet_pearson_masked", self.dtype, self.defines)
             args = dict(ax=self.d_ax, av=self.d_av, bx=self.d_bx, bv=self.d_bv, **tile, **masked)
-        knl(be.queue, (col_groups, row_blocks), be.any_local((1, 1)), **args)
+        grid = (row_blocks, col_groups) if self.rows_first else (col_groups, row_blocks)
+        knl(be.queue, grid, be.any_local((1, 1)), **args)
 
     def _rescued(self) -> bool:
         """Whether the last block launch marked any pair for recomputation (see
@@ -273,7 +276,8 @@ class OpenCLPearsonPlan(PearsonPlan):
         be = self.be
         cap = SYMMETRIC_TOPK_MAX
         cols_per_item = MERGE_LIST_SLOTS // cap
-        defines = self.defines[:-1] + (f"CLNET_TOPK_MAX={cap}", f"CLNET_MERGE_COLS={cols_per_item}")
+        defines = tuple(d for d in self.defines if not d.startswith("CLNET_TOPK_MAX=")) + (
+            f"CLNET_TOPK_MAX={cap}", f"CLNET_MERGE_COLS={cols_per_item}")
         n = self.n_rows
         run_idx = np.full((n, k), -1, dtype=np.int32)
         run_val = np.full((n, k), np.nan, dtype=self.dtype)

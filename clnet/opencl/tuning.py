@@ -351,6 +351,14 @@ def _strip_mb(props, shape):
 STRIPS = (16, 32, 64, 96)
 
 
+def _pearson_order(props, shape):
+    # A CPU takes work-groups one after another, dimension 0 first: with the row blocks
+    # there, a column panel stays in cache while the strip's rows pass over it, and the
+    # columns are read from memory once per strip instead of once per row block. A GPU runs
+    # them side by side: neighbouring work-items on neighbouring columns.
+    return "columns" if props.kind == "gpu" else "rows"
+
+
 def _pearson_ok(c, props, shape):
     return c["strip_mb"] * MB <= props.max_alloc and c["list_group"] <= props.max_group
 
@@ -363,7 +371,9 @@ PEARSON = TunableFamily(
      Tunable("sparse_missing_max", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0), lambda p, s: 0.25,
              "largest fraction missing computed as totals minus corrections"),
      Tunable("list_group", (1, 4, 8, 16, 32), lambda p, s: 8 if p.kind != "gpu" else 32,
-             "work-items per group of the top-k selection")),
+             "work-items per group of the top-k selection"),
+     Tunable("order", ("columns", "rows"), _pearson_order,
+             "which of column groups and row blocks the pair kernels take first")),
     exact=(), nearest=("rows",), constraint=_pearson_ok)
 
 FAMILIES: Dict[str, TunableFamily] = {f.name: f for f in (FNN, RNN, BPTT, PEARSON)}
