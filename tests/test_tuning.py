@@ -68,6 +68,11 @@ def test_gpu_defaults_follow_gpu_practice():
     # Node values per launch: within the cache the device reports (PoCL reports the L3, Intel's
     # runtime the L2), at least 4 MiB on a CPU; a GPU takes the most work per launch.
     assert pocl["scratch_mb"] == 32 and intel["scratch_mb"] == 4 and fnn["scratch_mb"] == 256
+    # Pearson's strips: within half the reported cache on a CPU (at least 16 MiB); the pair
+    # kernels take row blocks first on a CPU, neighbouring columns side by side on a GPU.
+    for props, strip, order in ((POCL, 16, "rows"), (INTEL, 16, "rows"), (BIG_GPU, 96, "columns")):
+        p = FAMILIES["pearson"].defaults(props, {"rows": 1000})
+        assert (p["strip_mb"], p["order"]) == (strip, order), props
     assert FAMILIES["rnn"].defaults(POCL, {"kind": "lstm", "batch": 1024})["projection"] == "fused"
 
 
