@@ -338,6 +338,8 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
                     break
             best, best_s = _without_idle_changes(tuning, family_name, work, best, best_s, base,
                                                  lambda c: family.allowed(c, tuning.props, work.shape))
+            if best == base:  # every change put back: the defaults, as first measured
+                best_s = default_seconds
             unconfirmed = None
             if best != base:
                 best_s, default_seconds = _confirmed(tuning, family_name, work.run, best, base)
