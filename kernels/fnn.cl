@@ -149,6 +149,13 @@ inline real clnet_from_order_key(clnet_key k)
 }
 #endif
 
+/* Up to this many terms a median counts ranks (n^2 comparisons, the terms' keys in private
+ * memory); above, it bisects over the bits of the keys (n * (bits + 1) passes). The host sets
+ * it (tunable fnn.median_ranks; 0: always bisect). */
+#ifndef CLNET_MEDIAN_FEW
+#define CLNET_MEDIAN_FEW 16
+#endif
+
 /* Address of the LANES values feeding connection c: an input row or an earlier node. */
 #define CLNET_SRC(c)                                                               \
     (conn_src[c] < n_in ? inputs + (size_t)conn_src[c] * in_stride + b0 + lane0 \
@@ -262,6 +269,43 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                     total[s] += t;
                 }
             }
+#if CLNET_MEDIAN_FEW > 2
+            if (n > 2 && n <= CLNET_MEDIAN_FEW) {
+                /* Few terms (most evolved nodes): each term's order key is kept, and a term
+                 * is the r-th smallest for every r from the number of keys below it to the
+                 * number at most it, minus one: n^2 comparisons instead of n * (bits + 1)
+                 * passes, and the same order statistics as the bisection below. */
+                clnet_key keys[CLNET_MEDIAN_FEW][LANES];
+                clnet_key lo[LANES], hi[LANES];
+                for (int c = 0; c < n; ++c) {
+                    const real w = conn_w[c0 + c];
+                    __global const real *v = CLNET_SRC(c0 + c);
+                    for (int s = 0; s < LANES; ++s)
+                        keys[c][s] = clnet_order_key(w * v[s]);
+                }
+                for (int s = 0; s < LANES; ++s)
+                    lo[s] = hi[s] = 0;
+                for (int i = 0; i < n; ++i) {
+                    int below[LANES], at_most[LANES];
+                    for (int s = 0; s < LANES; ++s)
+                        below[s] = at_most[s] = 0;
+                    for (int j = 0; j < n; ++j)
+                        for (int s = 0; s < LANES; ++s) { /* the lane loops innermost: SIMD */
+                            below[s] += keys[j][s] < keys[i][s];
+                            at_most[s] += keys[j][s] <= keys[i][s];
+                        }
+                    for (int s = 0; s < LANES; ++s) {
+                        lo[s] = below[s] <= lo_rank && lo_rank < at_most[s] ? keys[i][s] : lo[s];
+                        hi[s] = below[s] <= hi_rank && hi_rank < at_most[s] ? keys[i][s] : hi[s];
+                    }
+                }
+                for (int s = 0; s < LANES; ++s) {
+                    const real lo_val = clnet_from_order_key(lo[s]);
+                    const real hi_val = clnet_from_order_key(hi[s]);
+                    zz[s] = has_nan[s] ? (real)NAN : lo_rank == hi_rank ? lo_val : (lo_val + hi_val) / (real)2;
+                }
+            } else
+#endif
             if (n > 2) {
                 /* smallest key K with count(key <= K) > lo_rank, decided bit by bit */
                 for (int bit = CLNET_KEY_BITS - 1; bit >= 0; --bit) {

@@ -102,6 +102,8 @@ def test_a_population_keeps_each_launch_within_the_cache_budget(opencl_backend, 
     """The tuned cache budget (scratch_mb) splits a large batch of a population into launches
     whose node values fit it, with bitwise identical results; a network larger than the
     budget still runs whole in its launch."""
+    import dataclasses
+
     from clnet.opencl import fnn
     from clnet.opencl.args import BoundKernel
 
@@ -135,7 +137,7 @@ def test_a_population_keeps_each_launch_within_the_cache_budget(opencl_backend, 
 
             def tiny_budget(self, form, batch):
                 launch = real_launch(self, form, batch)
-                return fnn.FNNLaunch(launch.lanes, launch.group, budget)
+                return dataclasses.replace(launch, scratch=budget)
 
             monkeypatch.setattr(fnn.FNNKernels, "_fnn_launch", tiny_budget)
             pieces = pop(x, backend=opencl_backend)

@@ -60,3 +60,32 @@ def test_a_long_population_call_is_split_into_bounded_launches(opencl_backend, m
     assert sum(launches) == B
     for nb in launches:  # each launch holds at most one lane group beyond the bound
         assert nb * terms_per_sample <= 2**20 + 64 * terms_per_sample, (nb, launches)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_counting_ranks_and_bisecting_give_the_same_medians(opencl_backend, dtype):
+    """Up to graph_median_ranks terms a median counts ranks among the kept terms; above, it
+    bisects over the bits of their keys. Both find the same order statistics, bit for bit,
+    with ties, zeros of both signs, infinities and NaN among the terms."""
+    if dtype == "float64" and not opencl_backend.supports_float64:
+        pytest.skip("device has no float64")
+    rng = np.random.default_rng(11)
+    fan_ins = (3, 4, 5, 8, 9, 15, 16, 17, 30)
+    width = max(fan_ins)
+    nets = []
+    for fan_in in fan_ins:
+        weights = rng.normal(size=fan_in)
+        weights[: fan_in // 2] = np.round(weights[: fan_in // 2]) + 1  # equal weights: ties
+        nets.append(clnet.FNN.from_graph(width, 1, [(0, 0.0, 1.0, "identity", "median")],
+                                         [(-(i + 1), 0, float(w), True) for i, w in enumerate(weights)]))
+    pop = clnet.FNNPopulation(nets)
+    x = np.round(rng.normal(size=(37, width)) * 2) / 2
+    x[0, 0], x[1, 1], x[2, 2], x[3, :3] = np.inf, -np.inf, np.nan, [0.0, -0.0, 0.0]
+    results = {}
+    for ranks in (0, 8, 16):
+        with opencl_backend.tuning.overriding("fnn", {"graph_median_ranks": ranks}):
+            results[ranks] = pop(x, backend=opencl_backend, dtype=dtype)
+    np.testing.assert_array_equal(results[0], results[8])
+    np.testing.assert_array_equal(results[0], results[16])
+    ref = pop(x, backend="numpy", dtype="float64")
+    np.testing.assert_allclose(results[16], ref, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)

@@ -44,6 +44,7 @@ class BatchLayout:
     group: int = 0  # work-items per group along the samples; 0: the implementation's choice
     align: int = 1  # with group 0: work-items along the samples come in multiples of this
     scratch: int = SCRATCH_BUDGET  # bytes of node values one launch may hold
+    median_ranks: int = 0
 
     def items(self, nb: int) -> int:
         """Work-items along the samples for ``nb`` samples: whole groups, or with the
@@ -61,6 +62,7 @@ class FNNLaunch:
     lanes: int
     group: int
     scratch: int  # bytes of node values one launch may hold (the tuned cache budget)
+    median_ranks: int = 0  # largest fan-in whose median counts ranks (kernels/fnn.cl, CLNET_MEDIAN_FEW)
 
 
 class FNNKernels(FNNOps):
@@ -69,7 +71,8 @@ class FNNKernels(FNNOps):
         batch: the tuned or default parameters of clnet/opencl/tuning.py (family "fnn")."""
         c = self.params("fnn", batch=int(batch))
         scratch = min(c["scratch_mb"] * 2**20, self._scratch_budget())
-        return FNNLaunch(self._fit_lanes(c[f"{form}_lanes"], batch), c[f"{form}_group"], scratch)
+        return FNNLaunch(self._fit_lanes(c[f"{form}_lanes"], batch), c[f"{form}_group"], scratch,
+                         c["graph_median_ranks"])
 
     def _fit_lanes(self, lanes: int, batch: int) -> int:
         """``lanes``, halved while they would pad the batch by more than a quarter beyond one
@@ -100,7 +103,7 @@ class FNNKernels(FNNOps):
         if not whole:
             per_launch = max(lanes, min(per_launch, budget // out_row_bytes // lanes * lanes))
         align = max(1, int(self.device.native_vector_width_float)) if launch.lanes == 1 else 1
-        return BatchLayout(lanes, per_launch, whole, launch.group, align, launch.scratch)
+        return BatchLayout(lanes, per_launch, whole, launch.group, align, launch.scratch, launch.median_ranks)
 
     def _fnn_inputs(self, x, lanes: int):
         """Inputs transposed to (n_inputs, B_padded), zero-padded to whole lanes."""
@@ -197,8 +200,10 @@ class FNNKernels(FNNOps):
             bounded = max(plan.lanes, LAUNCH_TERMS // max(terms, 1) // plan.lanes * plan.lanes)
             long_work = terms * B > LAUNCH_TERMS
             if bounded < plan.per_launch:
-                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group, plan.align, plan.scratch)
-            knl = self.kernel("fnn", "clnet_fnn_graph", dtype, (f"CLNET_LANES={plan.lanes}",))
+                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group, plan.align, plan.scratch,
+                                   plan.median_ranks)
+            knl = self.kernel("fnn", "clnet_fnn_graph", dtype,
+                              (f"CLNET_LANES={plan.lanes}", f"CLNET_MEDIAN_FEW={plan.median_ranks}"))
             bufs = self._population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)
             budget = self._scratch_budget()
