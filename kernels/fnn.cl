@@ -151,7 +151,7 @@ inline real clnet_from_order_key(clnet_key k)
 
 /* Up to this many terms a median counts ranks (n^2 comparisons, the terms' keys in private
  * memory); above, it bisects over the bits of the keys (n * (bits + 1) passes). The host sets
- * it (tunable fnn.median_ranks; 0: always bisect). */
+ * it (tunable fnn.graph_median_ranks; 0: always bisect). */
 #ifndef CLNET_MEDIAN_FEW
 #define CLNET_MEDIAN_FEW 16
 #endif

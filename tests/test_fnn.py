@@ -123,10 +123,20 @@ def test_a_population_keeps_each_launch_within_the_cache_budget(opencl_backend, 
         return real_call(self, queue, global_size, *args, **kwargs)
 
     monkeypatch.setattr(BoundKernel, "__call__", counting_call)
+    requested = []  # bytes asked for the node values (a kept larger buffer may be handed back)
+    real_workspace = type(opencl_backend).workspace
+
+    def recording_workspace(self, name, nbytes, *args, **kwargs):
+        if name == "fnn.scratch":
+            requested.append(nbytes)
+        return real_workspace(self, name, nbytes, *args, **kwargs)
+
+    monkeypatch.setattr(type(opencl_backend), "workspace", recording_workspace)
     starts = pop.packed.net_node_start
     item = 4
     for budget_nodes in (None, 1):  # 1 MiB of node values; then a budget below one network's
         launches.clear()
+        requested.clear()
         if budget_nodes is None:
             with opencl_backend.tuning.overriding("fnn", {"scratch_mb": 1}):
                 pieces = pop(x, backend=opencl_backend)
@@ -146,6 +156,7 @@ def test_a_population_keeps_each_launch_within_the_cache_budget(opencl_backend, 
         for nb_pad, p0, count in launches:
             nodes = int(starts[p0 + count] - starts[p0])
             assert count == 1 or nodes * nb_pad * item <= budget, (nb_pad, p0, count, budget)
+            assert nodes * nb_pad * item <= requested[-1], (nodes, nb_pad, requested)  # the scratch holds it
 # --- graph form semantics --------------------------------------------------------------------
 def test_graph_disabled_connections_are_removed_not_zeroed(any_backend):
     nodes = [dict(key=0, aggregation="product")]

@@ -76,7 +76,8 @@ def test_counting_ranks_and_bisecting_give_the_same_medians(opencl_backend, dtyp
     for fan_in in fan_ins:
         weights = rng.normal(size=fan_in)
         weights[: fan_in // 2] = np.round(weights[: fan_in // 2]) + 1  # equal weights: ties
-        nets.append(clnet.FNN.from_graph(width, 1, [(0, 0.0, 1.0, "identity", "median")],
+        # bias -0.0: a median of -0 stays -0 (bias + 1 * z), so the sign of zero is compared too
+        nets.append(clnet.FNN.from_graph(width, 1, [(0, -0.0, 1.0, "identity", "median")],
                                          [(-(i + 1), 0, float(w), True) for i, w in enumerate(weights)]))
     pop = clnet.FNNPopulation(nets)
     x = np.round(rng.normal(size=(37, width)) * 2) / 2
@@ -85,7 +86,9 @@ def test_counting_ranks_and_bisecting_give_the_same_medians(opencl_backend, dtyp
     for ranks in (0, 8, 16):
         with opencl_backend.tuning.overriding("fnn", {"graph_median_ranks": ranks}):
             results[ranks] = pop(x, backend=opencl_backend, dtype=dtype)
-    np.testing.assert_array_equal(results[0], results[8])
-    np.testing.assert_array_equal(results[0], results[16])
+    bits = np.uint32 if dtype == "float32" else np.uint64
+    np.testing.assert_array_equal(results[0].view(bits), results[8].view(bits))
+    np.testing.assert_array_equal(results[0].view(bits), results[16].view(bits))
+    assert (np.signbit(results[0]) & (results[0] == 0)).any()  # some medians are -0
     ref = pop(x, backend="numpy", dtype="float64")
     np.testing.assert_allclose(results[16], ref, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)

@@ -25,7 +25,7 @@ _SCALAR_TYPES = {"int": np.int32, "uint": np.uint32, "long": np.int64, "ulong": 
                  "float": np.float32, "double": np.float64, "real": None}  # None: the build's dtype
 _QUALIFIERS = {"const", "__global", "global", "__constant", "constant", "__local", "local",
                "restrict", "__restrict", "volatile"}
-_KERNEL = re.compile(rf"__kernel\s+{_ATTRIBUTES}void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_KERNEL = re.compile(rf"(?<!\w)(?:__kernel|kernel)\s+{_ATTRIBUTES}void\s+(\w+)\s*\(([^)]*)\)", re.S)
 
 
 class KernelArgumentError(TypeError):

@@ -1,7 +1,7 @@
 """Feed-forward networks on OpenCL (kernels/fnn.cl): the FNN family of clnet/contract.py.
 
-Both forms evaluate a batch in launches of at most :data:`SCRATCH_BUDGET` bytes of node
-values. A population's packed arrays and a layered network's structure and weights are
+Both forms evaluate a batch in launches whose node values fit the tuned cache budget
+(``fnn.scratch_mb``, at most :data:`SCRATCH_BUDGET` bytes). A population's packed arrays and a layered network's structure and weights are
 uploaded once per backend and dtype and kept in the object's ``device_copies``.
 """
 from __future__ import annotations

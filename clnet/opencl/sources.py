@@ -26,7 +26,9 @@ from typing import Iterable, List, Optional, Tuple
 # after the file name is only blanks there.
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)  # each file is inlined once anyway
-# attributes with one level of parentheses inside: __attribute__((vec_type_hint(float16)))
+# attributes with one level of parentheses inside: __attribute__((vec_type_hint(float16)));
+# a deeper one (aligned(sizeof(x))) would hide the kernel from both the cutter and the
+# argument parser, so the kernels do not use them
 _ATTRIBUTES = r"(?:__attribute__\s*\(\((?:[^()]|\([^()]*\))*\)\)\s*)*"
 _KERNEL_HEAD = re.compile(rf"^[ \t]*{_ATTRIBUTES}(?:__kernel|kernel)\s+{_ATTRIBUTES}void\s+(\w+)\s*\(", re.M | re.S)
 

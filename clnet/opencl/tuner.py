@@ -252,17 +252,23 @@ def coordinates(family) -> List[tuple]:
 
 
 def _without_idle_changes(tuning, family_name: str, work: Workload, best: Dict[str, object], best_s: float,
-                          base: Dict[str, object], allowed: Callable[[Dict[str, object]], bool]):
-    """``best`` with each changed parameter put back to its default where that is not
-    measurably slower (within the search's margin). A value can win the search by noise alone
-    while doing nothing at this workload, like a missing-data threshold on either side of its
-    fraction, and would then decide calls it was never measured on."""
-    for name in [k for k in best if best[k] != base[k]]:
-        cand = dict(best, **{name: base[name]})
+                          base: Dict[str, object], allowed: Callable[[Dict[str, object]], bool],
+                          deadline: float = float("inf"), limit_ratio: float = 1.0):
+    """``best`` with each changed coordinate (a parameter, or a coupled set together) put back
+    to its defaults where that is not measurably slower (within the search's margin). A value
+    can win the search by noise alone while doing nothing at this workload, like a missing-data
+    threshold on either side of its fraction, and would then decide calls it was never
+    measured on. Stops at ``deadline``; a put-back must be as accurate as the search required."""
+    family = FAMILIES[family_name]
+    for names, _ in coordinates(family):
+        changed = [n for n in names if n in best and best[n] != base[n]]
+        if not changed or time.perf_counter() > deadline:
+            continue
+        cand = dict(best, **{n: base[n] for n in names if n in best})
         if not allowed(cand):
             continue
         with tuning.overriding(family_name, cand):
-            if _accuracy(work, work.run())[1] is not None:
+            if _accuracy(work, work.run())[0] > limit_ratio:
                 continue
         # alternating rounds, medians: one timing each decides nothing on a noisy CPU
         kept_s, reverted_s = _confirmed(tuning, family_name, work.run, best, cand, rounds=3)
@@ -337,7 +343,8 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
                 if not improved:
                     break
             best, best_s = _without_idle_changes(tuning, family_name, work, best, best_s, base,
-                                                 lambda c: family.allowed(c, tuning.props, work.shape))
+                                                 lambda c: family.allowed(c, tuning.props, work.shape),
+                                                 work_deadline, limit["ratio"])
             if best == base:  # every change put back: the defaults, as first measured
                 best_s = default_seconds
             unconfirmed = None

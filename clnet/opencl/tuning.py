@@ -207,8 +207,10 @@ def _fnn_median_ranks(props, shape):
     # Where the compiler vectorises the lane loops (PoCL), the bisection's passes are already
     # SIMD loops over the lanes and its table-free form measured faster (an all-median
     # population: 18.8 against 22.7 ms); where work-items are packed (Intel's runtime: 88 to
-    # 23 ms) or on a GPU, counting ranks among a few kept terms beats 33 passes over them.
-    return 0 if props.simd else 16
+    # 23 ms), counting ranks among a few kept terms beats 33 passes over them. On a GPU the
+    # kept keys would be indexed at run time (spilled to memory) and neither way has been
+    # measured: the bisection, which ran there before, until the tuner says otherwise.
+    return 16 if props.vectorises_work_items else 0
 
 
 def _fnn_ok(c, props, shape):
