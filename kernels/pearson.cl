@@ -14,6 +14,9 @@
 #ifndef CLNET_VW
 #error "CLNET_VW (values per vector) is set by the host: clnet/opencl/pearson.py"
 #endif
+#ifndef CLNET_RC /* rows per work-item of clnet_pearson_complete */
+#define CLNET_RC 8
+#endif
 #ifndef CLNET_RI
 #define CLNET_RI 4
 #endif
@@ -177,29 +180,30 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_masked(__globa
 
 /* Complete data: rows are centred and of unit norm, so r is one dot product.
  * `a_ok` / `b_ok` are 0 for a constant row (its r is NaN). Each work-item computes
- * 2 * CLNET_RI rows x CLNET_VW columns. */
+ * CLNET_RC rows x CLNET_VW columns (its own tile: one accumulator per row, against six
+ * for the masked sums). */
 __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
                                      __global const real *b, __global const real *b_ok,
                                      const int M, const int row0, const int n_rows,
                                      const int n_cols, const int col0, const int mirror,
                                      __global real *out, const long ld)
 {
-    CLNET_PAIR_TILE((2 * CLNET_RI));
+    CLNET_PAIR_TILE(CLNET_RC);
     __global const real *pa = a + ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pb = b + (long)jg * M * CLNET_VW;
-    realv acc[2 * CLNET_RI];
+    realv acc[CLNET_RC];
 #pragma unroll
-    for (int r = 0; r < 2 * CLNET_RI; ++r)
+    for (int r = 0; r < CLNET_RC; ++r)
         acc[r] = (realv)0;
     for (int p = 0; p < M; ++p) {
         const realv y = CLNET_VLOAD(p, pb);
 #pragma unroll
-        for (int r = 0; r < 2 * CLNET_RI; ++r)
+        for (int r = 0; r < CLNET_RC; ++r)
             acc[r] = fma((realv)pa[p * CLNET_VW + r], y, acc[r]);
     }
     const realv ok_b = CLNET_VLOAD(jg, b_ok);
 #pragma unroll
-    for (int r = 0; r < 2 * CLNET_RI; ++r) {
+    for (int r = 0; r < CLNET_RC; ++r) {
         const int i = i0 + r;
         if (i >= row0 + n_rows)
             break;

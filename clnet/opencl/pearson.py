@@ -81,11 +81,13 @@ class OpenCLPearsonPlan(PearsonPlan):
         self.dtype = dt = np.dtype(dtype)
         self.vw = 16 if dt == np.float32 else 8
         self.config = cfg = backend.params("pearson", rows=rows.shape[0])
-        self.row_block = cfg["row_block"]  # CLNET_RI: rows per work-item (twice that for complete data)
+        self.row_block = cfg["row_block"]  # CLNET_RI: rows per work-item of the masked kernel
+        self.complete_rows = cfg["complete_rows"]  # CLNET_RC: rows per work-item for complete data
         self.sparse_rows = cfg["sparse_rows"]  # CLNET_SR: rows per work-item of clnet_pearson_sparse
         self.list_group = cfg["list_group"]
         self.rows_first = cfg["order"] == "rows"  # the row blocks along launch dimension 0
-        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.row_block}", f"CLNET_SR={self.sparse_rows}",
+        self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.row_block}", f"CLNET_RC={self.complete_rows}",
+                        f"CLNET_SR={self.sparse_rows}",
                         f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}",
                         f"CLNET_COLS_DIM={1 if self.rows_first else 0}")
         self.symmetric = cols is None
@@ -164,7 +166,7 @@ class OpenCLPearsonPlan(PearsonPlan):
                         a_miss_pos=a.pos, bx=self.d_bx, bv=self.d_bv, b_stats=b.stats, b_miss_ptr=b.ptr,
                         b_miss_pos=b.pos, b_padded=b.padded, **tile, **masked)
         elif self.complete:
-            row_blocks = -(-(stop - start) // (2 * self.row_block))
+            row_blocks = -(-(stop - start) // self.complete_rows)
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
             args = dict(a=self.d_a, a_ok=self.d_a_ok, b=self.d_b, b_ok=self.d_b_ok, **tile)
         else:

@@ -381,7 +381,8 @@ def _pearson_ok(c, props, shape):
 
 PEARSON = TunableFamily(
     "pearson",
-    (Tunable("row_block", (2, 4, 8), lambda p, s: 4, "rows per work-item of the pair kernels (x2 for complete data)"),
+    (Tunable("row_block", (2, 4, 8), lambda p, s: 4, "rows per work-item of the masked pair kernel"),
+     Tunable("complete_rows", (4, 8, 16), lambda p, s: 8, "rows per work-item of the complete-data kernel"),
      Tunable("sparse_rows", (2, 4, 8), lambda p, s: 8, "rows per work-item of the few-missing kernel"),
      Tunable("strip_mb", STRIPS, _strip_mb, "MiB of r per strip"),
      Tunable("sparse_missing_max", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0), lambda p, s: 0.25,
