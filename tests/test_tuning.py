@@ -605,3 +605,24 @@ def test_a_change_that_does_nothing_is_put_back_to_its_default(opencl_backend):
         best_s = tuner._timed(work.run)
     kept, _ = tuner._without_idle_changes(be.tuning, "fnn", work, best, best_s, base, lambda c: True)
     assert kept["layered_lanes"] == 8 and kept["scratch_mb"] == base["scratch_mb"]
+
+
+def test_a_merged_entry_that_breaks_the_constraint_keeps_the_best_workload_alone():
+    """Two workloads at one shape, each valid alone, whose changes together break the
+    family's constraint (bptt: a register tile of at most 32 vectors): the entry keeps the
+    changes of the one that saved more time, never an invalid configuration."""
+    shape = {"kind": "lstm", "batch": 16, "hidden": 136}
+    defaults = FAMILIES["bptt"].defaults(POCL, shape)
+    rows = max(v for v in FAMILIES["bptt"].param("inputs_rows").values if v * defaults["inputs_vectors"] <= 32)
+    vectors = max(v for v in FAMILIES["bptt"].param("inputs_vectors").values if defaults["inputs_rows"] * v <= 32)
+    assert rows * vectors > 32  # each change is allowed alone, not both together
+
+    def outcome(changed, seconds):
+        return tuner.Outcome("bptt", "x", shape, dict(defaults, **changed), seconds, 1.0, [], candidates=5,
+                             changed=changed)
+
+    merged = tuner.entries_from([outcome({"inputs_rows": rows}, 0.5), outcome({"inputs_vectors": vectors}, 0.8)],
+                                POCL)["bptt"]
+    entry = next(e for e in merged if e["shape"]["kind"] == "lstm")
+    assert entry["params"] == {"inputs_rows": rows}
+    assert FAMILIES["bptt"].allowed(dict(defaults, **entry["params"]), POCL, shape)

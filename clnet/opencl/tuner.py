@@ -363,7 +363,7 @@ def tune_family(be, family_name: str, budget: float, progress: bool = True, echo
     return outcomes
 
 
-def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
+def entries_from(outcomes: Iterable[Outcome], props=None) -> Dict[str, List[dict]]:
     """Cache entries: one per family and shape, merging the workloads measured at that shape
     (FNN's layered and graph workloads tune different parameters; Pearson's complete, few- and
     many-missing workloads share some). A workload contributes only the parameters its winner
@@ -372,6 +372,8 @@ def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
     others', defaults included, so that a tuned tile of the complete-data kernel was lost)."""
     merged: Dict[tuple, dict] = {}
     saved_by: Dict[tuple, float] = {}
+    best_single: Dict[tuple, tuple] = {}  # per shape: (time saved, changes) of the best workload
+    outcomes = list(outcomes)
     for o in outcomes:
         if o.candidates <= 0:
             continue  # nothing was compared: no entry, the shape stays on the defaults
@@ -380,6 +382,8 @@ def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
                                       "default_seconds": 0.0})
         changed = o.params if o.changed is None else o.changed
         gain = o.default_seconds - o.seconds
+        if key not in best_single or gain > best_single[key][0]:
+            best_single[key] = (gain, dict(changed))
         for name, value in changed.items():
             if name not in row["params"] or gain > saved_by[key + (name,)]:
                 row["params"][name] = value
@@ -387,7 +391,12 @@ def entries_from(outcomes: Iterable[Outcome]) -> Dict[str, List[dict]]:
         row["seconds"] += o.seconds
         row["default_seconds"] += o.default_seconds
     out: Dict[str, List[dict]] = {}
-    for (family, _), row in merged.items():
+    for key, row in merged.items():
+        family = key[0]
+        if props is not None:  # a merge no workload ran as a whole must still be a valid one
+            fam = FAMILIES[family]
+            if not fam.allowed(dict(fam.defaults(props, row["shape"]), **row["params"]), props, row["shape"]):
+                row["params"] = best_single[key][1]
         out.setdefault(family, []).append(row)
         for twin in SAME_KERNELS.get(row["shape"].get("kind"), ()):
             out[family].append(dict(row, shape=dict(row["shape"], kind=twin)))
@@ -410,7 +419,8 @@ def tune(be, families: Optional[Sequence[str]] = None, budget: float = DEFAULT_B
         share = budget * WEIGHTS[name] / weight
         echo(f"{be.spec} ({be.description}): tuning {name} within {share:.0f} s")
         outcomes = tune_family(be, name, share, progress=progress, echo=echo)
-        be.tuning.save(entries_from(outcomes))  # after each family: an interrupted run keeps what it found
+        # after each family: an interrupted run keeps what it found
+        be.tuning.save(entries_from(outcomes, be.tuning.props))
         for o in outcomes:
             if o.candidates <= 0:
                 echo(f"  {o.label:<22} default {o.default_seconds * 1e3:9.2f} ms  not tuned: the budget ran out "
