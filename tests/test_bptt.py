@@ -466,3 +466,28 @@ def test_weight_gradients_summed_over_8192_rows_stay_within_the_float32_table(op
     for name in ("weight_ih", "weight_hh"):
         ratio, _, msg = compare(Comparison(name, np.asarray(got[name]), ref[name], control[name]), "bptt", np.float32)
         assert not msg and ratio <= 1.0, (name, ratio, msg)
+
+
+def test_a_dropped_recording_frees_its_activations_at_once(any_backend):
+    """A recording holds a sequence's activations on the device until it is dropped: with no
+    reference cycle, dropping it frees them at once (not at the next garbage collection), used
+    or not, so a training loop recording every minibatch does not grow its device memory."""
+    import gc
+    import weakref
+
+    cell = clnet.LSTMCell(3, 5, seed=1)
+    xs = np.ones((4, 2, 3))
+    gc.disable()
+    try:
+        for use in (True, False):
+            rec = cell.record_sequence(xs, None, None, backend=any_backend)
+            if use:
+                rec.backward(np.ones((4, 2, 5)))
+            alive = [weakref.ref(rec)]
+            saved = getattr(rec, "_saved", None)  # the device side: what holds the buffers
+            if saved is not None and not isinstance(saved, (list, tuple, dict)):
+                alive.append(weakref.ref(saved))
+            del rec, saved
+            assert all(ref() is None for ref in alive), "a recording is kept alive by a reference cycle"
+    finally:
+        gc.enable()

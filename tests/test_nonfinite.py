@@ -44,3 +44,23 @@ def test_bptt_gradients_nan_only_where_the_reference_has_them(any_backend, kind)
     for name in ref:
         assert np.array_equal(np.isnan(got[name]), np.isnan(ref[name])), name
     assert np.isnan(ref["weight_ih"]).any() and np.isfinite(ref["weight_hh"]).all()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_recording_with_an_infinite_input_matches_backward_sequence(any_backend, kind):
+    """record_sequence keeps the forward for the backward: with an infinite input feature in
+    one row its outputs stay finite like sequence's, and its gradients are NaN exactly where
+    backward_sequence's (and the float64 reference's) are."""
+    cell = CELLS[kind](3, 5, seed=1)
+    xs = np.ones((3, 4, 3))
+    xs[1, 1, 0] = np.inf
+    grads = np.ones((3, 4, 5))
+    rec = cell.record_sequence(xs, None, None, backend=any_backend)
+    assert np.isfinite(rec.hs).all()
+    got = rec.backward(grads)
+    whole = cell.backward_sequence(xs, None, None, grads, backend=any_backend)
+    ref = cell.backward_sequence(xs, None, None, grads, backend="numpy", dtype="float64")
+    for name in ref:
+        assert np.array_equal(np.isnan(got[name]), np.isnan(ref[name])), name
+        np.testing.assert_array_equal(got[name], whole[name])
+    assert np.isnan(ref["weight_ih"]).any() and np.isfinite(ref["weight_hh"]).all()
