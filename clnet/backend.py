@@ -59,6 +59,12 @@ class BackendUnavailable(RuntimeError):
             message += f". To fix: {fix}"
         super().__init__(message)
 
+    def __reduce__(self):
+        # Rebuilt from its own arguments, not the message: raised in a worker process (a
+        # multiprocessing pool, Dask), it must unpickle in the parent, or the pool's result
+        # thread dies and the parent waits forever.
+        return (type(self), (self.spec, self.reason, self.fix))
+
 
 class DeviceError(RuntimeError):
     """A device failed while running an operation (lost device, driver error, failed build).

@@ -50,6 +50,23 @@ SCRIPT = textwrap.dedent('''
             return "refused: " + str(exc)
         return "ok"
 
+    def record_new(_=None):
+        """A new recording on the device by name: after the refusals above the registry has
+        marked it failed, so this one is BackendUnavailable, giving the same reason."""
+        try:
+            cell.record_sequence(np.ones((2, 2, 3)), None, None, backend=SPEC)
+        except (clnet.DeviceError, clnet.BackendUnavailable) as exc:
+            return "refused: " + str(exc)
+        return "ok"
+
+    def record_backward(_=None):
+        """The backward of a recording the parent made: its activations are on the device."""
+        try:
+            recording.backward(np.ones((2, 2, 5)))
+        except clnet.DeviceError as exc:
+            return "refused: " + str(exc)
+        return "ok"
+
     def report(method, results):
         print(method, "|", " || ".join(results), flush=True)
 
@@ -64,7 +81,8 @@ SCRIPT = textwrap.dedent('''
         else:
             state = cell.initial_state(2, backend=SPEC)
             cell.step(np.ones((2, 3)), state)
-        tasks = [explicit, automatic] + ([state_step] if state is not None else [])
+            recording = cell.record_sequence(np.ones((2, 2, 3)), None, None, backend=SPEC)
+        tasks = [explicit, automatic] + ([state_step, record_new, record_backward] if state is not None else [])
         pid = os.fork()
         if pid == 0:
             report("fork", [t() for t in tasks])

@@ -280,3 +280,29 @@ def test_pearson_topk_of_50000_rows_within_default_device_limits(opencl_backend)
     full = clnet.pearson(X[rows], X, backend="numpy", dtype="float64")
     full[np.arange(3), rows] = -np.inf  # a row is not its own neighbour
     np.testing.assert_allclose(val[rows], -np.sort(-full, axis=1)[:, :10], atol=1e-4)
+
+
+def test_every_clnet_exception_survives_pickling_with_its_message_and_fields():
+    """Raised in a worker (a multiprocessing pool, a Dask task), an exception travels back
+    pickled. One whose constructor takes other arguments than its message failed to unpickle:
+    the pool's result thread died and the parent waited forever (a forked pool worker calling
+    a backend that the registry had marked failed)."""
+    import pickle
+
+    from clnet.contract import ContractError
+    from clnet.opencl.args import KernelArgumentError
+    from clnet.opencl.runtime import CompilerEnvironmentError, KernelBuildError
+
+    cases = [
+        clnet.BackendUnavailable("opencl:0:0", "it failed during use", "use 'spawn'"),
+        clnet.DeviceError("device 'x' was lost during fnn_graph"),
+        KernelBuildError("dev", "fnn.cl", ["-D", "A=1"], "error: x", "/tmp/fnn.cl"),
+        CompilerEnvironmentError("dev", "the cache folder is full", "free some space"),
+        ContractError("a changed signature"),
+        KernelArgumentError("clnet_fnn_graph: missing argument 'out'"),
+    ]
+    for exc in cases:
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc), exc
+        for field in ("spec", "reason", "fix", "device", "options", "log", "source_path"):
+            assert getattr(back, field, None) == getattr(exc, field, None), (exc, field)

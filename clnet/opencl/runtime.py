@@ -93,6 +93,7 @@ class KernelBuildError(DeviceError):
     """A kernel failed to compile. Carries the device, the options and the build log."""
 
     def __init__(self, device: str, source_name: str, options: Sequence[str], log: str, saved: str):
+        self._arguments = (device, source_name, list(options), log, saved)
         self.device = device
         self.options = list(options)
         self.log = log
@@ -103,6 +104,9 @@ class KernelBuildError(DeviceError):
             f"source saved to: {saved}\n"
             f"build log:\n{log.strip() or '(empty)'}"
         )
+
+    def __reduce__(self):  # see BackendUnavailable.__reduce__
+        return (type(self), self._arguments)
 
 
 # Workspaces (scratch and output buffers) up to WORKSPACE_KEEP_BYTES each, and up to
@@ -118,8 +122,12 @@ class CompilerEnvironmentError(DeviceError):
     before compiling, because PoCL's LLVM kills the process when a write fails."""
 
     def __init__(self, device: str, reason: str, fix: str):
+        self._arguments = (device, reason, fix)
         self.reason, self.fix = reason, fix
         super().__init__(f"not compiling kernels on {device!r}: {reason}. To fix: {fix}")
+
+    def __reduce__(self):  # see BackendUnavailable.__reduce__
+        return (type(self), self._arguments)
 
 
 _PROBE_SOURCE = """
