@@ -215,6 +215,17 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_complete(__glo
     }
 }
 
+/* Whether the CLNET_VW candidates src[j ..] of a row of n can be passed over at once: the
+ * list (best first) is full, the block whole and aligned, and none of its values beats the
+ * k-th best (NaN compares false, so it never does). One vector comparison instead of
+ * CLNET_VW scalar ones; the candidates of a block that may enter go one by one. */
+inline int clnet_topk_skip_block(__global const real *src, const int j, const int n, const real *best,
+                                 const int count, const int k)
+{
+    return count == k && j % CLNET_VW == 0 && j + CLNET_VW <= n &&
+           !any(CLNET_VLOAD(0, src + j) > (realv)best[k - 1]);
+}
+
 /* Top-k of each strip row on the device, so that only k candidates per row come back.
  * One work-item per row keeps its best k in order (largest r first; on equal r the
  * lower column wins because columns are scanned in increasing order and only a
@@ -233,10 +244,7 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_topk(__global 
     const int self = self_col0 >= 0 ? self_col0 + row : -1;
     __global const real *src = strip + (long)row * ld;
     for (int j = 0; j < n_cols; ++j) {
-        /* Once the list is full, a block of CLNET_VW candidates none of which beats the
-         * k-th best is passed over with one vector comparison (NaN compares false). */
-        if (count == k && j % CLNET_VW == 0 && j + CLNET_VW <= n_cols &&
-            !any(CLNET_VLOAD(0, src + j) > (realv)best[k - 1])) {
+        if (clnet_topk_skip_block(src, j, n_cols, best, count, k)) {
             j += CLNET_VW - 1;
             continue;
         }
@@ -463,9 +471,7 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_topk_merge_row
     clnet_topk_load(run_idx + (long)row * k, run_val + (long)row * k, k, best, where, &count);
     __global const real *src = strip + (long)r * ld;
     for (int c = 0; c < n_cand; ++c) {
-        /* a full list passes over CLNET_VW candidates at once when none beats its last */
-        if (count == k && c % CLNET_VW == 0 && c + CLNET_VW <= n_cand &&
-            !any(CLNET_VLOAD(0, src + c) > (realv)best[k - 1])) {
+        if (clnet_topk_skip_block(src, c, n_cand, best, count, k)) {
             c += CLNET_VW - 1;
             continue;
         }

@@ -1,12 +1,13 @@
 """Feed-forward networks on OpenCL (kernels/fnn.cl): the FNN family of clnet/contract.py.
 
 Both forms evaluate a batch in launches whose node values fit the tuned cache budget
-(``fnn.scratch_mb``, at most :data:`SCRATCH_BUDGET` bytes). A population's packed arrays and a layered network's structure and weights are
-uploaded once per backend and dtype and kept in the object's ``device_copies``.
+(``fnn.scratch_mb``, at most :data:`SCRATCH_BUDGET` bytes). A population's packed arrays and a
+layered network's structure and weights are uploaded once per backend and dtype and kept in
+the object's ``device_copies``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict
 
 import numpy as np
@@ -200,8 +201,7 @@ class FNNKernels(FNNOps):
             bounded = max(plan.lanes, LAUNCH_TERMS // max(terms, 1) // plan.lanes * plan.lanes)
             long_work = terms * B > LAUNCH_TERMS
             if bounded < plan.per_launch:
-                plan = BatchLayout(plan.lanes, bounded, plan.whole, plan.group, plan.align, plan.scratch,
-                                   plan.median_ranks)
+                plan = replace(plan, per_launch=bounded)
             knl = self.kernel("fnn", "clnet_fnn_graph", dtype,
                               (f"CLNET_LANES={plan.lanes}", f"CLNET_MEDIAN_FEW={plan.median_ranks}"))
             bufs = self._population_buffers(pop, dtype)

@@ -14,6 +14,7 @@ else the defaults.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -239,8 +240,6 @@ def coordinates(family) -> List[tuple]:
     """The search's coordinates, in declaration order: (names, the values to try), one per
     parameter, except that a coupled set (TunableFamily.coupled) is one coordinate whose
     values are every combination of its parameters' values."""
-    import itertools
-
     grouped = {name: names for names in family.coupled for name in names}
     out, seen = [], set()
     for p in family.params:

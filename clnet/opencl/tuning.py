@@ -166,9 +166,8 @@ def _fnn_lanes(props, shape):
 
 
 def _fnn_group(props, shape):
-    if props.simd or props.vectorises_work_items:
-        return 1  # each work-item is already a SIMD tile: one per group
-    return _one_sample_group(props)
+    # a work-item that is already a SIMD tile runs alone in its group
+    return 1 if props.simd or props.vectorises_work_items else _one_sample_group(props)
 
 
 def _one_sample_group(props):
@@ -186,7 +185,7 @@ def _fnn_graph_lanes(props, shape):
 
 
 def _fnn_graph_group(props, shape):
-    return _one_sample_group(props) if props.vectorises_work_items else _fnn_group(props, shape)
+    return 1 if props.simd else _one_sample_group(props)  # (simd and packing exclude each other)
 
 
 SCRATCH_MB = (1, 2, 4, 8, 16, 32, 64, 256)
