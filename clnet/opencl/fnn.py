@@ -78,7 +78,8 @@ class FNNKernels(FNNOps):
     def _fit_lanes(self, lanes: int, batch: int) -> int:
         """``lanes``, halved while they would pad the batch by more than a quarter beyond one
         SIMD width (a batch of 20 runs 16-sample work-items, not 64)."""
-        width = int(min(16, max(1, self.device.preferred_vector_width_float, self.device.native_vector_width_float)))
+        props = self.tuning.props  # read from the device once
+        width = int(min(16, max(props.vector_width, props.native_width)))
         base = round_up(max(int(batch), 1), width)
         while lanes > width and round_up(batch, lanes) * 4 > base * 5:
             lanes //= 2
@@ -103,7 +104,7 @@ class FNNKernels(FNNOps):
         whole = out_bytes <= budget
         if not whole:
             per_launch = max(lanes, min(per_launch, budget // out_row_bytes // lanes * lanes))
-        align = max(1, int(self.device.native_vector_width_float)) if launch.lanes == 1 else 1
+        align = self.tuning.props.native_width if launch.lanes == 1 else 1
         return BatchLayout(lanes, per_launch, whole, launch.group, align, launch.scratch, launch.median_ranks)
 
     def _fnn_inputs(self, x, lanes: int):

@@ -372,7 +372,6 @@ def entries_from(outcomes: Iterable[Outcome], props=None) -> Dict[str, List[dict
     merged: Dict[tuple, dict] = {}
     saved_by: Dict[tuple, float] = {}
     best_single: Dict[tuple, tuple] = {}  # per shape: (time saved, changes) of the best workload
-    outcomes = list(outcomes)
     for o in outcomes:
         if o.candidates <= 0:
             continue  # nothing was compared: no entry, the shape stays on the defaults
