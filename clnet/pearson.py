@@ -55,7 +55,8 @@ def _is_dataframe(obj) -> bool:
 
 
 def _as_matrix(value, name: str) -> Tuple[np.ndarray, Optional[object]]:
-    """``value`` as a float64 (items, positions) array, and its row labels for a DataFrame."""
+    """``value`` as a float32 or float64 (items, positions) array (float32 and float64 as given,
+    anything else as float64), and its row labels for a DataFrame."""
     labels = None
     if _is_dataframe(value):
         for col, dt in zip(value.columns, value.dtypes):
@@ -80,7 +81,12 @@ def _as_matrix(value, name: str) -> Tuple[np.ndarray, Optional[object]]:
                             f".astype(float) if its elements are numbers")
         if kind is not None and kind in "SU":
             raise TypeError(f"{name} must be a numeric array, got a string dtype {value.dtype}")
-    arr = as_real_array(value, name, np.float64, ndim=(2,))
+    # float32 and float64 stay as given (standardise_rows reads either straight into its
+    # float64 result: no float64 copy of a float32 input); anything else becomes float64.
+    given = getattr(value, "dtype", None)
+    kept = isinstance(given, np.dtype) and given in (np.dtype(np.float32), np.dtype(np.float64))
+    dtype = given if kept else np.float64
+    arr = as_real_array(value, name, dtype, ndim=(2,))
     return arr, labels
 
 

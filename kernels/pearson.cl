@@ -180,38 +180,69 @@ __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_masked(__globa
 
 /* Complete data: rows are centred and of unit norm, so r is one dot product.
  * `a_ok` / `b_ok` are 0 for a constant row (its r is NaN). Each work-item computes
- * CLNET_RC rows x CLNET_VW columns (its own tile: one accumulator per row, against six
- * for the masked sums). */
+ * CLNET_RC rows x CLNET_CC groups of CLNET_VW columns (its own tile: one accumulator per
+ * row and group, against six for the masked sums). Per position it loads CLNET_CC column
+ * vectors and CLNET_RC row values for CLNET_RC x CLNET_CC multiply-adds: with two groups
+ * the loads per multiply-add nearly halve, which is what bounds this loop on a CPU.
+ * The host pads both packed operands to whole tiles (rows: CLNET_RC, rounded up to whole
+ * groups; columns: CLNET_CC groups), so no load leaves them; padding is never stored.
+ * With CLNET_RC > CLNET_VW (float64's 8-row groups) a tile spans several groups. */
+#ifndef CLNET_CC
+#define CLNET_CC 1
+#endif
 __kernel __attribute__((vec_type_hint(realv))) void clnet_pearson_complete(__global const real *a, __global const real *a_ok,
                                      __global const real *b, __global const real *b_ok,
                                      const int M, const int row0, const int n_rows,
                                      const int n_cols, const int col0, const int mirror,
                                      __global real *out, const long ld)
 {
-    CLNET_PAIR_TILE(CLNET_RC);
+    const int jg = col0 / CLNET_VW + (int)get_global_id(CLNET_COLS_DIM) * CLNET_CC;
+    const int i0 = row0 + (int)get_global_id(1 - CLNET_COLS_DIM) * CLNET_RC;
+    const int j0 = jg * CLNET_VW;
+    if (i0 >= row0 + n_rows || j0 >= n_cols)
+        return;
+    if (mirror && j0 + CLNET_CC * CLNET_VW <= i0)
+        return;
     __global const real *pa = a + ((long)CLNET_TILE_OF(i0) * M) * CLNET_VW + CLNET_LANE_OF(i0);
     __global const real *pb = b + (long)jg * M * CLNET_VW;
-    realv acc[CLNET_RC];
+    const long group_stride = (long)M * CLNET_VW;
+    realv acc[CLNET_RC][CLNET_CC];
 #pragma unroll
     for (int r = 0; r < CLNET_RC; ++r)
-        acc[r] = (realv)0;
+#pragma unroll
+        for (int c = 0; c < CLNET_CC; ++c)
+            acc[r][c] = (realv)0;
     for (int p = 0; p < M; ++p) {
-        const realv y = CLNET_VLOAD(p, pb);
+        realv y[CLNET_CC];
 #pragma unroll
-        for (int r = 0; r < CLNET_RC; ++r)
-            acc[r] = fma((realv)pa[p * CLNET_VW + r], y, acc[r]);
+        for (int c = 0; c < CLNET_CC; ++c)
+            y[c] = CLNET_VLOAD(p, pb + c * group_stride);
+#pragma unroll
+        for (int r = 0; r < CLNET_RC; ++r) {
+            /* r / CLNET_VW and r % CLNET_VW are constants once unrolled */
+            const realv x = (realv)pa[(r / CLNET_VW) * group_stride + p * CLNET_VW + r % CLNET_VW];
+#pragma unroll
+            for (int c = 0; c < CLNET_CC; ++c)
+                acc[r][c] = fma(x, y[c], acc[r][c]);
+        }
     }
-    const realv ok_b = CLNET_VLOAD(jg, b_ok);
 #pragma unroll
-    for (int r = 0; r < CLNET_RC; ++r) {
-        const int i = i0 + r;
-        if (i >= row0 + n_rows)
+    for (int c = 0; c < CLNET_CC; ++c) {
+        const int jc = j0 + c * CLNET_VW;
+        if (jc >= n_cols)
             break;
-        realv v = acc[r];
-        v = select(v, (realv)-1, v < (realv)-1);
-        v = select(v, (realv)1, v > (realv)1);
-        v = select((realv)NAN, v, (ok_b * a_ok[i]) > (realv)0);
-        clnet_pearson_store(out, ld, i, row0, j0, col0, n_cols, mirror, v);
+        const realv ok_b = CLNET_VLOAD(jg + c, b_ok);
+#pragma unroll
+        for (int r = 0; r < CLNET_RC; ++r) {
+            const int i = i0 + r;
+            if (i >= row0 + n_rows)
+                break;
+            realv v = acc[r][c];
+            v = select(v, (realv)-1, v < (realv)-1);
+            v = select(v, (realv)1, v > (realv)1);
+            v = select((realv)NAN, v, (ok_b * a_ok[i]) > (realv)0);
+            clnet_pearson_store(out, ld, i, row0, jc, col0, n_cols, mirror, v);
+        }
     }
 }
 

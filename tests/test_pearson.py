@@ -289,6 +289,47 @@ def test_opencl_dense_without_one_big_buffer(opencl_backend, rng, monkeypatch):
     assert np.array_equal(clnet.pearson(x, backend=opencl_backend), whole, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_complete_data_tile_is_correct_in_both_dtypes(opencl_backend, rng, monkeypatch, dtype):
+    """Every tile the complete-data kernel may be tuned to (rows x column vectors per
+    work-item), in float32 (16-row groups) and float64 (8-row groups: a 16-row tile spans
+    two, which once read the wrong rows), X against itself, X against Y, the strips of a
+    top-k from an offset column: equal to the float64 reference within float32's or
+    float64's rounding, NaN exactly where it is. Row counts are not multiples of any tile."""
+    from clnet.opencl.tuning import FAMILIES
+
+    fam = FAMILIES["pearson"]
+    x = rng.normal(size=(53, 19))
+    x[5] = 2.0  # a constant row: NaN against every row
+    y = rng.normal(size=(29, 19))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    want_xx = clnet.pearson(x, backend="numpy", dtype="float64")
+    want_xy = clnet.pearson(x, y, backend="numpy", dtype="float64")
+    want_top = clnet.pearson_topk(x, 3, backend="numpy", dtype="float64", progress=False)[1]
+    for rows in fam.param("complete_rows").values:
+        for cols in fam.param("complete_cols").values:
+            force_params(monkeypatch, opencl_backend, "pearson", complete_rows=rows, complete_cols=cols)
+            for got, want in ((clnet.pearson(x, backend=opencl_backend, dtype=dtype), want_xx),
+                              (clnet.pearson(x, y, backend=opencl_backend, dtype=dtype), want_xy),
+                              (clnet.pearson_topk(x, 3, backend=opencl_backend, dtype=dtype,
+                                                  progress=False)[1], want_top)):
+                assert np.array_equal(np.isnan(got), np.isnan(want)), (rows, cols)
+                assert np.nanmax(np.abs(got - want)) < tol, (rows, cols)
+
+
+def test_results_written_in_place_are_aligned_arrays_of_their_own(opencl_backend, rng):
+    """A dense result on a CPU device is written by the kernels into the returned array
+    (no device copy): the array is page-aligned, C-contiguous and writable, and a second
+    call returns a new array, leaving the first as it was."""
+    x = rng.normal(size=(40, 12))
+    first = clnet.pearson(x, backend=opencl_backend)
+    kept = first.copy()
+    second = clnet.pearson(x[::-1], backend=opencl_backend)
+    assert first.ctypes.data % 4096 == 0 and first.flags.c_contiguous and first.flags.writeable
+    assert np.array_equal(first, kept) and not np.shares_memory(first, second)
+    assert np.array_equal(second, first[::-1, ::-1])
+
+
 def test_degenerate_shapes(any_backend):
     assert clnet.pearson(np.empty((0, 5)), backend=any_backend).shape == (0, 0)
     assert np.isnan(clnet.pearson(np.ones((3, 0)), backend=any_backend)).all()

@@ -17,9 +17,9 @@ STRIP_BUDGET = 96 * 2**20
 
 
 def diff_rows(a: np.ndarray) -> np.ndarray:
-    """First differences along each row; missing where either value is missing."""
+    """First differences along each row (float64); missing where either value is missing."""
     with np.errstate(invalid="ignore", over="ignore"):
-        d = np.diff(a, axis=1)
+        d = np.diff(np.asarray(a, dtype=np.float64), axis=1)
     d[~np.isfinite(d)] = np.nan
     return d
 
@@ -27,29 +27,31 @@ def diff_rows(a: np.ndarray) -> np.ndarray:
 def standardise_rows(a: np.ndarray) -> "Prepared":
     """Rows centred on the mean of their finite values and scaled to unit RMS (float64).
 
+    ``a`` is float32 or float64 (read as it is: float32 values are exact in float64).
     Missing values (any non-finite) are 0 in ``filled`` and False in ``valid``. Each row
     is first shifted by its first finite value, so a row that is constant over its
     finite values becomes exactly zero: its variance is exactly zero over every subset.
+    Every step is one whole-array pass (masks applied by multiplying with ``valid``, which
+    costs a quarter of a boolean-indexed store): this runs before every call on the host.
     """
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
     valid = np.isfinite(a)
     complete = bool(valid.all())
-    count = np.full(len(a), a.shape[1]) if complete else valid.sum(axis=1)
+    count = np.full(len(a), a.shape[1]) if complete else np.count_nonzero(valid, axis=1)
     if a.size == 0:
         return Prepared(np.zeros(a.shape), valid, complete, count)
     with np.errstate(over="ignore", invalid="ignore"):
         z = _shift_by_first(a, valid, complete)
-        ss = np.einsum("ij,ij->i", z, z)
-    if not np.isfinite(ss).all() or ((ss > 0) & (ss < 1e-280)).any():
-        # Huge or tiny rows: power-of-two scales (exact) keep the squares finite.
-        z = _shift_by_first(np.ldexp(a, -_exponent(np.where(valid, a, 0.0))), valid, False)
-        z = np.ldexp(z, -_exponent(z))
+        ss = _centre(z, valid, count, complete)
+        if _needs_scaling(z, ss):
+            # Huge or tiny rows: power-of-two scales (exact) keep the squares finite.
+            a64 = np.where(valid, a, 0.0)
+            z = _shift_by_first(np.ldexp(a64, -_exponent(a64)), valid, False)
+            z = np.ldexp(z, -_exponent(z))
+            ss = _centre(z, valid, count, complete)
     n = np.maximum(count, 1)
-    mean = z.sum(axis=1) / n
-    z -= mean[:, None]
-    if not complete:
-        z *= valid
-    ss = np.einsum("ij,ij->i", z, z)
     with np.errstate(divide="ignore"):
         scale = np.where(ss > 0, 1.0 / np.sqrt(ss / n), 0.0)
     z *= scale[:, None]
@@ -57,9 +59,41 @@ def standardise_rows(a: np.ndarray) -> "Prepared":
 
 
 def _shift_by_first(a, valid, complete):
-    first = a[np.arange(len(a)), np.argmax(valid, axis=1)]
+    """float64 rows minus their first finite value, 0 where missing."""
+    if complete:
+        z = a.astype(np.float64)
+        z -= z[:, :1].copy()
+        return z
+    first = a[np.arange(len(a)), np.argmax(valid, axis=1)].astype(np.float64)
     first = np.where(np.isfinite(first), first, 0.0)[:, None]
-    return a - first if complete else np.where(valid, a - first, 0.0)
+    # Missing values become +0 by clearing their bits (an AND with an all-ones or all-zeros
+    # mask): twice as fast as a boolean-indexed store or np.where on these arrays.
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    keep = valid.view(np.uint8).astype(bits)
+    np.negative(keep, out=keep)
+    np.bitwise_and(a.view(bits), keep, out=keep)  # in place: each fresh array costs its page faults
+    z = keep.view(a.dtype).astype(np.float64)
+    z -= first
+    np.multiply(z, valid, out=z)
+    return z
+
+
+def _centre(z, valid, count, complete):
+    """Centre the rows of ``z`` (0 where missing) in place; their sums of squares."""
+    z -= (z.sum(axis=1) / np.maximum(count, 1))[:, None]
+    if not complete:
+        np.multiply(z, valid, out=z)
+    return np.einsum("ij,ij->i", z, z)
+
+
+def _needs_scaling(z, ss) -> bool:
+    """Whether some row's squares overflowed or underflowed (a sum of squares that is not
+    finite, or positive but below 1e-280, or zero for a row that is not constant)."""
+    small = ~np.isfinite(ss) | (ss < 1e-280)
+    if not small.any():
+        return False
+    rows = np.flatnonzero(small)
+    return bool((~np.isfinite(ss[rows])).any() or (ss[rows] > 0).any() or np.any(z[rows] != 0))
 
 
 def _exponent(z):

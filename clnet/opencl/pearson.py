@@ -14,10 +14,9 @@ from typing import Optional
 import numpy as np
 
 from ..common import pearson as host
-from ..common.pearson import Prepared, patch_rescued, rescue_fraction, select_threshold, select_topk, \
-    unit_rows, var_epsilon
+from ..common.pearson import Prepared, patch_rescued, rescue_fraction, select_threshold, select_topk, var_epsilon
 from ..contract import PearsonOps, PearsonPlan
-from .runtime import cl
+from .runtime import aligned_empty, cl
 
 # Rows of k up to this many are selected on the device; larger k on the host.
 TOPK_MAX = 64
@@ -44,13 +43,59 @@ def _list_launch(items: int, group: int):
     return (-(-items // group) * group,), (group,)
 
 
-def _pack(values: np.ndarray, group: int) -> np.ndarray:
-    """(N, M) -> groups of ``group`` rows, position-major inside a group (see pearson.cl)."""
+def _pack(values: np.ndarray, group: int, dtype, divisor: Optional[np.ndarray] = None,
+          groups: int = 0) -> np.ndarray:
+    """(N, M) -> groups of ``group`` rows, position-major inside a group (see pearson.cl), in
+    ``dtype``, rows divided by ``divisor`` (N, 1) when given; zero rows pad the last group
+    and make up ``groups`` groups in all when more are asked for.
+
+    One strided pass writes the device layout straight from ``values`` (any real or bool
+    dtype): the cast and the division happen in that pass, with no padded or cast copy first.
+    """
     n, m = values.shape
-    g = -(-n // group)
-    padded = np.zeros((g * group, m), dtype=values.dtype)
-    padded[:n] = values
-    return np.ascontiguousarray(padded.reshape(g, group, m).transpose(0, 2, 1))
+    whole, tail = divmod(n, group)
+    out = aligned_empty((max(groups, whole + (tail > 0)), m, group), dtype)
+    out[whole + (tail > 0):] = 0
+
+    def fill(dest, src, div):
+        if div is None:
+            np.copyto(dest, src, casting="unsafe")
+        else:  # float64 division, then rounded once: (values / divisor).astype(dtype)
+            np.divide(src, div, out=dest, casting="unsafe")
+
+    rows = whole * group
+    fill(out[:whole].transpose(0, 2, 1), values[:rows].reshape(whole, group, m),
+         None if divisor is None else divisor[:rows].reshape(whole, group, 1))
+    if tail:
+        last = out[whole].T  # (group, m)
+        last[tail:] = 0
+        fill(last[:tail], values[rows:], None if divisor is None else divisor[rows:])
+    return out
+
+
+def _unit_packed(values: np.ndarray, group: int, dtype, groups: int):
+    """Complete centred rows scaled to unit norm (common.pearson.unit_rows, bit for bit) in
+    the packed layout of ``groups`` groups, and 1/0 per row (as many): whether the row is
+    not all zero (a zero norm)."""
+    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
+    packed = _pack(values, group, dtype, np.where(norm > 0, norm, 1), groups)
+    ok = aligned_empty(len(packed) * group, dtype)
+    ok[len(values):] = 0
+    ok[:len(values)] = norm[:, 0] > 0
+    return packed, ok
+
+
+def _complete_groups(n: int, group: int, row_tile: int, col_groups: int, rows: bool, cols: bool) -> int:
+    """Groups of ``group`` rows that an operand of ``n`` rows is packed into for
+    clnet_pearson_complete: a tile of ``row_tile`` rows that starts at the last row reads
+    ``row_tile - 1`` rows past it, and ``col_groups`` groups of columns that start at the
+    last group read ``col_groups - 1`` groups past it (pearson.cl)."""
+    need = -(-n // group)
+    if rows:
+        need = max(need, -(-(n + row_tile - 1) // group))
+    if cols:
+        need = max(need, -(-n // group) + col_groups - 1)
+    return need
 
 
 def _padded(values: np.ndarray, group: int) -> np.ndarray:
@@ -83,10 +128,12 @@ class OpenCLPearsonPlan(PearsonPlan):
         self.config = cfg = backend.params("pearson", rows=rows.shape[0])
         self.row_block = cfg["row_block"]  # CLNET_RI: rows per work-item of the masked kernel
         self.complete_rows = cfg["complete_rows"]  # CLNET_RC: rows per work-item for complete data
+        self.complete_cols = cfg["complete_cols"]  # CLNET_CC: column groups per work-item, likewise
         self.sparse_rows = cfg["sparse_rows"]  # CLNET_SR: rows per work-item of clnet_pearson_sparse
         self.list_group = cfg["list_group"]
         self.rows_first = cfg["order"] == "rows"  # the row blocks along launch dimension 0
         self.defines = (f"CLNET_VW={self.vw}", f"CLNET_RI={self.row_block}", f"CLNET_RC={self.complete_rows}",
+                        f"CLNET_CC={self.complete_cols}",
                         f"CLNET_SR={self.sparse_rows}",
                         f"CLNET_RESCUE={host.RESCUE:g}", f"CLNET_TOPK_MAX={TOPK_MAX}",
                         f"CLNET_COLS_DIM={1 if self.rows_first else 0}")
@@ -100,21 +147,25 @@ class OpenCLPearsonPlan(PearsonPlan):
         self.rows, self.cols = rows, cols  # float64, for the pairs recomputed on the host
         self.complete = rows.complete and cols.complete
         self.never_defined = self.positions < min_overlap
-        up = backend.to_device
+        up = backend.adopt  # every array below is made here for the device and never changed
         if self.complete:
-            a = unit_rows(rows.filled, dt)
-            b = a if self.symmetric else unit_rows(cols.filled, dt)
-            self.d_a = up(_pack(a, self.vw), "prepared rows")
-            self.d_a_ok = up(_padded(np.any(a != 0, axis=1).astype(dt), self.vw))
+            rc, cc = self.complete_rows, self.complete_cols
+
+            def packed(prepared, as_rows, as_cols):
+                groups = _complete_groups(len(prepared.filled), self.vw, rc, cc, as_rows, as_cols)
+                return _unit_packed(prepared.filled, self.vw, dt, groups)
+
+            a, a_ok = packed(rows, True, self.symmetric)
+            self.d_a, self.d_a_ok = up(a, "prepared rows"), up(a_ok)
             if self.symmetric:
                 self.d_b, self.d_b_ok = self.d_a, self.d_a_ok
             else:
-                self.d_b = up(_pack(b, self.vw), "prepared columns")
-                self.d_b_ok = up(_padded(np.any(b != 0, axis=1).astype(dt), self.vw))
+                b, b_ok = packed(cols, False, True)
+                self.d_b, self.d_b_ok = up(b, "prepared columns"), up(b_ok)
         else:
             def split(prepared):
-                return (up(_pack(prepared.filled.astype(dt), self.vw), "prepared values"),
-                        up(_pack(prepared.valid.astype(dt), self.vw), "validity mask"))
+                return (up(_pack(prepared.filled, self.vw, dt), "prepared values"),
+                        up(_pack(prepared.valid, self.vw, dt), "validity mask"))
 
             self.d_ax, self.d_av = split(rows)
             self.d_bx, self.d_bv = (self.d_ax, self.d_av) if self.symmetric else split(cols)
@@ -167,6 +218,7 @@ class OpenCLPearsonPlan(PearsonPlan):
                         b_miss_pos=b.pos, b_padded=b.padded, **tile, **masked)
         elif self.complete:
             row_blocks = -(-(stop - start) // self.complete_rows)
+            col_groups = -(-col_groups // self.complete_cols)
             knl = be.kernel("pearson", "clnet_pearson_complete", self.dtype, self.defines)
             args = dict(a=self.d_a, a_ok=self.d_a_ok, b=self.d_b, b_ok=self.d_b_ok, **tile)
         else:
@@ -208,11 +260,11 @@ class OpenCLPearsonPlan(PearsonPlan):
     def block(self, start: int, stop: int) -> np.ndarray:
         if self.never_defined:
             return self._all_nan(stop - start)
-        out = np.empty((stop - start, self.n_cols), dtype=self.dtype)
-        with self.be.lock:
-            buf = self._strip_buffer()
-            self._enqueue_block(start, stop, buf, self.n_cols, False)
-            cl.enqueue_copy(self.be.queue, out, buf)
+        be = self.be
+        out = be.result_array((stop - start, self.n_cols), self.dtype)
+        with be.lock:
+            with be.writing_result(out, "pearson strip", "a strip of correlations") as buf:
+                self._enqueue_block(start, stop, buf, self.n_cols, False)
             rescued = self._rescued()
         if rescued:
             patch_rescued(out, start, 0, self.rows, self.cols, self.min_overlap)
@@ -223,17 +275,18 @@ class OpenCLPearsonPlan(PearsonPlan):
             return self._all_nan(self.n_rows)
         nbytes = self.n_rows * self.n_cols * self.dtype.itemsize
         if self.symmetric and nbytes <= self.be.max_alloc:
-            # One launch over the upper triangle, each value stored at (i, j) and (j, i).
-            out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
-            with self.be.lock:
-                buf = self.be.empty(nbytes, "the correlation matrix")
-                self._enqueue_block(0, self.n_rows, buf, self.n_cols, True)
-                cl.enqueue_copy(self.be.queue, out, buf)
+            # One launch over the upper triangle, each value stored at (i, j) and (j, i), in
+            # place in the result on a CPU device (no device copy of N^2 values to read back).
+            be = self.be
+            out = be.result_array((self.n_rows, self.n_cols), self.dtype)
+            with be.lock:
+                with be.writing_result(out, "pearson matrix", "the correlation matrix") as buf:
+                    self._enqueue_block(0, self.n_rows, buf, self.n_cols, True)
                 rescued = self._rescued()
             if rescued:  # marked at (i, j) and (j, i) alike
                 patch_rescued(out, 0, 0, self.rows, self.cols, self.min_overlap)
             return out
-        out = np.empty((self.n_rows, self.n_cols), dtype=self.dtype)
+        out = self.be.result_array((self.n_rows, self.n_cols), self.dtype)
         for start in range(0, self.n_rows, self.strip_rows):
             stop = min(self.n_rows, start + self.strip_rows)
             out[start:stop] = self.block(start, stop)

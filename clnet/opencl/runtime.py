@@ -9,6 +9,7 @@ becomes a :class:`~clnet.DeviceError` or MemoryError naming the device (see
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -115,6 +116,16 @@ class KernelBuildError(DeviceError):
 # and freed after it, so that one large call (a population over 100,000 samples) does not
 # hold its memory for the life of the process. clnet.release_memory() frees the kept ones.
 WORKSPACE_KEEP_BYTES = 32 * 2**20
+PAGE = 4096  # alignment of host arrays that CPU devices use in place (aligned_empty)
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a PAGE boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + PAGE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % PAGE
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 WORKSPACE_KEEP_TOTAL = 128 * 2**20
 
 class CompilerEnvironmentError(DeviceError):
@@ -152,6 +163,9 @@ class OpenCLRuntime(Backend):
         self.max_alloc = int(device.max_mem_alloc_size)
         self.global_mem = int(device.global_mem_size)
         self.max_work_group = int(device.max_work_group_size)
+        # A CPU device computes in the process's own memory: a result array can be handed to
+        # the kernels as their output buffer (see result_buffer), with no copy back.
+        self.shares_host_memory = bool(device.type & cl.device_type.CPU)
         self._pocl = is_pocl(platform.name)
         # One queue per device: operations enqueue under this lock so that threads sharing
         # the backend never interleave the argument setting and enqueueing of a kernel.
@@ -379,6 +393,51 @@ class OpenCLRuntime(Backend):
         self.check_alloc(array.nbytes, what)
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
                          hostbuf=array)
+
+    # -- results written in place ------------------------------------------------------------
+    @staticmethod
+    def result_array(shape, dtype) -> np.ndarray:
+        """An uninitialised host array for a kernel's result or a buffer's contents,
+        page-aligned, so that a device sharing host memory can use it in place (OpenCL CPU
+        runtimes copy through memory of their own when a host pointer is not aligned to what
+        they need)."""
+        return aligned_empty(shape, dtype)
+
+    def adopt(self, array: np.ndarray, what: str = "array") -> "cl.Buffer":
+        """A read-only device buffer of ``array``, which the caller hands over: it must not
+        change while the buffer lives. A device that shares host memory reads ``array`` in
+        place (no allocation, no copy); others get a copy (:meth:`to_device`)."""
+        if not (self.shares_host_memory and array.nbytes and array.flags.c_contiguous):
+            return self.to_device(array, what)
+        self.check_alloc(array.nbytes, what)
+        return cl.Buffer(self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=array)
+
+    @contextlib.contextmanager
+    def writing_result(self, out: np.ndarray, name: str, what: str):
+        """Context manager: the device buffer that kernels enqueued inside write ``out``
+        (C-contiguous) through, and ``out`` holding what they wrote on leaving. On a device
+        that shares host memory that buffer is ``out``'s own memory (a blocking map on leaving,
+        OpenCL's rule for reading it on the host); elsewhere it is the workspace ``name``,
+        copied back. On any exception, Ctrl-C included, the queue is drained first, so no
+        kernel still writes into an array that is being freed. Callers hold ``self.lock``."""
+        self.check_alloc(out.nbytes, what)
+        in_place = self.shares_host_memory and out.nbytes > 0
+        if in_place:
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR, hostbuf=out)
+        else:
+            buf = self.workspace(name, out.nbytes, what)
+        try:
+            yield buf
+            if in_place:
+                mapped, _ = cl.enqueue_map_buffer(self.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype)
+                if mapped.ctypes.data != out.ctypes.data:  # a runtime that mapped a copy of its own
+                    out[...] = mapped
+                mapped.base.release(self.queue)
+            elif out.nbytes:
+                cl.enqueue_copy(self.queue, out, buf)
+        except BaseException:
+            self.queue.finish()
+            raise
 
     def empty(self, nbytes: int, what: str = "buffer") -> "cl.Buffer":
         self.check_alloc(nbytes, what)

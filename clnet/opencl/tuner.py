@@ -141,7 +141,7 @@ def _pearson_workloads(be) -> List[Workload]:
             # complete data runs only the complete-data kernel, missing data never runs it: each
             # tunes its own tile, so that neither overwrites the other's in the shape's entry
             relevant = ((lambda name: name not in ("row_block", "sparse_rows", "sparse_missing_max")) if not missing
-                        else (lambda name: name != "complete_rows"))
+                        else (lambda name: name not in ("complete_rows", "complete_cols")))
             out.append(Workload("pearson", {"rows": rows}, f"N={rows} {label}", run,
                                 run(backend="numpy", dtype="float64"), run(backend="numpy"), "pearson", relevant))
     return out

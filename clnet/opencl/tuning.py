@@ -374,6 +374,14 @@ def _pearson_order(props, shape):
     return "columns" if props.kind == "gpu" else "rows"
 
 
+def _complete_cols(props, shape):
+    # Two column vectors per work-item on a CPU: per position 2 vector loads and 8 row values
+    # feed 16 multiply-adds instead of 1 and 8 feeding 8, and a CPU's loop over positions is
+    # bound by its loads. A GPU keeps one: its work-items share loads through the cache and
+    # two vectors double the registers a work-item holds.
+    return 1 if props.kind == "gpu" else 2
+
+
 def _pearson_ok(c, props, shape):
     return c["strip_mb"] * MB <= props.max_alloc and c["list_group"] <= props.max_group
 
@@ -382,6 +390,7 @@ PEARSON = TunableFamily(
     "pearson",
     (Tunable("row_block", (2, 4, 8), lambda p, s: 4, "rows per work-item of the masked pair kernel"),
      Tunable("complete_rows", (4, 8, 16), lambda p, s: 8, "rows per work-item of the complete-data kernel"),
+     Tunable("complete_cols", (1, 2), _complete_cols, "column vectors per work-item of the complete-data kernel"),
      Tunable("sparse_rows", (2, 4, 8), lambda p, s: 8, "rows per work-item of the few-missing kernel"),
      Tunable("strip_mb", STRIPS, _strip_mb, "MiB of r per strip"),
      # 0.5: at 30% missing the tuner chose the corrected sums on both CPU runtimes (1.2-1.3x
