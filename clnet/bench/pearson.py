@@ -6,7 +6,8 @@ python -m clnet tune). Each of cases 1 and 2 sweeps three shapes (the first is t
 one); a target holds only if it holds at every shape.
 
 1. float32 rows with 10% missing values, N=2,000 rows x M=500 positions (and 1,000 x 333,
-   1,500 x 250): pandas ``DataFrame.corr(min_periods=3)`` (timed once: it takes seconds) and
+   1,500 x 250): pandas ``DataFrame.corr(min_periods=3)`` (best of up to 3 runs, fewer once
+   it has taken 4 s: each takes seconds) and
    clnet's own NumPy fallback. Target: at least 80x pandas.
 2. The same shapes with complete data: ``numpy.corrcoef``. Target: at least 1.5x.
 3. Only with ``--topk`` (it takes about a minute per device and variant on a 2-core CPU):
@@ -86,6 +87,24 @@ def _pandas():
     return pd
 
 
+# pandas' own time varies by up to 2x from run to run on a shared 2-core machine (0.52 and
+# 0.97 s at N=1,000 within one hour): it is timed up to PANDAS_RUNS times, best kept, and
+# stops being repeated once PANDAS_SECONDS have been spent on it.
+PANDAS_RUNS = 3
+PANDAS_SECONDS = 4.0
+
+
+def _pandas_best(df, runs: int, budget: float):
+    """(best seconds, runs made) of ``df.corr(min_periods=MIN_OVERLAP)``."""
+    best, spent, made = float("inf"), 0.0, 0
+    while made < runs and (made == 0 or spent < budget):
+        t0 = time.perf_counter()
+        df.corr(min_periods=MIN_OVERLAP)
+        took = time.perf_counter() - t0
+        best, spent, made = min(best, took), spent + took, made + 1
+    return best, made
+
+
 def case_missing(devs, shapes, repeat, roofs, echo=print) -> None:
     import clnet
 
@@ -96,18 +115,17 @@ def case_missing(devs, shapes, repeat, roofs, echo=print) -> None:
         n, m = shape["N"], shape["M"]
         flops = float(n) * n * m
         x = _data(n, m, MISSING, seed=si)
-        t_pandas = None
+        t_pandas, pandas_runs = None, 0
         if pd is not None:
             df = pd.DataFrame(x.T)  # pandas correlates columns
-            t0 = time.perf_counter()
-            df.corr(min_periods=MIN_OVERLAP)
-            t_pandas = time.perf_counter() - t0
+            t_pandas, pandas_runs = _pandas_best(df, PANDAS_RUNS, PANDAS_SECONDS)
         t_fb = best_time(lambda: clnet.pearson(x, min_overlap=MIN_OVERLAP, backend="numpy"), max(1, repeat // 3))
         _, dev_t = compare(devs, {}, lambda d: (lambda: clnet.pearson(x, min_overlap=MIN_OVERLAP, backend=d.backend)),
                            repeat)
         echo(f"  -- shape {si + 1}/{len(shapes)}: {shape_text(shape)}")
         if t_pandas is not None:
-            echo(f"     {'pandas DataFrame.corr (once)':<40} {t_pandas * 1e3:10.1f} ms")
+            label = f"pandas DataFrame.corr (best of {pandas_runs})"
+            echo(f"     {label:<40} {t_pandas * 1e3:10.1f} ms")
         echo(f"     {'clnet numpy fallback':<40} {t_fb * 1e3:10.1f} ms")
         device_rows(devs, dev_t, lambda t: f"{t * 1e3:10.1f} ms {flops / t / 1e9:7.1f} GFLOP/s {t_fb / t:7.1f}x fallback"
                     + (f" {t_pandas / t:8.1f}x pandas" if t_pandas else ""), echo=echo)
