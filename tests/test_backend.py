@@ -125,6 +125,47 @@ def test_naming_an_unusable_backend_explains_why_and_how_to_fix(broken_provider)
     assert "pocl-opencl-icd" in str(exc.value)
 
 
+class _CountingProvider:
+    """A provider of one NumPy-like device that counts how often its devices are listed."""
+
+    name = "counted"
+
+    def __init__(self):
+        self.listed = 0
+
+    def candidates(self):
+        self.listed += 1
+        return [BackendCandidate("counted:0", "a counted device", -5, lambda: _Counted())]
+
+
+class _Counted(type(clnet.get_backend("numpy"))):
+    spec = "counted:0"
+
+
+def test_a_spec_string_is_resolved_once_and_again_after_a_failure():
+    """Naming a backend by the same string again returns the loaded backend without
+    listing devices again; once the backend has failed during use (taken out of the
+    registry), the string is resolved anew; registering a provider forgets every choice."""
+    from clnet.backend import _registry
+
+    provider = _CountingProvider()
+    clnet.register_provider(provider)
+    try:
+        first = clnet.get_backend("counted:0")
+        listed = provider.listed
+        assert all(clnet.get_backend("counted:0") is first for _ in range(5))
+        assert provider.listed == listed
+        _registry.mark_failed("counted:0", "lost")
+        with pytest.raises(BackendUnavailable, match="failed during use"):
+            clnet.get_backend("counted:0")
+        assert provider.listed == listed + 1
+        clnet.register_provider(provider, replace=True)  # forgets the failure and the choice
+        again = clnet.get_backend("counted:0")
+        assert again is not first and provider.listed == listed + 2
+    finally:
+        clnet.unregister_provider("counted")
+
+
 def test_registering_a_provider_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         clnet.register_provider(type("P", (), {"name": "numpy", "candidates": lambda self: []})())
