@@ -14,7 +14,13 @@
 #define CLNET_SIN(z) sin(z)
 #define CLNET_SIN_REDUCED(z) sin(z)
 #define CLNET_SIN_NEEDS_BUILTIN(z) 0
+#define CLNET_SIGMOID(z) clnet_sigmoid(z)
+#define CLNET_SIGMOID_CLAMPED(z) clnet_sigmoid(z)
 #else
+/* Clamped at +-88, where 1 / (1 + e^-z) is already 0 or 1 in float (NaN passes). */
+#define CLNET_SIGMOID(z) clnet_sigmoid_boundedf(clnet_clamp((z), -88.0f, 88.0f))
+/* z within [-88, 88] or NaN */
+#define CLNET_SIGMOID_CLAMPED(z) clnet_sigmoid_boundedf(z)
 #define CLNET_LOG(z) clnet_logf(z)
 #define CLNET_LOG1P(z) clnet_log1pf(z)
 #define CLNET_EXPM1(z) clnet_expm1f(z)
@@ -66,7 +72,7 @@ inline real clnet_activate(int act, real z)
     switch (act) {
     case CLNET_ACT_IDENTITY: return z;
     case CLNET_ACT_RELU: return z > (real)0 ? z : (real)0;
-    case CLNET_ACT_SIGMOID: return clnet_sigmoid(z);
+    case CLNET_ACT_SIGMOID: return CLNET_SIGMOID(z);
     case CLNET_ACT_TANH: return tanh(z);
     /* max(z, 0) + log1p(exp(-|z|)) is exact in both tails, unlike log(1 + exp(z)). */
     case CLNET_ACT_SOFTPLUS: return (z > (real)0 ? z : (real)0) + CLNET_LOG1P(exp(-fabs(z)));
@@ -83,7 +89,7 @@ inline real clnet_activate(int act, real z)
     case CLNET_ACT_INV: return (real)1 / z;
     case CLNET_ACT_HAT: { real t = (real)1 - fabs(z); return t > (real)0 ? t : (real)0; }
     case CLNET_ACT_LELU: return z > (real)0 ? z : (real)0.005 * z;
-    case CLNET_ACT_NEAT_SIGMOID: return clnet_sigmoid(clnet_clamp((real)5 * z, (real)-60, (real)60));
+    case CLNET_ACT_NEAT_SIGMOID: return CLNET_SIGMOID_CLAMPED(clnet_clamp((real)5 * z, (real)-60, (real)60));
     case CLNET_ACT_NEAT_TANH: return tanh(clnet_clamp((real)2.5 * z, (real)-60, (real)60));
     case CLNET_ACT_NEAT_SIN: return CLNET_SIN_REDUCED(clnet_clamp((real)5 * z, (real)-60, (real)60)); /* |arg| <= 60 */
     case CLNET_ACT_NEAT_GAUSS: { real t = clnet_clamp(z, (real)-3.4, (real)3.4); return exp((real)-5 * t * t); }

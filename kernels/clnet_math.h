@@ -121,6 +121,37 @@ inline float clnet_expm1f(float x)
     return (fabs(x) < 0x1p-25f || x != x) ? x : (k > 127 ? y * 2.0f : y);
 }
 
+/* e^x for |x| <= 88 or NaN (callers clamp first), as clnet_expm1f reduces it: x = k ln 2 + r
+ * with |r| <= ln 2 / 2, e^x = 2^k (1 + expm1(r)), the same polynomial. Within that range
+ * 2^k is a normal float or (k = -127) zero, so no case needs a select: about a dozen
+ * vector operations per 16 lanes, where PoCL's exp costs several times that. Below 1 ulp
+ * where e^x is a normal float (x >= -87.33; below, results under FLT_MIN come out as
+ * zero or inexact); NaN in -> NaN out. */
+inline float clnet_exp_boundedf(float x)
+{
+    int k;
+    const float kf = clnet_rintf_small(x * 0x1.715476p+0f, &k); /* |k| <= 127 */
+    const float r = (x - kf * CLNET_LN2_HI) - kf * CLNET_LN2_LO;
+    float q = CLNET_EXPM1_Q4;
+    q = q * r + CLNET_EXPM1_Q3;
+    q = q * r + CLNET_EXPM1_Q2;
+    q = q * r + CLNET_EXPM1_Q1;
+    q = q * r + CLNET_EXPM1_Q0;
+    const float r2 = r * r;
+    const float p = r + (0.5f * r2 + r2 * r * q); /* expm1(r) */
+    const float s = as_float((uint)(k + 127) << 23);
+    return s + s * p;
+}
+
+/* 1 / (1 + e^-z) for z in [-88, 88] or NaN (callers clamp: neat-python's sigmoid clamps 5z
+ * to [-60, 60]; beyond 88 the result is 0 or 1 to float precision anyway). At most 2.5 ulp
+ * (tests/test_clnet_math.py); it costs half of PoCL's own exp and division, and the
+ * sigmoid was 55-65% of a sum-and-sigmoid population's time on PoCL. */
+inline float clnet_sigmoid_boundedf(float z)
+{
+    return 1.0f / (1.0f + clnet_exp_boundedf(-z));
+}
+
 /* pi/2 = sum of CLNET_PIO2_1..5 (+ 2.7e-24); the first four have at most 11 significant
  * bits, so k * CLNET_PIO2_i is exact for |k| < 2^13. */
 #define CLNET_PIO2_1 0x1.92p+0f

@@ -20,12 +20,25 @@
 #endif
 #define LANES CLNET_LANES
 
+/* The activations and aggregations a launch may meet, as bit masks (bit i: id i). The host
+ * names them for a population that uses exactly one of each (neat-python's defaults: sum and
+ * sigmoid), so that the other cases compile away and the node loop is one aggregation and one
+ * activation; any other population runs the kernel built with every bit set. */
+#ifndef CLNET_ACTS
+#define CLNET_ACTS 0x3FFFFFF
+#endif
+#ifndef CLNET_AGGS
+#define CLNET_AGGS 0x7F
+#endif
+#define CLNET_HAS_ACT(id) ((CLNET_ACTS >> (id)) & 1)
+#define CLNET_HAS_AGG(id) ((CLNET_AGGS >> (id)) & 1)
+
 /* Apply activation `act` to every lane of zz. The switch sits outside the lane loop
  * (each case calls clnet_activate_vectorisable with a constant id, which folds), so the
  * loop vectorises. The rare lanes it cannot do (sin of |z| > 8192 in float builds) are
  * redone one by one afterwards; for every other id `fix` folds to 0 and that code goes. */
 #define CLNET_ACT_CASE(id)                                                      \
-    case id: {                                                                  \
+    case id: if (CLNET_HAS_ACT(id)) {                                           \
         real zin[LANES];                                                        \
         int fix = 0;                                                            \
         for (int s = 0; s < LANES; ++s) {                                       \
@@ -206,7 +219,8 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
         const int c1 = node_conn_start[k + 1];
         const int n = c1 - c0;
         const int agg = node_agg[k];
-        if (agg == CLNET_AGG_SUM || agg == CLNET_AGG_MEAN) {
+        if ((CLNET_HAS_AGG(CLNET_AGG_SUM) && agg == CLNET_AGG_SUM)
+            || (CLNET_HAS_AGG(CLNET_AGG_MEAN) && agg == CLNET_AGG_MEAN)) {
             for (int s = 0; s < LANES; ++s)
                 zz[s] = (real)0;
             for (int c = c0; c < c1; ++c) {
@@ -215,10 +229,10 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                 for (int s = 0; s < LANES; ++s)
                     zz[s] += w * v[s];
             }
-            if (agg == CLNET_AGG_MEAN && n > 0)
+            if (CLNET_HAS_AGG(CLNET_AGG_MEAN) && agg == CLNET_AGG_MEAN && n > 0)
                 for (int s = 0; s < LANES; ++s)
                     zz[s] /= (real)n;
-        } else if (agg == CLNET_AGG_PRODUCT) {
+        } else if (CLNET_HAS_AGG(CLNET_AGG_PRODUCT) && agg == CLNET_AGG_PRODUCT) {
             for (int s = 0; s < LANES; ++s)
                 zz[s] = (real)1;
             for (int c = c0; c < c1; ++c) {
@@ -227,7 +241,9 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                 for (int s = 0; s < LANES; ++s)
                     zz[s] *= w * v[s];
             }
-        } else if (agg == CLNET_AGG_MAX || agg == CLNET_AGG_MIN || agg == CLNET_AGG_MAXABS) {
+        } else if ((CLNET_HAS_AGG(CLNET_AGG_MAX) && agg == CLNET_AGG_MAX)
+                   || (CLNET_HAS_AGG(CLNET_AGG_MIN) && agg == CLNET_AGG_MIN)
+                   || (CLNET_HAS_AGG(CLNET_AGG_MAXABS) && agg == CLNET_AGG_MAXABS)) {
             /* Sequential "replace when strictly better", as Python's max/min do:
              * a NaN first term sticks, a later NaN is skipped. */
             for (int s = 0; s < LANES; ++s)
@@ -244,7 +260,7 @@ __kernel void clnet_fnn_graph(__global const int *net_node_start,
                     zz[s] = better ? t : zz[s];
                 }
             }
-        } else if (agg == CLNET_AGG_MEDIAN) {
+        } else if (CLNET_HAS_AGG(CLNET_AGG_MEDIAN) && agg == CLNET_AGG_MEDIAN) {
             /* The middle order statistics without a per-item array of unknown length:
              * each is found by bisection over the bits of an order-preserving integer
              * key (clnet_order_key), one counting pass over the fan-in per bit, so

@@ -19,6 +19,8 @@ __kernel void run_math(__global const float *x, __global float *y, const int whi
     case 1: r = clnet_log1pf(v); break;
     case 2: r = clnet_expm1f(v); break;
     case 3: r = clnet_sinf(v); break;
+    case 5: r = clnet_exp_boundedf(v); break;
+    case 6: r = clnet_sigmoid_boundedf(v); break;
     default: r = clnet_sinf_reduced(v); break;
     }
     y[i] = r;
@@ -45,10 +47,15 @@ __kernel void run_sin_lanes(__global const float *x, __global float *y)
 }
 """
 
-FUNCS = {"log": 0, "log1p": 1, "expm1": 2, "sin": 3, "sin_reduced": 4}
+FUNCS = {"log": 0, "log1p": 1, "expm1": 2, "sin": 3, "sin_reduced": 4, "exp_bounded": 5, "sigmoid_bounded": 6}
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
 
 REFERENCE = {"log": np.log, "log1p": np.log1p, "expm1": np.expm1, "sin": np.sin,
-             "sin_reduced": np.sin, "sin_lanes": np.sin}
+             "sin_reduced": np.sin, "sin_lanes": np.sin, "exp_bounded": np.exp, "sigmoid_bounded": _sigmoid}
 
 # (function, x, expected); NaN means any NaN. Signs of zeros and infinities must match.
 SPECIALS = [

@@ -73,5 +73,17 @@ def test_sin_reduced_within_its_range(harness):
     assert np.isnan(harness.run("sin_reduced", special)).all()
 
 
+@pytest.mark.parametrize("name, lo, limit", [("exp_bounded", -87.33, 1.0), ("sigmoid_bounded", -88.0, 2.5)])
+def test_bounded_exp_and_sigmoid_over_their_range(harness, name, lo, limit):
+    """The FNN kernels' float sigmoid (clamped arguments) and the exp under it: every 97th
+    float of their ranges (exp: where e^x is a normal float; sigmoid: [-88, 88]), and NaN."""
+    x = np.concatenate([_bits(1e-45, 88.0, 97), -_bits(1e-45, -lo, 97), [0.0, -0.0, 88.0, lo]]).astype(np.float32)
+    got = harness.run(name, x)
+    err = ulp_error(got, x, REFERENCE[name])
+    i = int(np.argmax(err))
+    assert err[i] <= limit, f"{name}({x[i]!r}) = {got[i]!r}: {err[i]:.2f} ulp"
+    assert np.isnan(harness.run(name, np.array([np.nan], np.float32))).all()
+
+
 def test_specials(harness):
     assert harness.specials_ok(verbose=True)

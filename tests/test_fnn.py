@@ -248,6 +248,46 @@ def test_from_neat_matches_neat_python_per_aggregation(any_backend, aggregation,
     _check_against_neat(any_backend, config, genomes, rng.uniform(-2, 2, size=(16, 3)))
 
 
+@pytest.mark.parametrize("activation, aggregation", [(a, "sum") for a in NEAT_ACTIVATIONS]
+                         + [("sigmoid", g) for g in NEAT_AGGREGATIONS if g != "sum"])
+def test_a_population_of_one_activation_and_aggregation_runs_a_kernel_of_its_own(
+        opencl_backend, activation, aggregation, rng, monkeypatch):
+    """A population with a single activation and a single aggregation (neat-python's
+    defaults are sum and sigmoid) runs the kernel built for that pair alone, bit for bit
+    the kernel built for every function; a population of two activations does not."""
+    config, genomes = _neat_cases([activation], [aggregation], 4, seed=7)
+    pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+    x = rng.uniform(-3, 3, size=(37, 3))
+    x[3, 1] = np.nan
+    own = pop(x, backend=opencl_backend)
+    from clnet.functions import AGGREGATIONS
+
+    used_act = {a for a in np.unique(pop.packed.node_act)}
+    assert opencl_backend._function_defines(pop.packed) == (
+        f"CLNET_ACTS={1 << int(pop.packed.node_act[0])}", f"CLNET_AGGS={1 << AGGREGATIONS.index(aggregation)}")
+    assert len(used_act) == 1
+    monkeypatch.setattr(type(opencl_backend), "_function_defines", lambda self, pop: ())
+    general = pop(x, backend=opencl_backend)
+    assert own.tobytes() == general.tobytes()
+    mixed = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in
+                                 _neat_cases(["sigmoid", "tanh"], ["sum"], 3, seed=8)[1]])
+    monkeypatch.undo()
+    assert opencl_backend._function_defines(mixed.packed) == ()
+
+
+def test_the_general_kernel_covers_every_function():
+    """kernels/fnn.cl's default masks have a bit for every activation and aggregation."""
+    import re
+
+    from clnet.functions import ACTIVATIONS, AGGREGATIONS
+    from clnet.opencl import kernel_dir
+
+    source = (kernel_dir() / "fnn.cl").read_text()
+    acts = int(re.search(r"#define CLNET_ACTS (0x[0-9A-Fa-f]+)", source).group(1), 16)
+    aggs = int(re.search(r"#define CLNET_AGGS (0x[0-9A-Fa-f]+)", source).group(1), 16)
+    assert acts == (1 << len(ACTIVATIONS)) - 1 and aggs == (1 << len(AGGREGATIONS)) - 1
+
+
 def test_from_neat_edge_genomes(any_backend):
     """Orphan nodes, disabled links and outputs without inputs, built by hand in neat-python."""
     config = make_config(2, 2, initial="unconnected", activations=["sigmoid", "tanh"],

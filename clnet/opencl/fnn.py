@@ -187,6 +187,20 @@ class FNNKernels(FNNOps):
 
         return pop.device_copies.get(self, ("opencl.fnn.terms", item), count)
 
+    def _function_defines(self, pop: PackedPopulation) -> tuple:
+        """Build defines naming the one activation and the one aggregation of a population
+        that uses a single one of each (kernels/fnn.cl: CLNET_ACTS, CLNET_AGGS), else none.
+        Only that case is specialised: it is neat-python's default, and it compiles at most
+        one program per function pair, where masks of any subset could compile one per
+        generation of a population whose functions mutate."""
+        def defines():
+            acts, aggs = np.unique(pop.node_act), np.unique(pop.node_agg)
+            if len(acts) != 1 or len(aggs) != 1:
+                return ()
+            return (f"CLNET_ACTS={1 << int(acts[0])}", f"CLNET_AGGS={1 << int(aggs[0])}")
+
+        return pop.device_copies.get(self, ("opencl.fnn.functions",), defines)
+
     def fnn_graph(self, pop, x, dtype):
         B, P, n_out = x.shape[0], pop.size, pop.n_outputs
         item = np.dtype(dtype).itemsize
@@ -204,7 +218,8 @@ class FNNKernels(FNNOps):
             if bounded < plan.per_launch:
                 plan = replace(plan, per_launch=bounded)
             knl = self.kernel("fnn", "clnet_fnn_graph", dtype,
-                              (f"CLNET_LANES={plan.lanes}", f"CLNET_MEDIAN_FEW={plan.median_ranks}"))
+                              (f"CLNET_LANES={plan.lanes}", f"CLNET_MEDIAN_FEW={plan.median_ranks}")
+                              + self._function_defines(pop))
             bufs = self._population_buffers(pop, dtype)
             d_x, stride = self._fnn_inputs(x, plan.lanes)
             budget = self._scratch_budget()
