@@ -17,8 +17,7 @@
 #define CLNET_SIGMOID(z) clnet_sigmoid(z)
 #define CLNET_SIGMOID_CLAMPED(z) clnet_sigmoid(z)
 #else
-/* Clamped at +-88, where 1 / (1 + e^-z) is already 0 or 1 in float (NaN passes). */
-#define CLNET_SIGMOID(z) clnet_sigmoid_boundedf(clnet_clamp((z), -88.0f, 88.0f))
+#define CLNET_SIGMOID(z) clnet_sigmoidf(z)
 /* z within [-88, 88] or NaN */
 #define CLNET_SIGMOID_CLAMPED(z) clnet_sigmoid_boundedf(z)
 #define CLNET_LOG(z) clnet_logf(z)

@@ -152,6 +152,18 @@ inline float clnet_sigmoid_boundedf(float z)
     return 1.0f / (1.0f + clnet_exp_boundedf(-z));
 }
 
+/* 1 / (1 + e^-z) for every float, with the builtin formula's values at the ends: exactly 0
+ * where its e^-z overflows (z < -88.7228...), exactly 1 for z > 88 (e^-z below half an ulp
+ * of 1), infinities to 0 and 1, NaN to NaN. So inf and NaN reach later products as with the
+ * builtins (inf * 0 is NaN, inf times a tiny number is not). */
+inline float clnet_sigmoidf(float z)
+{
+    const float t = -z;
+    const float tc = t > 88.0f ? 88.0f : (t < -88.0f ? -88.0f : t); /* NaN stays NaN */
+    const float s = 1.0f / (1.0f + clnet_exp_boundedf(tc));
+    return t > 0x1.62e42ep6f ? 0.0f : s; /* 88.72283935546875: the largest x with finite expf */
+}
+
 /* pi/2 = sum of CLNET_PIO2_1..5 (+ 2.7e-24); the first four have at most 11 significant
  * bits, so k * CLNET_PIO2_i is exact for |k| < 2^13. */
 #define CLNET_PIO2_1 0x1.92p+0f

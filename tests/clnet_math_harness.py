@@ -21,6 +21,7 @@ __kernel void run_math(__global const float *x, __global float *y, const int whi
     case 3: r = clnet_sinf(v); break;
     case 5: r = clnet_exp_boundedf(v); break;
     case 6: r = clnet_sigmoid_boundedf(v); break;
+    case 7: r = clnet_sigmoidf(v); break;
     default: r = clnet_sinf_reduced(v); break;
     }
     y[i] = r;
@@ -47,7 +48,8 @@ __kernel void run_sin_lanes(__global const float *x, __global float *y)
 }
 """
 
-FUNCS = {"log": 0, "log1p": 1, "expm1": 2, "sin": 3, "sin_reduced": 4, "exp_bounded": 5, "sigmoid_bounded": 6}
+FUNCS = {"log": 0, "log1p": 1, "expm1": 2, "sin": 3, "sin_reduced": 4, "exp_bounded": 5, "sigmoid_bounded": 6,
+         "sigmoid": 7}
 
 
 def _sigmoid(x):
@@ -55,7 +57,8 @@ def _sigmoid(x):
 
 
 REFERENCE = {"log": np.log, "log1p": np.log1p, "expm1": np.expm1, "sin": np.sin,
-             "sin_reduced": np.sin, "sin_lanes": np.sin, "exp_bounded": np.exp, "sigmoid_bounded": _sigmoid}
+             "sin_reduced": np.sin, "sin_lanes": np.sin, "exp_bounded": np.exp, "sigmoid_bounded": _sigmoid,
+             "sigmoid": _sigmoid}
 
 # (function, x, expected); NaN means any NaN. Signs of zeros and infinities must match.
 SPECIALS = [

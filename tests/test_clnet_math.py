@@ -85,5 +85,27 @@ def test_bounded_exp_and_sigmoid_over_their_range(harness, name, lo, limit):
     assert np.isnan(harness.run(name, np.array([np.nan], np.float32))).all()
 
 
+def test_sigmoid_over_every_float_range_and_its_ends(harness):
+    """clnet_sigmoidf: within 2.5 ulp of 1 / (1 + e^-z) where that is a normal float
+    (closer than the smallest normal float below it), and exactly the builtin formula's 0 and 1 at the ends (0 where
+    its e^-z overflows), so that inf and NaN propagate through later products as before."""
+    x = np.concatenate([_bits(1e-45, 3.4e38, 9973), -_bits(1e-45, 3.4e38, 9973),
+                        _bits(80.0, 100.0, 3), -_bits(80.0, 100.0, 3)]).astype(np.float32)
+    got = harness.run("sigmoid", x)
+    with np.errstate(over="ignore"):
+        builtin = (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
+    ends = (builtin == 0) | (builtin == 1)
+    assert np.array_equal(got[ends], builtin[ends])
+    # where the result is below the smallest normal float (z in (-88.72, -87.34)), within it
+    ref = REFERENCE["sigmoid"](x.astype(np.float64))
+    tiny = ~ends & (ref < np.finfo(np.float32).tiny)
+    assert np.abs(got[tiny] - ref[tiny]).max() < np.finfo(np.float32).tiny
+    err = ulp_error(got[~ends & ~tiny], x[~ends & ~tiny], REFERENCE["sigmoid"])
+    assert err.max() <= 2.5
+    special = np.array([np.inf, -np.inf, np.nan], np.float32)
+    out = harness.run("sigmoid", special)
+    assert out[0] == 1.0 and out[1] == 0.0 and np.isnan(out[2])
+
+
 def test_specials(harness):
     assert harness.specials_ok(verbose=True)
