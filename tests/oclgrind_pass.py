@@ -61,7 +61,7 @@ def check(name, run, be, dt, family="fnn"):
 def lanes_variants(be):
     """One sample per work-item, one SIMD width, several (clnet/opencl/tuning.py's lanes)."""
     for lanes in (1, 16, 64):
-        with overriding(be, "fnn", layered_lanes=lanes, graph_lanes=lanes):
+        with overriding(be, "fnn", layered_lanes=lanes, graph_lanes=lanes, graph_vector_lanes=lanes):
             yield lanes
 
 
@@ -302,11 +302,16 @@ def every_tunable_configuration(be, dtypes):
     rng = np.random.default_rng(6)
     nets = [clnet.FNN.from_structure([2, h, 2], rng.normal(size=4 * h), activation="tanh") for h in (1, 3, 5)]
     pop = clnet.FNNPopulation(nets)
+    # plain-arithmetic functions: the population kernel's "graph_vector" launch parameters
+    plain = clnet.FNNPopulation([clnet.FNN.from_structure([2, h, 2], rng.normal(size=4 * h), activation="sigmoid")
+                                 for h in (2, 4)])
     layered = clnet.FNN.from_structure([2, 7, 2], rng.normal(size=28), activation="relu")
     x = rng.normal(size=(21, 2))
     for label, c in sweep(be, "fnn", {"batch": 21}):
         with be.tuning.overriding("fnn", c):
             ok &= check(f"sweep fnn.population [{label}] {dt}", lambda b, d: pop(x, backend=b, dtype=d), be, dt)
+            ok &= check(f"sweep fnn.plain population [{label}] {dt}", lambda b, d: plain(x, backend=b, dtype=d),
+                        be, dt)
             ok &= check(f"sweep fnn.layered [{label}] {dt}", lambda b, d: layered(x, backend=b, dtype=d), be, dt)
     cells = _rnn_cells(7)[:3]
     xs = rng.normal(size=(3, 5, 3))

@@ -8,6 +8,7 @@ import pytest
 import clnet
 from clnet import conformance
 from clnet.bench.neat_genomes import grow_genome, make_config
+from conftest import force_params
 
 NEAT_ACTIVATIONS = sorted(neat.activations.ActivationFunctionSet().functions)
 NEAT_AGGREGATIONS = sorted(neat.aggregations.AggregationFunctionSet().functions)
@@ -273,6 +274,30 @@ def test_a_population_of_one_activation_and_aggregation_runs_a_kernel_of_its_own
                                  _neat_cases(["sigmoid", "tanh"], ["sum"], 3, seed=8)[1]])
     monkeypatch.undo()
     assert opencl_backend._function_defines(mixed.packed) == ()
+
+
+def test_populations_of_plain_arithmetic_run_with_their_own_launch_parameters(opencl_backend, rng, monkeypatch):
+    """float32 populations whose functions are all plain arithmetic (sigmoid, relu, max, ...)
+    run with fnn.graph_vector_lanes and _group; one with tanh, sin or a median, or float64,
+    with fnn.graph_lanes and _group; every value of the vector pair gives the fallback's result."""
+    from clnet.opencl.tuning import FAMILIES
+
+    def population(act, agg):
+        config, genomes = _neat_cases([act], [agg], 3, seed=11)
+        return clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+
+    plain = population("sigmoid", "max")
+    form = opencl_backend._lane_form
+    assert form(plain.packed, np.float32) == "graph_vector" and form(plain.packed, np.float64) == "graph"
+    for act, agg in (("tanh", "sum"), ("sin", "sum"), ("relu", "median")):
+        assert form(population(act, agg).packed, np.float32) == "graph", (act, agg)
+    x = rng.uniform(-2, 2, size=(29, 3))
+    want = plain(x, backend="numpy", dtype=np.float64)
+    fam = FAMILIES["fnn"]
+    for lanes in fam.param("graph_vector_lanes").values:
+        for group in (1, 4):
+            force_params(monkeypatch, opencl_backend, "fnn", graph_vector_lanes=lanes, graph_vector_group=group)
+            np.testing.assert_allclose(plain(x, backend=opencl_backend), want, rtol=1e-4, atol=1e-5)
 
 
 def test_the_general_kernel_covers_every_function():

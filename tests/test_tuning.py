@@ -431,6 +431,8 @@ def _small_workloads(be):
     rng = np.random.default_rng(8)
     nets = [clnet.FNN.from_structure([3, h, 2], rng.normal(size=5 * h), activation="tanh") for h in (1, 4, 9)]
     pop = clnet.FNNPopulation(nets)
+    plain = clnet.FNNPopulation([clnet.FNN.from_structure([3, h, 2], rng.normal(size=5 * h), activation="sigmoid")
+                                 for h in (2, 5)])  # runs with the graph_vector parameters
     x = rng.normal(size=(37, 3))
     xs = rng.normal(size=(5, 37, 3))
     resets = rng.random((5, 37)) < 0.2
@@ -450,7 +452,7 @@ def _small_workloads(be):
         return [np.asarray(g[k]).ravel() for cell in cells.values()
                 for g in [cell.backward_sequence(xs, None, resets, grads, backend=be)] for k in sorted(g)]
 
-    return {"fnn": lambda: [pop(x, backend=be).ravel(), nets[2](x, backend=be).ravel()],
+    return {"fnn": lambda: [pop(x, backend=be).ravel(), plain(x, backend=be).ravel(), nets[2](x, backend=be).ravel()],
             "rnn": rnn, "bptt": bptt,
             "pearson": lambda: [clnet.pearson(X, backend=be).ravel(),
                                 clnet.pearson_topk(X, 4, backend=be, progress=False)[1].ravel()]}

@@ -13,7 +13,7 @@ from typing import Dict
 import numpy as np
 
 from ..common.packing import LayeredNetwork, PackedPopulation
-from ..functions import AGGREGATIONS
+from ..functions import ACTIVATIONS, AGGREGATIONS
 from ..contract import FNNOps
 from .runtime import cl
 
@@ -27,6 +27,14 @@ SCRATCH_BUDGET = 256 * 2**20
 # minutes inside one kernel.
 LAUNCH_TERMS = 2**27
 MEDIAN_PASSES = {4: 34, 8: 66}  # by item size: float32, float64
+
+
+# Activations that float builds compute with arithmetic, bit operations and selects only
+# (kernels/clnet_functions.h, clnet_math.h): no builtin call per lane and no rarely-taken
+# fallback (sin's, beyond 8192), so a lane loop of them vectorises under any compiler.
+LANE_ACTIVATIONS = frozenset({
+    "identity", "relu", "sigmoid", "elu", "selu", "abs", "square", "cube", "clamped", "log", "inv",
+    "hat", "lelu", "neat.sigmoid", "neat.log", "neat.inv"})
 
 
 def round_up(n: int, m: int) -> int:
@@ -68,8 +76,9 @@ class FNNLaunch:
 
 class FNNKernels(FNNOps):
     def _fnn_launch(self, form: str, batch: int) -> "FNNLaunch":
-        """Samples per work-item and work-group size of ``form`` ("layered" or "graph") at this
-        batch: the tuned or default parameters of clnet/opencl/tuning.py (family "fnn")."""
+        """Samples per work-item and work-group size of ``form`` ("layered", "graph" or
+        "graph_vector", see :meth:`_lane_form`) at this batch: the tuned or default parameters
+        of clnet/opencl/tuning.py (family "fnn")."""
         c = self.params("fnn", batch=int(batch))
         scratch = min(c["scratch_mb"] * 2**20, self._scratch_budget())
         return FNNLaunch(self._fit_lanes(c[f"{form}_lanes"], batch), c[f"{form}_group"], scratch,
@@ -187,6 +196,19 @@ class FNNKernels(FNNOps):
 
         return pop.device_copies.get(self, ("opencl.fnn.terms", item), count)
 
+    def _lane_form(self, pop: PackedPopulation, dtype) -> str:
+        """"graph_vector" for a float32 population whose every function is plain arithmetic
+        (LANE_ACTIVATIONS, no median: its lane loops vectorise under every compiler), else
+        "graph": which launch parameters of the fnn family it runs with."""
+        def form():
+            acts = {ACTIVATIONS[i] for i in np.unique(pop.node_act)}
+            median = bool(np.any(pop.node_agg == AGGREGATIONS.index("median")))
+            return "graph_vector" if acts <= LANE_ACTIVATIONS and not median else "graph"
+
+        if np.dtype(dtype) != np.float32:  # double builds call the builtins (clnet_functions.h)
+            return "graph"
+        return pop.device_copies.get(self, ("opencl.fnn.form",), form)
+
     def _function_defines(self, pop: PackedPopulation) -> tuple:
         """Build defines naming the one activation and the one aggregation of a population
         that uses a single one of each (kernels/fnn.cl: CLNET_ACTS, CLNET_AGGS), else none.
@@ -210,7 +232,7 @@ class FNNKernels(FNNOps):
         terms = self._terms_per_sample(pop, item)
         with self.lock:
             # Batch chunk: as many samples as the largest network allows within the budget.
-            plan = self._fnn_layout("graph", B, largest * item, out.nbytes, n_out * item)
+            plan = self._fnn_layout(self._lane_form(pop, dtype), B, largest * item, out.nbytes, n_out * item)
             # ... and within LAUNCH_TERMS; long work then waits for each launch, so that an
             # interrupt (Ctrl-C) is seen between launches.
             bounded = max(plan.lanes, LAUNCH_TERMS // max(terms, 1) // plan.lanes * plan.lanes)

@@ -54,23 +54,27 @@ class Workload:
 
 def _fnn_workloads(be) -> List[Workload]:
     import clnet
-    from ..bench.neat_genomes import benchmark_population
+    from ..bench.neat_genomes import benchmark_population, default_population
 
     rng = np.random.default_rng(0)
     config, genomes = benchmark_population(150)
     pop = clnet.FNNPopulation([clnet.FNN.from_neat(g, config) for g in genomes])
+    # neat-python's default functions (sum, sigmoid): plain arithmetic, the "graph_vector" form
+    plain_config, plain_genomes = default_population(150, seed=5)  # not the benchmark's own (seed 0)
+    plain = clnet.FNNPopulation([clnet.FNN.from_neat(g, plain_config) for g in plain_genomes])
     sizes = [8, 64, 64, 4]
     net = clnet.FNN.from_structure(sizes, rng.normal(size=clnet.weight_count(sizes)) * 0.3, activation="tanh")
     out = []
     for batch in (100, 1000, 10000):
         x = rng.uniform(-1, 1, size=(batch, 8))
-        for form, model in (("layered", net), ("graph", pop)):
+        for form, model in (("layered", net), ("graph", pop), ("graph_vector", plain)):
             out.append(Workload(
                 "fnn", {"batch": batch}, f"{form} B={batch}",
                 lambda model=model, x=x: [model(x, backend=be, dtype="float32")],
                 [model(x, backend="numpy", dtype="float64")], [model(x, backend="numpy", dtype="float32")],
                 # the cache budget is shared; the population, whose scratch is the larger, tunes it
-                "fnn", lambda name, form=form: name.startswith(form + "_") or (form == "graph" and name == "scratch_mb")))
+                "fnn", lambda name, form=form: (name in (f"{form}_lanes", f"{form}_group")
+                                                or (form == "graph" and name in ("scratch_mb", "graph_median_ranks")))))
     return out
 
 

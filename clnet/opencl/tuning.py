@@ -188,6 +188,21 @@ def _fnn_graph_group(props, shape):
     return 1 if props.simd else _one_sample_group(props)  # (simd and packing exclude each other)
 
 
+def _fnn_vector_lanes(props, shape):
+    # A population whose functions are all plain arithmetic in float builds (sum, max, ...,
+    # sigmoid, relu, log: no builtin calls, no median; clnet.opencl.fnn.LANE_ACTIVATIONS):
+    # there the lane loops vectorise under every compiler, and on Intel's runtime two native
+    # vectors of samples per work-item beat packed work-items (neat-python's default sum and
+    # sigmoid, 250-2,999 samples: 1.4-1.9x; with tanh or sin, packing stays 1.5-2x faster).
+    if props.vectorises_work_items:
+        return min(64, props.native_width * 2)
+    return _fnn_lanes(props, shape)
+
+
+def _fnn_vector_group(props, shape):
+    return 1 if props.simd or props.vectorises_work_items else _one_sample_group(props)
+
+
 SCRATCH_MB = (1, 2, 4, 8, 16, 32, 64, 256)
 
 
@@ -213,7 +228,7 @@ def _fnn_median_ranks(props, shape):
 
 
 def _fnn_ok(c, props, shape):
-    return all(c[f"{form}_group"] <= props.max_group for form in ("layered", "graph"))
+    return all(c[f"{form}_group"] <= props.max_group for form in ("layered", "graph", "graph_vector"))
 
 
 FNN = TunableFamily(
@@ -222,11 +237,16 @@ FNN = TunableFamily(
      Tunable("layered_group", GROUPS, _fnn_group, "work-items per group, layered kernel (0: implementation's)"),
      Tunable("graph_lanes", LANES, _fnn_graph_lanes, "samples per work-item, population (graph) kernel"),
      Tunable("graph_group", GROUPS, _fnn_graph_group, "work-items per group, population kernel (0: implementation's)"),
+     Tunable("graph_vector_lanes", LANES, _fnn_vector_lanes,
+             "samples per work-item, population kernel, when every function is plain arithmetic"),
+     Tunable("graph_vector_group", GROUPS, _fnn_vector_group,
+             "work-items per group, population kernel, likewise (0: implementation's)"),
      Tunable("scratch_mb", SCRATCH_MB, _fnn_scratch, "MiB of node values per launch (both kernels)"),
      Tunable("graph_median_ranks", (0, 8, 16), _fnn_median_ranks,
              "largest fan-in whose median counts ranks instead of bisecting (population kernel)")),
     exact=(), nearest=("batch",), constraint=_fnn_ok,
-    coupled=(("layered_lanes", "layered_group"), ("graph_lanes", "graph_group")))
+    coupled=(("layered_lanes", "layered_group"), ("graph_lanes", "graph_group"),
+             ("graph_vector_lanes", "graph_vector_group")))
 
 # -- RNN: kernels/rnn.cl ------------------------------------------------------------------------
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
