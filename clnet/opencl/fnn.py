@@ -119,9 +119,10 @@ class FNNKernels(FNNOps):
     def _fnn_inputs(self, x, lanes: int):
         """Inputs transposed to (n_inputs, B_padded), zero-padded to whole lanes."""
         stride = round_up(x.shape[0], lanes)
-        xt = np.zeros((x.shape[1], stride), dtype=x.dtype)
+        xt = self.result_array((x.shape[1], stride), x.dtype)
+        xt[:, x.shape[0]:] = 0
         xt[:, :x.shape[0]] = x.T
-        return self.to_device(xt, "inputs"), stride
+        return self.adopt(xt, "inputs"), stride  # made here, never changed: read in place on a CPU
 
     # -- layered form ----------------------------------------------------------------------
     def _layered_buffers(self, net: LayeredNetwork, dtype) -> Dict[str, "cl.Buffer"]:
