@@ -227,8 +227,8 @@ class FNNKernels(FNNOps):
     def fnn_graph(self, pop, x, dtype):
         B, P, n_out = x.shape[0], pop.size, pop.n_outputs
         item = np.dtype(dtype).itemsize
-        starts = pop.net_node_start.astype(np.int64)
-        largest = max(1, int(np.max(np.diff(starts))))
+        starts, largest = pop.device_copies.get(self, ("opencl.fnn.starts",), lambda: (
+            pop.net_node_start.astype(np.int64), max(1, int(np.max(np.diff(pop.net_node_start))))))
         out = np.empty((P, B, n_out), dtype=dtype)
         terms = self._terms_per_sample(pop, item)
         with self.lock:

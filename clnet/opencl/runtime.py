@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 import threading
@@ -122,7 +123,7 @@ PAGE = 4096  # alignment of host arrays that CPU devices use in place (aligned_e
 def aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a PAGE boundary."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape if isinstance(shape, tuple) else (shape,)) * dtype.itemsize
     raw = np.empty(nbytes + PAGE, dtype=np.uint8)
     start = (-raw.ctypes.data) % PAGE
     return raw[start:start + nbytes].view(dtype).reshape(shape)
