@@ -117,6 +117,8 @@ class KernelBuildError(DeviceError):
 # and freed after it, so that one large call (a population over 100,000 samples) does not
 # hold its memory for the life of the process. clnet.release_memory() frees the kept ones.
 WORKSPACE_KEEP_BYTES = 32 * 2**20
+WORKSPACE_KEEP_TOTAL = 128 * 2**20
+
 PAGE = 4096  # alignment of host arrays that CPU devices use in place (aligned_empty)
 
 
@@ -127,7 +129,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     raw = np.empty(nbytes + PAGE, dtype=np.uint8)
     start = (-raw.ctypes.data) % PAGE
     return raw[start:start + nbytes].view(dtype).reshape(shape)
-WORKSPACE_KEEP_TOTAL = 128 * 2**20
+
 
 class CompilerEnvironmentError(DeviceError):
     """The compiler cannot write its output (an unwritable or full cache folder): checked
@@ -165,7 +167,7 @@ class OpenCLRuntime(Backend):
         self.global_mem = int(device.global_mem_size)
         self.max_work_group = int(device.max_work_group_size)
         # A CPU device computes in the process's own memory: a result array can be handed to
-        # the kernels as their output buffer (see result_buffer), with no copy back.
+        # the kernels as their output buffer (see writing_result), with no copy back.
         self.shares_host_memory = bool(device.type & cl.device_type.CPU)
         self._pocl = is_pocl(platform.name)
         # One queue per device: operations enqueue under this lock so that threads sharing
