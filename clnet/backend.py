@@ -108,6 +108,11 @@ class Backend:
         """Free what the backend keeps between calls for speed (scratch buffers); the
         next call makes it again. Objects the user holds keep their own copies."""
 
+    def quiesce(self) -> None:
+        """Wait until no work the backend queued is still running (called by :func:`run` when
+        an operation raises, Ctrl-C included, before the operation's arrays can be freed: a
+        device may be reading host memory in place). Never raises. Nothing to do here."""
+
     def translate_error(self, exc: BaseException, operation: str) -> Optional[BaseException]:
         """The clnet error for a driver's exception ``exc`` raised during ``operation``
         (a :class:`DeviceError`, or MemoryError when the device ran out of memory), or
@@ -483,7 +488,12 @@ def run(spec: BackendLike, operation: str, work: Callable[[Backend], T], *, stat
             if backend.inherited_by_fork:
                 raise DeviceError(f"backend {backend.spec!r} cannot run {operation} here: "
                                   f"{backend.inherited_by_fork}")
-            return work(backend)
+            try:
+                return work(backend)
+            except BaseException:
+                # while the traceback still holds the operation's arrays alive
+                backend.quiesce()
+                raise
         except DeviceError:
             raise
         except Exception as exc:

@@ -50,6 +50,9 @@
             for (int s = 0; s < LANES; ++s)                                     \
                 if (clnet_activate_needs_builtin(id, zin[s]))                   \
                     zz[s] = clnet_activate(id, zin[s]);                         \
+    } else {                                                                    \
+        for (int s = 0; s < LANES; ++s) /* not in CLNET_ACTS: as an unknown id */ \
+            zz[s] = NAN;                                                        \
     } break;
 
 inline void clnet_activate_lanes(const int act, real *zz)

@@ -101,7 +101,8 @@ inline void clnet_pearson_store(__global real *out, const long ld, const int i, 
 /* Rows row0 .. row0 + n_rows - 1 (row0 a multiple of CLNET_VW) against columns
  * col0 .. n_cols - 1 (col0 a multiple of CLNET_VW), stored from column 0 of `out`.
  * Every kernel below takes these arguments. Global size: (column groups from col0,
- * row blocks of CLNET_RI). With
+ * row blocks of the kernel's rows per work-item), the two swapped with CLNET_COLS_DIM 1;
+ * clnet_pearson_complete takes CLNET_CC column groups per work-item. With
  * `mirror`, tiles wholly below the diagonal are skipped and the upper ones stored twice. */
 /* Tile and lane of a (non-negative) row index. Unsigned arithmetic on purpose: a signed
  * `i / VW` next to `i % VW` makes clang emit a `freeze` instruction, which Oclgrind 21.10

@@ -149,13 +149,14 @@ def test_constants_shared_with_the_kernels_are_defined_once():
 # --- data stays on the device ---------------------------------------------------------------------
 @pytest.fixture
 def transfers(monkeypatch):
-    """Counts host <-> device copies: uploads of new buffers and enqueue_copy both ways."""
+    """Counts host <-> device copies: uploads of new buffers (and arrays handed over in place),
+    and enqueue_copy both ways."""
     import pyopencl as cl
 
     from clnet.opencl.runtime import OpenCLRuntime
 
     seen = {"up": [], "read": [], "write": []}
-    real_copy, real_up = cl.enqueue_copy, OpenCLRuntime.to_device
+    real_copy, real_up, real_adopt = cl.enqueue_copy, OpenCLRuntime.to_device, OpenCLRuntime.adopt
 
     def copy(queue, dest, src, **kw):
         if isinstance(dest, np.ndarray):
@@ -168,8 +169,14 @@ def transfers(monkeypatch):
         seen["up"].append(np.asarray(array).nbytes)
         return real_up(self, array, what)
 
+    def adopt(self, array, what="array"):  # handed over: read in place on a CPU device, else copied by to_device
+        if self.shares_host_memory:
+            seen["up"].append(np.asarray(array).nbytes)
+        return real_adopt(self, array, what)
+
     monkeypatch.setattr(cl, "enqueue_copy", copy)
     monkeypatch.setattr(OpenCLRuntime, "to_device", up)
+    monkeypatch.setattr(OpenCLRuntime, "adopt", adopt)
     return seen
 
 

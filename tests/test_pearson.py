@@ -299,6 +299,8 @@ def test_every_complete_data_tile_is_correct_in_both_dtypes(opencl_backend, rng,
     from clnet.opencl.tuning import FAMILIES
 
     fam = FAMILIES["pearson"]
+    # strips of 16 rows: the top-k's strips start at rows and columns past 0 (col0 > 0)
+    monkeypatch.setattr(P, "STRIP_BUDGET", 16 * 53 * 8)
     x = rng.normal(size=(53, 19))
     x[5] = 2.0  # a constant row: NaN against every row
     y = rng.normal(size=(29, 19))
@@ -317,17 +319,47 @@ def test_every_complete_data_tile_is_correct_in_both_dtypes(opencl_backend, rng,
                 assert np.nanmax(np.abs(got - want)) < tol, (rows, cols)
 
 
-def test_results_written_in_place_are_aligned_arrays_of_their_own(opencl_backend, rng):
+def test_results_written_in_place_are_aligned_arrays_of_their_own(opencl_backend, rng, monkeypatch):
     """A dense result on a CPU device is written by the kernels into the returned array
-    (no device copy): the array is page-aligned, C-contiguous and writable, and a second
-    call returns a new array, leaving the first as it was."""
+    (no copy from the device: a copy would fail here), page-aligned, C-contiguous and
+    writable; a second call returns a new array, leaving the first as it was. A device that
+    does not share host memory (a GPU; here the same CPU device told otherwise) copies its
+    results and its inputs and gives the same bits, complete data, missing data and strips."""
+    import pyopencl as cl
+
     x = rng.normal(size=(40, 12))
-    first = clnet.pearson(x, backend=opencl_backend)
+    gaps = x.copy()
+    gaps[rng.random(gaps.shape) < 0.1] = np.nan
+    expected = {name: clnet.pearson(v, backend=opencl_backend) for name, v in (("complete", x), ("gaps", gaps))}
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a dense result was copied from the device")
+
+    with monkeypatch.context() as m:
+        m.setattr(cl, "enqueue_copy", no_copy)
+        first = clnet.pearson(x, backend=opencl_backend)
     kept = first.copy()
     second = clnet.pearson(x[::-1], backend=opencl_backend)
     assert first.ctypes.data % 4096 == 0 and first.flags.c_contiguous and first.flags.writeable
     assert np.array_equal(first, kept) and not np.shares_memory(first, second)
     assert np.array_equal(second, first[::-1, ::-1])
+    monkeypatch.setattr(opencl_backend, "shares_host_memory", False)
+    for name, v in (("complete", x), ("gaps", gaps)):
+        assert np.array_equal(clnet.pearson(v, backend=opencl_backend), expected[name], equal_nan=True), name
+    monkeypatch.setattr(opencl_backend, "max_alloc", 40 * 40 * 4 - 1)  # strips through block()
+    assert np.array_equal(clnet.pearson(gaps, backend=opencl_backend), expected["gaps"], equal_nan=True)
+
+
+def test_rows_of_tiny_spread_are_standardised_not_zeroed(any_backend, rng):
+    """Rows whose deviations are about 1e-170 (their squares underflow) correlate as the
+    same rows at unit scale: the power-of-two rescaling catches them (it once left them zero,
+    so NaN), and so do rows of huge values."""
+    x = rng.normal(size=(6, 9))
+    want = clnet.pearson(x, backend="numpy", dtype="float64")
+    for scale in (1e-170, 1e170):
+        got = clnet.pearson(x * scale, backend=any_backend, dtype=np.float64 if any_backend.supports_float64
+                            else np.float32)
+        assert np.allclose(got, want, atol=1e-5), scale
 
 
 def test_degenerate_shapes(any_backend):

@@ -308,3 +308,26 @@ def test_every_clnet_exception_survives_pickling_with_its_message_and_fields():
         assert type(back) is type(exc) and str(back) == str(exc), exc
         for field in ("spec", "reason", "fix", "device", "options", "log", "source_path"):
             assert getattr(back, field, None) == getattr(exc, field, None), (exc, field)
+
+
+def test_a_failing_operation_drains_the_queue_before_its_arrays_go(opencl_backend, monkeypatch):
+    """Inputs a CPU device reads in place (adopted host arrays) stay alive until the queue is
+    drained: when an operation raises after enqueueing kernels (here its result read fails;
+    Ctrl-C alike), clnet.backend.run waits for the device before the error leaves it."""
+    import pyopencl as cl
+
+    drained = []
+    quiesce = type(opencl_backend).quiesce
+    monkeypatch.setattr(type(opencl_backend), "quiesce", lambda self: (drained.append(self.spec), quiesce(self)))
+
+    def lost(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    net = clnet.FNN.from_structure([3, 4, 2], np.arange(20) / 20.0, activation="sigmoid")
+    pop = clnet.FNNPopulation([net, net])
+    monkeypatch.setattr(cl, "enqueue_copy", lost)
+    with pytest.raises(KeyboardInterrupt):
+        pop(np.ones((5, 3)), backend=opencl_backend)
+    assert drained == [opencl_backend.spec]
+    monkeypatch.undo()
+    assert pop(np.ones((5, 3)), backend=opencl_backend).shape == (2, 5, 2)

@@ -98,12 +98,6 @@ def _complete_groups(n: int, group: int, row_tile: int, col_groups: int, rows: b
     return need
 
 
-def _padded(values: np.ndarray, group: int) -> np.ndarray:
-    out = np.zeros(-(-len(values) // group) * group, dtype=values.dtype)
-    out[:len(values)] = values
-    return out
-
-
 @dataclass
 class SparseTables:
     """Per-row totals (sum, sum of squares, count; rows padded to ``padded``) and the lists
@@ -263,7 +257,7 @@ class OpenCLPearsonPlan(PearsonPlan):
         be = self.be
         out = be.result_array((stop - start, self.n_cols), self.dtype)
         with be.lock:
-            with be.writing_result(out, "pearson strip", "a strip of correlations") as buf:
+            with be.writing_result(out, "pearson strip", "a strip of correlations", self._strip_buffer) as buf:
                 self._enqueue_block(start, stop, buf, self.n_cols, False)
             rescued = self._rescued()
         if rescued:

@@ -125,7 +125,8 @@ PAGE = 4096  # alignment of host arrays that CPU devices use in place (aligned_e
 def aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a PAGE boundary."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape if isinstance(shape, tuple) else (shape,)) * dtype.itemsize
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + PAGE, dtype=np.uint8)
     start = (-raw.ctypes.data) % PAGE
     return raw[start:start + nbytes].view(dtype).reshape(shape)
@@ -397,6 +398,12 @@ class OpenCLRuntime(Backend):
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
                          hostbuf=array)
 
+    def quiesce(self) -> None:
+        """Drain the queue (see Backend.quiesce): kernels may still read arrays handed over
+        with :meth:`adopt`, which Python frees once the failed operation's frames go."""
+        with contextlib.suppress(Exception):
+            self.queue.finish()
+
     # -- results written in place ------------------------------------------------------------
     @staticmethod
     def result_array(shape, dtype) -> np.ndarray:
@@ -409,37 +416,43 @@ class OpenCLRuntime(Backend):
     def adopt(self, array: np.ndarray, what: str = "array") -> "cl.Buffer":
         """A read-only device buffer of ``array``, which the caller hands over: it must not
         change while the buffer lives. A device that shares host memory reads ``array`` in
-        place (no allocation, no copy); others get a copy (:meth:`to_device`)."""
+        place (no allocation, no copy); others get a copy (:meth:`to_device`). The buffer
+        keeps ``array`` alive; only operations run through clnet.backend.run may adopt, since
+        that drains the queue (:meth:`quiesce`) before a failed operation lets go of it."""
         if not (self.shares_host_memory and array.nbytes and array.flags.c_contiguous):
             return self.to_device(array, what)
         self.check_alloc(array.nbytes, what)
         return cl.Buffer(self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=array)
 
     @contextlib.contextmanager
-    def writing_result(self, out: np.ndarray, name: str, what: str):
+    def writing_result(self, out: np.ndarray, name: str, what: str, buffer=None):
         """Context manager: the device buffer that kernels enqueued inside write ``out``
         (C-contiguous) through, and ``out`` holding what they wrote on leaving. On a device
         that shares host memory that buffer is ``out``'s own memory (a blocking map on leaving,
         OpenCL's rule for reading it on the host); elsewhere it is the workspace ``name``,
-        copied back. On any exception, Ctrl-C included, the queue is drained first, so no
-        kernel still writes into an array that is being freed. Callers hold ``self.lock``."""
+        copied back (or ``buffer()``, a buffer of the caller's at least as large, when given).
+        On any exception, Ctrl-C included, the queue is drained first, so no kernel still
+        writes into an array that is being freed. Callers hold ``self.lock``."""
         self.check_alloc(out.nbytes, what)
         in_place = self.shares_host_memory and out.nbytes > 0
         if in_place:
             buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR, hostbuf=out)
         else:
-            buf = self.workspace(name, out.nbytes, what)
+            buf = buffer() if buffer is not None else self.workspace(name, out.nbytes, what)
         try:
             yield buf
             if in_place:
                 mapped, _ = cl.enqueue_map_buffer(self.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype)
-                if mapped.ctypes.data != out.ctypes.data:  # a runtime that mapped a copy of its own
-                    out[...] = mapped
-                mapped.base.release(self.queue)
+                try:
+                    if mapped.ctypes.data != out.ctypes.data:  # a runtime that mapped a copy of its own
+                        out[...] = mapped
+                finally:
+                    mapped.base.release(self.queue)
             elif out.nbytes:
                 cl.enqueue_copy(self.queue, out, buf)
         except BaseException:
-            self.queue.finish()
+            with contextlib.suppress(Exception):  # the original error is the one to see
+                self.queue.finish()
             raise
 
     def empty(self, nbytes: int, what: str = "buffer") -> "cl.Buffer":

@@ -422,7 +422,8 @@ PEARSON = TunableFamily(
              "work-items per group of the top-k selection"),
      Tunable("order", ("columns", "rows"), _pearson_order,
              "which of column groups and row blocks the pair kernels take first")),
-    exact=(), nearest=("rows",), constraint=_pearson_ok)
+    exact=(), nearest=("rows",), constraint=_pearson_ok,
+    coupled=(("complete_rows", "complete_cols"),))  # one register tile: searched together
 
 FAMILIES: Dict[str, TunableFamily] = {f.name: f for f in (FNN, RNN, BPTT, PEARSON)}
 
