@@ -167,9 +167,15 @@ class OpenCLRuntime(Backend):
         self.max_alloc = int(device.max_mem_alloc_size)
         self.global_mem = int(device.global_mem_size)
         self.max_work_group = int(device.max_work_group_size)
-        # A CPU device computes in the process's own memory: a result array can be handed to
-        # the kernels as their output buffer (see writing_result), with no copy back.
-        self.shares_host_memory = bool(device.type & cl.device_type.CPU)
+        # A CPU device that says its memory is the host's computes in the process's own memory:
+        # a result array can be handed to the kernels as their output buffer (writing_result),
+        # inputs read in place (adopt). Oclgrind reports every device type at once and no
+        # unified memory: it gets copies (and its uninitialised-value checks stay meaningful).
+        try:
+            unified = bool(device.host_unified_memory)
+        except Exception:  # deprecated since OpenCL 2.0: a driver may refuse the query
+            unified = False
+        self.shares_host_memory = unified and int(device.type) & ~int(cl.device_type.DEFAULT) == int(cl.device_type.CPU)
         self._pocl = is_pocl(platform.name)
         # One queue per device: operations enqueue under this lock so that threads sharing
         # the backend never interleave the argument setting and enqueueing of a kernel.
