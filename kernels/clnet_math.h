@@ -95,23 +95,30 @@ inline float clnet_log1pf(float x)
 #define CLNET_EXPM1_Q3 0x1.6d406cp-10f
 #define CLNET_EXPM1_Q4 0x1.9fbdfcp-13f
 
-/* exp(x) - 1, accurate near 0. Large x -> +inf, very negative x -> -1, NaN -> NaN,
- * +-0 -> +-0. */
-inline float clnet_expm1f(float x)
+/* x = k ln 2 + r with |r| <= ln 2 / 2 (k in *k, x within +-129 ln 2); returns expm1(r), a
+ * near-minimax polynomial. Shared by clnet_expm1f and clnet_exp_boundedf. */
+inline float clnet_expm1_reduced(float x, int *k)
 {
-    /* Outside [-30, 89] the result is -1 or +inf anyway; clamping (NaN goes to -30)
-     * keeps k a small integer. */
-    const float xc = x > 89.0f ? 89.0f : (x >= -30.0f ? x : -30.0f);
-    int k;
-    const float kf = clnet_rintf_small(xc * 0x1.715476p+0f, &k); /* x / ln 2, -44 <= k <= 129 */
-    const float r = (xc - kf * CLNET_LN2_HI) - kf * CLNET_LN2_LO;
+    const float kf = clnet_rintf_small(x * 0x1.715476p+0f, k); /* x / ln 2 */
+    const float r = (x - kf * CLNET_LN2_HI) - kf * CLNET_LN2_LO;
     float q = CLNET_EXPM1_Q4;
     q = q * r + CLNET_EXPM1_Q3;
     q = q * r + CLNET_EXPM1_Q2;
     q = q * r + CLNET_EXPM1_Q1;
     q = q * r + CLNET_EXPM1_Q0;
     const float r2 = r * r;
-    const float p = r + (0.5f * r2 + r2 * r * q); /* expm1(r) */
+    return r + (0.5f * r2 + r2 * r * q);
+}
+
+/* exp(x) - 1, accurate near 0. Large x -> +inf, very negative x -> -1, NaN -> NaN,
+ * +-0 -> +-0. */
+inline float clnet_expm1f(float x)
+{
+    /* Outside [-30, 89] the result is -1 or +inf anyway; clamping (NaN goes to -30)
+     * keeps k a small integer (-44 <= k <= 129). */
+    const float xc = x > 89.0f ? 89.0f : (x >= -30.0f ? x : -30.0f);
+    int k;
+    const float p = clnet_expm1_reduced(xc, &k); /* expm1(r) */
     /* expm1(x) = 2^k expm1(r) + (2^k - 1); 2^k - 1 is exact for the k where it matters.
      * 2^128 is not a float: then scale by 2^127 and double at the end. */
     const int kk = k > 127 ? 127 : k;
@@ -130,15 +137,7 @@ inline float clnet_expm1f(float x)
 inline float clnet_exp_boundedf(float x)
 {
     int k;
-    const float kf = clnet_rintf_small(x * 0x1.715476p+0f, &k); /* |k| <= 127 */
-    const float r = (x - kf * CLNET_LN2_HI) - kf * CLNET_LN2_LO;
-    float q = CLNET_EXPM1_Q4;
-    q = q * r + CLNET_EXPM1_Q3;
-    q = q * r + CLNET_EXPM1_Q2;
-    q = q * r + CLNET_EXPM1_Q1;
-    q = q * r + CLNET_EXPM1_Q0;
-    const float r2 = r * r;
-    const float p = r + (0.5f * r2 + r2 * r * q); /* expm1(r) */
+    const float p = clnet_expm1_reduced(x, &k); /* |k| <= 127 */
     const float s = as_float((uint)(k + 127) << 23);
     return s + s * p;
 }
