@@ -68,14 +68,21 @@ SCRIPT = textwrap.dedent('''
 
     interrupted = torn = trials = 0
     # at least TRIALS calls, more (up to 4x) while fewer than 40 were interrupted: under load
-    # a timer often lands after a short call has returned
+    # a timer often lands after a short call has returned. The timer's range follows the
+    # calls that finished (the median of the last 15): a duration measured during a burst of
+    # load elsewhere would otherwise put most timers after the calls for the whole run.
+    finished = list(times)
     while trials < TRIALS or (interrupted < 40 and trials < 4 * TRIALS):
         trials += 1
         prepare()
+        duration = sorted(finished[-15:])[len(finished[-15:]) // 2]
         try:
             signal.setitimer(signal.ITIMER_REAL, max(1e-6, rng.uniform(0, 1.3 * duration)))
+            t0 = time.perf_counter()
             op()
+            took = time.perf_counter() - t0
             signal.setitimer(signal.ITIMER_REAL, 0)
+            finished.append(took)
         except KeyboardInterrupt:
             signal.setitimer(signal.ITIMER_REAL, 0)
             interrupted += 1
