@@ -210,11 +210,17 @@ def strip_rows(n_cols: int, bytes_per_pair: int, multiple: int = 1) -> int:
     return max(multiple, (rows // multiple) * multiple)
 
 
+def unit_divisors(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, 1) divisors that scale the rows to unit Euclidean norm (1 for a zero row, which
+    stays zero), and (N,) whether each row's norm is positive."""
+    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
+    return np.where(norm > 0, norm, 1), norm[:, 0] > 0
+
+
 def unit_rows(values: np.ndarray, dtype) -> np.ndarray:
     """Complete, centred rows scaled to unit Euclidean norm (zero rows stay zero):
     their dot products are the correlations."""
-    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
-    return (values / np.where(norm > 0, norm, 1)).astype(dtype)
+    return (values / unit_divisors(values)[0]).astype(dtype)
 
 
 def select_topk(r: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -197,18 +197,21 @@ class FNNKernels(FNNOps):
 
         return pop.device_copies.get(self, ("opencl.fnn.terms", item), count)
 
+    def _functions(self, pop: PackedPopulation):
+        """The ids of the activations and of the aggregations a population uses (computed
+        once per population)."""
+        return pop.device_copies.get(self, ("opencl.fnn.functions",),
+                                     lambda: (np.unique(pop.node_act), np.unique(pop.node_agg)))
+
     def _lane_form(self, pop: PackedPopulation, dtype) -> str:
         """"graph_vector" for a float32 population whose every function is plain arithmetic
         (LANE_ACTIVATIONS, no median: its lane loops vectorise under every compiler), else
         "graph": which launch parameters of the fnn family it runs with."""
-        def form():
-            acts = {ACTIVATIONS[i] for i in np.unique(pop.node_act)}
-            median = bool(np.any(pop.node_agg == AGGREGATIONS.index("median")))
-            return "graph_vector" if acts <= LANE_ACTIVATIONS and not median else "graph"
-
         if np.dtype(dtype) != np.float32:  # double builds call the builtins (clnet_functions.h)
             return "graph"
-        return pop.device_copies.get(self, ("opencl.fnn.form",), form)
+        acts, aggs = self._functions(pop)
+        plain = {ACTIVATIONS[i] for i in acts} <= LANE_ACTIVATIONS
+        return "graph_vector" if plain and AGGREGATIONS.index("median") not in aggs else "graph"
 
     def _function_defines(self, pop: PackedPopulation) -> tuple:
         """Build defines naming the one activation and the one aggregation of a population
@@ -216,13 +219,10 @@ class FNNKernels(FNNOps):
         Only that case is specialised: it is neat-python's default, and it compiles at most
         one program per function pair, where masks of any subset could compile one per
         generation of a population whose functions mutate."""
-        def defines():
-            acts, aggs = np.unique(pop.node_act), np.unique(pop.node_agg)
-            if len(acts) != 1 or len(aggs) != 1:
-                return ()
-            return (f"CLNET_ACTS={1 << int(acts[0])}", f"CLNET_AGGS={1 << int(aggs[0])}")
-
-        return pop.device_copies.get(self, ("opencl.fnn.functions",), defines)
+        acts, aggs = self._functions(pop)
+        if len(acts) != 1 or len(aggs) != 1:
+            return ()
+        return (f"CLNET_ACTS={1 << int(acts[0])}", f"CLNET_AGGS={1 << int(aggs[0])}")
 
     def fnn_graph(self, pop, x, dtype):
         B, P, n_out = x.shape[0], pop.size, pop.n_outputs

@@ -77,11 +77,11 @@ def _unit_packed(values: np.ndarray, group: int, dtype, groups: int):
     """Complete centred rows scaled to unit norm (common.pearson.unit_rows, bit for bit) in
     the packed layout of ``groups`` groups, and 1/0 per row (as many): whether the row is
     not all zero (a zero norm)."""
-    norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
-    packed = _pack(values, group, dtype, np.where(norm > 0, norm, 1), groups)
+    divisors, nonzero = host.unit_divisors(values)
+    packed = _pack(values, group, dtype, divisors, groups)
     ok = aligned_empty(len(packed) * group, dtype)
     ok[len(values):] = 0
-    ok[:len(values)] = norm[:, 0] > 0
+    ok[:len(values)] = nonzero
     return packed, ok
 
 
