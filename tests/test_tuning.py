@@ -628,3 +628,32 @@ def test_a_merged_entry_that_breaks_the_constraint_keeps_the_best_workload_alone
     entry = next(e for e in merged if e["shape"]["kind"] == "lstm")
     assert entry["params"] == {"inputs_rows": rows}
     assert FAMILIES["bptt"].allowed(dict(defaults, **entry["params"]), POCL, shape)
+
+
+@pytest.mark.parametrize("fraction,picked,expected", [
+    (0.3, 0.05, 0.25),   # the masked kernel at 30%: moved only just below 30%, so 10% keeps the default
+    (0.3, 0.0, 0.25),
+    (0.3, 0.25, 0.25),
+    (0.05, 0.0, 0.0),    # the masked kernel at 5%: only 0.0 is below
+    (0.05, 1.0, 0.5),    # the corrected sums at 5%, as the default 0.5 already gives: the default back
+    (0.6, 1.0, 1.0),     # the corrected sums at 60%, beyond the default: the nearest value above
+    (0.3, 0.5, 0.5),
+])
+def test_a_missing_data_threshold_moves_only_as_far_as_its_workload_needs(fraction, picked, expected):
+    values = FAMILIES["pearson"].param("sparse_missing_max").values
+    base = {"sparse_missing_max": 0.5, "strip_mb": 16}
+    settle = tuner.settle_threshold("sparse_missing_max", fraction, values)
+    got = settle(dict(base, sparse_missing_max=picked, strip_mb=32), base)
+    assert got == {"sparse_missing_max": expected, "strip_mb": 32}
+    # the same kernel as the pick at the workload's own fraction
+    assert (fraction <= got["sparse_missing_max"]) == (fraction <= picked)
+
+
+def test_every_missing_data_workload_settles_its_threshold(opencl_backend):
+    works = [w for w in tuner._pearson_workloads(opencl_backend) if "missing" in w.label]
+    assert len(works) == 4
+    base = FAMILIES["pearson"].defaults(opencl_backend.tuning.props, {"rows": 1000})
+    for w in works:
+        settled = w.settle(dict(base, sparse_missing_max=0.0), base)
+        expected = 0.0 if w.label.endswith("5% missing") else 0.25
+        assert settled["sparse_missing_max"] == expected, w.label
