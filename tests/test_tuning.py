@@ -65,9 +65,10 @@ def test_gpu_defaults_follow_gpu_practice():
     intel = FAMILIES["fnn"].defaults(INTEL, {"batch": 1000})
     assert (intel["graph_lanes"], intel["graph_group"]) == (1, 16)
     assert (intel["layered_lanes"], intel["layered_group"]) == (16, 1)
-    # Node values per launch: within the cache the device reports (PoCL reports the L3, Intel's
-    # runtime the L2), at least 4 MiB on a CPU; a GPU takes the most work per launch.
-    assert pocl["scratch_mb"] == 32 and intel["scratch_mb"] == 4 and fnn["scratch_mb"] == 256
+    # Node values per launch: within the device's share of the cache it reports (PoCL reports
+    # the L3, 32 MiB, of which 2 compute units count on 8; Intel's runtime the L2), at least
+    # 4 MiB on a CPU; a GPU takes the most work per launch.
+    assert pocl["scratch_mb"] == 8 and intel["scratch_mb"] == 4 and fnn["scratch_mb"] == 256
     # medians of few terms: bisection where lane loops are SIMD (and on GPUs, unmeasured there),
     # rank counting where the implementation packs work-items
     assert (pocl["graph_median_ranks"], intel["graph_median_ranks"], fnn["graph_median_ranks"]) == (0, 16, 0)
@@ -657,3 +658,20 @@ def test_every_missing_data_workload_settles_its_threshold(opencl_backend):
         settled = w.settle(dict(base, sparse_missing_max=0.0), base)
         expected = 0.0 if w.label.endswith("5% missing") else 0.25
         assert settled["sparse_missing_max"] == expected, w.label
+
+
+def test_cpu_cache_defaults_count_only_this_devices_share_of_the_chips_cache():
+    """A 2-core VM on a large server chip reports the socket's whole last-level cache (here
+    300 MiB): the scratch and strip defaults follow the 2 compute units' share, as on a
+    2-core machine whose cache is its own; a device reporting less keeps its own figure."""
+    from clnet.opencl.tuning import CACHE_PER_COMPUTE_UNIT, cache_share
+
+    vm = DeviceProperties("cpu", 2, 16, 16, 2 << 20, 4096, 1 << 31, 300 << 20)
+    assert cache_share(vm) == 2 * CACHE_PER_COMPUTE_UNIT
+    assert cache_share(INTEL) == INTEL.cache
+    fnn, pearson = FAMILIES["fnn"], FAMILIES["pearson"]
+    assert fnn.defaults(vm, {"batch": 1000})["scratch_mb"] == 8
+    assert pearson.defaults(vm, {"rows": 1000})["strip_mb"] == 16
+    many_cores = DeviceProperties("cpu", 64, 16, 16, 2 << 20, 4096, 1 << 31, 300 << 20)
+    assert fnn.defaults(many_cores, {"batch": 1000})["scratch_mb"] > 8
+    assert pearson.defaults(many_cores, {"rows": 1000})["strip_mb"] > 16
