@@ -153,6 +153,7 @@ def settle_threshold(name: str, fraction: float, values: Sequence[float]):
             return dict(best, **{name: min(v for v in ordered if v >= fraction)})
         return dict(best, **{name: max(v for v in ordered if v < fraction)})
 
+    settle.fraction = fraction
     return settle
 
 

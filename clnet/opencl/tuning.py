@@ -211,7 +211,10 @@ SCRATCH_MB = (1, 2, 4, 8, 16, 32, 64, 256)
 # machine never sees: a 2-core VM on a 5th-generation Xeon reports 300 MiB, and defaults sized
 # from that ran 2-3x slower than from its share (FNN scratch at 20,000 samples 68 against
 # 24 ms, Pearson strips at 4,000 rows 222 against 112 ms on PoCL). Server chips carry about
-# 2-5 MiB of last-level cache per core.
+# 2-5 MiB of last-level cache per core; PoCL counts hardware threads as compute units, so
+# on a machine with two threads per core this allows twice that per core. On the 2-core
+# Zen 5 (32 MiB L3) it moves PoCL's FNN scratch from 32 to 8 MiB, not measured there; on
+# the Xeon VM 8 and 32 MiB ran alike (25.9 and 24.1 ms at 20,000 samples).
 CACHE_PER_COMPUTE_UNIT = 4 * 2**20
 
 
