@@ -487,3 +487,42 @@ def test_every_sequence_mode(opencl_backend, monkeypatch, mode, kind):
         state = cell.initial_state(B, backend=opencl_backend)
         np.testing.assert_allclose(cell.sequence(xs, state, resets), want, **TOL32)
         np.testing.assert_allclose(state.h, want[-1], **TOL32)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype,hidden", [(np.float32, 512), (np.float32, 500), (np.float64, 256)])
+def test_large_hidden_sizes_laid_out_with_an_odd_block_count_agree(opencl_backend, kind, dtype, hidden, rng):
+    """From 32 vectors of hidden units on, the device layout adds a padding block to make
+    their count odd (clnet/opencl/rnn.py: padded_hidden, against cache-set conflicts): steps,
+    sequences with resets, recordings and their gradients still equal the float64 reference,
+    and the state read back has exactly the hidden size."""
+    from clnet.opencl.rnn import padded_hidden, vector_width
+
+    vw = vector_width(dtype)
+    assert (padded_hidden(hidden, vw) // vw) % 2 == 1 and padded_hidden(hidden, vw) > hidden
+    make = {"lstm": clnet.LSTMCell, "gru": clnet.GRUCell, "rnn_tanh": clnet.RNNCell}[kind]
+    cell = make(7, hidden, seed=3)
+    T, B = 4, 5
+    xs = rng.normal(size=(T, B, 7))
+    resets = np.zeros((T, B), bool)
+    resets[2, 1] = True
+    grad = rng.normal(size=(T, B, hidden))
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+
+    def run(backend, dt):
+        state = cell.initial_state(B, backend=backend, dtype=dt)
+        first = cell.step(xs[0], state)
+        hs = cell.sequence(xs, state, resets=resets)
+        grads = cell.backward_sequence(xs, None, resets, grad, backend=backend, dtype=dt)
+        recorded = cell.record_sequence(xs, None, resets, backend=backend, dtype=dt)
+        again = recorded.backward(grad)
+        return first, hs, state.h, grads, recorded.hs, again
+
+    got, ref = run(opencl_backend, dtype), run("numpy", np.float64)
+    for g, r in zip(got[:3] + got[4:5], ref[:3] + ref[4:5]):
+        assert np.asarray(g).shape == np.asarray(r).shape
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), **tol)
+    for g_dict, r_dict in ((got[3], ref[3]), (got[5], ref[5])):
+        assert set(g_dict) == set(r_dict)
+        for k in r_dict:
+            np.testing.assert_allclose(g_dict[k], r_dict[k], err_msg=k, **tol)
