@@ -574,7 +574,7 @@ def test_a_tuned_row_height_is_dropped_where_it_splits_the_batch_less_evenly(tun
     that height makes 3 tiles, one unit idle half the time, so the default height (which splits
     20 rows at least as evenly) is kept there; the entry's other parameters still apply."""
     from clnet.opencl.tuning import tile_balance
-    assert tile_balance(16, 8, 2) == 1.0 and tile_balance(20, 8, 2) == 0.75 and tile_balance(20, 4, 2) < 1.0
+    assert tile_balance(16, 8, 2) == 1.0 and tile_balance(20, 8, 2) == 0.625 and tile_balance(20, 4, 2) < 1.0
     t = fake_tuning()
     t.save({family: [{"shape": {"kind": "lstm", "batch": 16, "hidden": 120}, "params": {param: 8, "group": 4}}]})
     at_16 = t.lookup(family, kind="lstm", batch=16, hidden=120)
@@ -677,3 +677,15 @@ def test_cpu_cache_defaults_count_only_this_devices_share_of_the_chips_cache():
     many_cores = DeviceProperties("cpu", 64, 16, 16, 2 << 20, 4096, 1 << 31, 300 << 20)
     assert fnn.defaults(many_cores, {"batch": 1000})["scratch_mb"] > 8
     assert pearson.defaults(many_cores, {"rows": 1000})["strip_mb"] > 16
+
+
+def test_a_short_last_tile_counts_for_its_rows_only():
+    """8 rows in tiles of 6 make 2 tiles for 2 units, but one holds 2 rows: the default BPTT
+    height at a batch of 8 is the one that splits it evenly (4), the taller one where both
+    split alike."""
+    from clnet.opencl.tuning import tile_balance
+
+    assert tile_balance(8, 6, 2) == pytest.approx(8 / 12) and tile_balance(8, 4, 2) == 1.0
+    bptt = FAMILIES["bptt"]
+    assert bptt.defaults(POCL, {"kind": "lstm", "batch": 8, "hidden": 256})["rows"] == 4
+    assert bptt.defaults(POCL, {"kind": "lstm", "batch": 12, "hidden": 256})["rows"] == 6

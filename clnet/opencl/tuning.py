@@ -353,10 +353,15 @@ def _bptt_rows(props, shape):
 
 
 def tile_balance(batch: int, rows: int, units: int) -> float:
-    """Fraction of the compute units' rounds kept busy when ``batch`` rows are cut into tiles
-    of ``rows``, one tile per unit at a time: 1.0 when the tiles fill every round."""
-    tiles = -(-max(1, int(batch)) // rows)
-    return tiles / (-(-tiles // units) * units)
+    """Fraction of the compute units' time spent on real rows when ``batch`` rows are cut
+    into tiles of ``rows``, one tile per unit at a time: 1.0 when the tiles fill every round
+    and every tile is full. A short last tile counts for its rows only: 8 rows in tiles of
+    6 keep 2 units busy for a 6-row round but do 8 rows of work (0.67), and had been counted
+    as balanced (2 tiles on 2 units), so BPTT at a batch of 8 (a PPO minibatch of 8
+    environments) ran one unit on 6 rows while the other idled after 2."""
+    batch = max(1, int(batch))
+    tiles = -(-batch // rows)
+    return batch / (-(-tiles // units) * units * rows)
 
 
 def _gemm_rows(props, shape):
