@@ -156,18 +156,6 @@ class BoundKernel:
     def __call__(self, queue, global_size, local_size, **values):
         return self.kernel(queue, global_size, local_size, *self.bind(values))
 
-    def preset(self, **values):
-        """A kernel object of its own with these arguments checked and set once, for a launch
-        repeated unchanged: ``cl.enqueue_nd_range_kernel(queue, k, global, local)`` then
-        costs one driver call instead of setting every argument again. The caller keeps every
-        buffer it passes alive as long as the returned kernel may run (OpenCL does not)."""
-        import pyopencl as cl
-
-        own = cl.Kernel(self.kernel.program, self.name)
-        own.set_scalar_arg_dtypes(self._dtypes)
-        own.set_args(*self.bind(values))
-        return own
-
     def work_group_size(self, device) -> int:
         """The largest work-group this kernel can run with on ``device``."""
         import pyopencl as cl

@@ -7,9 +7,8 @@ the object's ``device_copies``.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, replace
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -73,47 +72,6 @@ class FNNLaunch:
     group: int
     scratch: int  # bytes of node values one launch may hold (the tuned cache budget)
     median_ranks: int = 0  # largest fan-in whose median counts ranks (kernels/fnn.cl, CLNET_MEDIAN_FEW)
-
-
-@dataclass(eq=False)
-class RepeatedLaunch:
-    """A population's evaluation that runs as one launch, set up for the next call with the
-    same batch size, launch plan and buffers: its kernel object has every argument set
-    (inputs come through ``staging``, copied into ``d_in``), so a repeated call, the common
-    case in a NEAT generation or an RL rollout, costs a copy, one enqueue and the result's
-    copy instead of a launch plan and 22 arguments bound again (measured: 40-60 us of a
-    0.8-1 ms call of the benchmark population at 250 samples on Intel's runtime). It is set
-    up on the second call in a row with the same key (``launch`` None until then), so calls
-    that alternate between populations or batch sizes never pay for setting one up."""
-
-    population: "weakref.ref"
-    key: tuple
-    launch: Optional["_PresetKernel"] = None
-
-
-@dataclass(eq=False)
-class _PresetKernel:
-    kernel: object
-    global_size: tuple
-    local_size: object
-    staging: np.ndarray   # (n_inputs, padded batch); the padding stays zero
-    d_in: object
-    buffers: tuple        # every buffer the kernel's arguments name, kept alive with it
-
-    def run(self, queue, x: np.ndarray) -> None:
-        self.staging[:, :x.shape[0]] = x.T
-        cl.enqueue_copy(queue, self.d_in, self.staging, is_blocking=False)
-        cl.enqueue_nd_range_kernel(queue, self.kernel, self.global_size, self.local_size)
-
-
-def _forgetting(slots: dict, slot):
-    """A weakref callback that drops ``slots[slot]`` when its population goes (and the
-    device buffers its preset kernel holds with it), unless the slot was reused since."""
-    def forget(ref):
-        kept = slots.get(slot)
-        if kept is not None and kept.population is ref:
-            slots.pop(slot, None)
-    return forget
 
 
 class FNNKernels(FNNOps):
@@ -266,47 +224,6 @@ class FNNKernels(FNNOps):
             return ()
         return (f"CLNET_ACTS={1 << int(acts[0])}", f"CLNET_AGGS={1 << int(aggs[0])}")
 
-    def _repeated_launch(self, pop: PackedPopulation, x, dtype, plan: BatchLayout, knl, bufs, d_out, d_scratch,
-                         starts) -> Optional[_PresetKernel]:
-        """The preset kernel of :class:`RepeatedLaunch` for this call, or None (then the call
-        takes the general path). The kept one serves when the population, batch size, plan,
-        kernel and every buffer (the population's copies, compared by identity, and the two
-        workspaces) are those it was set up with; on the second call in a row with the same
-        key one is set up, when the whole population fits one launch and both workspaces
-        are kept ones (a buffer made for one call only is never held on to). A different
-        call replaces the slot, so what it held goes at once."""
-        B = x.shape[0]
-        slot = ("fnn_graph", np.dtype(dtype).name)
-        buffers = tuple(bufs.values()) + (d_scratch, d_out)
-        key = (B, plan, knl) + tuple(b.int_ptr for b in buffers)
-        kept = self._repeated.get(slot)
-        if kept is not None and kept.population() is pop and kept.key == key:
-            if kept.launch is not None and all(a is b for a, b in zip(kept.launch.buffers, buffers)):
-                return kept.launch
-            if kept.launch is None:
-                kept.launch = self._preset_launch(pop, x, dtype, plan, knl, bufs, d_out, d_scratch, starts)
-                return kept.launch
-        self._repeated[slot] = RepeatedLaunch(weakref.ref(pop, _forgetting(self._repeated, slot)), key)
-        return None
-
-    def _preset_launch(self, pop: PackedPopulation, x, dtype, plan: BatchLayout, knl, bufs, d_out, d_scratch,
-                       starts) -> Optional[_PresetKernel]:
-        B = x.shape[0]
-        nb_pad = round_up(B, plan.lanes)
-        P = pop.size
-        item = np.dtype(dtype).itemsize
-        if self._networks_per_launch(starts, 0, B, nb_pad, pop.n_outputs, item, True, plan.scratch) < P:
-            return None
-        if not (self._workspaces.peek(self, "fnn.out") is d_out and self._workspaces.peek(self, "fnn.scratch") is d_scratch):
-            return None
-        staging = self.result_array((pop.n_inputs, nb_pad), x.dtype)
-        staging[:, B:] = 0
-        d_in = self.empty(staging.nbytes, "inputs")
-        kernel = knl.preset(**bufs, inputs=d_in, in_stride=nb_pad, n_in=pop.n_inputs, n_out=pop.n_outputs, p0=0,
-                            b0=0, nb=B, nb_pad=nb_pad, out_p0=0, out_b0=0, out_batch=B, scratch=d_scratch, out=d_out)
-        return _PresetKernel(kernel, (plan.items(B), P), plan.local(2), staging, d_in,
-                             tuple(bufs.values()) + (d_scratch, d_out, d_in))
-
     def fnn_graph(self, pop, x, dtype):
         B, P, n_out = x.shape[0], pop.size, pop.n_outputs
         item = np.dtype(dtype).itemsize
@@ -327,23 +244,13 @@ class FNNKernels(FNNOps):
                               (f"CLNET_LANES={plan.lanes}", f"CLNET_MEDIAN_FEW={plan.median_ranks}")
                               + self._function_defines(pop))
             bufs = self._population_buffers(pop, dtype)
+            d_x, stride = self._fnn_inputs(x, plan.lanes)
             budget = self._scratch_budget()
             d_out = self.workspace("fnn.out", out.nbytes if plan.whole else budget, "population outputs")
             # a launch holds at least one whole network (even one larger than the cache budget)
             per_node = plan.per_launch * item
             d_scratch = self.workspace("fnn.scratch", min(max(plan.scratch, largest * per_node),
                                                           max(pop.num_nodes, 1) * per_node), "node values")
-            repeated = None
-            if plan.whole and not long_work and plan.per_launch >= B:
-                repeated = self._repeated_launch(pop, x, dtype, plan, knl, bufs, d_out, d_scratch, starts)
-            else:
-                self._repeated.pop(("fnn_graph", np.dtype(dtype).name), None)  # nothing kept for another call
-            if repeated is not None:
-                repeated.run(self.queue, x)
-                cl.enqueue_copy(self.queue, out, d_out)
-                self.queue.finish()
-                return out
-            d_x, stride = self._fnn_inputs(x, plan.lanes)
             for b0 in range(0, B, plan.per_launch):
                 nb = min(plan.per_launch, B - b0)
                 nb_pad = round_up(nb, plan.lanes)

@@ -183,10 +183,6 @@ class OpenCLRuntime(Backend):
         self._programs: Dict[tuple, "cl.Program"] = {}
         self._kernels: Dict[tuple, BoundKernel] = {}
         self._workspaces = DeviceCache()  # scratch and output buffers kept between calls
-        # Launches kept set up for their next identical call (clnet/opencl/fnn.py:
-        # RepeatedLaunch), one per operation and dtype; they hold workspaces, so
-        # release_memory drops them too.
-        self._repeated: Dict[tuple, Any] = {}
         try:
             self.context = cl.Context([device])
             self.queue = cl.CommandQueue(self.context)
@@ -391,7 +387,6 @@ class OpenCLRuntime(Backend):
         """Free the kept workspaces (clnet.release_memory)."""
         with self.lock:
             self.queue.finish()
-            self._repeated.clear()
             self._workspaces.clear()
 
     def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
