@@ -526,3 +526,23 @@ def test_large_hidden_sizes_laid_out_with_an_odd_block_count_agree(opencl_backen
         assert set(g_dict) == set(r_dict)
         for k in r_dict:
             np.testing.assert_allclose(g_dict[k], r_dict[k], err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_stacked_layers_of_a_large_hidden_size_agree_through_time(opencl_backend, kind, rng):
+    """A layer above one of H=500 (laid out as 528 units) reads that layer's padded rows:
+    its input weights are padded alike, so the sequence and every layer's gradients equal
+    the float64 reference (its input padding had been the plain vector multiple, 512)."""
+    model = getattr(clnet, kind)(7, 500, num_layers=2, seed=2)
+    T, B = 4, 3
+    xs = rng.normal(size=(T, B, 7))
+    grad = rng.normal(size=(T, B, 500))
+    got = model.sequence(xs, model.initial_state(B, backend=opencl_backend))
+    ref = model.sequence(xs, model.initial_state(B, backend="numpy", dtype=np.float64))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=2e-4, atol=2e-5)
+    g = model.backward_sequence(xs, None, None, grad, backend=opencl_backend)
+    r = model.backward_sequence(xs, None, None, grad, backend="numpy", dtype=np.float64)
+    assert set(g) == set(r)
+    for k in r:
+        np.testing.assert_allclose(g[k], r[k], rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(r[k]).max())),
+                                   err_msg=k)

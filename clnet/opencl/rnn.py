@@ -196,14 +196,16 @@ class RNNKernels(RNNOps):
                 params=params, host_w_ih=host_w_ih, host_w_hh=host_w_hh)
 
     def padded_input_weights(self, w: CellWeights) -> np.ndarray:
-        """W_ih interleaved with its input rows padded to a multiple of the vector width
-        (zero rows), as (Ip, G*Hp): for inputs stored in padded rows (a lower layer's h)."""
+        """W_ih interleaved with its input rows padded as hidden units are (zero rows,
+        :func:`padded_hidden`), as (Ip, G*Hp): for inputs stored in padded rows (a lower
+        layer's h, whose rows are that layer's Hp long)."""
         vw = vector_width(w.dtype)
+        ip = padded_hidden(w.inputs, vw)
         if w.host_w_ih is not None:  # the uploaded rows and zero rows below them
-            out = np.zeros((pad_to(w.inputs, vw), w.gates * w.hp), w.dtype)
+            out = np.zeros((ip, w.gates * w.hp), w.dtype)
             out[:w.inputs] = w.host_w_ih
             return out
-        w_ih = np.zeros((w.gates * w.hidden, pad_to(w.inputs, vw)))
+        w_ih = np.zeros((w.gates * w.hidden, ip))
         w_ih[:, :w.inputs] = w.params["weight_ih"]
         return interleave(w_ih, w.gates, w.hidden, w.hp, vw)
 
