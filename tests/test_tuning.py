@@ -643,7 +643,7 @@ def test_a_merged_entry_that_breaks_the_constraint_keeps_the_best_workload_alone
 def test_a_missing_data_threshold_moves_only_as_far_as_its_workload_needs(fraction, picked, expected):
     values = FAMILIES["pearson"].param("sparse_missing_max").values
     base = {"sparse_missing_max": 0.5, "strip_mb": 16}
-    settle = tuner.settle_threshold("sparse_missing_max", fraction, values)
+    settle = tuner.ThresholdSettle("sparse_missing_max", fraction, values)
     got = settle(dict(base, sparse_missing_max=picked, strip_mb=32), base)
     assert got == {"sparse_missing_max": expected, "strip_mb": 32}
     # the same kernel as the pick at the workload's own fraction

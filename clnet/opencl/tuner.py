@@ -133,28 +133,30 @@ def _bptt_workloads(be) -> List[Workload]:
     return out
 
 
-def settle_threshold(name: str, fraction: float, values: Sequence[float]):
-    """For a workload at ``fraction``, a ``settle`` of Workload for the threshold ``name``
+@dataclass(frozen=True)
+class ThresholdSettle:
+    """A ``settle`` of Workload for the threshold ``name`` at a workload of ``fraction``
     (a kernel is chosen when the fraction is at most the threshold): a winner on the
     defaults' side of ``fraction`` takes the default back; a winner on the other side takes
     the allowed value nearest ``fraction`` on that side. The entry of a Pearson shape serves
     every fraction: the 30%-missing workload's pick of 0.05 (the masked kernel at 30%) had
     sent 10% missing to the masked kernel too, untested there and 1.5x slower on PoCL, where
     0.25 has the same effect at 30% and leaves 10% to the defaults."""
-    ordered = sorted(values)
 
-    def settle(best: Dict[str, object], base: Dict[str, object]) -> Dict[str, object]:
+    name: str
+    fraction: float
+    values: Sequence[float]
+
+    def __call__(self, best: Dict[str, object], base: Dict[str, object]) -> Dict[str, object]:
+        name, fraction = self.name, self.fraction
         if name not in best:
             return best
         chosen_below = fraction <= best[name]
         if chosen_below == (fraction <= base[name]):
             return dict(best, **{name: base[name]})
         if chosen_below:
-            return dict(best, **{name: min(v for v in ordered if v >= fraction)})
-        return dict(best, **{name: max(v for v in ordered if v < fraction)})
-
-    settle.fraction = fraction
-    return settle
+            return dict(best, **{name: min(v for v in self.values if v >= fraction)})
+        return dict(best, **{name: max(v for v in self.values if v < fraction)})
 
 
 def _pearson_workloads(be) -> List[Workload]:
@@ -176,8 +178,8 @@ def _pearson_workloads(be) -> List[Workload]:
             relevant = ((lambda name: name not in ("row_block", "sparse_rows", "sparse_missing_max")) if not missing
                         else (lambda name: name not in ("complete_rows", "complete_cols")))
             # the fraction the backend compares with sparse_missing_max (clnet/opencl/pearson.py)
-            settle = settle_threshold("sparse_missing_max", float(np.isnan(X).mean()),
-                                      FAMILIES["pearson"].param("sparse_missing_max").values)
+            settle = ThresholdSettle("sparse_missing_max", float(np.isnan(X).mean()),
+                                     FAMILIES["pearson"].param("sparse_missing_max").values)
             out.append(Workload("pearson", {"rows": rows}, f"N={rows} {label}", run,
                                 run(backend="numpy", dtype="float64"), run(backend="numpy"), "pearson", relevant,
                                 settle))

@@ -225,9 +225,9 @@ def cache_share(props) -> int:
 
 def _fnn_scratch(props, shape):
     # A launch's node values are written once and read back by later nodes of the same
-    # network: on a CPU they should stay in the device's share of the cache (cache_share; PoCL
-    # reports the last level, Intel's runtime the L2), but a launch also costs tens of microseconds, so it holds
-    # at least 4 MB (a million float32 node values, about half a millisecond of work). GPUs
+    # network: on a CPU they should stay in the device's share of the cache (cache_share;
+    # PoCL reports the last level, Intel's runtime the L2), but a launch also costs tens of
+    # microseconds, so it holds at least 4 MB (a million float32 node values, about half a millisecond of work). GPUs
     # stream their scratch through memory anyway and want the most work per launch.
     if props.kind == "gpu":
         return SCRATCH_MB[-1]
