@@ -17,7 +17,8 @@
  *
  * Kernels: clnet_rnn_recur (one step; a single step() is one launch), clnet_rnn_run (all
  * steps of a small-batch sequence in one launch), clnet_rnn_project (the inputs of many
- * steps at once, for the batched projection mode), clnet_rnn_zero_rows (state.reset).
+ * steps at once, for the batched projection mode), clnet_rnn_zero_rows (state.reset),
+ * clnet_rnn_transpose (laying out weights).
  *
  * Compile-time parameters: CLNET_VW, CLNET_GATES (4 LSTM, 3 GRU, 1 RNN), CLNET_RM, and one of
  * CLNET_LSTM, CLNET_GRU, CLNET_RNN_TANH, CLNET_RNN_RELU. */
@@ -310,6 +311,31 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
 }
 
 #endif
+
+/* dst (cols, rows) = src (rows, cols) transposed. The host builds each weight matrix with
+ * whole rows copied in the interleaved gate order (cheap) and the device turns it into the
+ * layout the products read: a host transpose of a 256-unit LSTM's W_hh took longer than
+ * a training step's recurrent arithmetic, and weights change at every optimiser step.
+ * A work-item moves one CLNET_TRANSPOSE_TILE square, whose rows and columns stay in the
+ * L1 cache (one element per work-item wrote a cache line per element: 3x slower on CPUs).
+ * global (ceil(cols / TILE), ceil(rows / TILE)). */
+#define CLNET_TRANSPOSE_TILE 16
+__kernel void clnet_rnn_transpose(const int rows, const int cols, __global const real *src,
+                                  __global real *dst)
+{
+    const int c0 = get_global_id(0) * CLNET_TRANSPOSE_TILE;
+    const int r0 = get_global_id(1) * CLNET_TRANSPOSE_TILE;
+    if (c0 >= cols || r0 >= rows)
+        return;
+    const int nc = min(CLNET_TRANSPOSE_TILE, cols - c0);
+    const int nr = min(CLNET_TRANSPOSE_TILE, rows - r0);
+    for (int c = 0; c < nc; ++c) {
+        __global real *out = dst + (size_t)(c0 + c) * rows + r0;
+        __global const real *in = src + (size_t)r0 * cols + c0 + c;
+        for (int r = 0; r < nr; ++r)
+            out[r] = in[(size_t)r * cols];
+    }
+}
 
 /* buf[b, :] = 0 where keep[b] == 0, for B rows of width W: resets states in place. */
 __kernel void clnet_rnn_zero_rows(const int B, const int W, __global real *buf,

@@ -33,8 +33,8 @@ def backward_blocks(rows: int, blocks: int) -> int:
 
 @dataclass
 class BackWeights:
-    """A layer's weights as the backward needs them: W_ih with padded input rows (Ip, G*Hp),
-    its transpose, and W_hh's transpose, gate rows interleaved."""
+    """A layer's weights as the backward needs them: W_ih with padded input rows (Ip, G*Hp, the
+    forward's own buffer), its transpose, and W_hh's transpose, gate rows interleaved."""
 
     ip: int
     w_ih: "cl.Buffer"
@@ -128,18 +128,12 @@ def padded(a: np.ndarray, width: int, dtype) -> np.ndarray:
 class BPTTKernels(BPTTOps):
     def _back_weights(self, w: R.CellWeights) -> BackWeights:
         def make():
-            fwd = self.padded_input_weights(w)  # (Ip, G*Hp), padded input rows zero
-            if w.host_w_hh is not None:  # the forward's interleaved W_hh, transposed
-                w_hh_t = np.ascontiguousarray(w.host_w_hh.T)
-            else:
-                w_hh = np.zeros((w.gates * w.hidden, w.hp))
-                w_hh[:, :w.hidden] = w.params["weight_hh"]
-                vw = R.vector_width(w.dtype)
-                w_hh_t = np.ascontiguousarray(R.interleave(w_hh, w.gates, w.hidden, w.hp, vw).T)
-            up = self.to_device
-            return BackWeights(fwd.shape[0], up(fwd.astype(w.dtype), "weight_ih"),
-                               up(np.ascontiguousarray(fwd.T).astype(w.dtype), "weight_ih"),
-                               up(w_hh_t.astype(w.dtype), "weight_hh"))
+            # transposes of the forward's interleaved weights, made on the device (no host work
+            # per optimiser step); w_ih's padded input rows are zero
+            nc = w.gates * w.hp
+            with self.lock:
+                return BackWeights(w.ip, w.w_ih, self.transposed(w.w_ih, w.ip, nc, w.dtype, "weight_ih"),
+                                   self.transposed(w.w_hh, w.hp, nc, w.dtype, "weight_hh"))
 
         return w.device_copies.get(self, "bptt", make)
 

@@ -27,6 +27,7 @@ from .runtime import cl
 # steps before the recurrence (what oneDNN does), its gates written and re-read.
 # Batched projection: the gates of a long sequence in chunks of at most this many bytes.
 GATE_BUDGET = 64 * 2**20
+TRANSPOSE_TILE = 16  # rnn.cl's CLNET_TRANSPOSE_TILE
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 KIND_DEFINE = {"lstm": "CLNET_LSTM", "gru": "CLNET_GRU", "rnn_tanh": "CLNET_RNN_TANH",
                "rnn_relu": "CLNET_RNN_RELU"}
@@ -81,6 +82,19 @@ def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, dtype=n
         padded.reshape(gates, hp // vw, vw, K).transpose(3, 1, 0, 2).reshape(K, gates * hp))
 
 
+def gate_rows(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, width: int, dtype) -> np.ndarray:
+    """(G*H, K) gate-stacked weights -> (G*Hp, width) in ``dtype``, rows in the interleaved
+    column order of :func:`interleave` (block, gate, lane), padded rows and columns zero: the
+    transpose of what :func:`interleave` gives (for ``width`` = K), made of whole-row copies
+    only. The device transposes it (rnn_prepare): a host transpose of 1 MiB of weights costs
+    about 2 ms, a row copy a tenth of that."""
+    K = w.shape[1]
+    padded = np.zeros((gates, hp, width), dtype)
+    padded[:, :hidden, :K] = w.reshape(gates, hidden, K)
+    return np.ascontiguousarray(padded.reshape(gates, hp // vw, vw, width).transpose(1, 0, 2, 3)
+                                .reshape(gates * hp, width))
+
+
 def uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
     """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked)."""
     a = np.moveaxis(a, axis, 0)
@@ -96,27 +110,25 @@ def kernel_defines(kind: str, dtype, rows: int, *extra: str) -> tuple:
 
 @dataclass(eq=False)
 class CellWeights:
-    """A cell's weights on one device: W_ih (I, G*Hp) and W_hh (Hp, G*Hp) interleaved,
+    """A cell's weights on one device: W_ih (Ip, G*Hp) and W_hh (Hp, G*Hp) interleaved,
     the input biases ``b_x`` and the recurrent ones ``b_h`` (G*Hp, interleaved), and a
-    row of zeros. ``params`` keeps the float64 host weights for the derived copies in
-    ``device_copies`` (padded input weights, BPTT's transposes)."""
+    row of zeros. W_ih has ``ip`` = padded_hidden(inputs) rows, those past ``inputs`` zero,
+    so that it also serves inputs stored in padded rows (a lower layer's h, BPTT's padded
+    x); a step on unpadded inputs reads its first ``inputs`` rows. ``device_copies`` holds
+    derived copies (BPTT's transposes), made on the device."""
 
     kind: str
     hidden: int
     hp: int
     gates: int
     inputs: int
+    ip: int
     dtype: np.dtype
     w_ih: "cl.Buffer"
     w_hh: "cl.Buffer"
     b_x: "cl.Buffer"
     b_h: "cl.Buffer"
     zeros: "cl.Buffer"
-    params: Dict[str, np.ndarray]
-    # the host arrays of w_ih and w_hh as uploaded (interleaved, in dtype): BPTT's copies are
-    # their padded rows and transpose, not a second interleave of params
-    host_w_ih: Optional[np.ndarray] = field(default=None, repr=False)
-    host_w_hh: Optional[np.ndarray] = field(default=None, repr=False)
     device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
 
 
@@ -174,44 +186,38 @@ class RNNKernels(RNNOps):
         dt = np.dtype(dtype)
         G, H, vw = GATES[kind], hidden, vector_width(dt)
         hp = padded_hidden(H, vw)
+        inputs = params["weight_ih"].shape[1]
+        ip = padded_hidden(inputs, vw)
         zeros = np.zeros(G * H)
         b_ih = params.get("bias_ih", zeros)
         b_hh = params.get("bias_hh", zeros)
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
         # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
-        w_hh = np.zeros((G * H, hp), dt)
-        w_hh[:, :H] = params["weight_hh"]
-        host_w_ih = interleave(params["weight_ih"], G, H, hp, vw, dt)
-        host_w_hh = interleave(w_hh, G, H, hp, vw, dt)
+        rows_ih = gate_rows(params["weight_ih"], G, H, hp, vw, ip, dt)
+        rows_hh = gate_rows(params["weight_hh"], G, H, hp, vw, hp, dt)
         with self.lock:
             up = self.to_device
             return CellWeights(
-                kind=kind, hidden=H, hp=hp, gates=G, inputs=params["weight_ih"].shape[1], dtype=dt,
-                w_ih=up(host_w_ih, "weight_ih"),
-                w_hh=up(host_w_hh, "weight_hh"),
+                kind=kind, hidden=H, hp=hp, gates=G, inputs=inputs, ip=ip, dtype=dt,
+                w_ih=self.transposed(up(rows_ih, "weight_ih"), G * hp, ip, dt, "weight_ih"),
+                w_hh=self.transposed(up(rows_hh, "weight_hh"), G * hp, hp, dt, "weight_hh"),
                 b_x=up(interleave(b_ih[:, None], G, H, hp, vw, dt), "biases"),
                 b_h=up(interleave(b_hh[:, None], G, H, hp, vw, dt), "biases"),
-                zeros=up(np.zeros(hp, dtype=dt), "zeros"),
-                params=params, host_w_ih=host_w_ih, host_w_hh=host_w_hh)
+                zeros=up(np.zeros(hp, dtype=dt), "zeros"))
 
-    def padded_input_weights(self, w: CellWeights) -> np.ndarray:
-        """W_ih interleaved with its input rows padded as hidden units are (zero rows,
-        :func:`padded_hidden`), as (Ip, G*Hp): for inputs stored in padded rows (a lower
-        layer's h, whose rows are that layer's Hp long)."""
-        vw = vector_width(w.dtype)
-        ip = padded_hidden(w.inputs, vw)
-        if w.host_w_ih is not None:  # the uploaded rows and zero rows below them
-            out = np.zeros((ip, w.gates * w.hp), w.dtype)
-            out[:w.inputs] = w.host_w_ih
-            return out
-        w_ih = np.zeros((w.gates * w.hidden, ip))
-        w_ih[:, :w.inputs] = w.params["weight_ih"]
-        return interleave(w_ih, w.gates, w.hidden, w.hp, vw)
-
-    def _padded_input_buffer(self, w: CellWeights) -> "cl.Buffer":
-        return w.device_copies.get(self, "w_ih padded", lambda: self.to_device(
-            self.padded_input_weights(w).astype(w.dtype), "weight_ih"))
+    def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str) -> "cl.Buffer":
+        """A new buffer holding the (rows, cols) matrix in ``src`` transposed, enqueued without
+        waiting (the in-order queue runs it before any kernel that reads it); the caller
+        holds the lock. ``src`` may be dropped at once: OpenCL keeps it until the copy ran."""
+        dt = np.dtype(dtype)
+        dst = self.empty(rows * cols * dt.itemsize, what)
+        if rows and cols:
+            knl = self.kernel("rnn", "clnet_rnn_transpose", dt, (f"CLNET_VW={vector_width(dt)}",))
+            tile = TRANSPOSE_TILE
+            knl(self.queue, (-(-cols // tile), -(-rows // tile)), (1, 1), rows=rows, cols=cols,
+                src=src, dst=dst)
+        return dst
 
     def _rnn_kernel(self, w: CellWeights, name: str, rows: int):
         """The project, recur or run kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
@@ -318,7 +324,7 @@ class RNNKernels(RNNOps):
                 d_out = self.empty(T * B * s.hp * item, "hidden states of a layer")
                 self._run_layer(w, s, source, d_keep, keeps is not None, d_out, T, B)
                 if l + 1 < len(layers):
-                    source = LayerInput(d_out, s.hp, self._padded_input_buffer(layers[l + 1]))
+                    source = LayerInput(d_out, s.hp, layers[l + 1].w_ih)  # its rows padded as s's h
             host = np.empty((T, B, s_last.hp), dtype=s_last.dtype)
             cl.enqueue_copy(self.queue, host, d_out, is_blocking=True)
             publish(storages)  # every layer's new state at once, after all the work
