@@ -153,7 +153,8 @@ class RecurrentPolicy:
     """An actor LSTM and a separate critic LSTM (sb3-contrib's ``enable_critic_lstm=True``),
     each followed by an MLP (``net_arch``) and a linear layer: action logits and a value.
 
-    Parameters live in :attr:`params` (float64 NumPy arrays): ``actor.weight_ih`` ... (the
+    Parameters live in :attr:`params` (NumPy arrays in the device's dtype, float32 unless asked
+    otherwise, as torch keeps sb3-contrib's): ``actor.weight_ih`` ... (the
     LSTMs, PyTorch's names) and ``pi.0.w``, ``pi.0.b``, ..., ``action.w``, ``vf.0.w``, ...,
     ``value.w``; linear weights are ``(in, out)``. :meth:`sync` copies the LSTM weights to the cells.
 
@@ -194,10 +195,12 @@ class RecurrentPolicy:
             for i in range(len(self.net_arch)):
                 self._linear(rng, f"{tower}.{i}", sizes[i], sizes[i + 1], np.sqrt(2), network["ortho_init"])
             self._linear(rng, out_name, sizes[-1], out_size, out_gain, network["ortho_init"])
-        # One flat float64 vector holds every parameter; params[k] are views into it, so the
-        # optimiser and the norm clipping are a few whole-vector operations, not a loop per tensor.
+        # One flat vector holds every parameter; params[k] are views into it, so the optimiser
+        # and the norm clipping are a few whole-vector operations, not a loop per tensor. It is
+        # in the dtype the cells compute in: Adam over MlpLstmPolicy's 578k parameters took
+        # 1.9 ms per update in float64 against 0.7 ms in float32, and the heads' products halve.
         self.names = list(self.params)
-        self.flat = np.concatenate([self.params[k].ravel() for k in self.names])
+        self.flat = np.concatenate([self.params[k].ravel() for k in self.names]).astype(self.dtype)
         offset = 0
         for k in self.names:
             shape = self.params[k].shape
@@ -216,7 +219,7 @@ class RecurrentPolicy:
 
     def flatten(self, grads: Dict[str, np.ndarray]) -> np.ndarray:
         """The gradients as one vector in the order of :attr:`flat`."""
-        return np.concatenate([np.ravel(grads[k]) for k in self.names])
+        return np.concatenate([np.ravel(grads[k]) for k in self.names], dtype=self.flat.dtype)
 
     def sync(self) -> None:
         """Load the LSTM weights of :attr:`params` into the actor and critic cells (after an
@@ -255,7 +258,7 @@ class RecurrentPolicy:
     def _tower(self, tower: str, out_name: str, h: np.ndarray):
         """Forward through one MLP tower and its output layer; returns (output, cache)."""
         act = _ACTIVATIONS[self.activation][0]
-        x, cache = h.astype(np.float64), []
+        x, cache = h.astype(self.flat.dtype, copy=False), []
         for i in range(len(self.net_arch)):
             z = x @ self.params[f"{tower}.{i}.w"] + self.params[f"{tower}.{i}.b"]
             a = act(z)
@@ -268,6 +271,7 @@ class RecurrentPolicy:
     def _tower_backward(self, tower: str, out_name: str, cache, d_out: np.ndarray, grads: dict) -> np.ndarray:
         """Gradients of the tower's weights (into ``grads``) given d(loss)/d(output); returns d/dh."""
         deriv = _ACTIVATIONS[self.activation][1]
+        d_out = d_out.astype(self.flat.dtype, copy=False)  # the loss's float64 terms: back to the heads' dtype
         x_last = cache[-1][0]
         grads[out_name + ".w"] = x_last.T @ d_out
         grads[out_name + ".b"] = d_out.sum(axis=0)
@@ -353,7 +357,7 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     for name, d_h in (("actor", d_h_pi), ("critic", d_h_vf)):
         g = recorded[name].backward(d_h.reshape(S, M, H))
         for k in policy.lstm_keys:
-            grads[f"{name}.{k}"] = g[k].astype(np.float64)
+            grads[f"{name}.{k}"] = g[k]
     stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
                  loss=policy_loss + ent_coef * entropy_loss + vf_coef * value_loss,
                  clip_fraction=float((np.abs(ratio - 1) > clip_range)[on].mean()),
@@ -376,10 +380,10 @@ class Adam:
     """Adam as torch.optim.Adam (bias-corrected moments) on one flat parameter vector, updated
     in place; the learning rate is given per step."""
 
-    def __init__(self, size: int, eps: float, betas=(0.9, 0.999)):
+    def __init__(self, size: int, eps: float, betas=(0.9, 0.999), dtype=np.float64):
         self.eps, (self.b1, self.b2), self.t = eps, betas, 0
-        self.m, self.v = np.zeros(size), np.zeros(size)
-        self._work = np.empty(size)  # one scratch vector: no temporaries of the parameters' size
+        self.m, self.v = np.zeros(size, dtype), np.zeros(size, dtype)
+        self._work = np.empty(size, dtype)  # one scratch vector: no temporaries of the parameters' size
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
         self.t += 1
@@ -484,7 +488,7 @@ class Trainer:
         obs_size = int(np.prod(self.envs.single_observation_space.shape))
         self.n_actions = int(self.envs.single_action_space.n)
         self.policy = RecurrentPolicy(obs_size, self.n_actions, NETWORKS[network], seed, backend, dtype)
-        self.adam = Adam(self.policy.flat.size, hp["adam_eps"])
+        self.adam = Adam(self.policy.flat.size, hp["adam_eps"], dtype=self.policy.flat.dtype)
         self.normalizer = ObservationNormalizer(obs_size) if hp["normalize_obs"] else None
         self.reward_normalizer = RewardNormalizer(n_envs, hp["gamma"]) if hp["normalize_reward"] else None
         hidden = self.policy.hidden
