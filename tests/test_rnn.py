@@ -546,3 +546,35 @@ def test_stacked_layers_of_a_large_hidden_size_agree_through_time(opencl_backend
     for k in r:
         np.testing.assert_allclose(g[k], r[k], rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(r[k]).max())),
                                    err_msg=k)
+
+
+def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_backend):
+    """rnn_prepare copies rows on the host (gate_rows) and transposes them on the device: the
+    result is the interleaved layout (interleave), at sizes whose tiles do not fill the kernel's
+    16 x 16 squares, in both dtypes; BPTT's transposed copies are its exact transposes."""
+    import pyopencl as cl
+    from clnet.opencl import rnn as R
+
+    be = clnet.get_backend(opencl_backend)
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64):
+        try:
+            be.check_dtype(dtype)
+        except Exception:
+            continue
+        vw = R.vector_width(dtype)
+        for G, H, K in ((4, 37, 5), (3, 16, 19), (1, 50, 1)):
+            w = rng.normal(size=(G * H, K))
+            hp, kp = R.padded_hidden(H, vw), R.padded_hidden(K, vw)
+            rows = R.gate_rows(w, G, H, hp, vw, kp, dtype)
+            want = np.zeros((kp, G * hp), dtype)
+            want[:K] = R.interleave(w, G, H, hp, vw, dtype)
+            assert np.array_equal(rows.T, want)
+            with be.lock:
+                dev = be.transposed(be.to_device(rows), G * hp, kp, dtype, "test")
+                back = be.transposed(dev, kp, G * hp, dtype, "test")
+                got, again = np.empty((kp, G * hp), dtype), np.empty((G * hp, kp), dtype)
+                cl.enqueue_copy(be.queue, got, dev)
+                cl.enqueue_copy(be.queue, again, back, is_blocking=True)
+            assert np.array_equal(got, want), (dtype, G, H, K)
+            assert np.array_equal(again, rows), (dtype, G, H, K)
