@@ -177,24 +177,23 @@ inline void clnet_rnn_tile(const int m0, const int jb, const int B, const int H,
     }
 #endif
     if (I > 0) {
-        /* W_ih x + b_ih summed apart, one gate at a time (RM more registers, not
-         * RM * G), then added to the recurrent part */
+        /* W_ih x + b_ih with the whole register tile: the recurrent sums wait on the stack
+         * (a few cache lines per work-item) meanwhile */
+        realv rec[CLNET_RM][CLNET_GATES];
         __global const real *xrow[CLNET_RM];
-        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
+        _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
             xrow[r] = x + x_off + (size_t)min(m0 + r, B - 1) * I;
-        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g) {
-            realv part[CLNET_RM];
-            _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
-                part[r] = (realv)0;
-            __global const real *wk = Wx + col + g * CLNET_VW;
-            for (int k = 0; k < I; ++k) {
-                const realv wv = CLNET_VLOAD(0, wk + (size_t)k * CLNET_NC);
-                _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
-                    part[r] = fma((realv)(xrow[r][k]), wv, part[r]);
+            _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g) {
+                rec[r][g] = acc[r][g];
+                acc[r][g] = (realv)0;
             }
+        }
+        __global const real *xblock = Wx + col;
+        CLNET_TILE_PRODUCT(acc, xrow, I, xblock)
+        _Pragma("unroll") for (int g = 0; g < CLNET_GATES; ++g) {
             const realv b = CLNET_VLOAD(0, bias_x + col + g * CLNET_VW);
             _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
-                acc[r][g] += part[r] + b;
+                acc[r][g] = rec[r][g] + (acc[r][g] + b);
         }
     } else {
         _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
