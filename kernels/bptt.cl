@@ -117,6 +117,13 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
             acc[r][j] = (realv)0;
         drow[r] = dG + ((size_t)(t + 1) * B + min(m0 + r, B - 1)) * CLNET_NC;
     }
+    /* BN need not divide the number of unit blocks (from 32 blocks on it is odd, see
+     * padded_hidden): blocks past the last are computed on the last one's weights and not
+     * stored, which costs less than BN = 1, whose loads outnumber its FMAs. */
+    const int blocks = Hp / CLNET_VW;
+    int woff[CLNET_BN];
+    _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
+        woff[j] = (min(jb0 + j, blocks - 1) - jb0) * CLNET_VW;
     if (t + 1 < T && m0 + CLNET_RM <= B) {
         /* a whole tile of rows: one pointer with constant offsets reads all of them */
         __global const real *wk = Wb + jb0 * CLNET_VW;
@@ -124,7 +131,7 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
         for (int k = 0; k < CLNET_NC; ++k) {
             realv w[CLNET_BN];
             _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
-                w[j] = CLNET_VLOAD(0, wk + j * CLNET_VW);
+                w[j] = CLNET_VLOAD(0, wk + woff[j]);
             wk += Hp;
             _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
                 const realv d = (realv)(d0[r * CLNET_NC + k]);
@@ -137,7 +144,7 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
         for (int k = 0; k < CLNET_NC; ++k) {
             realv w[CLNET_BN];
             _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j)
-                w[j] = CLNET_VLOAD(0, wk + j * CLNET_VW);
+                w[j] = CLNET_VLOAD(0, wk + woff[j]);
             wk += Hp;
             _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r) {
                 const realv d = (realv)(drow[r][k]);
@@ -149,9 +156,9 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
     _Pragma("unroll") for (int r = 0; r < CLNET_RM; ++r)
     _Pragma("unroll") for (int j = 0; j < CLNET_BN; ++j) {
         const int row = m0 + r;
-        if (row >= B)
-            continue;
         const int jb = jb0 + j;
+        if (row >= B || jb >= blocks)
+            continue;
         const int col = jb * CLNET_GATES * CLNET_VW;
         const int unit = jb * CLNET_VW;
         const size_t at = (size_t)row * Hp + unit;
@@ -236,7 +243,7 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
 
 /* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0); t_low is the
  * first step of the whole backward pass. A work-item owns RM rows and BN unit blocks.
- * global (ceil(B / RM), Hp / VW / BN), local (1, Hp / VW / BN) for a whole range or (1, 1)
+ * global (ceil(B / RM), ceil(Hp / VW / BN)), local (1, ceil(Hp / VW / BN)) for a whole range or (1, 1)
  * per step. */
 __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const int t0, const int t1,
                                   const int t_low,

@@ -264,7 +264,10 @@ def bptt_every_cell(be, dtypes):
     models = [("lstm", clnet.LSTMCell(2, 17, seed=1)), ("gru", clnet.GRUCell(3, 5, seed=2)),
               ("rnn_tanh", clnet.RNNCell(1, 17, seed=3)),
               ("rnn_relu", clnet.RNNCell(2, 3, nonlinearity="relu", seed=4)),
-              ("stacked_lstm", clnet.LSTM(2, 9, num_layers=2, seed=5)), ("stacked_gru", clnet.GRU(3, 4, 2, seed=6))]
+              ("stacked_lstm", clnet.LSTM(2, 9, num_layers=2, seed=5)), ("stacked_gru", clnet.GRU(3, 4, 2, seed=6)),
+              # float64: 7 blocks of 8 units, taken 4 per work-item of the backward step (the last
+              # group computes one block past the end, not stored)
+              ("lstm_7_blocks", clnet.LSTMCell(2, 50, seed=7))]
     for one_launch in (True, False):
         with overriding(be, "bptt", one_launch_batch=128 if one_launch else 0):
             for name, model in models:

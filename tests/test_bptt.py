@@ -81,6 +81,10 @@ def _modules():
         "gru_nobias": (torch.nn.GRUCell(3, 1, bias=False), clnet.GRUCell),
         "rnn_tanh": (torch.nn.RNNCell(4, 9), clnet.RNNCell),
         "rnn_relu": (torch.nn.RNNCell(4, 19, nonlinearity="relu"), clnet.RNNCell),
+        # unit blocks that the backward step's groups of blocks do not divide (bptt.py,
+        # backward_blocks): float32 7 blocks in 2 groups of 4, float64 13 in 7 pairs; and 13 / 25
+        "lstm_7_blocks": (torch.nn.LSTMCell(3, 100), clnet.LSTMCell),
+        "gru_13_blocks": (torch.nn.GRUCell(2, 200), clnet.GRUCell),
         "stacked_lstm": (torch.nn.LSTM(5, 20, num_layers=2), clnet.LSTM),
         "stacked_gru": (torch.nn.GRU(3, 18, num_layers=3), clnet.GRU),
     }

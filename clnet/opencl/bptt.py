@@ -25,10 +25,24 @@ SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
 # family of clnet/opencl/tuning.py.
 
 
+# The backward step's work-items may compute up to this fraction more unit blocks than there are
+# (the last group of BN blocks padded with copies, not stored) to take more than one block each.
+BLOCK_WASTE = 0.15
+
+
 def backward_blocks(rows: int, blocks: int) -> int:
-    """Unit blocks per work-item of the backward step: as many as divide ``blocks`` while
-    the rows x blocks accumulators stay within 24 of AVX-512's 32 vector registers."""
-    return next(bn for bn in (4, 2, 1) if blocks % bn == 0 and rows * bn <= 24)
+    """Unit blocks per work-item of the backward step: as many as keep the rows x blocks
+    accumulators within 24 of AVX-512's 32 vector registers and the blocks computed past
+    the last (when they do not divide ``blocks``) within :data:`BLOCK_WASTE`. One block per
+    work-item loads more than it multiplies (a weight vector and RM broadcasts per RM FMAs):
+    the odd block counts of padded_hidden, and 7 or 13 blocks (H = 100, 200), had run on it."""
+    return next(bn for bn in (4, 2, 1)
+                if rows * bn <= 24 and -(-blocks // bn) * bn <= (1 + BLOCK_WASTE) * blocks)
+
+
+def backward_groups(blocks: int, bn: int) -> int:
+    """Work-items along the units of the backward step: ``blocks`` in groups of ``bn``."""
+    return -(-blocks // bn)
 
 
 @dataclass
@@ -155,7 +169,7 @@ class BPTTKernels(BPTTOps):
             fwd = self._bptt_kernel(sz, "forward", rows)
             bwd = self._bptt_kernel(sz, "backward", rows, blocks=sz.bn)
             sz.one_launch = (blocks <= fwd.work_group_size(self.device)
-                             and blocks // sz.bn <= bwd.work_group_size(self.device))
+                             and backward_groups(blocks, sz.bn) <= bwd.work_group_size(self.device))
         return sz
 
     def rnn_backward(self, layers, xs, h0, c0, keeps, gkeep, dhs, dhT, dcT, burn_in):
@@ -258,8 +272,9 @@ class BPTTKernels(BPTTOps):
         bias_sums = np.zeros((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), sz.dtype)
         d_bias = self.copy_of(bias_sums, "bias gradients")
         bwd = self._bptt_kernel(sz, "backward", sz.rows, blocks=sz.bn)
-        grid = (sz.grid[0], sz.blocks // sz.bn)
-        local = (1, sz.blocks // sz.bn) if sz.one_launch else (1, 1)
+        groups = backward_groups(sz.blocks, sz.bn)
+        grid = (sz.grid[0], groups)
+        local = (1, groups) if sz.one_launch else (1, 1)
         for t0, t1 in sz.steps(-1 if sz.burn_in == 0 else sz.burn_in, backwards=True):
             bwd(self.queue, grid, local, B=sz.B, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, t_low=sz.burn_in, Wb=back.w_hh_t,
                 hs=saved.hs, c0=saved.c0, save=saved.save, keep=d_keep, has_keep=int(has_keep), gkeep=d_gkeep,
