@@ -205,8 +205,13 @@ class BPTTKernels(BPTTOps):
         sz = replace(forward.sizes, burn_in=burn_in)
         backs = [self._back_weights(w) for w in layers]
         with self.lock:
-            return self._backward_layers(sz, layers, backs, forward.layers, forward.d_keep, forward.has_keep, gkeep,
-                                         dhs, dhT, dcT, [])
+            grads = self._backward_layers(sz, layers, backs, forward.layers, forward.d_keep, forward.has_keep, gkeep,
+                                          dhs, dhT, dcT, [])
+            # the queue has finished (_backward_layers waits for its reads) and the recording is
+            # used up (RecordedSequence hands it over once): its buffers serve the next one
+            self.recycle([b for layer in forward.layers for b in (layer.hs, layer.save)])
+            forward.layers = []
+            return grads
 
     def _backward_layers(self, sz: Sizes, layers, backs, saved, d_keep, has_keep: bool, gkeep, dhs, dhT, dcT,
                          keep_alive):
@@ -232,7 +237,7 @@ class BPTTKernels(BPTTOps):
         """Pass 1: every layer forward, saving h, c and the gate activations (into the shared
         workspaces, or, when ``private``, into buffers of this pass alone)."""
         def buffer(name, nbytes, what):
-            return self.empty(nbytes, what) if private else self.workspace(name, nbytes, what)
+            return self.reused(nbytes, what) if private else self.workspace(name, nbytes, what)
 
         lstm = sz.kind == "lstm"
         fwd = self._bptt_kernel(sz, "forward", sz.rows)
