@@ -406,7 +406,8 @@ def release_memory() -> None:
     """Free the scratch and output buffers every loaded backend keeps between calls.
 
     OpenCL keeps workspaces of at most 32 MiB each and 128 MiB per device between calls
-    (larger ones are freed after their call already); this frees those too, e.g. before
+    (larger ones are freed after their call already), and up to 128 MiB of the buffers of
+    recordings that have run backwards, for the next ``record_sequence``; this frees those too, e.g. before
     a long phase that does not use clnet. Weights and inputs a user's object (a cell, a
     population) uploaded stay with that object and go when it does.
     """

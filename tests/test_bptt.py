@@ -495,3 +495,27 @@ def test_a_dropped_recording_frees_its_activations_at_once(any_backend):
             assert all(ref() is None for ref in alive), "a recording is kept alive by a reference cycle"
     finally:
         gc.enable()
+
+
+def test_a_used_recording_lends_its_buffers_to_the_next(opencl_backend):
+    """After its backward, a recording's saved buffers serve the next record_sequence (no new
+    allocation to first-touch), whose gradients are still exactly backward_sequence's; a
+    recording not yet run backwards keeps its own, and release_memory frees the spares."""
+    be = clnet.get_backend(opencl_backend)
+    rng = np.random.default_rng(3)
+    cell = clnet.LSTMCell(3, 20, seed=0)
+    T, B = 6, 5
+    first = cell.record_sequence(rng.normal(size=(T, B, 3)), None, None, backend=be)
+    lent = {id(layer.save) for layer in first._saved.layers}
+    pending = cell.record_sequence(rng.normal(size=(T, B, 3)), None, None, backend=be)  # not run backwards
+    first.backward(rng.normal(size=(T, B, 20)))
+    xs, resets, grad_hs = rng.normal(size=(T, B, 3)), rng.random((T, B)) < 0.3, rng.normal(size=(T, B, 20))
+    again = cell.record_sequence(xs, None, resets, backend=be)
+    assert {id(layer.save) for layer in again._saved.layers} == lent
+    assert not lent & {id(layer.save) for layer in pending._saved.layers}
+    got = again.backward(grad_hs)
+    want = cell.backward_sequence(xs, None, resets, grad_hs, backend=be)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    clnet.release_memory()
+    assert not be._spare
