@@ -474,8 +474,9 @@ def test_weight_gradients_summed_over_8192_rows_stay_within_the_float32_table(op
 
 def test_a_dropped_recording_frees_its_activations_at_once(any_backend):
     """A recording holds a sequence's activations on the device until it is dropped: with no
-    reference cycle, dropping it frees them at once (not at the next garbage collection), used
-    or not, so a training loop recording every minibatch does not grow its device memory."""
+    reference cycle, dropping it frees them at once (not at the next garbage collection), so a
+    training loop recording every minibatch does not grow its device memory (one that has run
+    backwards hands its buffers to a bounded pool for the next recording instead)."""
     import gc
     import weakref
 
@@ -519,3 +520,24 @@ def test_a_used_recording_lends_its_buffers_to_the_next(opencl_backend):
         assert np.array_equal(got[k], want[k]), k
     clnet.release_memory()
     assert not be._spare
+
+
+def test_the_spare_pool_keeps_the_sizes_handed_back_last(opencl_backend, monkeypatch):
+    """Shapes change (a last, shorter minibatch; a new sequence length): the pool evicts the
+    sizes handed back longest ago, so the sizes in use now are kept within the budget."""
+    from clnet.opencl import runtime
+
+    be = clnet.get_backend(opencl_backend)
+    clnet.release_memory()
+    monkeypatch.setattr(runtime, "SPARE_TOTAL", 3 * 4096)
+    with be.lock:
+        old = [be.empty(4096) for _ in range(3)]
+        be.recycle(old)
+        assert sum(len(v) for v in be._spare.values()) == 3
+        new = [be.empty(2 * 4096)]
+        be.recycle(new)
+        assert be._spare[2 * 4096] == new and len(be._spare.get(4096, [])) == 1
+        assert be.reused(2 * 4096) is new[0]
+        be.recycle([be.empty(10 * 4096)])  # larger than the whole budget: not kept
+        assert 10 * 4096 not in be._spare
+    clnet.release_memory()

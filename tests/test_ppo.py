@@ -67,9 +67,12 @@ def _torch_loss_gradients(policy, batch, clip_range, vf_coef, ent_coef):
 
 
 # ("zoo", 0.01) covers every term of the loss, the demo's ent_coef = 0 included as a special case.
+# float32 is the demo's default (parameters, heads and Adam in the cells' dtype); float64 where the
+# device has it checks the same code to 1e-8.
+@pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("network,ent_coef", [("zoo", 0.01), ("sb3-default", 0.0)])
-def test_gradients_equal_torch_autograd_on_the_same_rollout(any_backend, network, ent_coef):
-    dtype, _ = _float64_or_skip(any_backend)
+def test_gradients_equal_torch_autograd_on_the_same_rollout(any_backend, network, ent_coef, precision):
+    dtype, _ = _float64_or_skip(any_backend) if precision == "float64" else (None, None)
     # two epochs per update instead of the zoo's 20 keep the test short; the gradient is the same code
     trainer = ppo.Trainer(4096, seed=3, network=network, backend=any_backend, dtype=dtype,
                           hyperparameters={"n_epochs": 2, "ent_coef": ent_coef})
@@ -83,6 +86,8 @@ def test_gradients_equal_torch_autograd_on_the_same_rollout(any_backend, network
     # the second rollout starts from the state the first left: stored, not zero
     assert np.abs(trainer.rollout.batch([0]).initial_states["policy"][0]).sum() > 0
     policy = trainer.policy
+    assert policy.flat.dtype == (np.float64 if dtype else np.float32)
+    assert trainer.adam.m.dtype == policy.flat.dtype
     H = policy.hidden
     cross = policy.fused.state_dict()["weight_hh"].reshape(4, 2 * H, 2 * H)
     assert not cross[:, :H, H:].any() and not cross[:, H:, :H].any(), "actor and critic must stay separate"

@@ -410,14 +410,25 @@ class OpenCLRuntime(Backend):
 
     def recycle(self, buffers) -> None:
         """Hand ``buffers`` back for :meth:`reused`, once nothing enqueued uses them any more
-        (the caller finished the queue) and nothing else will: within :data:`SPARE_PER_SIZE`
-        per size and :data:`SPARE_TOTAL` in all; the others are freed. Callers hold the lock."""
-        total = sum(size * len(bufs) for size, bufs in self._spare.items())
+        (the caller finished the queue) and nothing else will: at most :data:`SPARE_PER_SIZE`
+        per size and :data:`SPARE_TOTAL` in all, the sizes handed back least recently evicted
+        first (shapes that changed must not keep the pool full of sizes no call asks for).
+        Callers hold the lock."""
+        buffers = [b for b in buffers if b.size <= SPARE_TOTAL]
         for buf in buffers:
-            spare = self._spare.setdefault(buf.size, [])
-            if len(spare) < SPARE_PER_SIZE and total + buf.size <= SPARE_TOTAL:
+            spare = self._spare.pop(buf.size, [])  # re-inserted last: the most recent size
+            if len(spare) < SPARE_PER_SIZE:
                 spare.append(buf)
-                total += buf.size
+            self._spare[buf.size] = spare
+        total = sum(size * len(bufs) for size, bufs in self._spare.items())
+        while total > SPARE_TOTAL:
+            oldest = next(iter(self._spare))
+            spare = self._spare[oldest]
+            if spare:
+                spare.pop()
+                total -= oldest
+            if not spare:  # emptied here or by reused
+                del self._spare[oldest]
 
     def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
         """``array`` copied into the workspace ``name`` without waiting; ``keep_alive`` holds
