@@ -30,7 +30,6 @@ cut only by resets, where the gradient is cut anyway.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Dict, List, Optional

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
