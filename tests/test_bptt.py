@@ -1,6 +1,7 @@
 """Backpropagation through time: conformance on every backend, torch.autograd as the oracle
 (resets, truncation, burn-in, masks, stacked layers), finite differences on the float64
 fallback, bad input, and the memory demo learning beyond chance."""
+import gc
 import re
 
 import numpy as np
@@ -520,6 +521,43 @@ def test_a_used_recording_lends_its_buffers_to_the_next(opencl_backend):
         assert np.array_equal(got[k], want[k]), k
     clnet.release_memory()
     assert not be._spare
+
+
+def test_replaced_weights_lend_their_buffers_to_the_next(opencl_backend, monkeypatch):
+    """An optimiser loads new weights every update: the replaced cell weights' device buffers
+    go back to the pool for the next ones (no new allocation to first-touch), and the
+    gradients with the new weights are exactly those of a cell that never had others. The
+    backward's transposes are the uploaded gate rows, bit for bit what transposing on the
+    device gives (the path of cells larger than KEEP_GATE_ROWS_BYTES)."""
+    from clnet.opencl import rnn as R
+
+    be = clnet.get_backend(opencl_backend)
+    dt = be.check_dtype(None)
+    rng = np.random.default_rng(11)
+    T, B, I, H = 5, 4, 3, 20
+    cell = clnet.LSTMCell(I, H, seed=2)
+    new = {k: v + rng.normal(scale=0.1, size=v.shape) for k, v in cell.state_dict().items()}
+    xs, grad_hs = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, H))
+    recorded = cell.record_sequence(xs, None, None, backend=be)
+    w_old = cell._weights(be, dt)
+    old_buffers = [w_old.w_ih, w_old.w_hh, *w_old.rows]  # kept alive: their ids stay theirs
+    cell.load_state_dict(new)
+    with pytest.raises(ValueError, match="weights changed"):
+        recorded.backward(grad_hs)
+    del recorded, w_old
+    gc.collect()
+    w_new = cell._weights(be, dt)
+    assert {id(b) for b in (w_new.w_ih, w_new.w_hh, *w_new.rows)} <= {id(b) for b in old_buffers}
+    got = cell.backward_sequence(xs, None, None, grad_hs, backend=be)
+    monkeypatch.setattr(R, "KEEP_GATE_ROWS_BYTES", 0)
+    clnet.release_memory()
+    reference = clnet.LSTMCell(I, H, seed=0)
+    reference.load_state_dict(new)
+    assert reference._weights(be, dt).rows is None
+    want = reference.backward_sequence(xs, None, None, grad_hs, backend=be)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    clnet.release_memory()
 
 
 def test_the_spare_pool_keeps_the_sizes_handed_back_last(opencl_backend, monkeypatch):

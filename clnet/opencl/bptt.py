@@ -145,9 +145,13 @@ class BPTTKernels(BPTTOps):
             # transposes of the forward's interleaved weights, made on the device (no host work
             # per optimiser step); w_ih's padded input rows are zero
             nc = w.gates * w.hp
+            if w.rows is not None:  # the uploaded gate rows are these transposes
+                return BackWeights(w.ip, w.w_ih, *w.rows)
             with self.lock:
-                return BackWeights(w.ip, w.w_ih, self.transposed(w.w_ih, w.ip, nc, w.dtype, "weight_ih"),
+                back = BackWeights(w.ip, w.w_ih, self.transposed(w.w_ih, w.ip, nc, w.dtype, "weight_ih"),
                                    self.transposed(w.w_hh, w.hp, nc, w.dtype, "weight_hh"))
+                self.recycle_when_dropped(w, (back.w_ih_t, back.w_hh_t))
+                return back
 
         return w.device_copies.get(self, "bptt", make)
 

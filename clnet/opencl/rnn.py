@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from .runtime import cl
 # Batched projection: the gates of a long sequence in chunks of at most this many bytes.
 GATE_BUDGET = 64 * 2**20
 TRANSPOSE_TILE = 16  # rnn.cl's CLNET_TRANSPOSE_TILE
+# A cell's uploaded gate rows are the transposes of its device weights that BPTT's backward
+# reads: kept up to this size (both together), so that training after each weight update
+# transposes nothing (two transposes cost 0.5 ms per 256-unit LSTM on Intel's runtime);
+# larger cells free them, and BPTT transposes on the device when first asked.
+KEEP_GATE_ROWS_BYTES = 32 * 2**20
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 KIND_DEFINE = {"lstm": "CLNET_LSTM", "gru": "CLNET_GRU", "rnn_tanh": "CLNET_RNN_TANH",
                "rnn_relu": "CLNET_RNN_RELU"}
@@ -130,6 +135,9 @@ class CellWeights:
     b_h: "cl.Buffer"
     zeros: "cl.Buffer"
     device_copies: DeviceCache = field(default_factory=DeviceCache, repr=False)
+    # (W_ih rows (G*Hp, Ip), W_hh rows (G*Hp, Hp)): the uploaded gate rows, which are the
+    # transposes BPTT's backward needs, kept for small cells (see KEEP_GATE_ROWS_BYTES)
+    rows: Optional[Tuple["cl.Buffer", "cl.Buffer"]] = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -198,25 +206,50 @@ class RNNKernels(RNNOps):
         rows_hh = gate_rows(params["weight_hh"], G, H, hp, vw, hp, dt)
         with self.lock:
             up = self.to_device
-            return CellWeights(
+            staged = [self._staged(rows_ih, "weight_ih"), self._staged(rows_hh, "weight_hh")]
+            weights = CellWeights(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=inputs, ip=ip, dtype=dt,
-                w_ih=self.transposed(up(rows_ih, "weight_ih"), G * hp, ip, dt, "weight_ih"),
-                w_hh=self.transposed(up(rows_hh, "weight_hh"), G * hp, hp, dt, "weight_hh"),
+                w_ih=self.transposed(staged[0], G * hp, ip, dt, "weight_ih"),
+                w_hh=self.transposed(staged[1], G * hp, hp, dt, "weight_hh"),
                 b_x=up(interleave(b_ih[:, None], G, H, hp, vw, dt), "biases"),
                 b_h=up(interleave(b_hh[:, None], G, H, hp, vw, dt), "biases"),
                 zeros=up(np.zeros(hp, dtype=dt), "zeros"))
+            owned = [weights.w_ih, weights.w_hh]
+            if rows_ih.nbytes + rows_hh.nbytes <= KEEP_GATE_ROWS_BYTES:
+                weights.rows = (staged[0], staged[1])
+                owned += staged
+            else:  # the in-order queue runs the transposes before anything a next owner enqueues
+                self.recycle(staged)
+            # an optimiser replaces the weights every update: the next ones reuse these buffers
+            self.recycle_when_dropped(weights, owned)
+            return weights
+
+    def _staged(self, array: np.ndarray, what: str) -> "cl.Buffer":
+        """``array`` uploaded into a spare buffer of the pool, without waiting (pyopencl keeps
+        the host array alive until the copy has run). The caller holds the lock."""
+        array = np.ascontiguousarray(array)
+        self.check_alloc(array.nbytes, what)
+        buf = self.reused(array.nbytes, what)
+        if array.nbytes:
+            cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
+        return buf
 
     def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str) -> "cl.Buffer":
-        """A new buffer holding the (rows, cols) matrix in ``src`` transposed, enqueued without
-        waiting (the in-order queue runs it before any kernel that reads it); the caller
-        holds the lock. ``src`` may be dropped at once: OpenCL keeps it until the copy ran."""
+        """A buffer (new, or a spare one of the pool) holding the (rows, cols) matrix in ``src``
+        transposed, enqueued without waiting (the in-order queue runs it before any kernel
+        that reads it); the caller holds the lock and owns the result. ``src`` may be dropped
+        at once: OpenCL keeps it until the copy ran."""
         dt = np.dtype(dtype)
-        dst = self.empty(rows * cols * dt.itemsize, what)
+        dst = self.reused(rows * cols * dt.itemsize, what) if rows and cols else self.empty(0, what)
         if rows and cols:
             knl = self.kernel("rnn", "clnet_rnn_transpose", dt, (f"CLNET_VW={vector_width(dt)}",))
             tile = TRANSPOSE_TILE
-            knl(self.queue, (-(-cols // tile), -(-rows // tile)), (1, 1), rows=rows, cols=cols,
-                src=src, dst=dst)
+            gx = -(-cols // tile)
+            # a few tiles per work-group along the columns: one tile per group cost both CPU
+            # runtimes about twice as much per transpose (a 256-unit LSTM's W_hh: 0.2 against
+            # 0.1 ms); the group must divide the grid
+            group = next(g for g in (8, 4, 2, 1) if gx % g == 0)
+            knl(self.queue, (gx, -(-rows // tile)), (group, 1), rows=rows, cols=cols, src=src, dst=dst)
         return dst
 
     def _rnn_kernel(self, w: CellWeights, name: str, rows: int):
