@@ -526,18 +526,24 @@ def test_a_used_recording_lends_its_buffers_to_the_next(opencl_backend):
 def test_replaced_weights_lend_their_buffers_to_the_next(opencl_backend, monkeypatch):
     """An optimiser loads new weights every update: the replaced cell weights' device buffers
     go back to the pool for the next ones (no new allocation to first-touch), and the
-    gradients with the new weights are exactly those of a cell that never had others. The
-    backward's transposes are the uploaded gate rows, bit for bit what transposing on the
-    device gives (the path of cells larger than KEEP_GATE_ROWS_BYTES)."""
+    gradients with the new weights are exactly those of a cell that never had others. Every
+    way of laying the weights out gives the same bits: through the pool with the uploaded
+    gate rows kept as the backward's transposes, on the device with no rows kept (cells
+    larger than KEEP_GATE_ROWS_BYTES), and on the host (cells up to SMALL_UPLOAD_BYTES)."""
     from clnet.opencl import rnn as R
 
     be = clnet.get_backend(opencl_backend)
     dt = be.check_dtype(None)
     rng = np.random.default_rng(11)
     T, B, I, H = 5, 4, 3, 20
-    cell = clnet.LSTMCell(I, H, seed=2)
-    new = {k: v + rng.normal(scale=0.1, size=v.shape) for k, v in cell.state_dict().items()}
+    new = {k: v + rng.normal(scale=0.1, size=v.shape) for k, v in clnet.LSTMCell(I, H, seed=2).state_dict().items()}
     xs, grad_hs = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, H))
+    host_made = clnet.LSTMCell(I, H, seed=0)
+    host_made.load_state_dict(new)
+    want = host_made.backward_sequence(xs, None, None, grad_hs, backend=be)
+
+    monkeypatch.setattr(R, "SMALL_UPLOAD_BYTES", 0)   # as a large cell: through the pool
+    cell = clnet.LSTMCell(I, H, seed=2)
     recorded = cell.record_sequence(xs, None, None, backend=be)
     w_old = cell._weights(be, dt)
     old_buffers = [w_old.w_ih, w_old.w_hh, *w_old.rows]  # kept alive: their ids stay theirs
@@ -548,15 +554,17 @@ def test_replaced_weights_lend_their_buffers_to_the_next(opencl_backend, monkeyp
     gc.collect()
     w_new = cell._weights(be, dt)
     assert {id(b) for b in (w_new.w_ih, w_new.w_hh, *w_new.rows)} <= {id(b) for b in old_buffers}
-    got = cell.backward_sequence(xs, None, None, grad_hs, backend=be)
-    monkeypatch.setattr(R, "KEEP_GATE_ROWS_BYTES", 0)
+    pooled = cell.backward_sequence(xs, None, None, grad_hs, backend=be)
+
+    monkeypatch.setattr(R, "KEEP_GATE_ROWS_BYTES", 0)  # no rows kept: BPTT transposes on the device
     clnet.release_memory()
-    reference = clnet.LSTMCell(I, H, seed=0)
-    reference.load_state_dict(new)
-    assert reference._weights(be, dt).rows is None
-    want = reference.backward_sequence(xs, None, None, grad_hs, backend=be)
+    on_device = clnet.LSTMCell(I, H, seed=0)
+    on_device.load_state_dict(new)
+    assert on_device._weights(be, dt).rows is None
+    transposed = on_device.backward_sequence(xs, None, None, grad_hs, backend=be)
     for k in want:
-        assert np.array_equal(got[k], want[k]), k
+        assert np.array_equal(pooled[k], want[k]), k
+        assert np.array_equal(transposed[k], want[k]), k
     clnet.release_memory()
 
 

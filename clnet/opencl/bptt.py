@@ -130,6 +130,39 @@ class PendingGradients:
     x_width: int
 
 
+class _SmallResults:
+    """Several small arrays in one device buffer, each in a sub-buffer at an offset the device
+    accepts (its base address alignment), made with their initial contents (zeros, or the
+    array given with each shape, zero-padded to ``width``) and read back with one command
+    (:meth:`read`: the host arrays it returns are filled at the queue's next finish). The
+    caller holds the lock."""
+
+    def __init__(self, runtime, parts, dtype, width: int):
+        dt = np.dtype(dtype)
+        align = max(int(runtime.device.mem_base_addr_align) // 8, dt.itemsize)
+        self.offsets, self.shapes, self.dtype, total = [], [], dt, 0
+        for shape, _ in parts:
+            self.offsets.append(total)
+            self.shapes.append(shape)
+            total += -(-int(np.prod(shape)) * dt.itemsize // align) * align
+        self.host = np.zeros(max(total, align), dtype=np.uint8)
+        for (shape, init), off in zip(parts, self.offsets):
+            if init is not None:
+                self._view(off, shape)[...] = padded(init, width, dt)
+        self.runtime = runtime
+        self.device = runtime.copy_of(self.host, "small results")
+        self.buffers = [self.device.get_sub_region(off, int(np.prod(shape)) * dt.itemsize)
+                        for shape, off in zip(self.shapes, self.offsets)]
+
+    def _view(self, offset, shape):
+        return self.host[offset:offset + int(np.prod(shape)) * self.dtype.itemsize].view(self.dtype).reshape(shape)
+
+    def read(self):
+        """Enqueue the one read (not waiting); returns the host arrays it fills, in order."""
+        cl.enqueue_copy(self.runtime.queue, self.host, self.device, is_blocking=False)
+        return [self._view(off, shape) for shape, off in zip(self.shapes, self.offsets)]
+
+
 def padded(a: np.ndarray, width: int, dtype) -> np.ndarray:
     """``a`` with its last axis zero-padded to ``width``, in ``dtype``, C-contiguous."""
     if a.shape[-1] == width:
@@ -251,10 +284,10 @@ class BPTTKernels(BPTTOps):
         for l, (w, back) in enumerate(zip(layers, backs)):
             d_h0 = self.to_device(padded(h0[l], sz.hp, sz.dtype), "initial state")
             d_hs = buffer(f"bptt.hs{l}", (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
-            d_c0 = self.to_device(padded(c0[l], sz.hp, sz.dtype), "initial cell state") if lstm else w.zeros
-            d_c = self.empty(sz.B * sz.hp * sz.item, "cell state") if lstm else w.zeros
-            if lstm:
-                cl.enqueue_copy(self.queue, d_c, d_c0, byte_count=sz.B * sz.hp * sz.item)
+            c0_rows = padded(c0[l], sz.hp, sz.dtype) if lstm else None
+            # both made with their copy of c0: no copy command (see runtime.SMALL_UPLOAD_BYTES)
+            d_c0 = self.to_device(c0_rows, "initial cell state") if lstm else w.zeros
+            d_c = self.copy_of(c0_rows, "cell state") if lstm else w.zeros
             d_save = buffer(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
                                     "saved activations")
             for t0, t1 in sz.steps(0, backwards=False):
@@ -272,14 +305,17 @@ class BPTTKernels(BPTTOps):
         dhT, dcT = final
         zeros = np.zeros((sz.B, sz.hp), sz.dtype)
         d_dhT = self.to_device(padded(dhT, sz.hp, sz.dtype) if dhT is not None else zeros, "final state gradient")
-        carry = padded(dcT, sz.hp, sz.dtype) if (sz.kind == "lstm" and dcT is not None) else zeros
-        d_carry = self.copy_of(carry, "carried gradient")
+        # The bias sums, dh0 and the carried dc (dc0 at the end) share one small buffer, made
+        # with its initial contents and read back in one command: PoCL spends 30-80 us of host
+        # time per command (runtime.SMALL_UPLOAD_BYTES), and these were three reads.
+        small = _SmallResults(self, [((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
+                                     ((sz.B, sz.hp), None),
+                                     ((sz.B, sz.hp), dcT if sz.kind == "lstm" and dcT is not None else None)],
+                              sz.dtype, sz.hp)
+        d_bias, d_dh0, d_carry = small.buffers
         d_dG = self.workspace("bptt.dG", sz.T * sz.B * sz.nc * sz.item, "gate gradients")
         d_dGx = (self.workspace("bptt.dGx", sz.T * sz.B * sz.nc * sz.item, "input gate gradients")
                  if sz.kind == "gru" else d_dG)
-        d_dh0 = self.empty(sz.B * sz.hp * sz.item, "initial state gradient")
-        bias_sums = np.zeros((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), sz.dtype)
-        d_bias = self.copy_of(bias_sums, "bias gradients")
         bwd = self._bptt_kernel(sz, "backward", sz.rows, blocks=sz.bn)
         groups = backward_groups(sz.blocks, sz.bn)
         grid = (sz.grid[0], groups)
@@ -295,16 +331,11 @@ class BPTTKernels(BPTTOps):
                    back.w_ih_t, 0, saved.x_width, d_dx, k0 * saved.x_width, saved.x_width)
         # Read back without waiting (the in-order queue finishes each read before the next
         # layer reuses the workspaces); one finish at the end.
-        reads = PendingGradients(np.empty((sz.nc, saved.x_width + sz.hp), dtype=sz.dtype), bias_sums, None, None,
-                                 saved.x_width)
+        bias_sums, dh0, dc0 = small.read()
+        reads = PendingGradients(np.empty((sz.nc, saved.x_width + sz.hp), dtype=sz.dtype), bias_sums,
+                                 dh0 if sz.burn_in == 0 else None,
+                                 dc0 if sz.burn_in == 0 and sz.kind == "lstm" else None, saved.x_width)
         cl.enqueue_copy(self.queue, reads.weights, d_w, is_blocking=False)
-        cl.enqueue_copy(self.queue, bias_sums, d_bias, is_blocking=False)
-        if sz.burn_in == 0:
-            reads.dh0 = np.empty((sz.B, sz.hp), dtype=sz.dtype)
-            cl.enqueue_copy(self.queue, reads.dh0, d_dh0, is_blocking=False)
-            if sz.kind == "lstm":
-                reads.dc0 = np.empty((sz.B, sz.hp), dtype=sz.dtype)
-                cl.enqueue_copy(self.queue, reads.dc0, d_carry, is_blocking=False)
         return reads, d_dx
 
     def _weight_gradients(self, sz: Sizes, w, saved: SavedLayer, d_dG, d_dGx):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..common.cache import DeviceCache
 from ..contract import RNNOps
-from .runtime import cl
+from .runtime import SMALL_UPLOAD_BYTES, cl
 
 # How the kernels are launched (tile heights, work-group size, the batch below which a whole
 # sequence runs in one launch, where a sequence's input projection happens) is the "rnn"
@@ -206,11 +206,11 @@ class RNNKernels(RNNOps):
         rows_hh = gate_rows(params["weight_hh"], G, H, hp, vw, hp, dt)
         with self.lock:
             up = self.to_device
-            staged = [self._staged(rows_ih, "weight_ih"), self._staged(rows_hh, "weight_hh")]
+            (rows_ih_d, w_ih), (rows_hh_d, w_hh) = (self._laid_out(rows_ih, dt, "weight_ih"),
+                                                    self._laid_out(rows_hh, dt, "weight_hh"))
+            staged = [rows_ih_d, rows_hh_d]
             weights = CellWeights(
-                kind=kind, hidden=H, hp=hp, gates=G, inputs=inputs, ip=ip, dtype=dt,
-                w_ih=self.transposed(staged[0], G * hp, ip, dt, "weight_ih"),
-                w_hh=self.transposed(staged[1], G * hp, hp, dt, "weight_hh"),
+                kind=kind, hidden=H, hp=hp, gates=G, inputs=inputs, ip=ip, dtype=dt, w_ih=w_ih, w_hh=w_hh,
                 b_x=up(interleave(b_ih[:, None], G, H, hp, vw, dt), "biases"),
                 b_h=up(interleave(b_hh[:, None], G, H, hp, vw, dt), "biases"),
                 zeros=up(np.zeros(hp, dtype=dt), "zeros"))
@@ -224,15 +224,20 @@ class RNNKernels(RNNOps):
             self.recycle_when_dropped(weights, owned)
             return weights
 
-    def _staged(self, array: np.ndarray, what: str) -> "cl.Buffer":
-        """``array`` uploaded into a spare buffer of the pool, without waiting (pyopencl keeps
-        the host array alive until the copy has run). The caller holds the lock."""
-        array = np.ascontiguousarray(array)
-        self.check_alloc(array.nbytes, what)
-        buf = self.reused(array.nbytes, what)
-        if array.nbytes:
-            cl.enqueue_copy(self.queue, buf, array, is_blocking=False)
-        return buf
+    def _laid_out(self, rows: np.ndarray, dt, what: str) -> Tuple["cl.Buffer", "cl.Buffer"]:
+        """Device buffers of the gate rows ``rows`` (R, C) and of their transpose (C, R), both
+        the caller's to own (they may go to the spare pool). Up to SMALL_UPLOAD_BYTES both are
+        made on the host and created with their copy: no command at all, where PoCL spends
+        30-80 us per command; larger ones go up into a spare buffer (no new allocation to
+        first-touch) and are transposed on the device. The caller holds the lock."""
+        rows = np.ascontiguousarray(rows)
+        self.check_alloc(rows.nbytes, what)
+        if rows.nbytes <= SMALL_UPLOAD_BYTES:
+            return self.copy_of(rows, what), self.copy_of(np.ascontiguousarray(rows.T), what)
+        staged = self.reused(rows.nbytes, what)
+        # non-blocking: pyopencl keeps the host array alive until the copy has run
+        cl.enqueue_copy(self.queue, staged, rows, is_blocking=False)
+        return staged, self.transposed(staged, rows.shape[0], rows.shape[1], dt, what)
 
     def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str) -> "cl.Buffer":
         """A buffer (new, or a spare one of the pool) holding the (rows, cols) matrix in ``src``
@@ -321,12 +326,10 @@ class RNNKernels(RNNOps):
             # The uploads do not wait: the in-order queue runs them before the kernel, and x and
             # keep stay referenced here until the blocking read of h below, the one wait per step
             # (or until the queue is drained, if the launch fails).
-            d_x = self.workspace("rnn.x", x.nbytes, "inputs")
-            d_keep = w.zeros if keep is None else self.workspace("rnn.keep", keep.nbytes, "reset mask")
-            cl.enqueue_copy(self.queue, d_x, x, is_blocking=False)
+            keep_alive = []  # the host arrays of large uploads, until the read of h below
+            d_x = self.upload("rnn.x", x, "inputs", keep_alive)
+            d_keep = w.zeros if keep is None else self.upload("rnn.keep", keep, "reset mask", keep_alive)
             try:
-                if keep is not None:
-                    cl.enqueue_copy(self.queue, d_keep, keep, is_blocking=False)
                 recur(self.queue, *row_launch(rows, B, s.hp // vector_width(s.dtype), cfg["group"]), B=B,
                       H=w.hidden, Hp=s.hp, Wt=w.w_hh, gx=w.zeros, gx_off=0, h_prev=s.h, hp_off=0,
                       h_next=s.h_bufs[1 - s.cur], hn_off=0, c_prev=s.c if s.c is not None else w.zeros,
