@@ -7,7 +7,8 @@
  * clnet_mcl_expand_prune: n_lanes work-items, each with its own dense accumulator of N
  *   values, take the block's columns in turn (as mcl's expansion threads do). A column j
  *   of M*M is accumulated there, its touched rows collected into the column's slice of
- *   the scratch (sized by the host from the column's term count, at most N), its chaos
+ *   the scratch (sized by the host from the column's term count, at most N, plus one slot
+ *   for the branch-free record of rows, see clnet_mcl_column), its chaos
  *   measured; when selection or recovery needs them, the S-th and R-th largest values are
  *   found by selection (never a full sort) in a copy of its values, giving mcl's thresholds
  *   (cutoff, top S, recovery up to R); the surviving entries, rescaled to sum 1 and sorted
@@ -104,9 +105,15 @@ static void clnet_mcl_column(
         for (long q = a_ptr[k]; q < a_ptr[k + 1]; ++q) {
             const int r = a_row[q];
             const real term = a_val[q] * w;
-            if (term == (real)0) continue;  /* underflow: no entry, and row r stays untouched */
-            if (column[r] == (real)0) rows[base + u++] = r;  /* first touch: at most N per column */
-            column[r] += term;
+            /* Without a branch: about a third of the terms touch a row first (its row is
+             * recorded), and a branch on that mispredicts too often. The row is written at
+             * every term and kept by advancing u only on a first touch; an underflowed term
+             * (zero) adds nothing and records nothing. The slice has one slot beyond the
+             * column's possible rows for the write after the last one. */
+            const real old = column[r];
+            rows[base + u] = r;
+            u += (old == (real)0) & (term != (real)0);
+            column[r] = old + term;
         }
     }
     long nz = 0;

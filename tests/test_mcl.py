@@ -116,12 +116,18 @@ def test_keep_loops_is_mcl_discard_loops_n(any_backend):
     assert same_partition(ref, got.clusters)
 
 
+@pytest.fixture(scope="module")
+def planted_20000():
+    g, _ = planted_graph(20000, 400, degree_in=8, degree_out=0.5, seed=20000)
+    return g, mcl_binary.cluster(g)  # mcl runs once for every backend and dtype
+
+
 @pytest.mark.slow
 @needs_mcl
-def test_planted_20000_nodes_distance_zero():
-    g, truth = planted_graph(20000, 400, degree_in=8, degree_out=0.5, seed=20000)
-    ref = mcl_binary.cluster(g)
-    got = clnet.mcl(g, backend="numpy")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_planted_20000_nodes_distance_zero(any_backend, dtype, planted_20000):
+    g, ref = planted_20000
+    got = clnet.mcl(g, backend=any_backend, dtype=dtype)
     assert mcl_binary.split_join_distance(ref, got.clusters, 20000) == (0, 0)
 
 

@@ -70,6 +70,7 @@ def _markov_child(path, n, inflation, queue):
     import markov_clustering as mc
 
     graph = _read_abc(path, n)
+    queue.put({"started": True})  # the parent times a run it stops from here, without the reading
     t0 = time.perf_counter()
     result = mc.run_mcl(graph, inflation=inflation)
     clusters = mc.get_clusters(result)
@@ -78,19 +79,41 @@ def _markov_child(path, n, inflation, queue):
 
 
 def _in_child(target, args, timeout):
+    """Run ``target`` in a spawned child; return (its result or None, why not, seconds it ran).
+
+    The child is polled, so one killed by the kernel (out of memory) is reported when it dies,
+    not after the whole timeout. A child may first put ``{"started": True}`` when its timed
+    work begins; the seconds returned are then counted from that message."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=args + (queue,))
+    t0 = time.perf_counter()
     proc.start()
-    try:
-        out = queue.get(timeout=timeout)
-    except Exception:
-        out = None
+    out, why, started = None, None, t0
+    while out is None or "started" in out:
+        if out is not None:
+            out, started = None, time.perf_counter()
+        left = None if timeout is None else timeout - (time.perf_counter() - started)
+        if left is not None and left <= 0:
+            why = f"did not finish within {timeout:.0f} s"
+            break
+        try:
+            out = queue.get(timeout=1.0 if left is None else min(1.0, left))
+        except Exception:
+            if not proc.is_alive():
+                try:  # it may have put its result just before it exited
+                    out = queue.get(timeout=1.0)
+                except Exception:
+                    code = proc.exitcode
+                    why = (f"was killed by signal {-code} (SIGKILL: most likely out of memory)" if code == -9
+                           else f"exited with code {code} without a result")
+                    break
+    waited = time.perf_counter() - started
     proc.join(5 if out is not None else 0)
     if proc.is_alive():
         proc.kill()
         proc.join()
-    return out
+    return out, why, waited
 
 
 def _timed_mcl(args):
@@ -169,7 +192,10 @@ def main(argv=None) -> int:
         mcl_compute = max(mcl_total - mcl_io, 1e-9)
         print(f"  mcl: {mcl_total:8.2f} s with I/O, {mcl_compute:8.2f} s without "
               f"(I/O and setup {mcl_io:.2f} s), peak RSS {mcl_rss / 2**30:.2f} GiB, {len(mcl_clusters)} clusters")
-        got = _in_child(_clnet_child, (path, n, args.inflation, args.backend), None)
+        got, why, _ = _in_child(_clnet_child, (path, n, args.inflation, args.backend), None)
+        if got is None:
+            print(f"  clnet.mcl {why}")
+            return 1
         total = got["read"] + got["compute"]
         print(f"  clnet.mcl on {got['backend']}: {total:8.2f} s with I/O, {got['compute']:8.2f} s without "
               f"(reading {got['read']:.2f} s; kernel build before, {got['build']:.1f} s), "
@@ -190,9 +216,13 @@ def main(argv=None) -> int:
             except ImportError:
                 print("  markov_clustering: not installed (pip install markov_clustering)")
                 return 0
-            mk = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
+            mk, why, waited = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
             if mk is None:
-                print(f"  markov_clustering: did not finish within {args.markov_timeout:.0f} s")
+                print(f"  markov_clustering: {why} (stopped {waited:.0f} s after it had read the graph)")
+                if why.startswith("did not finish"):
+                    # it ran at least this long: the speed-up is at least this ratio
+                    print(ratio("clnet vs markov_clustering, without I/O (lower bound)", waited / got["compute"],
+                                target=20.0) + f"; markov_clustering > {waited:.0f} s")
             else:
                 dm = mcl_binary.split_join_distance(mcl_clusters, mk["clusters"], n)
                 print(f"  markov_clustering: {mk['compute']:8.2f} s without I/O, peak RSS "

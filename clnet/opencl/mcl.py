@@ -100,7 +100,9 @@ class OpenCLMCLPlan(MCLPlan):
         """One product of the iterand with block b's columns, pruned if last, left in the
         block scratch: (term pointers on the host and the device, rows, values, kept, chaos)."""
         be, item = self.be, self.dtype.itemsize
-        term_ptr = np.concatenate(([0], np.cumsum(np.minimum(terms, self.n)))).astype(np.int64)
+        # A column has at most min(terms, N) entries, and one more slot: the expansion writes
+        # the row of every term at the slot after the last one kept (kernels/mcl.cl).
+        term_ptr = np.concatenate(([0], np.cumsum(np.minimum(terms, self.n) + 1))).astype(np.int64)
         total = int(term_ptr[-1])
         term_ptr_buf = be.copy_of(term_ptr, "mcl term pointers")
         rows = be.workspace("mcl rows", 4 * total, "mcl expansion scratch (rows)")
