@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._validate import as_int, as_real_array
-from .backend import call, get_backend
+from .backend import call, get_backend, run
 from .state import RecurrentState, per_step_array, reset_keep
 
 __all__ = ["backward_sequence", "RecordedSequence"]
@@ -233,10 +233,17 @@ class RecordedSequence:
         """(T, B): the time steps and sequences recorded."""
         return self._T, self._B
 
-    def backward(self, grad_hs, grad_final=None, *, truncate=None, burn_in=0, mask=None) -> Dict[str, np.ndarray]:
+    def backward(self, grad_hs, grad_final=None, *, truncate=None, burn_in=0, mask=None,
+                 inputs: bool = True) -> Dict[str, np.ndarray]:
         """The gradients of :meth:`clnet.LSTMCell.backward_sequence` (same names, same meaning of
         ``grad_hs``, ``grad_final``, ``truncate``, ``burn_in`` and ``mask``; ``batch_first`` as
-        recorded), through the recorded forward pass."""
+        recorded), through the recorded forward pass.
+
+        ``inputs=False`` leaves out ``"x"``, the gradient of the inputs, which a policy whose
+        inputs are observations never uses: on OpenCL its product and its read are skipped
+        (two of a small backward's six commands). Every other gradient is the same."""
+        if not isinstance(inputs, (bool, np.bool_)):
+            raise TypeError(f"inputs must be True or False, got {inputs!r}")
         if self._saved is None:
             raise RuntimeError("this recorded sequence has been run backwards already; record it again")
         # peek, not _weights: a changed cell has no prepared copy yet, and preparing one would
@@ -252,7 +259,11 @@ class RecordedSequence:
                                               self._batch_first, dt)
         dhT, dcT = _final_gradients(grad_final, lstm, L, B, H, self._stacked, dt)
         saved, self._saved = self._saved, None  # every argument is good: the recording is used up now
-        res = call(self._backend, "rnn_backward_saved", self._weights, saved, gkeep, dhs, dhT, dcT, burn_in)
+        extra = {} if inputs else {"inputs": False}  # a backend without the option is asked as before
+        args = (self._weights, saved, gkeep, dhs, dhT, dcT, burn_in)
+        res = run(self._backend, "rnn_backward_saved", lambda be: be.op("rnn_backward_saved")(*args, **extra))
+        if not inputs:
+            res["x"] = None
         return _named_gradients(self._layers, self._stacked, lstm, self._batch_first, res)
 
 
@@ -280,7 +291,8 @@ def _named_gradients(layers, stacked: bool, lstm: bool, batch_first: bool, res) 
             if name in cell._shapes():
                 grads[name + suffix] = g[name]
     dx = res["x"]
-    grads["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if batch_first else dx
+    if dx is not None:  # None: the caller asked for no input gradient (RecordedSequence.backward)
+        grads["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if batch_first else dx
     grads["h0"] = res["h0"] if stacked else res["h0"][0]
     if lstm:
         grads["c0"] = res["c0"] if stacked else res["c0"][0]

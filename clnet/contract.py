@@ -174,9 +174,12 @@ class BPTTOps(Family):
 
     @operation
     def rnn_backward_saved(self, layers: Sequence[Any], saved: Any, gkeep: np.ndarray, dhs: np.ndarray,
-                           dhT: Optional[np.ndarray], dcT: Optional[np.ndarray], burn_in: int) -> Dict[str, Any]:
+                           dhT: Optional[np.ndarray], dcT: Optional[np.ndarray], burn_in: int,
+                           inputs: bool = True) -> Dict[str, Any]:
         """:meth:`rnn_backward` through a forward pass saved by :meth:`rnn_forward_saving` with
-        the same ``layers``: the same result, the forward not run again."""
+        the same ``layers``: the same result, the forward not run again. With ``inputs`` False
+        the caller does not want the first layer's input gradient: ``"x"`` may be None, and
+        the backend may skip computing it (the other gradients are the same)."""
         raise NotImplementedError
 
 

@@ -47,7 +47,7 @@ class BPTTReference(BPTTOps):
                 inputs = caches[-1].hs[1:]
         return inputs.copy(), caches
 
-    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in, inputs=True):
         caches = saved  # the LayerTraces of rnn_forward_saving
         L = len(layers)
         lstm = caches[0].c_used is not None
@@ -58,7 +58,7 @@ class BPTTReference(BPTTOps):
                 grads[l], dout, dh0s[l], dc0s[l] = _backward_layer(
                     layers[l], caches[l], gkeep, dout, None if dhT is None else dhT[l],
                     None if dcT is None else dcT[l], burn_in)
-        return {"layers": grads, "x": dout, "h0": np.stack(dh0s),
+        return {"layers": grads, "x": dout if inputs else None, "h0": np.stack(dh0s),
                 "c0": np.stack(dc0s) if lstm else None}
 
 

@@ -587,3 +587,22 @@ def test_the_spare_pool_keeps_the_sizes_handed_back_last(opencl_backend, monkeyp
         be.recycle([be.empty(10 * 4096)])  # larger than the whole budget: not kept
         assert 10 * 4096 not in be._spare
     clnet.release_memory()
+
+
+@pytest.mark.parametrize("make", [lambda: clnet.LSTMCell(I, H, seed=3), lambda: clnet.GRUCell(I, H, seed=3),
+                                  lambda: clnet.RNNCell(I, H, seed=3)], ids=["lstm", "gru", "rnn"])
+def test_a_backward_without_the_input_gradient_gives_every_other_gradient_unchanged(any_backend, make):
+    """backward(inputs=False) skips the input gradient (on OpenCL its product and its read);
+    every other gradient is bit for bit the full backward's."""
+    model = make()
+    rng = np.random.default_rng(7)
+    xs, g = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, H))
+    resets = rng.random((T, B)) < 0.3
+    full = model.record_sequence(xs, None, resets, backend=any_backend).backward(g, burn_in=1)
+    rec = model.record_sequence(xs, None, resets, backend=any_backend)
+    with pytest.raises(TypeError, match="inputs must be True or False"):
+        rec.backward(g, burn_in=1, inputs="no")
+    part = rec.backward(g, burn_in=1, inputs=False)  # the refused call left the recording usable
+    assert "x" in full and set(part) == set(full) - {"x"}
+    for name in part:
+        np.testing.assert_array_equal(part[name], full[name], err_msg=name)

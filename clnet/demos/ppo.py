@@ -354,7 +354,7 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     d_h_pi = policy._tower_backward("pi", "action", pi_cache, d_logits, grads)
     d_h_vf = policy._tower_backward("vf", "value", vf_cache, d_values[:, None], grads)
     for name, d_h in (("actor", d_h_pi), ("critic", d_h_vf)):
-        g = recorded[name].backward(d_h.reshape(S, M, H))
+        g = recorded[name].backward(d_h.reshape(S, M, H), inputs=False)  # observations need no gradient
         for k in policy.lstm_keys:
             grads[f"{name}.{k}"] = g[k]
     stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,

@@ -235,7 +235,7 @@ class BPTTKernels(BPTTOps):
         hs = out if sz.hp == sz.H else np.ascontiguousarray(out[:, :, :sz.H])
         return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None, sz)
 
-    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in):
+    def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in, inputs=True):
         forward: SavedForward = saved
         # the forward's parameters, not a new lookup: the tuning may have changed in between
         # (an override of the tuner or a test)
@@ -243,7 +243,7 @@ class BPTTKernels(BPTTOps):
         backs = [self._back_weights(w) for w in layers]
         with self.lock:
             grads = self._backward_layers(sz, layers, backs, forward.layers, forward.d_keep, forward.has_keep, gkeep,
-                                          dhs, dhT, dcT, [])
+                                          dhs, dhT, dcT, [], inputs)
             # the queue has finished (_backward_layers waits for its reads) and the recording is
             # used up (RecordedSequence hands it over once): its buffers serve the next one
             self.recycle([b for layer in forward.layers for b in (layer.hs, layer.save)])
@@ -251,9 +251,10 @@ class BPTTKernels(BPTTOps):
             return grads
 
     def _backward_layers(self, sz: Sizes, layers, backs, saved, d_keep, has_keep: bool, gkeep, dhs, dhT, dcT,
-                         keep_alive):
+                         keep_alive, inputs: bool = True):
         """Passes 2 and 3 over every layer from the top down, given the saved forward; the
-        caller holds the lock. Returns the gradients read back."""
+        caller holds the lock. Returns the gradients read back (without the first layer's
+        input gradient unless ``inputs``)."""
         pending: List[PendingGradients] = [None] * len(layers)
         burn_in = sz.burn_in
         d_gkeep = self.to_device(gkeep, "gradient masks")
@@ -261,11 +262,14 @@ class BPTTKernels(BPTTOps):
         for l in reversed(range(len(layers))):
             # a layer's dx is the gradient of the outputs of the layer below
             final = (None if dhT is None else dhT[l], None if dcT is None else dcT[l])
+            # a lower layer needs this layer's input gradient; the first one's only when asked for
             pending[l], d_grad = self._backward_layer(sz, l, layers[l], backs[l], saved[l], d_grad, final,
-                                                      d_keep, has_keep, d_gkeep)
-        dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
-        cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
-                        is_blocking=False)
+                                                      d_keep, has_keep, d_gkeep, inputs or l > 0)
+        dx = None
+        if inputs:
+            dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
+            cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
+                            is_blocking=False)
         self.queue.finish()
         return self._gradients(sz, layers, pending, dx)
 
@@ -299,20 +303,24 @@ class BPTTKernels(BPTTOps):
         return saved
 
     def _backward_layer(self, sz: Sizes, l: int, w, back: BackWeights, saved: SavedLayer, d_dhs, final,
-                        d_keep, has_keep: bool, d_gkeep):
+                        d_keep, has_keep: bool, d_gkeep, input_gradient: bool = True):
         """Pass 2 and 3 of one layer: the backward steps, then the gradient products.
-        Returns the pending reads of its gradients and the buffer of its input gradient."""
+        Returns the pending reads of its gradients and the buffer of its input gradient
+        (None, and its product not run, without ``input_gradient``)."""
         dhT, dcT = final
         zeros = np.zeros((sz.B, sz.hp), sz.dtype)
         d_dhT = self.to_device(padded(dhT, sz.hp, sz.dtype) if dhT is not None else zeros, "final state gradient")
         # The bias sums, dh0 and the carried dc (dc0 at the end) share one small buffer, made
         # with its initial contents and read back in one command: PoCL spends 30-80 us of host
-        # time per command (runtime.SMALL_UPLOAD_BYTES), and these were three reads.
+        # time per command (runtime.SMALL_UPLOAD_BYTES), and these were three reads. A small
+        # cell's weight gradients join them (a fourth read saved).
+        w_shape = (sz.nc, saved.x_width + sz.hp)
+        w_small = int(np.prod(w_shape)) * sz.item <= R.SMALL_UPLOAD_BYTES
         small = _SmallResults(self, [((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
                                      ((sz.B, sz.hp), None),
-                                     ((sz.B, sz.hp), dcT if sz.kind == "lstm" and dcT is not None else None)],
-                              sz.dtype, sz.hp)
-        d_bias, d_dh0, d_carry = small.buffers
+                                     ((sz.B, sz.hp), dcT if sz.kind == "lstm" and dcT is not None else None)]
+                              + ([(w_shape, None)] if w_small else []), sz.dtype, sz.hp)
+        d_bias, d_dh0, d_carry = small.buffers[:3]
         d_dG = self.workspace("bptt.dG", sz.T * sz.B * sz.nc * sz.item, "gate gradients")
         d_dGx = (self.workspace("bptt.dGx", sz.T * sz.B * sz.nc * sz.item, "input gate gradients")
                  if sz.kind == "gru" else d_dG)
@@ -324,25 +332,30 @@ class BPTTKernels(BPTTOps):
             bwd(self.queue, grid, local, B=sz.B, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, t_low=sz.burn_in, Wb=back.w_hh_t,
                 hs=saved.hs, c0=saved.c0, save=saved.save, keep=d_keep, has_keep=int(has_keep), gkeep=d_gkeep,
                 dhs=d_dhs, dhs_off=0, dhT=d_dhT, carry=d_carry, dG=d_dG, dGx=d_dGx, dh0=d_dh0, dbias=d_bias)
-        d_w = self._weight_gradients(sz, w, saved, d_dG, d_dGx)
-        d_dx = self.workspace(f"bptt.dx{l % 2}", sz.T * sz.B * saved.x_width * sz.item, "input gradients")
-        k0 = sz.burn_in * sz.B
-        self._gemm(sz, "inputs", (sz.T - sz.burn_in) * sz.B, saved.x_width, sz.nc, d_dGx, k0 * sz.nc, sz.nc, 1,
-                   back.w_ih_t, 0, saved.x_width, d_dx, k0 * saved.x_width, saved.x_width)
+        d_w = self._weight_gradients(sz, w, saved, d_dG, d_dGx, small.buffers[3] if w_small else None)
+        d_dx = None
+        if input_gradient:
+            d_dx = self.workspace(f"bptt.dx{l % 2}", sz.T * sz.B * saved.x_width * sz.item, "input gradients")
+            k0 = sz.burn_in * sz.B
+            self._gemm(sz, "inputs", (sz.T - sz.burn_in) * sz.B, saved.x_width, sz.nc, d_dGx, k0 * sz.nc, sz.nc, 1,
+                       back.w_ih_t, 0, saved.x_width, d_dx, k0 * saved.x_width, saved.x_width)
         # Read back without waiting (the in-order queue finishes each read before the next
         # layer reuses the workspaces); one finish at the end.
-        bias_sums, dh0, dc0 = small.read()
-        reads = PendingGradients(np.empty((sz.nc, saved.x_width + sz.hp), dtype=sz.dtype), bias_sums,
+        bias_sums, dh0, dc0, *small_weights = small.read()
+        reads = PendingGradients(small_weights[0] if w_small else np.empty(w_shape, dtype=sz.dtype), bias_sums,
                                  dh0 if sz.burn_in == 0 else None,
                                  dc0 if sz.burn_in == 0 and sz.kind == "lstm" else None, saved.x_width)
-        cl.enqueue_copy(self.queue, reads.weights, d_w, is_blocking=False)
+        if not w_small:
+            cl.enqueue_copy(self.queue, reads.weights, d_w, is_blocking=False)
         return reads, d_dx
 
-    def _weight_gradients(self, sz: Sizes, w, saved: SavedLayer, d_dG, d_dGx):
-        """[dW_ih | dW_hh] = dG^T @ [X | H_prev] over the steps after the burn-in."""
+    def _weight_gradients(self, sz: Sizes, w, saved: SavedLayer, d_dG, d_dGx, d_w=None):
+        """[dW_ih | dW_hh] = dG^T @ [X | H_prev] over the steps after the burn-in, into ``d_w``
+        (a workspace when None)."""
         xw, hp, nc = saved.x_width, sz.hp, sz.nc
         k0, K = sz.burn_in * sz.B, (sz.T - sz.burn_in) * sz.B
-        d_w = self.workspace("bptt.w", nc * (xw + hp) * sz.item, "weight gradients")
+        if d_w is None:
+            d_w = self.workspace("bptt.w", nc * (xw + hp) * sz.item, "weight gradients")
         x_rows = (saved.x_buf, saved.x_base + k0 * xw, xw)
         if sz.kind == "gru":  # dW_ih and dW_hh come from different gate gradients
             self._gemm(sz, "weights", nc, xw, K, d_dGx, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp)
@@ -389,4 +402,5 @@ class BPTTKernels(BPTTOps):
                 dh0[l] = got.dh0[:, :H]
                 if lstm:
                     dc0[l] = got.dc0[:, :H]
-        return {"layers": results, "x": np.ascontiguousarray(dx[:, :, :sz.I]), "h0": dh0, "c0": dc0}
+        return {"layers": results, "x": None if dx is None else np.ascontiguousarray(dx[:, :, :sz.I]),
+                "h0": dh0, "c0": dc0}
