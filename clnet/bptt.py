@@ -259,7 +259,9 @@ class RecordedSequence:
                                               self._batch_first, dt)
         dhT, dcT = _final_gradients(grad_final, lstm, L, B, H, self._stacked, dt)
         saved, self._saved = self._saved, None  # every argument is good: the recording is used up now
-        extra = {} if inputs else {"inputs": False}  # a backend without the option is asked as before
+        # with inputs=True a backend is asked exactly as before the option existed (the contract
+        # has it since; a backend written earlier still runs every call that does not use it)
+        extra = {} if inputs else {"inputs": False}
         args = (self._weights, saved, gkeep, dhs, dhT, dcT, burn_in)
         res = run(self._backend, "rnn_backward_saved", lambda be: be.op("rnn_backward_saved")(*args, **extra))
         if not inputs:

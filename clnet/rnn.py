@@ -289,9 +289,10 @@ class _Cell:
         :meth:`backward_sequence`) and returns a :class:`clnet.RecordedSequence`: its ``hs``
         are the outputs ``(T, B, hidden_size)`` (``(B, T, hidden_size)`` with batch_first),
         those :meth:`sequence` would return from that state, and its ``backward(grad_hs,
-        grad_final=None, *, truncate=None, burn_in=0, mask=None)`` returns the gradients
-        :meth:`backward_sequence` returns, without running the forward a second time (the
-        activations stay on the device in between). For a loss computed from the outputs,
+        grad_final=None, *, truncate=None, burn_in=0, mask=None, inputs=True)`` returns the
+        gradients :meth:`backward_sequence` returns, without running the forward a second time
+        (the activations stay on the device in between; ``inputs=False`` leaves out ``"x"``,
+        the inputs' gradient, and its computation). For a loss computed from the outputs,
         as PPO's from re-evaluated sequences: one forward instead of two per minibatch.
         Nothing changes in the cell or in any state object; ``backward`` runs once, and only
         while the weights are those recorded with.

@@ -228,8 +228,8 @@ def pearson_every_path(be, dtypes):
 @case
 def mcl_every_path(be, dtypes):
     """Markov clustering: the cutoff alone, selection, recovery, pruning off, expansion 3
-    (an unpruned intermediate product), several column blocks joined on the device and fewer
-    lanes than columns."""
+    (an unpruned intermediate product), several column blocks joined on the device, fewer
+    lanes than columns, and columns that touch every row."""
     from clnet.common.mcl_graphs import planted_edges
     from clnet.opencl import mcl
 
@@ -248,6 +248,12 @@ def mcl_every_path(be, dtypes):
             for dt in dtypes:
                 ok &= check(f"mcl {label} {dt}", lambda b, d: clnet.mcl(g, 2.0, backend=b, dtype=d, **kw).labels,
                             be, dt, family="mcl")
+        # a complete graph: every column touches all N rows before its last terms, so the row
+        # record writes its spare slot, and the last column's is the scratch's last element
+        complete = np.ones((9, 9))
+        for dt in dtypes:
+            ok &= check(f"mcl complete graph {dt}", lambda b, d: clnet.mcl(complete, 2.0, backend=b, dtype=d).labels,
+                        be, dt, family="mcl")
     finally:
         mcl.BLOCK_TERMS, mcl.LANES = saved
     return ok

@@ -589,20 +589,30 @@ def test_the_spare_pool_keeps_the_sizes_handed_back_last(opencl_backend, monkeyp
     clnet.release_memory()
 
 
+@pytest.mark.parametrize("burn_in", [0, 2])
 @pytest.mark.parametrize("make", [lambda: clnet.LSTMCell(I, H, seed=3), lambda: clnet.GRUCell(I, H, seed=3),
                                   lambda: clnet.RNNCell(I, H, seed=3)], ids=["lstm", "gru", "rnn"])
-def test_a_backward_without_the_input_gradient_gives_every_other_gradient_unchanged(any_backend, make):
+def test_a_backward_without_the_input_gradient_gives_every_other_gradient_unchanged(any_backend, make, burn_in,
+                                                                                   monkeypatch):
     """backward(inputs=False) skips the input gradient (on OpenCL its product and its read);
-    every other gradient is bit for bit the full backward's."""
+    every other gradient is bit for bit the full backward's, h0 and c0 included (read from
+    the small-results buffer), for small cells (their weight gradients in that buffer too)
+    and large ones (read on their own)."""
     model = make()
     rng = np.random.default_rng(7)
     xs, g = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, H))
     resets = rng.random((T, B)) < 0.3
-    full = model.record_sequence(xs, None, resets, backend=any_backend).backward(g, burn_in=1)
-    rec = model.record_sequence(xs, None, resets, backend=any_backend)
-    with pytest.raises(TypeError, match="inputs must be True or False"):
-        rec.backward(g, burn_in=1, inputs="no")
-    part = rec.backward(g, burn_in=1, inputs=False)  # the refused call left the recording usable
-    assert "x" in full and set(part) == set(full) - {"x"}
-    for name in part:
-        np.testing.assert_array_equal(part[name], full[name], err_msg=name)
+    for small in (True, False):
+        if not small and any_backend.spec.startswith("opencl"):
+            from clnet.opencl import rnn as R
+            monkeypatch.setattr(R, "SMALL_UPLOAD_BYTES", 0)  # as a large cell: weights read apart
+        model.load_state_dict(make().state_dict())  # new weights, prepared under this layout
+        full = model.record_sequence(xs, None, resets, backend=any_backend).backward(g, burn_in=burn_in)
+        rec = model.record_sequence(xs, None, resets, backend=any_backend)
+        with pytest.raises(TypeError, match="inputs must be True or False"):
+            rec.backward(g, burn_in=burn_in, inputs="no")
+        part = rec.backward(g, burn_in=burn_in, inputs=False)  # the refused call left the recording usable
+        assert "x" in full and set(part) == set(full) - {"x"}
+        assert ("h0" in part) and np.any(part["h0"] != 0) == (burn_in == 0)
+        for name in part:
+            np.testing.assert_array_equal(part[name], full[name], err_msg=f"{name} (small={small})")

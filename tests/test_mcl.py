@@ -157,6 +157,29 @@ def test_inputs_agree_sparse_dense_formats(any_backend):
         assert np.array_equal(clnet.mcl(form, backend=any_backend).labels, ref)
 
 
+@needs_mcl
+@pytest.mark.parametrize("n", [5, 33])
+def test_columns_that_touch_every_row_before_their_last_terms(any_backend, n):
+    """Dense graphs: every column of the square touches all N rows and has more terms after
+    (N^2 terms, N rows), the one case where the expansion's row record writes its spare slot
+    past the column's last row (kernels/mcl.cl); two dense blocks joined by one edge, and a
+    complete graph, against mcl itself, with and without pruning, in both dtypes."""
+    rng = np.random.default_rng(n)
+    half = n // 2
+    g = np.zeros((n, n))
+    g[:half, :half] = rng.uniform(0.5, 1.0, (half, half))
+    g[half:, half:] = rng.uniform(0.5, 1.0, (n - half, n - half))
+    g[0, n - 1] = 0.1
+    g = np.maximum(g, g.T)
+    complete = np.ones((n, n))
+    for graph in (g, complete):
+        for extra, kw in [((), {}), (MCL_NO_PRUNING, NO_PRUNING)]:
+            ref = mcl_binary.cluster(graph, 2.0, extra=extra)
+            for dtype in ("float64", "float32"):
+                got = clnet.mcl(graph, 2.0, backend=any_backend, dtype=dtype, **kw)
+                assert same_partition(ref, got.clusters), (dtype, extra, mcl_binary.split_join_distance(ref, got.clusters, n))
+
+
 def test_empty_and_edgeless_graphs(any_backend):
     empty = clnet.mcl(np.zeros((0, 0)), backend=any_backend)
     assert empty.labels.shape == (0,) and empty.clusters == [] and empty.converged

@@ -49,7 +49,7 @@ def _read_abc(path: str, n: int, dtype=np.float64):
     return graph.maximum(graph.T).tocsr()  # label input is undirected, as mcl reads it
 
 
-def _clnet_child(path, n, inflation, backend, queue):
+def _clnet_child(path, n, inflation, backend, conn):
     import clnet
 
     # Kernels are built on the first call (a one-time cost per process, timed apart).
@@ -61,59 +61,69 @@ def _clnet_child(path, n, inflation, backend, queue):
     t1 = time.perf_counter()
     res = clnet.mcl(graph, inflation, backend=backend)
     t2 = time.perf_counter()
-    queue.put(dict(build=build, backend=clnet.get_backend(backend).spec, read=t1 - t0, compute=t2 - t1,
+    conn.send(dict(build=build, backend=clnet.get_backend(backend).spec, read=t1 - t0, compute=t2 - t1,
                    clusters=res.clusters, iterations=res.iterations,
                    converged=res.converged, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
-def _markov_child(path, n, inflation, queue):
+def _markov_child(path, n, inflation, conn):
     import markov_clustering as mc
 
     graph = _read_abc(path, n)
-    queue.put({"started": True})  # the parent times a run it stops from here, without the reading
+    conn.send({"started": True})  # the parent times a run it stops from here, without the reading
     t0 = time.perf_counter()
     result = mc.run_mcl(graph, inflation=inflation)
     clusters = mc.get_clusters(result)
-    queue.put(dict(compute=time.perf_counter() - t0, clusters=[np.array(sorted(c)) for c in clusters],
+    conn.send(dict(compute=time.perf_counter() - t0, clusters=[np.array(sorted(c)) for c in clusters],
                    rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
 def _in_child(target, args, timeout):
-    """Run ``target`` in a spawned child; return (its result or None, why not, seconds it ran).
+    """Run ``target(*args, conn)`` in a spawned child, which sends its result on ``conn``;
+    return (the result or None, why not, seconds its timed work ran or None).
 
-    The child is polled, so one killed by the kernel (out of memory) is reported when it dies,
-    not after the whole timeout. A child may first put ``{"started": True}`` when its timed
-    work begins; the seconds returned are then counted from that message."""
+    A child may first send ``{"started": True}`` when its timed work begins (after reading
+    its input): ``timeout`` then counts from that message, and the seconds returned are the
+    time since it (a lower bound of the work's time when the child was stopped). Before it,
+    ``timeout`` bounds the start itself. The parent holds only the reading end of the pipe,
+    so a child killed by the kernel (out of memory), even halfway through sending, is seen
+    at once as the end of the pipe, never waited for until the timeout."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=args + (queue,))
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=args + (sender,))
     t0 = time.perf_counter()
     proc.start()
-    out, why, started = None, None, t0
-    while out is None or "started" in out:
-        if out is not None:
-            out, started = None, time.perf_counter()
-        left = None if timeout is None else timeout - (time.perf_counter() - started)
+    sender.close()
+    out, why, started = None, None, None
+    while True:
+        since = t0 if started is None else started
+        left = None if timeout is None else timeout - (time.perf_counter() - since)
         if left is not None and left <= 0:
-            why = f"did not finish within {timeout:.0f} s"
+            why = (f"did not finish within {timeout:.0f} s" if started is not None
+                   else f"did not start its timed work within {timeout:.0f} s")
             break
         try:
-            out = queue.get(timeout=1.0 if left is None else min(1.0, left))
-        except Exception:
-            if not proc.is_alive():
-                try:  # it may have put its result just before it exited
-                    out = queue.get(timeout=1.0)
-                except Exception:
-                    code = proc.exitcode
-                    why = (f"was killed by signal {-code} (SIGKILL: most likely out of memory)" if code == -9
-                           else f"exited with code {code} without a result")
-                    break
-    waited = time.perf_counter() - started
+            if not receiver.poll(1.0 if left is None else min(1.0, left)):
+                continue
+            message = receiver.recv()
+        except (EOFError, OSError):
+            proc.join(5)
+            code = proc.exitcode
+            why = (f"was killed by signal {-code} (SIGKILL: most likely out of memory)" if code == -9
+                   else f"exited with code {code} without a result")
+            break
+        if isinstance(message, dict) and message.get("started"):
+            started = time.perf_counter()
+            continue
+        out = message
+        break
+    ran = None if started is None else time.perf_counter() - started
+    receiver.close()
     proc.join(5 if out is not None else 0)
     if proc.is_alive():
         proc.kill()
         proc.join()
-    return out, why, waited
+    return out, why, ran
 
 
 def _timed_mcl(args):
@@ -216,13 +226,13 @@ def main(argv=None) -> int:
             except ImportError:
                 print("  markov_clustering: not installed (pip install markov_clustering)")
                 return 0
-            mk, why, waited = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
+            mk, why, ran = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
             if mk is None:
-                print(f"  markov_clustering: {why} (stopped {waited:.0f} s after it had read the graph)")
+                print(f"  markov_clustering: {why}" + (f" ({ran:.0f} s after it had read the graph)" if ran else ""))
                 if why.startswith("did not finish"):
                     # it ran at least this long: the speed-up is at least this ratio
-                    print(ratio("clnet vs markov_clustering, without I/O (lower bound)", waited / got["compute"],
-                                target=20.0) + f"; markov_clustering > {waited:.0f} s")
+                    print(ratio("clnet vs markov_clustering, lower bound", ran / got["compute"], target=20.0)
+                          + f"; markov_clustering > {ran:.0f} s")
             else:
                 dm = mcl_binary.split_join_distance(mcl_clusters, mk["clusters"], n)
                 print(f"  markov_clustering: {mk['compute']:8.2f} s without I/O, peak RSS "

@@ -3,7 +3,8 @@
 Three passes, all on the device (see bptt.cl): the forward re-run saving activations
 layer by layer, the backward step by step from the top layer down (a layer's input
 gradient is the output gradient of the layer below), and per layer one product for the
-weight gradients and one for the input gradient. Everything is enqueued without waiting;
+weight gradients and one for the input gradient (the first layer's skipped when the caller
+wants no input gradient: RecordedSequence.backward(inputs=False)). Everything is enqueued without waiting;
 the host reads the gradients once, at the end.
 """
 from __future__ import annotations

@@ -148,7 +148,8 @@ class OpenCLMCLPlan(MCLPlan):
             terms = self._count(self.ptr, self.row, 0, n)
             counts = np.zeros(n, np.int64)
             filled, capacity, row, val, chaos_max = 0, 0, None, None, 0.0
-            for start, stop in _blocks(terms, self.block_terms):
+            # blocks by the scratch each column takes (see _expand), not by its raw terms
+            for start, stop in _blocks(np.minimum(terms, n) + 1, self.block_terms):
                 width = stop - start
                 b, col0, t = (self.ptr, self.row, self.val), start, terms[start:stop]
                 for step in range(p.expansion - 1):
