@@ -240,8 +240,8 @@ class RecordedSequence:
         recorded), through the recorded forward pass.
 
         ``inputs=False`` leaves out ``"x"``, the gradient of the inputs, which a policy whose
-        inputs are observations never uses: on OpenCL its product and its read are skipped
-        (two of a small backward's six commands). Every other gradient is the same."""
+        inputs are observations never uses: on OpenCL its product and its read are skipped.
+        Every other gradient is the same."""
         if not isinstance(inputs, (bool, np.bool_)):
             raise TypeError(f"inputs must be True or False, got {inputs!r}")
         if self._saved is None:

@@ -78,6 +78,10 @@ def _markov_child(path, n, inflation, conn):
                    rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
+# How _in_child says that a child ran past its limit after its timed work began.
+TIMED_OUT = "did not finish within"
+
+
 def _in_child(target, args, timeout):
     """Run ``target(*args, conn)`` in a spawned child, which sends its result on ``conn``;
     return (the result or None, why not, seconds its timed work ran or None).
@@ -95,34 +99,36 @@ def _in_child(target, args, timeout):
     proc.start()
     sender.close()
     out, why, started = None, None, None
-    while True:
-        since = t0 if started is None else started
-        left = None if timeout is None else timeout - (time.perf_counter() - since)
-        if left is not None and left <= 0:
-            why = (f"did not finish within {timeout:.0f} s" if started is not None
-                   else f"did not start its timed work within {timeout:.0f} s")
-            break
-        try:
-            if not receiver.poll(1.0 if left is None else min(1.0, left)):
+    try:
+        while True:
+            since = t0 if started is None else started
+            left = None if timeout is None else timeout - (time.perf_counter() - since)
+            if left is not None and left <= 0:
+                why = (f"{TIMED_OUT} {timeout:.0f} s" if started is not None
+                       else f"did not start its timed work within {timeout:.0f} s")
+                break
+            try:
+                if not receiver.poll(1.0 if left is None else min(1.0, left)):
+                    continue
+                message = receiver.recv()
+            except (EOFError, OSError):
+                proc.join(5)
+                code = proc.exitcode
+                why = (f"was killed by signal {-code} (SIGKILL: most likely out of memory)" if code == -9
+                       else f"exited with code {code} without a result")
+                break
+            if isinstance(message, dict) and message.get("started"):
+                started = time.perf_counter()
                 continue
-            message = receiver.recv()
-        except (EOFError, OSError):
-            proc.join(5)
-            code = proc.exitcode
-            why = (f"was killed by signal {-code} (SIGKILL: most likely out of memory)" if code == -9
-                   else f"exited with code {code} without a result")
+            out = message
             break
-        if isinstance(message, dict) and message.get("started"):
-            started = time.perf_counter()
-            continue
-        out = message
-        break
-    ran = None if started is None else time.perf_counter() - started
-    receiver.close()
-    proc.join(5 if out is not None else 0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+        ran = None if started is None else time.perf_counter() - started
+    finally:  # also on Ctrl-C: no contender is left running (and holding its memory)
+        receiver.close()
+        proc.join(5 if out is not None else 0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
     return out, why, ran
 
 
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
             mk, why, ran = _in_child(_markov_child, (path, n, args.inflation), args.markov_timeout)
             if mk is None:
                 print(f"  markov_clustering: {why}" + (f" ({ran:.0f} s after it had read the graph)" if ran else ""))
-                if why.startswith("did not finish"):
+                if why.startswith(TIMED_OUT):
                     # it ran at least this long: the speed-up is at least this ratio
                     print(ratio("clnet vs markov_clustering, lower bound", ran / got["compute"], target=20.0)
                           + f"; markov_clustering > {ran:.0f} s")

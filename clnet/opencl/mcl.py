@@ -34,6 +34,13 @@ LANES_PER_UNIT = 2
 CAPACITY_MARGIN = 1.25
 
 
+def column_slots(terms: np.ndarray, n: int) -> np.ndarray:
+    """The scratch slots of each column of a product: at most min(terms, N) entries, and one
+    more, since the expansion writes the row of every term at the slot after the last one
+    kept (kernels/mcl.cl). Blocks are budgeted by these, and the slices laid out by them."""
+    return np.minimum(terms, n) + 1
+
+
 def block_terms(be, item: int) -> int:
     """Product terms per block: SCRATCH_FRACTION of the device's memory over a term's bytes,
     within the device's largest allocation (a column with more terms is a block of its own)."""
@@ -100,9 +107,7 @@ class OpenCLMCLPlan(MCLPlan):
         """One product of the iterand with block b's columns, pruned if last, left in the
         block scratch: (term pointers on the host and the device, rows, values, kept, chaos)."""
         be, item = self.be, self.dtype.itemsize
-        # A column has at most min(terms, N) entries, and one more slot: the expansion writes
-        # the row of every term at the slot after the last one kept (kernels/mcl.cl).
-        term_ptr = np.concatenate(([0], np.cumsum(np.minimum(terms, self.n) + 1))).astype(np.int64)
+        term_ptr = np.concatenate(([0], np.cumsum(column_slots(terms, self.n)))).astype(np.int64)
         total = int(term_ptr[-1])
         term_ptr_buf = be.copy_of(term_ptr, "mcl term pointers")
         rows = be.workspace("mcl rows", 4 * total, "mcl expansion scratch (rows)")
@@ -148,8 +153,7 @@ class OpenCLMCLPlan(MCLPlan):
             terms = self._count(self.ptr, self.row, 0, n)
             counts = np.zeros(n, np.int64)
             filled, capacity, row, val, chaos_max = 0, 0, None, None, 0.0
-            # blocks by the scratch each column takes (see _expand), not by its raw terms
-            for start, stop in _blocks(np.minimum(terms, n) + 1, self.block_terms):
+            for start, stop in _blocks(column_slots(terms, n), self.block_terms):
                 width = stop - start
                 b, col0, t = (self.ptr, self.row, self.val), start, terms[start:stop]
                 for step in range(p.expansion - 1):
