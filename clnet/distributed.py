@@ -74,6 +74,8 @@ PLANS_KEPT = 2
 # worker's backend does so on one machine) when a call has at most this many tasks: each
 # task then returns lists for every row from its first on, which the client merges.
 SYMMETRIC_TASKS_MAX = 16
+# Seconds a pearson job waits for the first worker of a cluster that has none registered yet.
+WORKER_WAIT_S = 120
 #: Per task of the last call in this process: worker, backend, seconds on the worker, its
 #: start (``time.time()`` there) and arrival here, bytes of its pickled arguments and of the
 #: result shipped back (``python -m clnet bench distributed`` reports them).
@@ -444,9 +446,16 @@ class _PearsonRun:
         # device) in parallel with the others, not in its first task behind the first
         # worker's probe. The layout is the first worker's (by address).
         layout = {}
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:  # a cluster just started may not have registered its workers yet
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            workers = sorted(self.client.scheduler_info()["workers"])
         probes = [self._submit("layout", 0, 0, None, f"clnet-pearson-layout-{self.token}-{i}", prefer=w)
-                  for i, w in enumerate(sorted(self.client.scheduler_info()["workers"]))]
+                  for i, w in enumerate(workers)]
         _collect(self.runner, probes, lambda r: layout.setdefault(r["worker"], r), 0, "", False)
+        if not layout:
+            raise RuntimeError("no Dask worker answered the layout probe of pearson_threshold/pearson_topk; "
+                               f"the scheduler lists {len(workers)} worker(s)")
         first = layout[min(layout)]
         strip = self.strip_rows = first["strip_rows"]
         self.symmetric_topk_max = first["symmetric_topk_max"]  # the probing worker's backend

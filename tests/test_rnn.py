@@ -578,3 +578,42 @@ def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_ba
                 cl.enqueue_copy(be.queue, again, back, is_blocking=True)
             assert np.array_equal(got, want), (dtype, G, H, K)
             assert np.array_equal(again, rows), (dtype, G, H, K)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("mode", ["one launch", "fused", "batched"])
+def test_strips_of_row_tiles_give_the_bits_of_single_tiles(opencl_backend, monkeypatch, kind, mode):
+    """A work-item owning several row tiles walks the reduction in blocks (kernels/rnn.cl,
+    CLNET_RT and CLNET_KC); each output still sums its terms in the same order, so every
+    strip height and block length gives bitwise the results of one tile per work-item, also
+    where the reduction is shorter than a block, not a multiple of it, and where the batch
+    ends inside a strip. And those results equal the float64 reference."""
+    from clnet.conformance.rnn import make_cell
+    from clnet.opencl.tuning import K_BLOCKS, ROW_STRIPS
+
+    cell = make_cell(kind, 70, 37, True, 12)  # I = 70 and Hp = 48: longer and shorter than blocks of 32-256
+    rng = np.random.default_rng(13)
+    B, T = 29, 5
+    xs = rng.normal(size=(T, B, 70))
+    resets = rng.random((T, B)) < 0.3
+    mode_params = dict(projection="batched" if mode == "batched" else "fused",
+                       one_launch_batch=128 if mode == "one launch" else 0)
+
+    def run(**params):
+        with opencl_backend.tuning.overriding("rnn", dict(mode_params, **params)):
+            state = cell.initial_state(B, backend=opencl_backend)
+            step = cell.step(xs[0], state, reset=resets[0])
+            return step, cell.sequence(xs, state, resets)
+
+    ref_state = cell.initial_state(B, backend="numpy", dtype="float64")
+    want = cell.step(xs[0], ref_state, reset=resets[0]), cell.sequence(xs, ref_state, resets)
+    base = run(step_strip=1, project_strip=1)
+    for b, w in zip(base, want):
+        np.testing.assert_allclose(b, w, **TOL32)
+    # every height above one and every block length, each at least once (one build each)
+    pairs = list(zip(ROW_STRIPS[1:] * 2, K_BLOCKS))
+    assert {p[0] for p in pairs} == set(ROW_STRIPS[1:]) and {p[1] for p in pairs} == set(K_BLOCKS)
+    for strip, k_block in pairs:
+        got = run(step_strip=strip, project_strip=strip, k_block=k_block)
+        for g, b in zip(got, base):
+            assert np.array_equal(g, b), (strip, k_block)

@@ -257,9 +257,11 @@ class RNNKernels(RNNOps):
             knl(self.queue, (gx, -(-rows // tile)), (group, 1), rows=rows, cols=cols, src=src, dst=dst)
         return dst
 
-    def _rnn_kernel(self, w: CellWeights, name: str, rows: int):
-        """The project, recur or run kernel of ``w``'s cell kind with an RM = ``rows`` tile."""
-        return self.kernel("rnn", f"clnet_rnn_{name}", w.dtype, kernel_defines(w.kind, w.dtype, rows))
+    def _rnn_kernel(self, w: CellWeights, name: str, rows: int, strip: int, k_block: int):
+        """The project, recur or run kernel of ``w``'s cell kind with an RM = ``rows`` tile,
+        ``strip`` tiles per work-item (CLNET_RT) and reduction blocks of ``k_block``."""
+        extra = (f"CLNET_RT={strip}", f"CLNET_KC={k_block}") if strip > 1 else ()
+        return self.kernel("rnn", f"clnet_rnn_{name}", w.dtype, kernel_defines(w.kind, w.dtype, rows, *extra))
 
     # -- state ------------------------------------------------------------------------------
     def rnn_state_new(self, kind, batch, hidden, dtype):
@@ -321,8 +323,8 @@ class RNNKernels(RNNOps):
         B, I = x.shape
         with self.lock:
             cfg = self.params("rnn", kind=w.kind, batch=B, hidden=w.hidden)
-            rows = cfg["step_rows"]
-            recur = self._rnn_kernel(w, "recur", rows)
+            rows = cfg["step_rows"] * cfg["step_strip"]  # batch rows per work-item
+            recur = self._rnn_kernel(w, "recur", cfg["step_rows"], cfg["step_strip"], cfg["k_block"])
             # The uploads do not wait: the in-order queue runs them before the kernel, and x and
             # keep stay referenced here until the blocking read of h below, the one wait per step
             # (or until the queue is drained, if the launch fails).
@@ -374,10 +376,11 @@ class RNNKernels(RNNOps):
         launch, enqueued back to back, its input projection fused into it or batched per chunk
         (the tuned ``projection``)."""
         cfg = self.params("rnn", kind=w.kind, batch=B, hidden=w.hidden)
-        rows = cfg["step_rows"]
+        rows = cfg["step_rows"] * cfg["step_strip"]  # batch rows per work-group of the one-launch kernel
         blocks = s.hp // vector_width(s.dtype)
         fused = cfg["projection"] == "fused"
-        run = self._rnn_kernel(w, "run", rows) if fused and B <= cfg["one_launch_batch"] else None
+        run = (self._rnn_kernel(w, "run", cfg["step_rows"], cfg["step_strip"], cfg["k_block"])
+               if fused and B <= cfg["one_launch_batch"] else None)
         if run is not None and blocks <= run.work_group_size(self.device):
             run(self.queue, (-(-B // rows), blocks), (1, blocks), B=B, H=w.hidden, Hp=s.hp, T=T, Wt=w.w_hh, h0=s.h,
                 out=d_out, c0=s.c if s.c is not None else w.zeros, c=s.next_c(w.zeros), keep=d_keep, has_keep=int(has_keep),
@@ -391,14 +394,16 @@ class RNNKernels(RNNOps):
     def _launch_steps(self, w: CellWeights, s: StateBuffers, source: LayerInput, d_keep, has_keep: bool,
                       d_out, T: int, B: int, cfg) -> None:
         """One launch per step (and, batched, one projection per chunk of steps)."""
-        rows, group, fused = cfg["step_rows"], cfg["group"], cfg["projection"] == "fused"
+        group, fused = cfg["group"], cfg["projection"] == "fused"
+        rows = cfg["step_rows"] * cfg["step_strip"]  # batch rows per work-item
         hp, I = s.hp, source.width
         nc = w.gates * hp
         blocks = hp // vector_width(s.dtype)
-        recur = self._rnn_kernel(w, "recur", rows)
+        recur = self._rnn_kernel(w, "recur", cfg["step_rows"], cfg["step_strip"], cfg["k_block"])
         chunk = T if fused else max(1, min(T, GATE_BUDGET // (B * nc * s.dtype.itemsize)))
         if not fused:
-            project = self._rnn_kernel(w, "project", cfg["project_rows"])
+            project = self._rnn_kernel(w, "project", cfg["project_rows"], cfg["project_strip"], cfg["k_block"])
+            project_rows = cfg["project_rows"] * cfg["project_strip"]
             d_gx = self.empty(chunk * B * nc * s.dtype.itemsize, "projected gates")
         h_prev, prev_off = s.h, 0
         common = dict(B=B, H=w.hidden, Hp=hp, Wt=w.w_hh, h_next=d_out, c_next=s.next_c(w.zeros), keep=d_keep,
@@ -407,7 +412,7 @@ class RNNKernels(RNNOps):
         for t0 in range(0, T, chunk):
             m = min(chunk, T - t0) * B
             if not fused:
-                project(self.queue, *row_launch(cfg["project_rows"], m, blocks, group), M=m, K=I, Hp=hp, A=source.buf,
+                project(self.queue, *row_launch(project_rows, m, blocks, group), M=m, K=I, Hp=hp, A=source.buf,
                         a_off=t0 * B * I, Wt=source.w_ih, bias=w.b_x, out=d_gx)
             for t in range(t0, t0 + m // B):
                 if fused:  # the step projects its own inputs

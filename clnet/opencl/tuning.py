@@ -319,6 +319,43 @@ def _projection(props, shape):
     return "batched" if props.kind == "gpu" else "fused"
 
 
+ROW_STRIPS = (1, 2, 4, 8)
+K_BLOCKS = (32, 64, 128, 256)
+# Bytes of a reduction block of weights (k_block rows of a work-item's G vectors) that a
+# strip of row tiles re-reads from the L1 data cache: a third to a half of the 32-48 KiB
+# of current x86 cores, the rest for the rows of the strip and the accumulators.
+STRIP_BLOCK_BYTES = 16 * 2**10
+
+
+def _row_strip(props, shape, one_launch: bool):
+    """Row tiles per work-item (kernels/rnn.cl, CLNET_RT). A CPU work-item with one tile
+    streams its panel of the weights from L2 for every RM rows; a strip re-reads each block
+    of it from L1 (see rnn.cl). The one-launch sequence kernel runs a work-group per strip:
+    there, the tallest strip that still gives every compute unit one; the step kernel, two
+    tiles (measured on a 2-core Xeon, PoCL, one LSTM step at B=256, H=256: 82 GFLOP/s with
+    one tile, 129 with two, 123 with four, 97 with eight; at B=1,000 the heights ran alike).
+    GPUs: one tile (the private arrays of a strip would live in slow memory there)."""
+    if props.kind == "gpu":
+        return 1
+    rows = _register_rows(props, GATES[shape["kind"]], shape.get("batch", 1))
+    batch = shape.get("batch", 1)
+    fits = [s for s in ROW_STRIPS if -(-batch // (rows * s)) >= props.compute_units * (1 if one_launch else 2)]
+    return min(fits[-1] if fits else 1, ROW_STRIPS[-1] if one_launch else 2)
+
+
+def _rnn_step_strip(props, shape):
+    return _row_strip(props, shape, shape.get("batch", 1) <= _one_launch(props, shape))
+
+
+def _rnn_project_strip(props, shape):
+    return 1 if props.kind == "gpu" else 4  # many rows (T * B) per launch; not measured
+
+
+def _k_block(props, shape):
+    per_k = GATES[shape["kind"]] * 16 * 4  # one row of a work-item's weight block, float32
+    return _pick(K_BLOCKS, STRIP_BLOCK_BYTES // per_k)
+
+
 def _rnn_ok(c, props, shape):
     g = GATES[shape["kind"]]
     return (c["step_rows"] * g <= 48 and c["project_rows"] * g <= 48 and c["group"] <= props.max_group)
@@ -330,7 +367,11 @@ RNN = TunableFamily(
      Tunable("project_rows", ROWS, _rnn_project_rows, "rows per work-item of the batched input projection"),
      Tunable("group", ROW_GROUPS, _row_group, "work-items per group along the batch (step and projection)"),
      Tunable("one_launch_batch", ONE_LAUNCH, _one_launch, "largest batch whose sequence runs in one launch"),
-     Tunable("projection", ("fused", "batched"), _projection, "a sequence's input projection: per step or per chunk")),
+     Tunable("projection", ("fused", "batched"), _projection, "a sequence's input projection: per step or per chunk"),
+     Tunable("step_strip", ROW_STRIPS, _rnn_step_strip,
+             "row tiles per work-item of the step and one-launch kernels (reduction in blocks)"),
+     Tunable("project_strip", ROW_STRIPS, _rnn_project_strip, "row tiles per work-item of the batched input projection"),
+     Tunable("k_block", K_BLOCKS, _k_block, "reduction block of a strip of row tiles")),
     exact=("kind",), nearest=("batch", "hidden"), constraint=_rnn_ok, reach=RECURRENT_REACH,
     balanced=("step_rows",))
 
