@@ -331,16 +331,20 @@ def _row_strip(props, shape, one_launch: bool):
     """Row tiles per work-item (kernels/rnn.cl, CLNET_RT). A CPU work-item with one tile
     streams its panel of the weights from L2 for every RM rows; a strip re-reads each block
     of it from L1 (see rnn.cl). The one-launch sequence kernel runs a work-group per strip:
-    there, the tallest strip that still gives every compute unit one; the step kernel, two
-    tiles (measured on a 2-core Xeon, PoCL, one LSTM step at B=256, H=256: 82 GFLOP/s with
-    one tile, 129 with two, 123 with four, 97 with eight; at B=1,000 the heights ran alike).
+    there, the tallest strip that still gives every compute unit one; the step kernel, up to
+    four tiles while every compute unit still gets two groups. Measured on a 2-core Xeon
+    (model 167): one LSTM step at B=256, H=256 on PoCL, 82 GFLOP/s with one tile, 129 with
+    two, 123 with four, 97 with eight in a quiet hour of 3 December 2026 06:30 UTC, and
+    54-72 / 62 / 90-91 / 62-81 at 11:27 the same day; per-step sequences at B=1,000-1,500
+    (H=300-512) ran 4 tiles >= 2 tiles on PoCL and on Intel's runtime in 11 of 12 pairs
+    (e.g. B=1,024, H=512, Intel's runtime: 48 / 74 / 89 / 95 GFLOP/s for 1 / 2 / 4 / 8).
     GPUs: one tile (the private arrays of a strip would live in slow memory there)."""
     if props.kind == "gpu":
         return 1
     rows = _register_rows(props, GATES[shape["kind"]], shape.get("batch", 1))
     batch = shape.get("batch", 1)
     fits = [s for s in ROW_STRIPS if -(-batch // (rows * s)) >= props.compute_units * (1 if one_launch else 2)]
-    return min(fits[-1] if fits else 1, ROW_STRIPS[-1] if one_launch else 2)
+    return min(fits[-1] if fits else 1, ROW_STRIPS[-1] if one_launch else 4)
 
 
 def _rnn_step_strip(props, shape):
