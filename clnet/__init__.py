@@ -28,7 +28,7 @@ from .functions import ACTIVATIONS, AGGREGATIONS
 from .paths import count_simple_paths, simple_paths
 from .mcl import MCLResult, mcl
 from .pearson import pearson, pearson_threshold, pearson_topk
-from .bptt import RecordedSequence
+from .bptt import CellGroup, RecordedGroup, RecordedSequence
 from .rnn import GRU, LSTM, GRUCell, LSTMCell, RecurrentState, RNNCell
 
 __version__ = "0.1.0"
@@ -51,6 +51,8 @@ __all__ = [
     "RNNCell",
     "RecurrentState",
     "RecordedSequence",
+    "CellGroup",
+    "RecordedGroup",
     "backends",
     "count_simple_paths",
     "fnn_forward",

@@ -18,7 +18,7 @@ from ._validate import as_int, as_real_array
 from .backend import call, get_backend, run
 from .state import RecurrentState, per_step_array, reset_keep
 
-__all__ = ["backward_sequence", "RecordedSequence"]
+__all__ = ["backward_sequence", "RecordedSequence", "CellGroup", "RecordedGroup"]
 
 # Gradients of the weights come back under PyTorch's names (with _l0, _l1, ... when stacked).
 PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -299,3 +299,245 @@ def _named_gradients(layers, stacked: bool, lstm: bool, batch_first: bool, res) 
     if lstm:
         grads["c0"] = res["c0"] if stacked else res["c0"][0]
     return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# Cell groups
+# ---------------------------------------------------------------------------------------------
+_group_ids = iter(range(1, 2 ** 62))
+
+
+class CellGroup:
+    """Cells of one kind and one shape that read the same inputs, recorded and run
+    backwards together: an actor and a critic LSTM over the same observations (PPO), an
+    ensemble.
+
+    ``CellGroup([actor, critic])`` keeps the cells themselves (their weights stay theirs:
+    ``load_state_dict`` on a member is seen at the group's next call). Its
+    :meth:`record_sequence` is :meth:`clnet.LSTMCell.record_sequence` for every member over
+    the same ``xs`` and ``resets``, from each member's own initial state, and returns a
+    :class:`RecordedGroup` whose ``backward`` gives every member's gradients. On OpenCL the
+    members run side by side in the launches of ONE cell (one upload of the inputs, one
+    forward launch, one backward launch, one product, one read each way), where separate
+    calls pay each device command and wait once per member; elsewhere, member by member.
+    Either way every member's outputs and gradients are exactly those of its own
+    ``record_sequence`` on that backend.
+
+    Example::
+
+        actor, critic = clnet.LSTMCell(4, 64, seed=1), clnet.LSTMCell(4, 64, seed=2)
+        group = clnet.CellGroup([actor, critic])
+        rec = group.record_sequence(xs, [None, None], resets)   # xs (T, B, 4), zero initial states
+        hs = rec.hs                                             # (2, T, B, 64): actor's, critic's
+        g_actor, g_critic = rec.backward(grad_hs, inputs=False)  # grad_hs (2, T, B, 64)
+    """
+
+    def __init__(self, cells):
+        from .rnn import _Cell
+
+        try:
+            members = list(cells)
+        except TypeError:
+            raise TypeError(f"cells must be a sequence of clnet cells (LSTMCell, GRUCell, RNNCell), "
+                            f"got {type(cells).__name__}") from None
+        if not members:
+            raise ValueError("cells must hold at least one cell")
+        for i, cell in enumerate(members):
+            if not isinstance(cell, _Cell):
+                raise TypeError(f"cells[{i}] must be a clnet LSTMCell, GRUCell or RNNCell (a stacked model is "
+                                f"not a member: group its layers' cells), got {type(cell).__name__}")
+        first = members[0]
+        for i, cell in enumerate(members[1:], 1):
+            if (cell.kind, cell.input_size, cell.hidden_size, cell.bias) != (
+                    first.kind, first.input_size, first.hidden_size, first.bias):
+                raise ValueError(f"the cells of a group must share kind, input_size, hidden_size and bias: cells[0] "
+                                 f"is {first!r} ({first.kind}), cells[{i}] is {cell!r} ({cell.kind})")
+        self.cells = tuple(members)
+        self._key = ("cell group", next(_group_ids))
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __repr__(self) -> str:
+        return f"clnet.CellGroup({list(self.cells)!r})"
+
+    @property
+    def kind(self) -> str:
+        return self.cells[0].kind
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cells[0].hidden_size
+
+    def _weights(self, be, dt):
+        """The backend's prepared weights of every member, kept while no member changes.
+
+        They are stored in each member's own cache of device copies, which a member's
+        ``load_state_dict`` clears: the group prepares again when any of them is missing."""
+        key = self._key + (np.dtype(dt).str,)
+        held = [cell._device_copies.peek(be, key) for cell in self.cells]
+        if held[0] is not None and all(h is held[0] for h in held):
+            return held[0]
+        params = [dict(cell._params) for cell in self.cells]
+        if _groups_natively(be):
+            weights = call(be, "rnn_prepare_group", self.kind, params, self.hidden_size, dt, stateless=False)
+        else:
+            weights = [cell._weights(be, dt) for cell in self.cells]
+        for cell in self.cells:  # replacing what an earlier load left in the unchanged members
+            cell._device_copies.discard(be, key)
+            cell._device_copies.get(be, key, lambda: weights)
+        return weights
+
+    def record_sequence(self, xs, initial_states=None, resets=None, *, batch_first: bool = False,
+                        backend=None, dtype=None) -> "RecordedGroup":
+        """Every member's :meth:`clnet.LSTMCell.record_sequence` over the same ``xs`` and
+        ``resets``. ``initial_states``: None (zeros for all) or a sequence with one entry per
+        member, each what that member's ``record_sequence`` takes as ``initial_state``
+        (None, arrays, or a :class:`clnet.RecurrentState` of that member). Returns a
+        :class:`RecordedGroup`; nothing in any cell or state changes."""
+        n = len(self.cells)
+        if initial_states is None:
+            initial_states = [None] * n
+        elif isinstance(initial_states, RecurrentState) or not isinstance(initial_states, (list, tuple)):
+            raise TypeError(f"initial_states must be None or a list of {n} initial states (one per member), "
+                            f"got {type(initial_states).__name__}")
+        if len(initial_states) != n:
+            raise ValueError(f"initial_states must hold one initial state per member ({n}), got {len(initial_states)}")
+        lstm = self.kind == "lstm"
+        H = self.hidden_size
+        resolved = [_for_member(m, _resolve, [cell], False, state, backend, dtype)
+                    for m, (cell, state) in enumerate(zip(self.cells, initial_states))]
+        be, dt = resolved[0][1], resolved[0][2]
+        for i, (_, be_i, dt_i) in enumerate(resolved[1:], 1):
+            if be_i.spec != be.spec or dt_i != dt:
+                raise ValueError(f"initial_states[{i}] lives on backend {be_i.spec!r} in {dt_i} but "
+                                 f"initial_states[0] on {be.spec!r} in {dt}: a group runs on one backend and dtype")
+        xv, keeps = _inputs_and_keeps(self.cells[0], xs, resets, batch_first, dt)
+        T, B = xv.shape[:2]
+        for m, (given, _, _) in enumerate(resolved):
+            _for_member(m, _check_batch, given, B)
+        starts = [_for_member(m, _read_initial, given, state, lstm, 1, B, H, False, dt)
+                  for m, ((given, _, _), state) in enumerate(zip(resolved, initial_states))]
+        h0 = np.concatenate([h for h, _ in starts])
+        c0 = np.concatenate([c for _, c in starts]) if lstm else None
+        weights = self._weights(be, dt)
+        if _groups_natively(be):
+            hs, saved = call(be, "rnn_forward_saving_group", weights, xv, h0, c0, keeps, stateless=False)
+        else:
+            hs, saved = run(be, "rnn_forward_saving_group", lambda b: _member_by_member().rnn_forward_saving_group(
+                b, weights, xv, h0, c0, keeps), stateless=False)
+        return RecordedGroup(self, be, dt, weights, batch_first, xv.shape[:2], keeps, saved, hs)
+
+
+def _for_member(m: int, check, *args):
+    """``check(*args)``, its TypeError or ValueError naming the member it concerns."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"initial_states[{m}]: {exc}") from None
+
+
+def _groups_natively(be) -> bool:
+    """Whether the backend declares the "bptt_group" family (else: member by member)."""
+    from .contract import BPTTGroupOps
+
+    return isinstance(be, BPTTGroupOps)
+
+
+def _member_by_member():
+    from .contract import MemberByMember
+
+    return MemberByMember
+
+
+class RecordedGroup:
+    """The forward pass of every member of a :class:`CellGroup`, kept for one backward pass
+    (made by :meth:`CellGroup.record_sequence`; the group form of
+    :class:`RecordedSequence`, with its rules: one backward, refused once a member's
+    weights changed).
+
+    :attr:`hs` is ``(n, T, B, hidden_size)`` (``(n, B, T, hidden_size)`` with batch_first):
+    ``hs[m]`` member m's outputs."""
+
+    def __init__(self, group, backend, dtype, weights, batch_first, steps, keeps, saved, hs):
+        self._group, self._backend, self._dtype, self._weights = group, backend, dtype, weights
+        self._batch_first, self._keeps, self._saved = batch_first, keeps, saved
+        self._T, self._B = steps
+        self.hs = np.ascontiguousarray(hs.transpose(0, 2, 1, 3)) if batch_first else hs
+
+    @property
+    def steps(self) -> Tuple[int, int]:
+        """(T, B): the time steps and sequences recorded."""
+        return self._T, self._B
+
+    def backward(self, grad_hs, grad_final=None, *, truncate=None, burn_in=0, mask=None,
+                 inputs: bool = True) -> List[Dict[str, np.ndarray]]:
+        """Every member's gradients, a list in the group's order: entry m is what member m's
+        :meth:`RecordedSequence.backward` returns for ``grad_hs[m]`` and ``grad_final[m]``.
+
+        ``grad_hs``: an array shaped like :attr:`hs` or a sequence of one gradient (or None)
+        per member. ``grad_final``: None, or one entry per member (None, or that member's
+        ``grad_final``). ``truncate``, ``burn_in``, ``mask`` and ``inputs`` apply to all
+        members (``inputs=True``: each member's ``"x"`` is the gradient through it alone;
+        the shared inputs' total gradient is their sum)."""
+        n, group = len(self._group.cells), self._group
+        if not isinstance(inputs, (bool, np.bool_)):
+            raise TypeError(f"inputs must be True or False, got {inputs!r}")
+        if self._saved is None:
+            raise RuntimeError("this recorded group has been run backwards already; record it again")
+        key = group._key + (np.dtype(self._dtype).str,)
+        if any(cell._device_copies.peek(self._backend, key) is not self._weights for cell in group.cells):
+            raise ValueError("a member's weights changed since this group was recorded (load_state_dict); "
+                             "record it again")
+        grads = _per_member(grad_hs, n, "grad_hs", allow_array=True)
+        finals = _per_member(grad_final, n, "grad_final", allow_array=False)
+        lstm, H, dt, T, B = group.kind == "lstm", group.hidden_size, self._dtype, self._T, self._B
+        dhs, gkeep, checked_burn_in = [], None, 0
+        for m in range(n):
+            try:
+                checked_burn_in, dh, gkeep = _gradient_masks(self._keeps, T, B, H, grads[m], truncate, burn_in, mask,
+                                                             self._batch_first, dt)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"member {m}: {exc}") from None
+            dhs.append(dh)
+        ends = []
+        for m, f in enumerate(finals):
+            try:
+                ends.append(_final_gradients(f, lstm, 1, B, H, False, dt))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"member {m}: {exc}") from None
+        dhT = None if all(h is None for h, _ in ends) else np.concatenate(
+            [np.zeros((1, B, H), dt) if h is None else h for h, _ in ends])
+        dcT = None if (not lstm or all(c is None for _, c in ends)) else np.concatenate(
+            [np.zeros((1, B, H), dt) if c is None else c for _, c in ends])
+        saved, self._saved = self._saved, None  # every argument is good: the recording is used up now
+        args = (self._weights, saved, gkeep, np.stack(dhs), dhT, dcT, checked_burn_in)
+        extra = {} if inputs else {"inputs": False}
+        if _groups_natively(self._backend):
+            results = run(self._backend, "rnn_backward_saved_group",
+                          lambda be: be.op("rnn_backward_saved_group")(*args, **extra))
+        else:
+            results = run(self._backend, "rnn_backward_saved_group",
+                          lambda be: _member_by_member().rnn_backward_saved_group(be, *args, **extra))
+        out = []
+        for cell, res in zip(group.cells, results):
+            if not inputs:
+                res["x"] = None
+            out.append(_named_gradients([cell], False, lstm, self._batch_first, res))
+        return out
+
+
+def _per_member(value, n: int, name: str, allow_array: bool) -> list:
+    """``value`` split into one entry per member: None for all, a sequence of n, or (when
+    ``allow_array``) an array whose first axis has length n."""
+    if value is None:
+        return [None] * n
+    if allow_array and isinstance(value, np.ndarray):
+        if value.ndim < 1 or value.shape[0] != n:
+            raise ValueError(f"{name} must have one entry per member along its first axis ({n}), "
+                             f"got shape {value.shape}")
+        return list(value)
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        got = f"length {len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ValueError(f"{name} must be None or hold one entry per member ({n}), got {got}")
+    return list(value)

@@ -31,7 +31,7 @@ from .common.packing import LayeredNetwork, PackedPopulation
 from .common.mcl import Columns, MCLParams
 from .common.pearson import Prepared
 
-__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "PearsonOps", "PearsonPlan", "MCLOps", "MCLPlan", "FAMILIES",
+__all__ = ["Family", "FNNOps", "RNNOps", "BPTTOps", "BPTTGroupOps", "MemberByMember", "PearsonOps", "PearsonPlan", "MCLOps", "MCLPlan", "FAMILIES",
            "ContractError", "families_of", "missing_operations", "check_backend",
            "signature_mismatches", "operation_family", "operation_family_by_name"]
 
@@ -183,6 +183,68 @@ class BPTTOps(Family):
         raise NotImplementedError
 
 
+class BPTTGroupOps(Family):
+    """Cell groups (:class:`clnet.CellGroup`): cells of one kind and one shape that read the
+    same inputs (an actor and a critic, an ensemble), recorded and run backwards together.
+
+    ``n`` members; ``params`` as for :meth:`RNNOps.rnn_prepare`, one dict per member. This
+    family is optional: for a backend that does not declare it, clnet runs a group member
+    by member through :class:`BPTTOps` (:class:`MemberByMember`), with
+    the same results. A device backend declares it to run the members side by side, in the
+    launches of one cell.
+    """
+
+    name = "bptt_group"
+
+    @operation
+    def rnn_prepare_group(self, kind: str, params: Sequence[Dict[str, np.ndarray]], hidden: int,
+                          dtype: np.dtype) -> Any:
+        """The backend's form of the members' weights, in their order."""
+        raise NotImplementedError
+
+    @operation
+    def rnn_forward_saving_group(self, weights: Any, xs: np.ndarray, h0: np.ndarray, c0: Optional[np.ndarray],
+                                 keeps: Optional[np.ndarray]) -> Tuple[np.ndarray, Any]:
+        """:meth:`BPTTOps.rnn_forward_saving` of every member of one layer over the shared
+        ``xs`` ``(T, B, I)`` and ``keeps``; ``h0`` (and ``c0`` for an LSTM) ``(n, B, H)``.
+        Returns ``(hs, saved)``: ``hs`` ``(n, T, B, H)``, and an object that
+        :meth:`rnn_backward_saved_group` takes once."""
+        raise NotImplementedError
+
+    @operation
+    def rnn_backward_saved_group(self, weights: Any, saved: Any, gkeep: np.ndarray, dhs: np.ndarray,
+                                 dhT: Optional[np.ndarray], dcT: Optional[np.ndarray], burn_in: int,
+                                 inputs: bool = True) -> List[Dict[str, Any]]:
+        """:meth:`BPTTOps.rnn_backward_saved` of every member: ``gkeep`` ``(T, B)`` is shared,
+        ``dhs`` ``(n, T, B, H)``, ``dhT``/``dcT`` ``(n, B, H)`` or None. Returns one result
+        per member, each as :meth:`BPTTOps.rnn_backward` returns it (one layer; ``"x"``
+        that member's own input gradient, or None without ``inputs``)."""
+        raise NotImplementedError
+
+
+class MemberByMember(BPTTGroupOps):
+    """The "bptt_group" family written with :class:`BPTTOps` alone: each group operation is
+    the single-cell operation once per member. A backend that implements RNNOps and BPTTOps
+    may inherit it to declare the family (the NumPy reference does); clnet runs it for a
+    backend that does not declare the family. The same results as a backend that runs the
+    members side by side, one call per member."""
+
+    def rnn_prepare_group(self, kind, params, hidden, dtype):
+        return [self.rnn_prepare(kind, p, hidden, dtype) for p in params]
+
+    def rnn_forward_saving_group(self, weights, xs, h0, c0, keeps):
+        runs = [self.rnn_forward_saving([w], xs, h0[m:m + 1], None if c0 is None else c0[m:m + 1], keeps)
+                for m, w in enumerate(weights)]
+        return np.stack([hs for hs, _ in runs]), [saved for _, saved in runs]
+
+    def rnn_backward_saved_group(self, weights, saved, gkeep, dhs, dhT, dcT, burn_in, inputs=True):
+        # with inputs=True a backend written before ``inputs`` existed is asked as it was then
+        extra = {} if inputs else {"inputs": False}
+        return [self.rnn_backward_saved([w], s, gkeep, dhs[m], None if dhT is None else dhT[m:m + 1],
+                                        None if dcT is None else dcT[m:m + 1], burn_in, **extra)
+                for m, (w, s) in enumerate(zip(weights, saved))]
+
+
 class PearsonPlan(Family):
     """Prepared rows on one backend, and the strip operations of the Pearson drivers.
 
@@ -317,7 +379,7 @@ class MCLOps(Family):
         raise NotImplementedError
 
 
-FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, PearsonOps, MCLOps, PathsOps)
+FAMILIES: Tuple[Type[Family], ...] = (FNNOps, RNNOps, BPTTOps, BPTTGroupOps, PearsonOps, MCLOps, PathsOps)
 
 
 def operation_family(name: str) -> Optional[Type[Family]]:

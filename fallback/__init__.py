@@ -6,6 +6,7 @@ float64 it is the reference of the conformance suite. Its modules mirror the Ope
 backend's (``clnet/opencl/``): fnn, rnn, bptt, pearson.
 """
 from clnet.backend import Backend, BackendCandidate
+from clnet.contract import MemberByMember
 
 from .bptt import BPTTReference
 from .fnn import FNNReference
@@ -17,7 +18,7 @@ from .rnn import RNNReference
 __all__ = ["NumpyProvider", "NumpyBackend", "make_backend"]
 
 
-class NumpyBackend(Backend, FNNReference, RNNReference, BPTTReference, PearsonReference,
+class NumpyBackend(Backend, FNNReference, RNNReference, BPTTReference, MemberByMember, PearsonReference,
                    MCLReference, PathsReference):
     """Every family of clnet/contract.py, in NumPy."""
 

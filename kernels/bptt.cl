@@ -55,8 +55,14 @@
 
 /* Steps t0 .. t1 - 1 of the forward, saving. x (with row stride I, a multiple of VW, and
  * padded columns of zeros) starts at x + x_base; keep is (T, B). Step 0 reads the state
- * from h0 (B, Hp) and copies it to hs[0]. */
-__kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const int t0, const int t1,
+ * from h0 (B, Hp) and copies it to hs[0].
+ *
+ * A cell group (clnet.CellGroup: cells of one shape over the same inputs) runs in one
+ * launch with a third grid dimension, one member per index: member m's weights, states and
+ * saved activations follow member m - 1's in the same buffers (Wt: Hp x NC, Wx: I x NC, the
+ * biases NC, h0 and c B x Hp, hs (T + 1) x B x Hp, save T x B x SLOTS x Hp); x moves on by
+ * x_member per member (0: the inputs are shared), keep and zero_row are shared. */
+__kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const int T, const int t0, const int t1,
                                  __global const real *Wt,
                                  __global const real *h0,
                                  __global real *hs,
@@ -67,10 +73,22 @@ __kernel void clnet_bptt_forward(const int B, const int H, const int Hp, const i
                                  __global const real *x, const long x_base, const int I,
                                  __global const real *Wx,
                                  __global const real *bias_x,
-                                 __global real *save)
+                                 __global real *save, const long x_member)
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb = get_global_id(1);
+    {
+        const size_t m = get_global_id(2), state = (size_t)B * Hp;
+        Wt += m * Hp * CLNET_NC;
+        Wx += m * I * CLNET_NC;
+        bias_h += m * CLNET_NC;
+        bias_x += m * CLNET_NC;
+        h0 += m * state;
+        c += m * state;
+        hs += m * (T + 1) * state;
+        save += m * T * state * CLNET_SLOTS;
+        x += m * x_member;
+    }
     if (t0 == 0) {
         for (int r = 0; r < CLNET_RM && m0 + r < B; ++r)
             CLNET_VSTORE(CLNET_VLOAD(0, h0 + (size_t)(m0 + r) * Hp + jb * CLNET_VW), 0,
@@ -243,8 +261,10 @@ inline void clnet_bptt_tile(const int t, const int m0, const int jb0, const int 
 
 /* Backward steps t1 - 1 down to t0 (t0 = -1 ends with the gradient of h0); t_low is the
  * first step of the whole backward pass. A work-item owns RM rows and BN unit blocks.
- * global (ceil(B / RM), ceil(Hp / VW / BN)), local (1, ceil(Hp / VW / BN)) for a whole range or (1, 1)
- * per step. */
+ * global (ceil(B / RM), ceil(Hp / VW / BN)[, n]), local (1, ceil(Hp / VW / BN)[, 1]) for a whole
+ * range or (1, 1[, 1]) per step. The third dimension runs the members of a cell group, laid
+ * out as for clnet_bptt_forward (Wb: NC x Hp, c0, dhT, carry and dh0: B x Hp, dhs: T x B x Hp
+ * from dhs_off, dG and dGx: T x B x NC, dbias: a row per row tile); keep and gkeep are shared. */
 __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const int t0, const int t1,
                                   const int t_low,
                                   __global const real *Wb,
@@ -263,6 +283,20 @@ __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const 
 {
     const int m0 = get_global_id(0) * CLNET_RM;
     const int jb0 = get_global_id(1) * CLNET_BN;
+    {
+        const size_t m = get_global_id(2), state = (size_t)B * Hp;
+        Wb += m * Hp * CLNET_NC;
+        hs += m * (T + 1) * state;
+        c0 += m * state;
+        save += m * T * state * CLNET_SLOTS;
+        dhs += m * T * state;
+        dhT += m * state;
+        carry += m * state;
+        dG += m * T * B * CLNET_NC;
+        dGx += m * T * B * CLNET_NC;
+        dh0 += m * state;
+        dbias += m * get_global_size(0) * CLNET_BIAS_COLS;
+    }
     for (int t = t1 - 1; t >= t0; --t) {
         clnet_bptt_tile(t, m0, jb0, B, Hp, T, t_low, Wb, hs, c0, save, keep, has_keep, gkeep, dhs, dhs_off, dhT,
                         carry, dG, dGx, dh0, dbias);
@@ -274,18 +308,28 @@ __kernel void clnet_bptt_backward(const int B, const int Hp, const int T, const 
  * A(m, k) = A[a_off + m * sam + k * sak] (strides make A^T) and Bn = [B1 | B2] side by side: columns n < N1 come from B1, the others from
  * B2 (column n - N1), both row-major, so that dW_ih and dW_hh are ONE product over dG.
  * C is row-major. A work-item owns a GM x (GN * VW) register tile.
- * global (ceil(M / GM), ceil(N / (GN * VW))). */
+ * global (ceil(M / GM), ceil(N / (GN * VW))[, n]): with a third dimension, product m of n
+ * reads and writes each matrix m times its member stride (a_ms, b1_ms, b2_ms, c_ms; 0 for
+ * a matrix the products share) further on: a cell group's products in one launch. */
 __kernel void clnet_bptt_gemm(const int M, const int N, const int K,
                               __global const real *A, const long a_off, const long sam, const long sak,
                               __global const real *B1, const long b1_off, const long ldb1, const int N1,
                               __global const real *B2, const long b2_off, const long ldb2,
-                              __global real *C, const long c_off, const long ldc)
+                              __global real *C, const long c_off, const long ldc,
+                              const long a_ms, const long b1_ms, const long b2_ms, const long c_ms)
 {
     const int m0 = get_global_id(0) * CLNET_GM;
     const int nb0 = get_global_id(1) * CLNET_GN;
     const int NB = N / CLNET_VW;
     if (m0 >= M || nb0 >= NB)
         return;
+    {
+        const long m = get_global_id(2);
+        A += m * a_ms;
+        B1 += m * b1_ms;
+        B2 += m * b2_ms;
+        C += m * c_ms;
+    }
     __global const real *ak[CLNET_GM];
     __global const real *bk[CLNET_GN];
     long ld[CLNET_GN];

@@ -371,7 +371,8 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
  * a training step's recurrent arithmetic, and weights change at every optimiser step.
  * A work-item moves one CLNET_TRANSPOSE_TILE square, whose rows and columns stay in the
  * L1 cache (one element per work-item wrote a cache line per element: 3x slower on CPUs).
- * global (ceil(cols / TILE), ceil(rows / TILE)). */
+ * global (ceil(cols / TILE), ceil(rows / TILE)[, n]): a third dimension transposes n
+ * matrices stored one after the other (the members of a cell group, clnet.CellGroup). */
 #define CLNET_TRANSPOSE_TILE 16
 __kernel void clnet_rnn_transpose(const int rows, const int cols, __global const real *src,
                                   __global real *dst)
@@ -380,6 +381,8 @@ __kernel void clnet_rnn_transpose(const int rows, const int cols, __global const
     const int r0 = get_global_id(1) * CLNET_TRANSPOSE_TILE;
     if (c0 >= cols || r0 >= rows)
         return;
+    src += (size_t)get_global_id(2) * rows * cols;
+    dst += (size_t)get_global_id(2) * rows * cols;
     const int nc = min(CLNET_TRANSPOSE_TILE, cols - c0);
     const int nr = min(CLNET_TRANSPOSE_TILE, rows - r0);
     for (int c = 0; c < nc; ++c) {

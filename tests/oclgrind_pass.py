@@ -299,6 +299,49 @@ def bptt_every_cell(be, dtypes):
 
 
 @case
+def bptt_cell_groups(be, dtypes):
+    """clnet.CellGroup: members side by side in each launch (the kernels' third grid
+    dimension), through the one-launch and the per-step paths, every member against its own
+    float64 reference; one group with weights large enough to be laid out by the device's
+    transposes (also one per member)."""
+    from clnet.conformance import Comparison, compare
+
+    ok = True
+    rng = np.random.default_rng(8)
+    groups = [("lstm", [clnet.LSTMCell(2, 17, seed=s) for s in (1, 2)]),
+              ("gru", [clnet.GRUCell(3, 5, seed=s) for s in (3, 4, 5)]),
+              ("rnn_tanh", [clnet.RNNCell(1, 17, seed=s) for s in (6, 7)]),
+              ("lstm_7_blocks", [clnet.LSTMCell(2, 50, seed=s) for s in (8, 9)])]
+    large = ("lstm_device_layout", [clnet.LSTMCell(2, 260, seed=s) for s in (10, 11)])
+    for one_launch in (True, False):
+        with overriding(be, "bptt", one_launch_batch=128 if one_launch else 0):
+            for name, cells in groups + ([large] if one_launch else []):
+                group = clnet.CellGroup(cells)
+                T, B, H, n = 3, 3, cells[0].hidden_size, len(cells)
+                lstm = name.startswith("lstm")
+                starts = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) if lstm else rng.normal(size=(B, H))
+                          for _ in cells]
+                xs, resets = rng.normal(size=(T, B, cells[0].input_size)), rng.random((T, B)) < 0.3
+                grads, mask = rng.normal(size=(n, T, B, H)), rng.random((T, B)) < 0.7
+                for dt in (dtypes if name != large[0] else dtypes[:1]):
+                    got = group.record_sequence(xs, starts, resets, backend=be, dtype=dt).backward(
+                        grads, truncate=2, burn_in=int(one_launch), mask=mask)
+                    msgs = []
+                    for m, cell in enumerate(cells):
+                        args = dict(xs=xs, initial_state=starts[m], resets=resets, grad_hs=grads[m], truncate=2,
+                                    burn_in=int(one_launch), mask=mask)
+                        ref = cell.backward_sequence(**args, backend="numpy", dtype="float64")
+                        ctl = cell.backward_sequence(**args, backend="numpy", dtype=dt)
+                        msgs += [compare(Comparison(f"member {m} {k}", got[m][k], ref[k], ctl[k]), "bptt",
+                                         np.dtype(dt))[2] for k in ref]
+                    msg = "\n".join(x for x in msgs if x)
+                    label = f"bptt group {name} x{n} {'one launch' if one_launch else 'per step'} {dt}"
+                    print(f"{'FAIL' if msg else 'ok  '} {label}" + (f"\n{msg}" if msg else ""), flush=True)
+                    ok &= not msg
+    return ok
+
+
+@case
 def every_tunable_configuration(be, dtypes):
     """Every value of every tunable parameter of every family (the others at their
     defaults), on small shapes that are not multiples of any tile: a configuration the
@@ -344,6 +387,22 @@ def every_tunable_configuration(be, dtypes):
                 print(f"{'FAIL' if msg else 'ok  '} sweep bptt.{name} [{label}] {dt}" + (f"\n{msg}" if msg else ""),
                       flush=True)
                 ok &= not msg
+            # a cell group runs the same kernels with a third grid dimension
+            pair = [clnet.LSTMCell(3, 7, seed=s) for s in (12, 13)]
+            grads = rng.normal(size=(2, 3, 3, 7))
+            got = clnet.CellGroup(pair).record_sequence(xs[:, :3], None, resets[:, :3], backend=be,
+                                                        dtype=dt).backward(grads)
+            msgs = []
+            for m, cell in enumerate(pair):
+                args = dict(xs=xs[:, :3], initial_state=None, resets=resets[:, :3], grad_hs=grads[m])
+                ref = cell.backward_sequence(**args, backend="numpy", dtype="float64")
+                ctl = cell.backward_sequence(**args, backend="numpy", dtype=dt)
+                msgs += [compare(Comparison(f"member {m} {k}", got[m][k], ref[k], ctl[k]), "bptt", np.dtype(dt))[2]
+                         for k in ref]
+            msg = "\n".join(x for x in msgs if x)
+            print(f"{'FAIL' if msg else 'ok  '} sweep bptt.group [{label}] {dt}" + (f"\n{msg}" if msg else ""),
+                  flush=True)
+            ok &= not msg
     X = rng.normal(size=(19, 23)) + np.linspace(0, 3, 23)
     Xm = X.copy()
     Xm[rng.random(X.shape) < 0.1] = np.nan
@@ -391,6 +450,9 @@ def main() -> int:
     if "--mcl" in args:  # the Markov clustering case alone, e.g. after a change to kernels/mcl.cl
         args.remove("--mcl")
         CASES[:] = [mcl_every_path]
+    if "--groups" in args:  # the cell-group case alone, e.g. after a change to kernels/bptt.cl
+        args.remove("--groups")
+        CASES[:] = [bptt_cell_groups]
     dtypes = args or ["float32"]
     if "float64" in dtypes and not be.supports_float64:
         print("device has no float64: nothing to check")

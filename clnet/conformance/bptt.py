@@ -1,11 +1,14 @@
 """Conformance checks of backpropagation through time (``backward_sequence``).
 
-Two properties for every backend, drawn by hypothesis over cell kinds, awkward sizes
+Three properties for every backend, drawn by hypothesis over cell kinds, awkward sizes
 (B = 1, I = 1, hidden sizes no multiple of any vector width), stacked layers, reset
 rates, truncation windows, burn-in prefixes, loss masks and final-state gradients:
 
 - ``bptt.<kind>``: every gradient equals the float64 NumPy reference (itself tested
   against ``torch.autograd`` in tests/test_bptt.py; torch is not needed here).
+- ``bptt.group``: a :class:`clnet.CellGroup` of one to three cells over shared inputs,
+  recorded and run backwards together: every member's outputs and gradients equal that
+  member's own float64 reference.
 - ``bptt.finite_differences``: the gradient agrees with central finite differences of
   the loss computed by the float64 NumPy forward, along a random direction per
   gradient (smooth cells only: differences across the relu's kink mean nothing). Truncation and burn-in make the gradient that of a surrogate loss in which
@@ -89,6 +92,59 @@ def _eval_reference(backend, dt, case):
     ctl = model.backward_sequence(**args, backend="numpy", dtype=dt)
     assert set(got) == set(ref), f"gradient names {sorted(got)} differ from the reference's {sorted(ref)}"
     return [Comparison(name, got[name], ref[name], ctl[name]) for name in ref]
+
+
+def group_arrays(case):
+    """A :class:`clnet.CellGroup` of ``case["members"]`` cells of the case's kind (each with its
+    own weights and initial state) and the arguments of its record_sequence and backward."""
+    from ..bptt import CellGroup
+
+    rng = np.random.default_rng(case["seed"] ^ 0x6A0F)
+    cells, starts, finals = [], [], []
+    model, args = case_arrays(case)
+    for m in range(case["members"]):
+        member, margs = case_arrays(dict(case, seed=int(rng.integers(2**32))))
+        cells.append(member)
+        starts.append(margs["initial_state"])
+        finals.append(margs["grad_final"])
+    grads = rng.normal(size=(case["members"],) + args["grad_hs"].shape)
+    record = dict(xs=args["xs"], initial_states=starts, resets=args["resets"])
+    backward = dict(grad_hs=grads, grad_final=finals if case["final"] else None, truncate=args["truncate"],
+                    burn_in=args["burn_in"], mask=args["mask"])
+    return CellGroup(cells), record, backward
+
+
+def _eval_group(backend, dt, case):
+    """Every member's gradients (and outputs) from one grouped recording against that
+    member's own float64 reference backward_sequence (and sequence)."""
+    group, record, backward = group_arrays(case)
+    rec = group.record_sequence(**record, backend=backend, dtype=dt)
+    got = rec.backward(**backward)
+    out = []
+    for m, cell in enumerate(group.cells):
+        alone = dict(xs=record["xs"], initial_state=record["initial_states"][m], resets=record["resets"],
+                     grad_hs=backward["grad_hs"][m], truncate=backward["truncate"], burn_in=backward["burn_in"],
+                     mask=backward["mask"],
+                     grad_final=None if backward["grad_final"] is None else backward["grad_final"][m])
+        ref = cell.backward_sequence(**alone, backend="numpy", dtype=np.float64)
+        ctl = cell.backward_sequence(**alone, backend="numpy", dtype=dt)
+        assert set(got[m]) == set(ref), f"member {m}: gradient names {sorted(got[m])} differ from {sorted(ref)}"
+        out += [Comparison(f"member {m}: {name}", got[m][name], ref[name], ctl[name]) for name in ref]
+        hs_ref = cell.record_sequence(record["xs"], record["initial_states"][m], record["resets"], backend="numpy",
+                                      dtype=np.float64).hs
+        out.append(Comparison(f"member {m}: outputs", rec.hs[m], hs_ref))
+    return out
+
+
+@st.composite if st else (lambda f: f)
+def group_cases(draw):
+    return dict(draw(bptt_cases(KINDS)), layers=1, members=draw(st.integers(1, 3)))
+
+
+def _describe_group(case):
+    return (f"from clnet.conformance.bptt import group_arrays\ncase = {case!r}\n"
+            f"group, record, backward = group_arrays(case)\n"
+            f"grads = group.record_sequence(**record, backend=BACKEND, dtype=DTYPE).backward(**backward)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,6 +267,9 @@ if st is not None:
     for _name, _kinds in (("lstm", ("lstm",)), ("gru", ("gru",)), ("rnn", ("rnn_tanh", "rnn_relu")),
                           ("stacked_lstm", ("stacked_lstm",)), ("stacked_gru", ("stacked_gru",))):
         register(Check(f"bptt.{_name}", "bptt", lambda k=_kinds: bptt_cases(k), _eval_reference, _describe))
+    # clnet.CellGroup: on OpenCL every member in the launches of one cell (a third grid
+    # dimension), elsewhere member by member; each member against its own reference
+    register(Check("bptt.group", "bptt", group_cases, _eval_group, _describe_group))
     # Not the relu RNN: central differences straddle its kink wherever a pre-activation lies
     # within the step of zero (hypothesis finds such cases); its gradient is checked against
     # the reference above and against torch in the tests.

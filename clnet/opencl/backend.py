@@ -1,4 +1,5 @@
 """The backend of one OpenCL device: the runtime plus every operation family."""
+from ..contract import BPTTGroupOps
 from .bptt import BPTTKernels
 from .fnn import FNNKernels
 from .mcl import MCLKernels
@@ -8,6 +9,6 @@ from .rnn import RNNKernels
 from .runtime import OpenCLRuntime
 
 
-class OpenCLBackend(OpenCLRuntime, FNNKernels, RNNKernels, BPTTKernels, PearsonKernels,
+class OpenCLBackend(OpenCLRuntime, FNNKernels, RNNKernels, BPTTKernels, BPTTGroupOps, PearsonKernels,
                     MCLKernels, PathsKernels):
     """Every family of clnet/contract.py, on one OpenCL device."""

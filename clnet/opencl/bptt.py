@@ -74,6 +74,7 @@ class Sizes:
     bn: int
     one_launch: bool = False
     config: dict = None  # the "bptt" parameters of clnet/opencl/tuning.py this call runs with
+    members: int = 1     # the cells of a group (clnet.CellGroup), run side by side in each launch
 
     @property
     def nc(self) -> int:
@@ -86,6 +87,12 @@ class Sizes:
     @property
     def grid(self) -> Tuple[int, int]:
         return (-(-self.B // self.rows), self.blocks)
+
+    def launch(self, grid, local):
+        """``grid`` and ``local`` with the third dimension of a group's members (none for one cell)."""
+        if self.members == 1:
+            return tuple(grid), tuple(local)
+        return tuple(grid) + (self.members,), tuple(local) + (1,)
 
     def steps(self, first: int, backwards: bool) -> List[Tuple[int, int]]:
         """The (t0, t1) ranges of the launches of a pass over steps first..T-1."""
@@ -182,8 +189,8 @@ class BPTTKernels(BPTTOps):
             if w.rows is not None:  # the uploaded gate rows are these transposes
                 return BackWeights(w.ip, w.w_ih, *w.rows)
             with self.lock:
-                back = BackWeights(w.ip, w.w_ih, self.transposed(w.w_ih, w.ip, nc, w.dtype, "weight_ih"),
-                                   self.transposed(w.w_hh, w.hp, nc, w.dtype, "weight_hh"))
+                back = BackWeights(w.ip, w.w_ih, self.transposed(w.w_ih, w.ip, nc, w.dtype, "weight_ih", w.members),
+                                   self.transposed(w.w_hh, w.hp, nc, w.dtype, "weight_hh", w.members))
                 self.recycle_when_dropped(w, (back.w_ih_t, back.w_hh_t))
                 return back
 
@@ -203,6 +210,7 @@ class BPTTKernels(BPTTOps):
         blocks = w.hp // R.vector_width(w.dtype)
         sz = Sizes(T, B, I, w.hidden, w.hp, w.kind, w.dtype, burn_in, rows, blocks, backward_blocks(rows, blocks))
         sz.config = cfg
+        sz.members = w.members
         if B <= cfg["one_launch_batch"]:
             fwd = self._bptt_kernel(sz, "forward", rows)
             bwd = self._bptt_kernel(sz, "backward", rows, blocks=sz.bn)
@@ -231,10 +239,33 @@ class BPTTKernels(BPTTOps):
             d_keep = layers[0].zeros if keeps is None else self.to_device(keeps, "reset masks")
             d_x = self.to_device(padded(xs, backs[0].ip, sz.dtype), "inputs")
             saved = self._forward_layers(sz, layers, backs, d_x, h0, c0, d_keep, keeps is not None, private=True)
-            out = np.empty((sz.T, sz.B, sz.hp), dtype=sz.dtype)
-            cl.enqueue_copy(self.queue, out, saved[-1].hs, src_offset=sz.B * sz.hp * sz.item, is_blocking=True)
-        hs = out if sz.hp == sz.H else np.ascontiguousarray(out[:, :, :sz.H])
+            if sz.members == 1:
+                out = np.empty((sz.T, sz.B, sz.hp), dtype=sz.dtype)
+                cl.enqueue_copy(self.queue, out, saved[-1].hs, src_offset=sz.B * sz.hp * sz.item, is_blocking=True)
+            else:  # every member's h0 and outputs in one read; the h0 rows are dropped here
+                whole = np.empty((sz.members, sz.T + 1, sz.B, sz.hp), dtype=sz.dtype)
+                cl.enqueue_copy(self.queue, whole, saved[-1].hs, is_blocking=True)
+                out = whole[:, 1:]
+        hs = np.ascontiguousarray(out[..., :sz.H]) if (sz.hp != sz.H or sz.members > 1) else out
         return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None, sz)
+
+    # -- cell groups (clnet.CellGroup): the "bptt group" family --------------------------------
+    # A group's prepared weights (RNNKernels.rnn_prepare_group) hold its cells one after the
+    # other in each buffer; every launch of the forward, the backward and the products gets a
+    # third grid dimension over the members, so a group costs the commands and waits of ONE
+    # cell (the kernels find each member's part of every buffer, see bptt.cl).
+    # A group of one is a plain cell (its buffers hold one member): its results get the member axis here.
+    def rnn_forward_saving_group(self, weights, xs, h0, c0, keeps):
+        hs, saved = self.rnn_forward_saving([weights], xs, h0[None], None if c0 is None else c0[None], keeps)
+        return (hs[None] if weights.members == 1 else hs), saved
+
+    def rnn_backward_saved_group(self, weights, saved, gkeep, dhs, dhT, dcT, burn_in, inputs=True):
+        if weights.members == 1:
+            dhs, dhT, dcT = dhs[0], None if dhT is None else dhT[:1], None if dcT is None else dcT[:1]
+        else:
+            dhT, dcT = None if dhT is None else dhT[None], None if dcT is None else dcT[None]
+        res = self.rnn_backward_saved([weights], saved, gkeep, dhs, dhT, dcT, burn_in, inputs)
+        return [res] if weights.members == 1 else res
 
     def rnn_backward_saved(self, layers, saved, gkeep, dhs, dhT, dcT, burn_in, inputs=True):
         forward: SavedForward = saved
@@ -267,12 +298,23 @@ class BPTTKernels(BPTTOps):
             pending[l], d_grad = self._backward_layer(sz, l, layers[l], backs[l], saved[l], d_grad, final,
                                                       d_keep, has_keep, d_gkeep, inputs or l > 0)
         dx = None
-        if inputs:
+        if inputs and sz.members > 1:  # one read of every member's; the burn-in rows were not written
+            dx = np.empty((sz.members, sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
+            cl.enqueue_copy(self.queue, dx, d_grad, is_blocking=False)
+        elif inputs:
             dx = np.zeros((sz.T, sz.B, backs[0].ip), dtype=sz.dtype)
             cl.enqueue_copy(self.queue, dx[burn_in:], d_grad, src_offset=burn_in * sz.B * backs[0].ip * sz.item,
                             is_blocking=False)
         self.queue.finish()
-        return self._gradients(sz, layers, pending, dx)
+        if sz.members == 1:
+            return self._gradients(sz, layers, pending, dx)
+        if dx is not None:
+            dx[:, :burn_in] = 0
+        got = pending[0]  # a group is one layer: its results hold one block per member
+        return [self._gradients(sz, layers, [PendingGradients(
+                    got.weights[m], got.bias_sums[m], None if got.dh0 is None else got.dh0[m],
+                    None if got.dc0 is None else got.dc0[m], got.x_width)], None if dx is None else dx[m])
+                for m in range(sz.members)]
 
     def _forward_layers(self, sz: Sizes, layers, backs, d_x, h0, c0, d_keep, has_keep: bool,
                         private: bool = False) -> List[SavedLayer]:
@@ -283,22 +325,24 @@ class BPTTKernels(BPTTOps):
 
         lstm = sz.kind == "lstm"
         fwd = self._bptt_kernel(sz, "forward", sz.rows)
-        local = (1, sz.blocks) if sz.one_launch else (1, 1)
+        grid, local = sz.launch(sz.grid, (1, sz.blocks) if sz.one_launch else (1, 1))
+        n = sz.members
         saved = []
         x_buf, x_base, x_width = d_x, 0, backs[0].ip
         for l, (w, back) in enumerate(zip(layers, backs)):
             d_h0 = self.to_device(padded(h0[l], sz.hp, sz.dtype), "initial state")
-            d_hs = buffer(f"bptt.hs{l}", (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
+            d_hs = buffer(f"bptt.hs{l}", n * (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
             c0_rows = padded(c0[l], sz.hp, sz.dtype) if lstm else None
             # both made with their copy of c0: no copy command (see runtime.SMALL_UPLOAD_BYTES)
             d_c0 = self.to_device(c0_rows, "initial cell state") if lstm else w.zeros
             d_c = self.copy_of(c0_rows, "cell state") if lstm else w.zeros
-            d_save = buffer(f"bptt.save{l}", sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
+            d_save = buffer(f"bptt.save{l}", n * sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
                                     "saved activations")
             for t0, t1 in sz.steps(0, backwards=False):
-                fwd(self.queue, sz.grid, local, B=sz.B, H=sz.H, Hp=sz.hp, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0, hs=d_hs, c=d_c,
-                    keep=d_keep, has_keep=int(has_keep), bias_h=w.b_h, zero_row=w.zeros, x=x_buf, x_base=x_base,
-                    I=x_width, Wx=back.w_ih, bias_x=w.b_x, save=d_save)
+                # a group's members share the inputs (x_member 0)
+                fwd(self.queue, grid, local, B=sz.B, H=sz.H, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, Wt=w.w_hh, h0=d_h0,
+                    hs=d_hs, c=d_c, keep=d_keep, has_keep=int(has_keep), bias_h=w.b_h, zero_row=w.zeros, x=x_buf,
+                    x_base=x_base, I=x_width, Wx=back.w_ih, bias_x=w.b_x, save=d_save, x_member=0)
             saved.append(SavedLayer(d_hs, d_c0, d_save, x_buf, x_base, x_width))
             x_buf, x_base, x_width = d_hs, sz.B * sz.hp, sz.hp
         return saved
@@ -309,26 +353,28 @@ class BPTTKernels(BPTTOps):
         Returns the pending reads of its gradients and the buffer of its input gradient
         (None, and its product not run, without ``input_gradient``)."""
         dhT, dcT = final
-        zeros = np.zeros((sz.B, sz.hp), sz.dtype)
+        n = sz.members
+        state = (sz.B, sz.hp) if n == 1 else (n, sz.B, sz.hp)
+        zeros = np.zeros(state, sz.dtype)
         d_dhT = self.to_device(padded(dhT, sz.hp, sz.dtype) if dhT is not None else zeros, "final state gradient")
         # The bias sums, dh0 and the carried dc (dc0 at the end) share one small buffer, made
         # with its initial contents and read back in one command: PoCL spends 30-80 us of host
         # time per command (runtime.SMALL_UPLOAD_BYTES), and these were three reads. A small
         # cell's weight gradients join them (a fourth read saved).
-        w_shape = (sz.nc, saved.x_width + sz.hp)
+        lead = () if n == 1 else (n,)  # a group's results: one block per member
+        w_shape = lead + (sz.nc, saved.x_width + sz.hp)
         w_small = int(np.prod(w_shape)) * sz.item <= R.SMALL_UPLOAD_BYTES
-        small = _SmallResults(self, [((sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
-                                     ((sz.B, sz.hp), None),
-                                     ((sz.B, sz.hp), dcT if sz.kind == "lstm" and dcT is not None else None)]
+        small = _SmallResults(self, [(lead + (sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
+                                     (state, None),
+                                     (state, dcT if sz.kind == "lstm" and dcT is not None else None)]
                               + ([(w_shape, None)] if w_small else []), sz.dtype, sz.hp)
         d_bias, d_dh0, d_carry = small.buffers[:3]
-        d_dG = self.workspace("bptt.dG", sz.T * sz.B * sz.nc * sz.item, "gate gradients")
-        d_dGx = (self.workspace("bptt.dGx", sz.T * sz.B * sz.nc * sz.item, "input gate gradients")
+        d_dG = self.workspace("bptt.dG", n * sz.T * sz.B * sz.nc * sz.item, "gate gradients")
+        d_dGx = (self.workspace("bptt.dGx", n * sz.T * sz.B * sz.nc * sz.item, "input gate gradients")
                  if sz.kind == "gru" else d_dG)
         bwd = self._bptt_kernel(sz, "backward", sz.rows, blocks=sz.bn)
         groups = backward_groups(sz.blocks, sz.bn)
-        grid = (sz.grid[0], groups)
-        local = (1, groups) if sz.one_launch else (1, 1)
+        grid, local = sz.launch((sz.grid[0], groups), (1, groups) if sz.one_launch else (1, 1))
         for t0, t1 in sz.steps(-1 if sz.burn_in == 0 else sz.burn_in, backwards=True):
             bwd(self.queue, grid, local, B=sz.B, Hp=sz.hp, T=sz.T, t0=t0, t1=t1, t_low=sz.burn_in, Wb=back.w_hh_t,
                 hs=saved.hs, c0=saved.c0, save=saved.save, keep=d_keep, has_keep=int(has_keep), gkeep=d_gkeep,
@@ -336,10 +382,13 @@ class BPTTKernels(BPTTOps):
         d_w = self._weight_gradients(sz, w, saved, d_dG, d_dGx, small.buffers[3] if w_small else None)
         d_dx = None
         if input_gradient:
-            d_dx = self.workspace(f"bptt.dx{l % 2}", sz.T * sz.B * saved.x_width * sz.item, "input gradients")
+            xw = saved.x_width
+            d_dx = self.workspace(f"bptt.dx{l % 2}", n * sz.T * sz.B * xw * sz.item, "input gradients")
             k0 = sz.burn_in * sz.B
-            self._gemm(sz, "inputs", (sz.T - sz.burn_in) * sz.B, saved.x_width, sz.nc, d_dGx, k0 * sz.nc, sz.nc, 1,
-                       back.w_ih_t, 0, saved.x_width, d_dx, k0 * saved.x_width, saved.x_width)
+            # a group: each member's dx from its own gate gradients and W_ih
+            self._gemm(sz, "inputs", (sz.T - sz.burn_in) * sz.B, xw, sz.nc, d_dGx, k0 * sz.nc, sz.nc, 1,
+                       back.w_ih_t, 0, xw, d_dx, k0 * xw, xw,
+                       members=(sz.T * sz.B * sz.nc, sz.nc * xw, 0, sz.T * sz.B * xw))
         # Read back without waiting (the in-order queue finishes each read before the next
         # layer reuses the workspaces); one finish at the end.
         bias_sums, dh0, dc0, *small_weights = small.read()
@@ -356,27 +405,35 @@ class BPTTKernels(BPTTOps):
         xw, hp, nc = saved.x_width, sz.hp, sz.nc
         k0, K = sz.burn_in * sz.B, (sz.T - sz.burn_in) * sz.B
         if d_w is None:
-            d_w = self.workspace("bptt.w", nc * (xw + hp) * sz.item, "weight gradients")
+            d_w = self.workspace("bptt.w", sz.members * nc * (xw + hp) * sz.item, "weight gradients")
         x_rows = (saved.x_buf, saved.x_base + k0 * xw, xw)
+        # a group's member strides: its gate gradients, its states and its result; the inputs are shared
+        g_ms, hs_ms, w_ms = sz.T * sz.B * nc, (sz.T + 1) * sz.B * hp, nc * (xw + hp)
         if sz.kind == "gru":  # dW_ih and dW_hh come from different gate gradients
-            self._gemm(sz, "weights", nc, xw, K, d_dGx, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp)
-            self._gemm(sz, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, saved.hs, k0 * hp, hp, d_w, xw, xw + hp)
+            self._gemm(sz, "weights", nc, xw, K, d_dGx, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp,
+                       members=(g_ms, 0, 0, w_ms))
+            self._gemm(sz, "weights", nc, hp, K, d_dG, k0 * nc, 1, nc, saved.hs, k0 * hp, hp, d_w, xw, xw + hp,
+                       members=(g_ms, hs_ms, 0, w_ms))
         else:
             self._gemm(sz, "weights", nc, xw, K, d_dG, k0 * nc, 1, nc, *x_rows, d_w, 0, xw + hp,
-                       right=(saved.hs, k0 * hp, hp, hp))
+                       right=(saved.hs, k0 * hp, hp, hp), members=(g_ms, 0, hs_ms, w_ms))
         return d_w
 
-    def _gemm(self, sz: Sizes, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None):
+    def _gemm(self, sz: Sizes, tile, M, N, K, A, a_off, sam, sak, Bm, b_off, ldb, C, c_off, ldc, right=None,
+              members=(0, 0, 0, 0)):
         """C = A @ Bm (see clnet_bptt_gemm); ``right`` = (B2, offset, ldb2, N2) appends the
-        columns of a second matrix to Bm's N."""
+        columns of a second matrix to Bm's N. For a group (``sz.members`` > 1) one product per
+        member, each matrix moved on by its stride in ``members`` (A, Bm, B2, C) per member."""
         gm, gn, group = sz.config[f"{tile}_rows"], sz.config[f"{tile}_vectors"], sz.config["group"]
         vw = R.vector_width(sz.dtype)
         knl = self._bptt_kernel(sz, "gemm", 1, (gm, gn))
         B2, b2_off, ldb2, N2 = right if right is not None else (Bm, b_off, ldb, 0)
         items = -(-M // gm)  # whole groups along M; the kernel returns past M
-        grid = (-(-items // group) * group, -(-((N + N2) // vw) // gn))
-        knl(self.queue, grid, (group, 1), M=M, N=N + N2, K=K, A=A, a_off=a_off, sam=sam, sak=sak, B1=Bm, b1_off=b_off,
-            ldb1=ldb, N1=N, B2=B2, b2_off=b2_off, ldb2=ldb2, C=C, c_off=c_off, ldc=ldc)
+        grid, local = sz.launch((-(-items // group) * group, -(-((N + N2) // vw) // gn)), (group, 1))
+        a_ms, b1_ms, b2_ms, c_ms = members
+        knl(self.queue, grid, local, M=M, N=N + N2, K=K, A=A, a_off=a_off, sam=sam, sak=sak, B1=Bm, b1_off=b_off,
+            ldb1=ldb, N1=N, B2=B2, b2_off=b2_off, ldb2=ldb2, C=C, c_off=c_off, ldc=ldc, a_ms=a_ms, b1_ms=b1_ms,
+            b2_ms=b2_ms, c_ms=c_ms)
 
     def _gradients(self, sz: Sizes, layers, pending: List[PendingGradients], dx: np.ndarray) -> dict:
         """The gradients read back, un-interleaved into PyTorch's layout."""

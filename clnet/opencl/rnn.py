@@ -138,6 +138,9 @@ class CellWeights:
     # (W_ih rows (G*Hp, Ip), W_hh rows (G*Hp, Hp)): the uploaded gate rows, which are the
     # transposes BPTT's backward needs, kept for small cells (see KEEP_GATE_ROWS_BYTES)
     rows: Optional[Tuple["cl.Buffer", "cl.Buffer"]] = field(default=None, repr=False)
+    # the cells of a group (clnet.CellGroup, rnn_prepare_group): every buffer above holds
+    # ``members`` cells' arrays one after the other (zeros excepted: one row serves all)
+    members: int = 1
 
 
 @dataclass(eq=False)
@@ -191,29 +194,40 @@ class LayerInput:
 
 class RNNKernels(RNNOps):
     def rnn_prepare(self, kind, params, hidden, dtype):
+        return self._prepare_members(kind, [params], hidden, dtype)
+
+    def rnn_prepare_group(self, kind, params, hidden, dtype):
+        return self._prepare_members(kind, list(params), hidden, dtype)
+
+    def _prepare_members(self, kind, members, hidden, dtype) -> CellWeights:
+        """The weights of one cell, or of a group's cells one after the other in each buffer."""
         dt = np.dtype(dtype)
         G, H, vw = GATES[kind], hidden, vector_width(dt)
         hp = padded_hidden(H, vw)
-        inputs = params["weight_ih"].shape[1]
+        inputs = members[0]["weight_ih"].shape[1]
         ip = padded_hidden(inputs, vw)
         zeros = np.zeros(G * H)
-        b_ih = params.get("bias_ih", zeros)
-        b_hh = params.get("bias_hh", zeros)
+        n = len(members)
+
+        def stacked(make):
+            return make(members[0]) if n == 1 else np.concatenate([make(p) for p in members])
+
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
         # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
-        rows_ih = gate_rows(params["weight_ih"], G, H, hp, vw, ip, dt)
-        rows_hh = gate_rows(params["weight_hh"], G, H, hp, vw, hp, dt)
+        rows_ih = stacked(lambda p: gate_rows(p["weight_ih"], G, H, hp, vw, ip, dt))
+        rows_hh = stacked(lambda p: gate_rows(p["weight_hh"], G, H, hp, vw, hp, dt))
+        b_x = stacked(lambda p: interleave(p.get("bias_ih", zeros)[:, None], G, H, hp, vw, dt))
+        b_h = stacked(lambda p: interleave(p.get("bias_hh", zeros)[:, None], G, H, hp, vw, dt))
         with self.lock:
             up = self.to_device
-            (rows_ih_d, w_ih), (rows_hh_d, w_hh) = (self._laid_out(rows_ih, dt, "weight_ih"),
-                                                    self._laid_out(rows_hh, dt, "weight_hh"))
+            (rows_ih_d, w_ih), (rows_hh_d, w_hh) = (self._laid_out(rows_ih, dt, "weight_ih", n),
+                                                    self._laid_out(rows_hh, dt, "weight_hh", n))
             staged = [rows_ih_d, rows_hh_d]
             weights = CellWeights(
                 kind=kind, hidden=H, hp=hp, gates=G, inputs=inputs, ip=ip, dtype=dt, w_ih=w_ih, w_hh=w_hh,
-                b_x=up(interleave(b_ih[:, None], G, H, hp, vw, dt), "biases"),
-                b_h=up(interleave(b_hh[:, None], G, H, hp, vw, dt), "biases"),
-                zeros=up(np.zeros(hp, dtype=dt), "zeros"))
+                b_x=up(b_x, "biases"), b_h=up(b_h, "biases"), zeros=up(np.zeros(hp, dtype=dt), "zeros"),
+                members=n)
             owned = [weights.w_ih, weights.w_hh]
             if rows_ih.nbytes + rows_hh.nbytes <= KEEP_GATE_ROWS_BYTES:
                 weights.rows = (staged[0], staged[1])
@@ -224,28 +238,34 @@ class RNNKernels(RNNOps):
             self.recycle_when_dropped(weights, owned)
             return weights
 
-    def _laid_out(self, rows: np.ndarray, dt, what: str) -> Tuple["cl.Buffer", "cl.Buffer"]:
+    def _laid_out(self, rows: np.ndarray, dt, what: str, members: int = 1) -> Tuple["cl.Buffer", "cl.Buffer"]:
         """Device buffers of the gate rows ``rows`` (R, C) and of their transpose (C, R), both
-        the caller's to own (they may go to the spare pool). Up to SMALL_UPLOAD_BYTES both are
+        the caller's to own (they may go to the spare pool); for a group, ``rows`` are its
+        ``members`` cells' (R / members, C) blocks one after the other, and each block is
+        transposed in place. Up to SMALL_UPLOAD_BYTES both are
         made on the host and created with their copy: no command at all, where PoCL spends
         30-80 us per command; larger ones go up into a spare buffer (no new allocation to
         first-touch) and are transposed on the device. The caller holds the lock."""
         rows = np.ascontiguousarray(rows)
         self.check_alloc(rows.nbytes, what)
+        per, cols = rows.shape[0] // members, rows.shape[1]
         if rows.nbytes <= SMALL_UPLOAD_BYTES:
-            return self.copy_of(rows, what), self.copy_of(np.ascontiguousarray(rows.T), what)
+            return self.copy_of(rows, what), self.copy_of(
+                np.ascontiguousarray(rows.reshape(members, per, cols).transpose(0, 2, 1)), what)
         staged = self.reused(rows.nbytes, what)
         # non-blocking: pyopencl keeps the host array alive until the copy has run
         cl.enqueue_copy(self.queue, staged, rows, is_blocking=False)
-        return staged, self.transposed(staged, rows.shape[0], rows.shape[1], dt, what)
+        return staged, self.transposed(staged, per, cols, dt, what, members)
 
-    def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str) -> "cl.Buffer":
+    def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str,
+                   members: int = 1) -> "cl.Buffer":
         """A buffer (new, or a spare one of the pool) holding the (rows, cols) matrix in ``src``
-        transposed, enqueued without waiting (the in-order queue runs it before any kernel
+        transposed (``members`` such matrices one after the other: each one transposed),
+        enqueued without waiting (the in-order queue runs it before any kernel
         that reads it); the caller holds the lock and owns the result. ``src`` may be dropped
         at once: OpenCL keeps it until the copy ran."""
         dt = np.dtype(dtype)
-        dst = self.reused(rows * cols * dt.itemsize, what) if rows and cols else self.empty(0, what)
+        dst = self.reused(members * rows * cols * dt.itemsize, what) if rows and cols else self.empty(0, what)
         if rows and cols:
             knl = self.kernel("rnn", "clnet_rnn_transpose", dt, (f"CLNET_VW={vector_width(dt)}",))
             tile = TRANSPOSE_TILE
@@ -254,7 +274,10 @@ class RNNKernels(RNNOps):
             # runtimes about twice as much per transpose (a 256-unit LSTM's W_hh: 0.2 against
             # 0.1 ms); the group must divide the grid
             group = next(g for g in (8, 4, 2, 1) if gx % g == 0)
-            knl(self.queue, (gx, -(-rows // tile)), (group, 1), rows=rows, cols=cols, src=src, dst=dst)
+            grid, local = (gx, -(-rows // tile)), (group, 1)
+            if members > 1:
+                grid, local = grid + (members,), local + (1,)
+            knl(self.queue, grid, local, rows=rows, cols=cols, src=src, dst=dst)
         return dst
 
     def _rnn_kernel(self, w: CellWeights, name: str, rows: int, strip: int, k_block: int):
