@@ -8,7 +8,8 @@ with PPO, the recurrent PPO of sb3-contrib (``RecurrentPPO``) rewritten on clnet
 1. act over gymnasium's vectorised environments with ``cell.step(obs, state, reset=starts)``,
    the actor's and the critic's LSTM state kept on the device and zeroed where an episode
    starts; the rollout goes into :class:`clnet.rl.RecurrentRollout`;
-2. learn: for every minibatch of stored sequences, ``cell.record_sequence`` re-evaluates them
+2. learn: for every minibatch of stored sequences, ``record_sequence`` of the actor and the
+   critic together (a :class:`clnet.CellGroup`, one launch for both) re-evaluates them
    from their stored initial state with the same resets (the outputs ``sequence`` gives,
    the activations kept on the device), the PPO loss and its gradient through the small
    heads are computed in NumPy, and the recording's ``backward`` returns the LSTM weights'
@@ -162,8 +163,9 @@ class RecurrentPolicy:
     critic's, and the off-diagonal blocks stay zero, so it computes exactly the two separate
     LSTMs in one launch per environment step (at a batch of 8 a launch costs more than the
     zero blocks). While learning, ``record_sequence`` and its ``backward`` run on the separate
-    :attr:`actor` and :attr:`critic` cells instead: over a whole minibatch the zero blocks'
-    arithmetic is what costs. Measured on PoCL (2 cores), one sequence and backward_sequence
+    :attr:`actor` and :attr:`critic` cells instead, as one :class:`clnet.CellGroup`
+    (:attr:`learning`: both in the launches of one cell, without zero blocks): over a whole
+    minibatch the zero blocks' arithmetic is what costs. Measured on PoCL (2 cores), one sequence and backward_sequence
     of 32 steps x 8 environments, weights changed before each: 107 ms for the fused 512-unit
     cell against 27 ms for two 256-unit cells (MlpLstmPolicy's network), 6.8 against 5.8 ms at
     64 units (the zoo's). The fused cell is loaded once per rollout, when acting asks for it
@@ -184,6 +186,9 @@ class RecurrentPolicy:
         self.actor = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
         self.critic = clnet.LSTMCell(obs_size, H, seed=int(rng.integers(2 ** 31)))
         self.fused = clnet.LSTMCell(obs_size, 2 * H)
+        # learning: the actor and the critic recorded and run backwards as one group (one
+        # launch each way for both, see clnet.CellGroup)
+        self.learning = clnet.CellGroup([self.actor, self.critic])
         self.lstm_keys = list(self.actor.state_dict())  # weight_ih, weight_hh, bias_ih, bias_hh
         self.params: Dict[str, np.ndarray] = {}
         for name, cell in (("actor", self.actor), ("critic", self.critic)):
@@ -300,7 +305,8 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     """The PPO loss of one minibatch of stored sequences and its gradient for every parameter.
 
     The sequences are re-run by the actor and the critic cell from their stored initial states
-    (with the same resets) with ``record_sequence``, which keeps the activations on the device
+    (with the same resets) with the group's ``record_sequence`` (:attr:`RecurrentPolicy.learning`,
+    both cells in one launch), which keeps the activations on the device
     for the backward; the loss is sb3's: the clipped surrogate, ``vf_coef`` times the squared error
     of the value against the GAE returns and ``ent_coef`` times minus the entropy, each averaged
     over the steps where ``batch.mask`` is 1 (advantages normalised over those steps). The
@@ -313,12 +319,10 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     be, dt = policy.backend, policy.dtype
     xs, resets = batch.obs, batch.resets
     h0, c0 = batch.initial_states["policy"]  # the fused state: the actor's units, then the critic's
-    parts = {"actor": slice(0, H), "critic": slice(H, 2 * H)}
-    initial = {name: (h0[:, part], c0[:, part]) for name, part in parts.items()}
-    cells = {"actor": policy.actor, "critic": policy.critic}
-    # one forward per cell, kept on the device for the backward (record_sequence)
-    recorded = {name: cell.record_sequence(xs, initial[name], resets, backend=be, dtype=dt) for name, cell in cells.items()}
-    hs = {name: rec.hs for name, rec in recorded.items()}
+    initial = [(h0[:, :H], c0[:, :H]), (h0[:, H:], c0[:, H:])]
+    # both cells' forward in one group, kept on the device for the backward (record_sequence)
+    recorded = policy.learning.record_sequence(xs, initial, resets, backend=be, dtype=dt)
+    hs = {"actor": recorded.hs[0], "critic": recorded.hs[1]}
     mask = batch.mask.reshape(-1)
     on = mask > 0
     count = mask.sum()
@@ -353,8 +357,9 @@ def ppo_gradients(policy: RecurrentPolicy, batch, clip_range: float, *, vf_coef:
     grads: Dict[str, np.ndarray] = {}
     d_h_pi = policy._tower_backward("pi", "action", pi_cache, d_logits, grads)
     d_h_vf = policy._tower_backward("vf", "value", vf_cache, d_values[:, None], grads)
-    for name, d_h in (("actor", d_h_pi), ("critic", d_h_vf)):
-        g = recorded[name].backward(d_h.reshape(S, M, H), inputs=False)  # observations need no gradient
+    # observations need no gradient (inputs=False)
+    lstm_grads = recorded.backward([d_h_pi.reshape(S, M, H), d_h_vf.reshape(S, M, H)], inputs=False)
+    for name, g in zip(("actor", "critic"), lstm_grads):
         for k in policy.lstm_keys:
             grads[f"{name}.{k}"] = g[k]
     stats = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
