@@ -103,7 +103,8 @@ def test_bench_bptt(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     _write_tuning_file(tmp_path, monkeypatch)
     out = _bench("bptt", tuning_dir=tmp_path)
-    _check(out, [1])
+    _check(out, [1, 0])  # case 2 (a cell group against each cell alone) has no target
+    assert "one CellGroup" in out and "of the two cells' own calls" in out
 
 
 def test_bench_pearson(tmp_path, monkeypatch):

@@ -13,6 +13,10 @@ H=200. Every figure is measured in this one run in alternating rounds (best of `
 - the NumPy fallback's ``backward_sequence``.
 
 Target: clnet without resets at least 1.2x torch.nn.LSTM forward + backward, at every shape.
+
+Case 2 (no target of its own) times what PPO's learning does with an actor and a critic:
+two cells' ``record_sequence`` and ``backward`` after each optimiser step, each cell alone
+against one :class:`clnet.CellGroup` of both, beside two ``torch.nn.LSTM`` forward + backward.
 Flops: forward 2 * T * B * 4H * (I + H); the backward about twice that.
 """
 from __future__ import annotations
@@ -106,6 +110,72 @@ def case_bptt(devs, torch, shapes, repeat, roofs, echo=print) -> None:
     summarise([target], devs, echo)
 
 
+# case 2: an actor and a critic LSTM over the same observations, as PPO re-evaluates its
+# stored rollout: the zoo's CartPoleNoVel network (T=32 steps x 8 environments, 64 units) and
+# two shapes of other proportions.
+GROUP_SHAPES = (dict(T=32, B=8, I=4, H=64), dict(T=20, B=13, I=6, H=50), dict(T=16, B=24, I=9, H=100))
+QUICK_GROUP_SHAPES = (dict(T=3, B=2, I=3, H=5), dict(T=4, B=3, I=2, H=7), dict(T=2, B=5, I=4, H=9))
+PAIR_PEER = "torch.nn.LSTM x2 forward + backward (no resets)"
+
+
+def case_group(devs, torch, shapes, repeat, echo=print) -> None:
+    """Two cells' record_sequence + backward per call, their weights changed before each call
+    (an optimiser step): each cell on its own against one clnet.CellGroup of both."""
+    echo("\n== case 2: an actor and a critic recorded and run backwards (clnet.CellGroup), float32")
+    rng = np.random.default_rng(2)
+    for si, shape in enumerate(shapes):
+        T, B, I, H = (shape[k] for k in "TBIH")
+        cells = [clnet.LSTMCell(I, H, seed=s) for s in (1, 2)]
+        weights = [c.state_dict() for c in cells]
+        group = clnet.CellGroup(cells)
+        xs = rng.standard_normal((T, B, I)).astype(np.float32)
+        g = rng.standard_normal((2, T, B, H)).astype(np.float32)
+        resets = rng.random((T, B)) < 0.05
+        peers = {}
+        if torch is not None:
+            torch.manual_seed(0)
+            pair = [torch.nn.LSTM(I, H) for _ in cells]
+            x, gt = torch.from_numpy(xs), torch.from_numpy(g)
+
+            def torch_pair():
+                for m, lstm in enumerate(pair):
+                    lstm.zero_grad()
+                    lstm(x)[0].backward(gt[m])
+
+            peers = {PAIR_PEER: torch_pair}
+
+        def step_weights():  # what an optimiser step does to both cells before the next call
+            for cell, w in zip(cells, weights):
+                w["weight_hh"] *= 1.0 - 1e-6
+                cell.load_state_dict(w)
+
+        def make(d):
+            def separate():
+                step_weights()
+                recs = [c.record_sequence(xs, None, resets, backend=d.backend) for c in cells]
+                return [r.backward(g[m], inputs=False) for m, r in enumerate(recs)]
+
+            def grouped():
+                step_weights()
+                return group.record_sequence(xs, None, resets, backend=d.backend).backward(g, inputs=False)
+
+            return {"each cell alone": separate, "one CellGroup": grouped}
+
+        peer_t, dev_t = compare(devs, peers, make, repeat, pause=PAUSE)
+        echo(f"  -- shape {si + 1}/{len(shapes)}: {shape_text(shape)}, two cells")
+        for label, t in peer_t.items():
+            echo(f"     {label:<46} {t * 1e3:10.3f} ms")
+        t_pair = peer_t.get(PAIR_PEER)
+        for name in ("each cell alone", "one CellGroup"):
+            device_rows(devs, {s: {v: ts[name] for v, ts in vs.items()} for s, vs in dev_t.items()},
+                        lambda t: f"{t * 1e3:10.3f} ms" + (f" {t_pair / t:6.2f}x torch" if t_pair else ""),
+                        label=name, echo=echo, width=46)
+        for d in devs:
+            ts = dev_t[d.spec]["tuned"]
+            echo(f"     {d.spec} tuned: the group takes {ts['one CellGroup'] / ts['each cell alone']:.0%} "
+                 f"of the two cells' own calls")
+
+
 def main(argv=None) -> int:
     parser = cli.parser("python -m clnet bench bptt", __doc__)
     add_device_options(parser, 10, "tiny shapes (for tests; the figures mean little)")
@@ -118,4 +188,5 @@ def main(argv=None) -> int:
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     case_bptt(devs, torch, QUICK_SHAPES if args.quick else SHAPES, args.repeat, Roofs(args.quick))
+    case_group(devs, torch, QUICK_GROUP_SHAPES if args.quick else GROUP_SHAPES, args.repeat)
     return 0
