@@ -249,7 +249,7 @@ class BPTTKernels(BPTTOps):
         hs = np.ascontiguousarray(out[..., :sz.H]) if (sz.hp != sz.H or sz.members > 1) else out
         return hs, SavedForward(xs.shape, saved, d_keep, keeps is not None, sz)
 
-    # -- cell groups (clnet.CellGroup): the "bptt group" family --------------------------------
+    # -- cell groups (clnet.CellGroup): the "bptt_group" family --------------------------------
     # A group's prepared weights (RNNKernels.rnn_prepare_group) hold its cells one after the
     # other in each buffer; every launch of the forward, the backward and the products gets a
     # third grid dimension over the members, so a group costs the commands and waits of ONE
@@ -310,11 +310,7 @@ class BPTTKernels(BPTTOps):
             return self._gradients(sz, layers, pending, dx)
         if dx is not None:
             dx[:, :burn_in] = 0
-        got = pending[0]  # a group is one layer: its results hold one block per member
-        return [self._gradients(sz, layers, [PendingGradients(
-                    got.weights[m], got.bias_sums[m], None if got.dh0 is None else got.dh0[m],
-                    None if got.dc0 is None else got.dc0[m], got.x_width)], None if dx is None else dx[m])
-                for m in range(sz.members)]
+        return self._per_member(self._gradients(sz, layers, pending, dx), sz.members)
 
     def _forward_layers(self, sz: Sizes, layers, backs, d_x, h0, c0, d_keep, has_keep: bool,
                         private: bool = False) -> List[SavedLayer]:
@@ -436,29 +432,41 @@ class BPTTKernels(BPTTOps):
             b2_ms=b2_ms, c_ms=c_ms)
 
     def _gradients(self, sz: Sizes, layers, pending: List[PendingGradients], dx: np.ndarray) -> dict:
-        """The gradients read back, un-interleaved into PyTorch's layout."""
+        """The gradients read back, un-interleaved into PyTorch's layout. A group's arrays keep
+        their leading member axis throughout: one un-interleave serves every member."""
         L, H, vw, nc = len(layers), sz.H, R.vector_width(sz.dtype), sz.nc
         lstm = sz.kind == "lstm"
+        lead = () if sz.members == 1 else (sz.members,)
         results = []
-        dh0 = np.zeros((L, sz.B, H), dtype=sz.dtype)
-        dc0 = np.zeros((L, sz.B, H), dtype=sz.dtype) if lstm else None
+        dh0 = np.zeros((L,) + lead + (sz.B, H), dtype=sz.dtype)
+        dc0 = np.zeros((L,) + lead + (sz.B, H), dtype=sz.dtype) if lstm else None
         for l, (w, got) in enumerate(zip(layers, pending)):
             G = w.gates
-            both = R.uninterleave(got.weights, G, H, vw, 0)
-            sums = got.bias_sums.sum(axis=0)
-            b_hh = b_ih = sums[:nc]
+            both = R.uninterleave(got.weights, G, H, vw, -2)
+            sums = got.bias_sums.sum(axis=-2)
+            b_hh = b_ih = sums[..., :nc]
             if sz.kind == "gru":  # the input side differs in the n gate only
-                b_ih = b_hh.reshape(-1, G, vw).copy()
-                b_ih[:, 2] = sums[nc:].reshape(-1, G, vw)[:, 2]
-                b_ih = b_ih.reshape(-1)
+                b_ih = b_hh.reshape(lead + (-1, G, vw)).copy()
+                b_ih[..., 2, :] = sums[..., nc:].reshape(lead + (-1, G, vw))[..., 2, :]
+                b_ih = b_ih.reshape(lead + (-1,))
             results.append({
-                "weight_ih": np.ascontiguousarray(both[:, :w.inputs]),
-                "weight_hh": np.ascontiguousarray(both[:, got.x_width:got.x_width + H]),
-                "bias_ih": R.uninterleave(b_ih, G, H, vw, 0),
-                "bias_hh": R.uninterleave(b_hh, G, H, vw, 0)})
+                "weight_ih": np.ascontiguousarray(both[..., :w.inputs]),
+                "weight_hh": np.ascontiguousarray(both[..., got.x_width:got.x_width + H]),
+                "bias_ih": R.uninterleave(b_ih, G, H, vw, -1),
+                "bias_hh": R.uninterleave(b_hh, G, H, vw, -1)})
             if got.dh0 is not None:
-                dh0[l] = got.dh0[:, :H]
+                dh0[l] = got.dh0[..., :H]
                 if lstm:
-                    dc0[l] = got.dc0[:, :H]
-        return {"layers": results, "x": None if dx is None else np.ascontiguousarray(dx[:, :, :sz.I]),
+                    dc0[l] = got.dc0[..., :H]
+        return {"layers": results, "x": None if dx is None else np.ascontiguousarray(dx[..., :sz.I]),
                 "h0": dh0, "c0": dc0}
+
+    @staticmethod
+    def _per_member(res: dict, members: int) -> List[dict]:
+        """A group's gradients (:meth:`_gradients`, one layer, a member axis) as one result per member."""
+        layer = res["layers"][0]
+        return [{"layers": [{k: np.ascontiguousarray(v[m]) for k, v in layer.items()}],
+                 "x": None if res["x"] is None else res["x"][m],
+                 "h0": np.ascontiguousarray(res["h0"][:, m]),
+                 "c0": None if res["c0"] is None else np.ascontiguousarray(res["c0"][:, m])}
+                for m in range(members)]
