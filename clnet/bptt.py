@@ -87,6 +87,10 @@ def _output_gradients(grad_hs, mask, burn_in: int, T: int, B: int, H: int, batch
     """``grad_hs`` time-major, multiplied by the loss mask and zeroed in the burn-in; a copy
     wherever it is changed (the caller's array never is)."""
     layout = "(B, T, {})" if batch_first else "(T, B, {})"
+    tb = (B, T) if batch_first else (T, B)
+    # the mask is checked even where no output gradient would be scaled by it
+    m = None if mask is None else per_step_array(mask, "mask", tb, holds="0/1, booleans or weights", each="weight",
+                                                 layout="(B, T) = " if batch_first else "(T, B) = ").astype(dt)
     if grad_hs is None:
         return np.zeros((T, B, H), dt)
     dhs = as_real_array(grad_hs, "grad_hs", dt)
@@ -98,10 +102,7 @@ def _output_gradients(grad_hs, mask, burn_in: int, T: int, B: int, H: int, batch
         dhs = dhs.transpose(1, 0, 2)
     changed = batch_first or mask is not None or burn_in != 0
     dhs = np.array(dhs, dtype=dt, order="C") if changed else np.ascontiguousarray(dhs, dtype=dt)
-    if mask is not None:
-        tb = (B, T) if batch_first else (T, B)
-        m = per_step_array(mask, "mask", tb, holds="0/1, booleans or weights", each="weight",
-                           layout="(B, T) = " if batch_first else "(T, B) = ").astype(dt)
+    if m is not None:
         dhs *= (m.T if batch_first else m)[:, :, None]
     if burn_in:
         dhs[:burn_in] = 0
@@ -304,9 +305,6 @@ def _named_gradients(layers, stacked: bool, lstm: bool, batch_first: bool, res) 
 # ---------------------------------------------------------------------------------------------
 # Cell groups
 # ---------------------------------------------------------------------------------------------
-_group_ids = iter(range(1, 2 ** 62))
-
-
 class CellGroup:
     """Cells of one kind and one shape that read the same inputs, recorded and run
     backwards together: an actor and a critic LSTM over the same observations (PPO), an
@@ -353,7 +351,10 @@ class CellGroup:
                 raise ValueError(f"the cells of a group must share kind, input_size, hidden_size and bias: cells[0] "
                                  f"is {first!r} ({first.kind}), cells[{i}] is {cell!r} ({cell.kind})")
         self.cells = tuple(members)
-        self._key = ("cell group", next(_group_ids))
+        # The prepared weights are kept in each member's cache under a key naming the members,
+        # not this object: a group made again over the same cells (in a loop, say) finds them
+        # instead of adding another copy to every member's cache.
+        self._key = ("cell group",) + tuple(id(cell) for cell in self.cells)
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -405,19 +406,27 @@ class CellGroup:
             raise ValueError(f"initial_states must hold one initial state per member ({n}), got {len(initial_states)}")
         lstm = self.kind == "lstm"
         H = self.hidden_size
-        resolved = [_for_member(m, _resolve, [cell], False, state, backend, dtype)
-                    for m, (cell, state) in enumerate(zip(self.cells, initial_states))]
-        be, dt = resolved[0][1], resolved[0][2]
-        for i, (_, be_i, dt_i) in enumerate(resolved[1:], 1):
-            if be_i.spec != be.spec or dt_i != dt:
-                raise ValueError(f"initial_states[{i}] lives on backend {be_i.spec!r} in {dt_i} but "
-                                 f"initial_states[0] on {be.spec!r} in {dt}: a group runs on one backend and dtype")
+        givens = [_for_member(m, _given_states, [cell], False, state)
+                  for m, (cell, state) in enumerate(zip(self.cells, initial_states))]
+        # the backend and dtype as a single cell's call resolves them (_resolve), from the first given state
+        first = next((g[0] for g in givens if g), None)
+        be = get_backend(backend) if (backend is not None or first is None) else first.backend
+        dt = be.check_dtype(dtype if (dtype is not None or first is None) else first.dtype)
+        for m, given in enumerate(givens):
+            if given and (given[0].backend.spec != be.spec or given[0].dtype != dt):
+                raise ValueError(f"initial_states[{m}] lives on backend {given[0].backend.spec!r} in "
+                                 f"{given[0].dtype} but the group runs on {be.spec!r} in {dt}: a group runs on "
+                                 f"one backend and dtype")
         xv, keeps = _inputs_and_keeps(self.cells[0], xs, resets, batch_first, dt)
         T, B = xv.shape[:2]
-        for m, (given, _, _) in enumerate(resolved):
+        starts = [None] * n
+        for m, (given, state) in enumerate(zip(givens, initial_states)):
             _for_member(m, _check_batch, given, B)
-        starts = [_for_member(m, _read_initial, given, state, lstm, 1, B, H, False, dt)
-                  for m, ((given, _, _), state) in enumerate(zip(resolved, initial_states))]
+            if not given:  # arrays are checked first; states are read once every argument is good
+                starts[m] = _for_member(m, _initial_arrays, state, lstm, 1, B, H, False, dt)
+        for m, (given, state) in enumerate(zip(givens, initial_states)):
+            if given:
+                starts[m] = _read_initial(given, state, lstm, 1, B, H, False, dt)
         h0 = np.concatenate([h for h, _ in starts])
         c0 = np.concatenate([c for _, c in starts]) if lstm else None
         weights = self._weights(be, dt)
@@ -492,6 +501,8 @@ class RecordedGroup:
         grads = _per_member(grad_hs, n, "grad_hs", allow_array=True)
         finals = _per_member(grad_final, n, "grad_final", allow_array=False)
         lstm, H, dt, T, B = group.kind == "lstm", group.hidden_size, self._dtype, self._T, self._B
+        # the arguments every member shares are checked once, so that their errors name no member
+        _gradient_masks(self._keeps, T, B, H, None, truncate, burn_in, mask, self._batch_first, dt)
         dhs, gkeep, checked_burn_in = [], None, 0
         for m in range(n):
             try:
@@ -532,7 +543,8 @@ def _per_member(value, n: int, name: str, allow_array: bool) -> list:
     ``allow_array``) an array whose first axis has length n."""
     if value is None:
         return [None] * n
-    if allow_array and isinstance(value, np.ndarray):
+    if allow_array and not isinstance(value, (list, tuple)):  # an array, or an array-like (a tensor)
+        value = as_real_array(value, name, np.float64)
         if value.ndim < 1 or value.shape[0] != n:
             raise ValueError(f"{name} must have one entry per member along its first axis ({n}), "
                              f"got shape {value.shape}")

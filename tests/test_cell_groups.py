@@ -88,21 +88,40 @@ def test_batch_first_states_and_a_list_of_gradients(any_backend):
         assert np.array_equal(state.h, h) and np.array_equal(state.c, c)
 
 
-def test_sequences_past_the_one_launch_batch_and_large_weights(opencl_backend):
-    """The per-step launches (a batch above the one-launch limit) and weights laid out by the
-    device's transposes (above runtime.SMALL_UPLOAD_BYTES), each member's own."""
+def test_per_step_launches_and_large_weights(opencl_backend):
+    """The per-step launches (no one-launch batch at all) and weights laid out by the device's
+    transposes (above runtime.SMALL_UPLOAD_BYTES), each member's own."""
+    from clnet.opencl.tuning import overriding
+
     rng = np.random.default_rng(4)
-    for cells, batch in ((_cells("lstm", 2, hidden=7), 150), (_cells("gru", 2, hidden=9), 131),
-                         (_cells("lstm", 2, hidden=260), 4)):
+    for cells, batch, one_launch in ((_cells("lstm", 2, hidden=7), 150, False), (_cells("gru", 2, hidden=9), 13, False),
+                                     (_cells("rnn_tanh", 3, hidden=20), 6, False),
+                                     (_cells("lstm", 2, hidden=260), 4, True)):
         hidden = cells[0].hidden_size
         xs, resets = rng.normal(size=(3, batch, I)), rng.random((3, batch)) < 0.2
-        grads = rng.normal(size=(2, 3, batch, hidden))
-        rec = clnet.CellGroup(cells).record_sequence(xs, None, resets, backend=opencl_backend)
-        got = rec.backward(grads, burn_in=1)
-        for m, cell in enumerate(cells):
-            own = cell.record_sequence(xs, None, resets, backend=opencl_backend)
-            assert np.array_equal(rec.hs[m], own.hs)
-            _assert_same(got[m], own.backward(grads[m], burn_in=1), f"hidden {hidden} batch {batch} member {m}")
+        grads = rng.normal(size=(len(cells), 3, batch, hidden))
+        with overriding(opencl_backend, "bptt", **({} if one_launch else {"one_launch_batch": 0})):
+            rec = clnet.CellGroup(cells).record_sequence(xs, None, resets, backend=opencl_backend)
+            assert rec._saved.sizes.one_launch == one_launch and rec._saved.sizes.members == len(cells)
+            got = rec.backward(grads, burn_in=1)
+            for m, cell in enumerate(cells):
+                own = cell.record_sequence(xs, None, resets, backend=opencl_backend)
+                assert np.array_equal(rec.hs[m], own.hs)
+                _assert_same(got[m], own.backward(grads[m], burn_in=1), f"hidden {hidden} batch {batch} member {m}")
+
+
+def test_a_group_made_again_over_the_same_cells_reuses_their_prepared_weights(any_backend):
+    cells = _cells("lstm", 2)
+    xs = np.zeros((T, B, I))
+    clnet.CellGroup(cells).record_sequence(xs, None, None, backend=any_backend)
+    copies = [len(c._device_copies._by_backend[any_backend]) for c in cells]
+    for _ in range(5):  # an evaluation loop that makes its group each time
+        clnet.CellGroup(cells).record_sequence(xs, None, None, backend=any_backend)
+    assert [len(c._device_copies._by_backend[any_backend]) for c in cells] == copies
+    # the same cells in another order are another group, with the other order's results
+    swapped = clnet.CellGroup(cells[::-1]).record_sequence(xs, None, None, backend=any_backend)
+    straight = clnet.CellGroup(cells).record_sequence(xs, None, None, backend=any_backend)
+    assert np.array_equal(swapped.hs[::-1], straight.hs)
 
 
 def test_a_members_new_weights_are_seen_and_an_old_recording_is_refused(any_backend):
@@ -122,6 +141,19 @@ def test_a_members_new_weights_are_seen_and_an_old_recording_is_refused(any_back
     new.backward(np.ones((2, T, B, H)))
     with pytest.raises(RuntimeError, match="run backwards already"):
         new.backward(np.ones((2, T, B, H)))
+
+
+def test_gradients_as_one_array_like(any_backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    cells = _cells("gru", 2)
+    xs = rng.normal(size=(T, B, I))
+    grads = rng.normal(size=(2, T, B, H))
+    group = clnet.CellGroup(cells)
+    from_tensor = group.record_sequence(xs, None, None, backend=any_backend).backward(torch.from_numpy(grads))
+    from_array = group.record_sequence(xs, None, None, backend=any_backend).backward(grads)
+    for got, want in zip(from_tensor, from_array):
+        _assert_same(got, want, "tensor")
 
 
 def test_a_backend_without_the_group_family_runs_member_by_member():
@@ -187,6 +219,8 @@ def test_bad_groups_and_arguments_are_refused_before_device_work(any_backend, mo
         args = dict(dict(xs=xs, initial_states=None, resets=None), **change)
         with pytest.raises(exc, match=message):
             group.record_sequence(args["xs"], args["initial_states"], args["resets"], backend=any_backend)
+    with pytest.raises((TypeError, ValueError), match="^dtype"):  # not blamed on a member
+        group.record_sequence(xs, None, None, backend=any_backend, dtype="int32")
     monkeypatch.undo()
     rec = group.record_sequence(xs, None, None, backend=any_backend)
     for op in ("rnn_backward_saved_group",):
@@ -202,5 +236,9 @@ def test_bad_groups_and_arguments_are_refused_before_device_work(any_backend, mo
             rec.backward(grads, final)
     with pytest.raises(TypeError, match="inputs must be True or False"):
         rec.backward(None, inputs=1)
+    for shared, message in ((dict(burn_in=T), "^burn_in must be smaller"), (dict(truncate=0), "^truncate"),
+                            (dict(mask=np.ones((T, B + 1))), "^mask must have shape")):
+        with pytest.raises(ValueError, match=message):  # a shared argument's error names no member
+            rec.backward(None, **shared)
     monkeypatch.undo()
     assert len(rec.backward(None)) == 2  # every refusal above left the recording usable
