@@ -185,11 +185,14 @@ def test_normalisation_equals_sb3_vecnormalize():
     assert not np.allclose(their_reward, 1.0)  # the rewards were scaled, not passed through
 
 
-def test_adam_equals_torch_optim_adam():
+@pytest.mark.parametrize("chunk", [None, 64])  # 64: five chunks, the last one short
+def test_adam_equals_torch_optim_adam(chunk):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     start = rng.normal(size=300)
     ours, adam = start.copy(), ppo.Adam(start.size, eps=1e-5)
+    if chunk:
+        adam.CHUNK = chunk
     theirs = torch.tensor(start, requires_grad=True)
     opt = torch.optim.Adam([theirs], lr=1e-3, eps=1e-5)
     for step in range(5):

@@ -548,6 +548,23 @@ def test_stacked_layers_of_a_large_hidden_size_agree_through_time(opencl_backend
                                    err_msg=k)
 
 
+def test_rows_of_a_column_range_uninterleave_as_the_whole_array_does():
+    """uninterleave_rows (BPTT's weight gradients, one copy) equals uninterleave of the whole
+    array followed by the column slice, padded or not, with and without a leading member axis."""
+    from clnet.opencl import rnn as R
+
+    rng = np.random.default_rng(5)
+    for vw in (8, 16):
+        for G, H, lead in ((4, 32, ()), (4, 37, (2,)), (3, 16, (3,)), (1, 50, ())):
+            hp = R.padded_hidden(H, vw)
+            a = rng.normal(size=lead + (G * hp, 40))
+            whole = R.uninterleave(a, G, H, vw, -2)
+            for start, stop in ((0, 5), (16, 40), (0, 40)):
+                got = R.uninterleave_rows(a, G, H, vw, start, stop)
+                assert got.flags.c_contiguous
+                assert np.array_equal(got, whole[..., start:stop]), (vw, G, H, lead, start, stop)
+
+
 def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_backend):
     """rnn_prepare copies rows on the host (gate_rows) and transposes them on the device: the
     result is the interleaved layout (interleave), at sizes whose tiles do not fill the kernel's
@@ -563,7 +580,8 @@ def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_ba
         except Exception:
             continue
         vw = R.vector_width(dtype)
-        for G, H, K in ((4, 37, 5), (3, 16, 19), (1, 50, 1)):
+        # (4, 32, 16): nothing padded, gate_rows's one-pass path
+        for G, H, K in ((4, 37, 5), (3, 16, 19), (1, 50, 1), (4, 32, 16)):
             w = rng.normal(size=(G * H, K))
             hp, kp = R.padded_hidden(H, vw), R.padded_hidden(K, vw)
             rows = R.gate_rows(w, G, H, hp, vw, kp, dtype)

@@ -442,7 +442,6 @@ class BPTTKernels(BPTTOps):
         dc0 = np.zeros((L,) + lead + (sz.B, H), dtype=sz.dtype) if lstm else None
         for l, (w, got) in enumerate(zip(layers, pending)):
             G = w.gates
-            both = R.uninterleave(got.weights, G, H, vw, -2)
             sums = got.bias_sums.sum(axis=-2)
             b_hh = b_ih = sums[..., :nc]
             if sz.kind == "gru":  # the input side differs in the n gate only
@@ -450,8 +449,8 @@ class BPTTKernels(BPTTOps):
                 b_ih[..., 2, :] = sums[..., nc:].reshape(lead + (-1, G, vw))[..., 2, :]
                 b_ih = b_ih.reshape(lead + (-1,))
             results.append({
-                "weight_ih": np.ascontiguousarray(both[..., :w.inputs]),
-                "weight_hh": np.ascontiguousarray(both[..., got.x_width:got.x_width + H]),
+                "weight_ih": R.uninterleave_rows(got.weights, G, H, vw, 0, w.inputs),
+                "weight_hh": R.uninterleave_rows(got.weights, G, H, vw, got.x_width, got.x_width + H),
                 "bias_ih": R.uninterleave(b_ih, G, H, vw, -1),
                 "bias_hh": R.uninterleave(b_hh, G, H, vw, -1)})
             if got.dh0 is not None:
