@@ -20,7 +20,7 @@ from conftest import OPENCL
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent('''
-    import gc, os, sys
+    import gc, os, sys, time
     import numpy as np
     import clnet
 
@@ -38,10 +38,20 @@ SCRIPT = textwrap.dedent('''
     out = pop(rng.normal(size=(100_000, 4)), backend=spec)  # 114 MB of outputs
     size = out.nbytes / 2**20
     del out
-    gc.collect()
-    if hasattr(clnet, "release_memory"):
-        clnet.release_memory()
-    print(f"before {before:.1f} after {rss_mb():.1f} output {size:.1f}")
+    # A driver may hand freed memory back to the system a little later (its own threads
+    # release buffers once their last event completes), so a loaded machine gets a few
+    # seconds to settle; every reading is printed for the failure message.
+    readings = []
+    for attempt in range(30):
+        gc.collect()
+        if hasattr(clnet, "release_memory"):
+            clnet.release_memory()
+        readings.append(rss_mb())
+        if readings[-1] - before < 50:
+            break
+        time.sleep(0.2)
+    print(f"before {before:.1f} after {min(readings):.1f} output {size:.1f} readings",
+          " ".join(f"{r:.1f}" for r in readings))
 ''')
 
 
@@ -57,7 +67,8 @@ def test_rss_returns_near_its_level_after_a_large_call(tmp_path, spec):
     words = res.stdout.split()
     before, after, size = (float(words[words.index(k) + 1]) for k in ("before", "after", "output"))
     assert size > 100  # the call was large enough for the bound to mean something
-    assert after - before < 50, f"RSS grew from {before} to {after} MB after the call and release_memory()"
+    assert after - before < 50, (f"RSS grew from {before} to {after} MB after the call and release_memory(), "
+                                 f"over 6 s: {res.stdout.strip()}")
 
 
 def test_release_memory_frees_kept_workspaces(opencl_backend):
