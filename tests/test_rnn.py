@@ -588,6 +588,10 @@ def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_ba
             want = np.zeros((kp, G * hp), dtype)
             want[:K] = R.interleave(w, G, H, hp, vw, dtype)
             assert np.array_equal(rows.T, want)
+            # written into given memory (a mapped buffer), its old contents overwritten
+            into = np.full((G * hp, kp), np.nan, dtype)
+            assert R.gate_rows(w, G, H, hp, vw, kp, dtype, out=into) is into
+            assert np.array_equal(into, rows), (dtype, G, H, K)
             with be.lock:
                 dev = be.transposed(be.to_device(rows), G * hp, kp, dtype, "test")
                 back = be.transposed(dev, kp, G * hp, dtype, "test")
@@ -635,3 +639,38 @@ def test_strips_of_row_tiles_give_the_bits_of_single_tiles(opencl_backend, monke
         got = run(step_strip=strip, project_strip=strip, k_block=k_block)
         for g, b in zip(got, base):
             assert np.array_equal(g, b), (strip, k_block)
+
+
+@pytest.mark.parametrize("hidden", [130, 256])
+def test_a_groups_large_weights_are_written_into_the_mapped_buffer_in_the_host_layout(opencl_backend, hidden):
+    """Weights above SMALL_UPLOAD_BYTES are laid out straight into a mapped device buffer,
+    member after member (rnn_prepare_group): each member's device rows and their transpose
+    are its own gate_rows and interleave, padded units (130) included; buffers the pool
+    handed out before (their old contents) do not leak into the new layout."""
+    import pyopencl as cl
+    from clnet.opencl import rnn as R
+    from clnet.opencl.runtime import SMALL_UPLOAD_BYTES
+
+    be = clnet.get_backend(opencl_backend)
+    rng = np.random.default_rng(hidden)
+    dt, G, I = np.dtype(np.float32), 4, 3
+    vw = R.vector_width(dt)
+    hp, ip = R.padded_hidden(hidden, vw), R.padded_hidden(I, vw)
+    assert G * hp * hp * dt.itemsize > SMALL_UPLOAD_BYTES  # the mapped path
+    for attempt in range(3):  # later attempts get buffers back from the pool
+        members = [{"weight_ih": rng.normal(size=(G * hidden, I)), "weight_hh": rng.normal(size=(G * hidden, hidden)),
+                    "bias_ih": rng.normal(size=G * hidden), "bias_hh": rng.normal(size=G * hidden)}
+                   for _ in range(2)]
+        w = be.rnn_prepare_group("lstm", members, hidden, dt)
+        got_t = np.empty((2, hp, G * hp), dt)
+        got_rows = np.empty((2, G * hp, hp), dt)
+        with be.lock:
+            cl.enqueue_copy(be.queue, got_t, w.w_hh)
+            cl.enqueue_copy(be.queue, got_rows, w.rows[1], is_blocking=True)
+        for m, p in enumerate(members):
+            want = R.interleave(p["weight_hh"], G, hidden, hp, vw, dt)
+            full = np.zeros((hp, G * hp), dt)
+            full[:hidden] = want
+            assert np.array_equal(got_t[m], full), (attempt, m)
+            assert np.array_equal(got_rows[m], R.gate_rows(p["weight_hh"], G, hidden, hp, vw, hp, dt)), (attempt, m)
+        del w

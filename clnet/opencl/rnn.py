@@ -87,23 +87,36 @@ def interleave(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, dtype=n
         padded.reshape(gates, hp // vw, vw, K).transpose(3, 1, 0, 2).reshape(K, gates * hp))
 
 
-def gate_rows(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, width: int, dtype) -> np.ndarray:
+def gate_rows(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, width: int, dtype,
+              out: np.ndarray = None) -> np.ndarray:
     """(G*H, K) gate-stacked weights -> (G*Hp, width) in ``dtype``, rows in the interleaved
     column order of :func:`interleave` (block, gate, lane), padded rows and columns zero: the
     transpose of what :func:`interleave` gives (for ``width`` = K), made of whole-row copies
     only. The device transposes it (rnn_prepare): a host transpose of 1 MiB of weights costs
-    about 2 ms, a row copy a tenth of that."""
+    about 2 ms, a row copy a tenth of that. With ``out`` (a C-contiguous (G*Hp, width) array
+    of ``dtype``, e.g. a mapped device buffer) the rows are written there and ``out`` returned."""
     K = w.shape[1]
-    if hidden == hp and K == width:
-        # nothing to pad: the reordering and the conversion in one pass over fresh memory (an
-        # optimiser replaces a 256-unit LSTM's weights at every minibatch; the zero-filled
-        # copy and its reordering were three passes, 1.6 ms of a PPO minibatch's 12 on PoCL)
-        return np.ascontiguousarray(w.reshape(gates, hp // vw, vw, K).transpose(1, 0, 2, 3),
-                                    dtype=dtype).reshape(gates * hp, width)
-    padded = np.zeros((gates, hp, width), dtype)
-    padded[:, :hidden, :K] = w.reshape(gates, hidden, K)
-    return np.ascontiguousarray(padded.reshape(gates, hp // vw, vw, width).transpose(1, 0, 2, 3)
-                                .reshape(gates * hp, width))
+    blocks = hp // vw
+    if out is None:
+        if hidden == hp and K == width:
+            # nothing to pad: the reordering and the conversion in one pass over fresh memory (an
+            # optimiser replaces a 256-unit LSTM's weights at every minibatch; the zero-filled
+            # copy and its reordering were three passes, 1.6 ms of a PPO minibatch's 12 on PoCL)
+            return np.ascontiguousarray(w.reshape(gates, blocks, vw, K).transpose(1, 0, 2, 3),
+                                        dtype=dtype).reshape(gates * hp, width)
+        out = np.empty((gates * hp, width), dtype)
+    # (block, gate, lane, column) seen as (gate, block, lane, column): unit u of gate g is
+    # block u // vw, lane u % vw
+    target = out.reshape(blocks, gates, vw, width).transpose(1, 0, 2, 3)
+    if hidden != hp or K != width:
+        out.fill(0)
+    src = w.reshape(gates, hidden, K)
+    whole = hidden // vw
+    if whole:
+        np.copyto(target[:, :whole, :, :K], src[:, :whole * vw].reshape(gates, whole, vw, K), casting="unsafe")
+    if hidden > whole * vw:
+        np.copyto(target[:, whole, :hidden - whole * vw, :K], src[:, whole * vw:], casting="unsafe")
+    return out
 
 
 def uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
@@ -212,6 +225,26 @@ class LayerInput:
     w_ih: "cl.Buffer"
 
 
+class _MemberRows:
+    """The gate rows of a group's members one after the other, (members * R, C) in ``dtype``,
+    made on demand by ``fill(out=None)``: into ``out`` (a mapped device buffer) or into a new
+    array. ``make(params, out)`` lays out one member's rows."""
+
+    def __init__(self, make, members, rows: int, cols: int, dtype):
+        self.make, self.members = make, members
+        self.shape = (len(members) * rows, cols)
+        self.nbytes = self.shape[0] * cols * np.dtype(dtype).itemsize
+        self.dtype = np.dtype(dtype)
+
+    def fill(self, out: np.ndarray = None) -> np.ndarray:
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        per = self.shape[0] // len(self.members)
+        for m, params in enumerate(self.members):
+            self.make(params, out[m * per:(m + 1) * per])
+        return out
+
+
 class RNNKernels(RNNOps):
     def rnn_prepare(self, kind, params, hidden, dtype):
         return self._prepare_members(kind, [params], hidden, dtype)
@@ -232,11 +265,14 @@ class RNNKernels(RNNOps):
         def stacked(make):
             return make(members[0]) if n == 1 else np.concatenate([make(p) for p in members])
 
+        # every member's gate rows, made where _laid_out puts them (see there)
+        rows_ih = _MemberRows(lambda p, out=None: gate_rows(p["weight_ih"], G, H, hp, vw, ip, dt, out), members,
+                              G * hp, ip, dt)
+        rows_hh = _MemberRows(lambda p, out=None: gate_rows(p["weight_hh"], G, H, hp, vw, hp, dt, out), members,
+                              G * hp, hp, dt)
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
         # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
-        rows_ih = stacked(lambda p: gate_rows(p["weight_ih"], G, H, hp, vw, ip, dt))
-        rows_hh = stacked(lambda p: gate_rows(p["weight_hh"], G, H, hp, vw, hp, dt))
         b_x = stacked(lambda p: interleave(p.get("bias_ih", zeros)[:, None], G, H, hp, vw, dt))
         b_h = stacked(lambda p: interleave(p.get("bias_hh", zeros)[:, None], G, H, hp, vw, dt))
         with self.lock:
@@ -258,23 +294,33 @@ class RNNKernels(RNNOps):
             self.recycle_when_dropped(weights, owned)
             return weights
 
-    def _laid_out(self, rows: np.ndarray, dt, what: str, members: int = 1) -> Tuple["cl.Buffer", "cl.Buffer"]:
+    def _laid_out(self, rows: "_MemberRows", dt, what: str, members: int = 1) -> Tuple["cl.Buffer", "cl.Buffer"]:
         """Device buffers of the gate rows ``rows`` (R, C) and of their transpose (C, R), both
         the caller's to own (they may go to the spare pool); for a group, ``rows`` are its
         ``members`` cells' (R / members, C) blocks one after the other, and each block is
         transposed in place. Up to SMALL_UPLOAD_BYTES both are
         made on the host and created with their copy: no command at all, where PoCL spends
-        30-80 us per command; larger ones go up into a spare buffer (no new allocation to
-        first-touch) and are transposed on the device. The caller holds the lock."""
-        rows = np.ascontiguousarray(rows)
+        30-80 us per command; larger ones are written straight into a spare buffer mapped
+        into host memory and transposed on the device. The caller holds the lock."""
         self.check_alloc(rows.nbytes, what)
         per, cols = rows.shape[0] // members, rows.shape[1]
         if rows.nbytes <= SMALL_UPLOAD_BYTES:
-            return self.copy_of(rows, what), self.copy_of(
-                np.ascontiguousarray(rows.reshape(members, per, cols).transpose(0, 2, 1)), what)
+            host = rows.fill()
+            return self.copy_of(host, what), self.copy_of(
+                np.ascontiguousarray(host.reshape(members, per, cols).transpose(0, 2, 1)), what)
         staged = self.reused(rows.nbytes, what)
-        # non-blocking: pyopencl keeps the host array alive until the copy has run
-        cl.enqueue_copy(self.queue, staged, rows, is_blocking=False)
+        # Mapped: the rows are written once, into memory the pool has touched before (a CPU
+        # device maps the buffer itself). Made in fresh host arrays and copied up, 2 MB of an
+        # optimiser's weights per step cost 2.2 ms on Intel's runtime, most of it first
+        # touches of new pages, against 0.3 ms for the same copies into touched memory. The
+        # blocking map runs after every command enqueued before it, the buffer's last users
+        # included.
+        mapped, _ = cl.enqueue_map_buffer(self.queue, staged, cl.map_flags.WRITE_INVALIDATE_REGION, 0,
+                                          rows.shape, dt, is_blocking=True)
+        try:
+            rows.fill(mapped)
+        finally:
+            mapped.base.release(self.queue)
         return staged, self.transposed(staged, per, cols, dt, what, members)
 
     def transposed(self, src: "cl.Buffer", rows: int, cols: int, dtype, what: str,
