@@ -373,7 +373,7 @@ __kernel void clnet_rnn_run(const int B, const int H, const int Hp, const int T,
  * L1 cache (one element per work-item wrote a cache line per element: 3x slower on CPUs).
  * global (ceil(cols / TILE), ceil(rows / TILE)[, n]): a third dimension transposes n
  * matrices stored one after the other (the members of a cell group, clnet.CellGroup). */
-#define CLNET_TRANSPOSE_TILE 16
+#define CLNET_TRANSPOSE_TILE 16 /* the whole-square path below moves rows with vload16 / vstore16 */
 __kernel void clnet_rnn_transpose(const int rows, const int cols, __global const real *src,
                                   __global real *dst)
 {

@@ -228,7 +228,7 @@ class LayerInput:
 class _MemberRows:
     """The gate rows of a group's members one after the other, (members * R, C) in ``dtype``,
     made on demand by ``fill(out=None)``: into ``out`` (a mapped device buffer) or into a new
-    array. ``make(params, out)`` lays out one member's rows."""
+    array. ``make(params, out)`` lays out one member's rows in ``out``."""
 
     def __init__(self, make, members, rows: int, cols: int, dtype):
         self.make, self.members = make, members
@@ -266,9 +266,9 @@ class RNNKernels(RNNOps):
             return make(members[0]) if n == 1 else np.concatenate([make(p) for p in members])
 
         # every member's gate rows, made where _laid_out puts them (see there)
-        rows_ih = _MemberRows(lambda p, out=None: gate_rows(p["weight_ih"], G, H, hp, vw, ip, dt, out), members,
+        rows_ih = _MemberRows(lambda p, out: gate_rows(p["weight_ih"], G, H, hp, vw, ip, dt, out), members,
                               G * hp, ip, dt)
-        rows_hh = _MemberRows(lambda p, out=None: gate_rows(p["weight_hh"], G, H, hp, vw, hp, dt, out), members,
+        rows_hh = _MemberRows(lambda p, out: gate_rows(p["weight_hh"], G, H, hp, vw, hp, dt, out), members,
                               G * hp, hp, dt)
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
