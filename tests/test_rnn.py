@@ -548,21 +548,29 @@ def test_stacked_layers_of_a_large_hidden_size_agree_through_time(opencl_backend
                                    err_msg=k)
 
 
-def test_rows_of_a_column_range_uninterleave_as_the_whole_array_does():
-    """uninterleave_rows (BPTT's weight gradients, one copy) equals uninterleave of the whole
-    array followed by the column slice, padded or not, with and without a leading member axis."""
+def test_uninterleaving_inverts_the_layouts_that_interleave_and_gate_rows_define():
+    """uninterleave_rows (BPTT's weight gradients, one copy) and uninterleave (the biases) give
+    back the gate-stacked weights that gate_rows and interleave laid out, padded or not, along
+    either axis, for column ranges, and with a leading member axis."""
     from clnet.opencl import rnn as R
 
     rng = np.random.default_rng(5)
     for vw in (8, 16):
-        for G, H, lead in ((4, 32, ()), (4, 37, (2,)), (3, 16, (3,)), (1, 50, ())):
+        for G, H, K, lead in ((4, 32, 40, ()), (4, 37, 21, (2,)), (3, 16, 40, (3,)), (1, 50, 7, ())):
             hp = R.padded_hidden(H, vw)
-            a = rng.normal(size=lead + (G * hp, 40))
-            whole = R.uninterleave(a, G, H, vw, -2)
-            for start, stop in ((0, 5), (16, 40), (0, 40)):
-                got = R.uninterleave_rows(a, G, H, vw, start, stop)
+            w = rng.normal(size=lead + (G * H, K))
+            members = w.reshape((-1, G * H, K))
+            rows = np.stack([R.gate_rows(m, G, H, hp, vw, K, np.float64, np.empty((G * hp, K))) for m in members])
+            rows = rows.reshape(lead + (G * hp, K))
+            for start, stop in ((0, min(5, K)), (K // 2, K), (0, K)):
+                got = R.uninterleave_rows(rows, G, H, vw, start, stop)
                 assert got.flags.c_contiguous
-                assert np.array_equal(got, whole[..., start:stop]), (vw, G, H, lead, start, stop)
+                assert np.array_equal(got, w[..., start:stop]), (vw, G, H, lead, start, stop)
+            columns = np.stack([R.interleave(m, G, H, hp, vw) for m in members]).reshape(lead + (K, G * hp))
+            assert np.array_equal(R.uninterleave(columns, G, H, vw, -1), np.swapaxes(w, -1, -2))
+            assert np.array_equal(R.uninterleave(np.swapaxes(columns, -1, -2), G, H, vw, -2), w)
+            bias = columns[..., 0, :]  # one row of the layout: a bias vector per member
+            assert np.array_equal(R.uninterleave(bias, G, H, vw, -1), w[..., :, 0])
 
 
 def test_weights_are_laid_out_on_the_device_as_the_host_layout_defines(opencl_backend):

@@ -120,11 +120,10 @@ def gate_rows(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, width: i
 
 
 def uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
-    """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked)."""
-    a = np.moveaxis(a, axis, 0)
-    hp = a.shape[0] // gates
-    out = a.reshape(hp // vw, gates, vw, -1).transpose(1, 0, 2, 3).reshape(gates, hp, -1)[:, :hidden]
-    return np.moveaxis(out.reshape((gates * hidden,) + a.shape[1:]), 0, axis)
+    """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked): the
+    rows of :func:`uninterleave_rows` with that axis as the rows and one column."""
+    rows = np.moveaxis(a, axis, -1)[..., None]
+    return np.moveaxis(uninterleave_rows(rows, gates, hidden, vw, 0, 1)[..., 0], -1, axis)
 
 
 def uninterleave_rows(a: np.ndarray, gates: int, hidden: int, vw: int, start: int, stop: int) -> np.ndarray:
