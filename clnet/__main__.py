@@ -153,8 +153,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     "keep the fastest in its tuning cache file")
     p.add_argument("--backend", action="append",
                    help="OpenCL backend spec (repeatable); default: every usable OpenCL device")
-    p.add_argument("--family", action="append", choices=["fnn", "rnn", "bptt", "pearson"],
-                   help="only this kernel family (repeatable); default: all four")
+    p.add_argument("--family", action="append", choices=["fnn", "rnn", "bptt", "pearson", "transfers"],
+                   help="only this family (repeatable; transfers: how small arrays reach the device); "
+                        "default: all")
     p.add_argument("--budget", type=float, default=240.0,
                    help="seconds of measuring in all, shared by the devices and families (default: 240)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -529,7 +529,7 @@ def test_replaced_weights_lend_their_buffers_to_the_next(opencl_backend, monkeyp
     gradients with the new weights are exactly those of a cell that never had others. Every
     way of laying the weights out gives the same bits: through the pool with the uploaded
     gate rows kept as the backward's transposes, on the device with no rows kept (cells
-    larger than KEEP_GATE_ROWS_BYTES), and on the host (cells up to SMALL_UPLOAD_BYTES)."""
+    larger than KEEP_GATE_ROWS_BYTES), and on the host (cells up to the backend's small_upload_bytes())."""
     from clnet.opencl import rnn as R
 
     be = clnet.get_backend(opencl_backend)
@@ -542,7 +542,7 @@ def test_replaced_weights_lend_their_buffers_to_the_next(opencl_backend, monkeyp
     host_made.load_state_dict(new)
     want = host_made.backward_sequence(xs, None, None, grad_hs, backend=be)
 
-    monkeypatch.setattr(R, "SMALL_UPLOAD_BYTES", 0)   # as a large cell: through the pool
+    be.tuning.force("transfers", {"small_upload_kib": 0}, monkeypatch.setitem)  # as a large cell: through the pool
     cell = clnet.LSTMCell(I, H, seed=2)
     recorded = cell.record_sequence(xs, None, None, backend=be)
     w_old = cell._weights(be, dt)
@@ -604,8 +604,8 @@ def test_a_backward_without_the_input_gradient_gives_every_other_gradient_unchan
     resets = rng.random((T, B)) < 0.3
     for small in (True, False):
         if not small and any_backend.spec.startswith("opencl"):
-            from clnet.opencl import rnn as R
-            monkeypatch.setattr(R, "SMALL_UPLOAD_BYTES", 0)  # as a large cell: weights read apart
+            # as a large cell: weights read apart
+            any_backend.tuning.force("transfers", {"small_upload_kib": 0}, monkeypatch.setitem)
         model.load_state_dict(make().state_dict())  # new weights, prepared under this layout
         full = model.record_sequence(xs, None, resets, backend=any_backend).backward(g, burn_in=burn_in)
         rec = model.record_sequence(xs, None, resets, backend=any_backend)

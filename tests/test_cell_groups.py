@@ -90,7 +90,7 @@ def test_batch_first_states_and_a_list_of_gradients(any_backend):
 
 def test_per_step_launches_and_large_weights(opencl_backend):
     """The per-step launches (no one-launch batch at all) and weights laid out by the device's
-    transposes (above runtime.SMALL_UPLOAD_BYTES), each member's own."""
+    transposes (above the backend's small_upload_bytes()), each member's own."""
     from clnet.opencl.tuning import overriding
 
     rng = np.random.default_rng(4)

@@ -651,20 +651,19 @@ def test_strips_of_row_tiles_give_the_bits_of_single_tiles(opencl_backend, monke
 
 @pytest.mark.parametrize("hidden", [130, 256])
 def test_a_groups_large_weights_are_written_into_the_mapped_buffer_in_the_host_layout(opencl_backend, hidden):
-    """Weights above SMALL_UPLOAD_BYTES are laid out straight into a mapped device buffer,
+    """Weights above the backend's small_upload_bytes() are laid out straight into a mapped device buffer,
     member after member (rnn_prepare_group): each member's device rows and their transpose
     are its own gate_rows and interleave, padded units (130) included; buffers the pool
     handed out before (their old contents) do not leak into the new layout."""
     import pyopencl as cl
     from clnet.opencl import rnn as R
-    from clnet.opencl.runtime import SMALL_UPLOAD_BYTES
 
     be = clnet.get_backend(opencl_backend)
     rng = np.random.default_rng(hidden)
     dt, G, I = np.dtype(np.float32), 4, 3
     vw = R.vector_width(dt)
     hp, ip = R.padded_hidden(hidden, vw), R.padded_hidden(I, vw)
-    assert G * hp * hp * dt.itemsize > SMALL_UPLOAD_BYTES  # the mapped path
+    assert G * hp * hp * dt.itemsize > be.small_upload_bytes()  # the mapped path
     for attempt in range(3):  # later attempts get buffers back from the pool
         members = [{"weight_ih": rng.normal(size=(G * hidden, I)), "weight_hh": rng.normal(size=(G * hidden, hidden)),
                     "bias_ih": rng.normal(size=G * hidden), "bias_hh": rng.normal(size=G * hidden)}

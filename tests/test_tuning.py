@@ -693,3 +693,49 @@ def test_a_short_last_tile_counts_for_its_rows_only():
     bptt = FAMILIES["bptt"]
     assert bptt.defaults(POCL, {"kind": "lstm", "batch": 8, "hidden": 256})["rows"] == 4
     assert bptt.defaults(POCL, {"kind": "lstm", "batch": 12, "hidden": 256})["rows"] == 6
+
+
+def test_every_transfer_limit_computes_the_same_bits(opencl_backend):
+    """transfers.small_upload_kib chooses how host arrays reach the device (a buffer made with
+    its copy, or a copy command into a kept one; gate rows transposed on the host or on the
+    device), never what is computed: under every value the tuner may pick, a group's record
+    and backward, one cell's backward_sequence, sequence and step give the same bits, for
+    cells whose weights fall below and above each limit. The results also match the float64
+    fallback."""
+    from clnet.conformance.rnn import make_cell
+
+    be = clnet.get_backend(opencl_backend)
+    values = FAMILIES["transfers"].param("small_upload_kib").values
+    rng = np.random.default_rng(23)
+    T, B, I = 6, 5, 3
+    for H in (10, 40, 130):  # gate rows of 4 H x H float32: 1.6, 25 and 270 KiB
+        cells = [make_cell("lstm", I, H, True, seed) for seed in (1, 2)]
+        weights = [c.state_dict() for c in cells]
+        group = clnet.CellGroup(cells)
+        xs, grad_hs = rng.normal(size=(T, B, I)), rng.normal(size=(2, T, B, H))
+        resets = rng.random((T, B)) < 0.2
+
+        def run(backend):
+            for cell, w in zip(cells, weights):  # prepared again under the limit in force
+                cell.load_state_dict(w)
+            rec = group.record_sequence(xs, None, resets, backend=backend)
+            grads = rec.backward(grad_hs)
+            single = cells[0].backward_sequence(xs, None, resets, grad_hs[0], backend=backend)
+            state = cells[1].initial_state(B, backend=backend)
+            hs = cells[1].sequence(xs, state, resets=resets)
+            step = cells[1].step(xs[0], state)
+            return ([np.asarray(rec.hs)] + [np.asarray(g[k]) for g in grads for k in sorted(g)]
+                    + [np.asarray(single[k]) for k in sorted(single)] + [np.asarray(hs), np.asarray(step)])
+
+        results = {}
+        for v in values:
+            with be.tuning.overriding("transfers", {"small_upload_kib": v}):
+                assert be.small_upload_bytes() == 1024 * v
+                results[v] = run(be)
+        first = results[values[0]]
+        for v in values[1:]:
+            for i, (a, b) in enumerate(zip(first, results[v])):
+                assert a.tobytes() == b.tobytes(), f"H={H}: output {i} differs between {values[0]} and {v} KiB"
+        reference = run("numpy")  # the fallback, float64 by default
+        for i, (got, want) in enumerate(zip(first, reference)):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4, err_msg=f"H={H}: output {i}")

@@ -329,7 +329,7 @@ class BPTTKernels(BPTTOps):
             d_h0 = self.to_device(padded(h0[l], sz.hp, sz.dtype), "initial state")
             d_hs = buffer(f"bptt.hs{l}", n * (sz.T + 1) * sz.B * sz.hp * sz.item, "hidden states of the sequence")
             c0_rows = padded(c0[l], sz.hp, sz.dtype) if lstm else None
-            # both made with their copy of c0: no copy command (see runtime.SMALL_UPLOAD_BYTES)
+            # both made with their copy of c0: no copy command (see runtime.small_upload_bytes)
             d_c0 = self.to_device(c0_rows, "initial cell state") if lstm else w.zeros
             d_c = self.copy_of(c0_rows, "cell state") if lstm else w.zeros
             d_save = buffer(f"bptt.save{l}", n * sz.T * sz.B * SLOTS[w.kind] * sz.hp * sz.item,
@@ -355,11 +355,11 @@ class BPTTKernels(BPTTOps):
         d_dhT = self.to_device(padded(dhT, sz.hp, sz.dtype) if dhT is not None else zeros, "final state gradient")
         # The bias sums, dh0 and the carried dc (dc0 at the end) share one small buffer, made
         # with its initial contents and read back in one command: PoCL spends 30-80 us of host
-        # time per command (runtime.SMALL_UPLOAD_BYTES), and these were three reads. A small
+        # time per command (runtime.small_upload_bytes), and these were three reads. A small
         # cell's weight gradients join them (a fourth read saved).
         lead = () if n == 1 else (n,)  # a group's results: one block per member
         w_shape = lead + (sz.nc, saved.x_width + sz.hp)
-        w_small = int(np.prod(w_shape)) * sz.item <= R.SMALL_UPLOAD_BYTES
+        w_small = int(np.prod(w_shape)) * sz.item <= self.small_upload_bytes()
         small = _SmallResults(self, [(lead + (sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
                                      (state, None),
                                      (state, dcT if sz.kind == "lstm" and dcT is not None else None)]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..common.cache import DeviceCache
 from ..contract import RNNOps
-from .runtime import SMALL_UPLOAD_BYTES, cl
+from .runtime import cl
 
 # How the kernels are launched (tile heights, work-group size, the batch below which a whole
 # sequence runs in one launch, where a sequence's input projection happens) is the "rnn"
@@ -297,13 +297,13 @@ class RNNKernels(RNNOps):
         """Device buffers of the gate rows ``rows`` (R, C) and of their transpose (C, R), both
         the caller's to own (they may go to the spare pool); for a group, ``rows`` are its
         ``members`` cells' (R / members, C) blocks one after the other, and each block is
-        transposed in place. Up to SMALL_UPLOAD_BYTES both are
+        transposed in place. Up to small_upload_bytes() both are
         made on the host and created with their copy: no command at all, where PoCL spends
         30-80 us per command; larger ones are written straight into a spare buffer mapped
         into host memory and transposed on the device. The caller holds the lock."""
         self.check_alloc(rows.nbytes, what)
         per, cols = rows.shape[0] // members, rows.shape[1]
-        if rows.nbytes <= SMALL_UPLOAD_BYTES:
+        if rows.nbytes <= self.small_upload_bytes():
             host = rows.fill()
             return self.copy_of(host, what), self.copy_of(
                 np.ascontiguousarray(host.reshape(members, per, cols).transpose(0, 2, 1)), what)

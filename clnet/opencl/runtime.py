@@ -132,11 +132,10 @@ SPARE_PER_SIZE = 8
 SPARE_TOTAL = 128 * 2**20
 
 # Small host arrays go to the device in a buffer created with their copy (COPY_HOST_PTR) rather
-# than by a copy command into a kept workspace: PoCL spends 30-80 us of host time on every
-# command it is handed, a buffer's creation under 1 us (Intel's runtime: about 6 and 1 us). A
-# recurrent step's inputs and reset mask (B=8) cost PoCL 25-45 us less per step this way.
-# Larger arrays keep their workspace: a new allocation's first touch grows with its size.
-SMALL_UPLOAD_BYTES = 256 * 1024
+# than by a copy command into a kept workspace, up to a size that depends on the runtime: PoCL
+# spends 30-80 us of host time on every command it is handed and under 3 us on such a buffer,
+# Intel's runtime the other way round from a few KiB on. The limit is the "transfers" family of
+# clnet/opencl/tuning.py (small_upload_bytes): a default, re-measured by `python -m clnet tune`.
 
 PAGE = 4096  # alignment of host arrays that CPU devices use in place (aligned_empty)
 
@@ -299,6 +298,11 @@ class OpenCLRuntime(Backend):
         else the defaults declared for this device's properties."""
         return self.tuning.lookup(family, **shape)
 
+    def small_upload_bytes(self) -> int:
+        """Bytes up to which a host array goes to the device as a buffer created with its
+        copy rather than by a copy command (the "transfers" family of clnet/opencl/tuning.py)."""
+        return 1024 * self.tuning.lookup("transfers")["small_upload_kib"]
+
     # -- programs ---------------------------------------------------------------------------
     def _build(self, source: str, name: str, options: Sequence[str]) -> "cl.Program":
         opts = list(options)
@@ -457,11 +461,11 @@ class OpenCLRuntime(Backend):
 
     def upload(self, name: str, array: np.ndarray, what: str, keep_alive: list) -> "cl.Buffer":
         """A device buffer holding ``array``, enqueued without waiting: up to
-        :data:`SMALL_UPLOAD_BYTES` a new buffer made with the copy (no command on the queue),
+        :meth:`small_upload_bytes` a new buffer made with the copy (no command on the queue),
         else the workspace ``name`` filled by a copy command; ``keep_alive`` holds the host
         array until the caller's final ``queue.finish()``."""
         array = np.ascontiguousarray(array)
-        if array.nbytes <= SMALL_UPLOAD_BYTES:
+        if array.nbytes <= self.small_upload_bytes():
             return self.to_device(array, what)
         buf = self.workspace(name, array.nbytes, what)
         keep_alive.append(array)

@@ -25,8 +25,8 @@ import numpy as np
 from .tuning import FAMILIES, DeviceTuning
 
 # Share of the budget each family gets (by its number of shapes and the cost of its calls).
-WEIGHTS = {"fnn": 0.25, "rnn": 0.3, "bptt": 0.25, "pearson": 0.2}
-DEFAULT_BUDGET = 240.0  # seconds for all four families: a few minutes on a 2-core CPU
+WEIGHTS = {"fnn": 0.25, "rnn": 0.3, "bptt": 0.25, "pearson": 0.2, "transfers": 0.04}
+DEFAULT_BUDGET = 240.0  # seconds for all the families: a few minutes on a 2-core CPU
 PASSES = 2
 # A search's winner is re-timed against the defaults in this many alternating rounds (median
 # of each) and kept only if it still wins by the search's margin: the search compares one
@@ -186,7 +186,44 @@ def _pearson_workloads(be) -> List[Workload]:
     return out
 
 
-WORKLOADS = {"fnn": _fnn_workloads, "rnn": _rnn_workloads, "bptt": _bptt_workloads, "pearson": _pearson_workloads}
+def _transfers_workloads(be) -> List[Workload]:
+    """Calls made of many small transfers: an optimiser's update of two small LSTMs learning as
+    one group (new weights laid out, the sequence recorded and run backwards: a PPO minibatch
+    of the zoo's 64-unit network), and a small batch's sequence and steps."""
+    import clnet
+    from ..conformance.rnn import make_cell
+
+    rng = np.random.default_rng(5)
+    T, B, I, H = 32, 8, 4, 64
+    cells = [make_cell("lstm", I, H, True, seed) for seed in (6, 7)]
+    group = clnet.CellGroup(cells)
+    weights = [{k: v.copy() for k, v in cell.state_dict().items()} for cell in cells]
+    xs = rng.normal(size=(T, B, I))
+    resets = rng.random((T, B)) < 0.05
+    grad_hs = rng.normal(size=(2, T, B, H))
+
+    def update(backend=None, dtype="float32"):
+        out = []
+        for _ in range(3):  # new weights each time, as after every optimiser step
+            for cell, w in zip(cells, weights):
+                cell.load_state_dict(w)
+            rec = group.record_sequence(xs, None, resets, backend=backend or be, dtype=dtype)
+            grads = rec.backward(grad_hs, inputs=False)
+            out = [np.asarray(rec.hs)] + [np.asarray(g[k]) for g in grads for k in sorted(g) if g[k] is not None]
+        return out
+
+    cell = make_cell("lstm", I, 2 * H, True, 8)
+    steps_x = rng.normal(size=(16, B, I))
+
+    def steps(backend=None, dtype="float32"):
+        state = cell.initial_state(B, backend=backend or be, dtype=dtype)
+        return [np.stack([cell.step(x, state) for x in steps_x]), np.asarray(cell.sequence(steps_x, state))]
+    return [Workload("transfers", {}, label, run, run(backend="numpy", dtype="float64"), run(backend="numpy"), tol)
+            for label, run, tol in (("PPO update T=32 B=8", update, "bptt"), ("steps B=8", steps, "rnn"))]
+
+
+WORKLOADS = {"fnn": _fnn_workloads, "rnn": _rnn_workloads, "bptt": _bptt_workloads, "pearson": _pearson_workloads,
+             "transfers": _transfers_workloads}
 
 
 @dataclass

@@ -493,7 +493,16 @@ PEARSON = TunableFamily(
     exact=(), nearest=("rows",), constraint=_pearson_ok,
     coupled=(("complete_rows", "complete_cols"),))  # one register tile: searched together
 
-FAMILIES: Dict[str, TunableFamily] = {f.name: f for f in (FNN, RNN, BPTT, PEARSON)}
+# Host arrays up to the limit reach the device as a buffer made with its copy, larger ones by a
+# copy command into a kept buffer. The costs are the runtime's, not anything a device reports
+# (README, Tuning). CPU default: PoCL's best. A GPU allocates device memory, so its default is low.
+TRANSFERS = TunableFamily(
+    "transfers",
+    (Tunable("small_upload_kib", (0, 4, 16, 64, 256), lambda p, s: 256 if p.kind == "cpu" else 4,
+             "KiB up to which a host array goes to the device as a new buffer made with its copy"),),
+    exact=(), nearest=(), constraint=lambda c, p, s: True)
+
+FAMILIES: Dict[str, TunableFamily] = {f.name: f for f in (FNN, RNN, BPTT, PEARSON, TRANSFERS)}
 
 
 # -- the cache file ---------------------------------------------------------------------------
