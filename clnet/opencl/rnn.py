@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import repeat
 from typing import List, Optional, Tuple
 
@@ -119,25 +120,38 @@ def gate_rows(w: np.ndarray, gates: int, hidden: int, hp: int, vw: int, width: i
     return out
 
 
+@lru_cache(maxsize=256)
+def interleaved_rows(gates: int, hidden: int, hp: int, vw: int) -> np.ndarray:
+    """Where each gate-stacked row (gate g, unit j: row g * hidden + j) sits in the interleaved
+    order of :func:`interleave` (block j // vw, gate g, lane j % vw), as one index array (read
+    only, cached): the reorderings below are one gather each. Built from reshapes and moveaxis,
+    a group's gradients cost about 20 us of NumPy calls per array, most of it per-call overhead."""
+    g, j = np.divmod(np.arange(gates * hidden), hidden)
+    rows = (j // vw) * (gates * vw) + g * vw + j % vw
+    rows.setflags(write=False)
+    return rows
+
+
+def interleave_vector(v: np.ndarray, gates: int, hidden: int, hp: int, vw: int, dtype) -> np.ndarray:
+    """A gate-stacked vector (G*H,) (a bias) in :func:`interleave`'s column order (G*Hp,),
+    padded units zero, in ``dtype``: the one-column case of :func:`interleave`."""
+    out = np.zeros(gates * hp, dtype)
+    out[interleaved_rows(gates, hidden, hp, vw)] = v
+    return out
+
+
 def uninterleave(a: np.ndarray, gates: int, hidden: int, vw: int, axis: int) -> np.ndarray:
-    """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked): the
-    rows of :func:`uninterleave_rows` with that axis as the rows and one column."""
-    rows = np.moveaxis(a, axis, -1)[..., None]
-    return np.moveaxis(uninterleave_rows(rows, gates, hidden, vw, 0, 1)[..., 0], -1, axis)
+    """Inverse of :func:`interleave` along ``axis`` (G * Hp interleaved -> G * H stacked), in
+    one gather."""
+    return np.take(a, interleaved_rows(gates, hidden, a.shape[axis] // gates, vw), axis=axis)
 
 
 def uninterleave_rows(a: np.ndarray, gates: int, hidden: int, vw: int, start: int, stop: int) -> np.ndarray:
     """Columns ``start:stop`` of ``a`` (..., G * Hp, C), whose rows are interleaved as
     :func:`interleave`'s columns, with the rows gate-stacked (..., G * H, stop - start), C-contiguous,
-    in one copy where nothing is padded (H = Hp): the weight gradients of BPTT, read back
-    into fresh memory at every call, had been reordered whole and then sliced, three passes."""
-    lead, cols = a.shape[:-2], stop - start
-    hp = a.shape[-2] // gates
-    blocks = a[..., start:stop].reshape(lead + (hp // vw, gates, vw, cols))  # a view: one axis split
-    out = np.ascontiguousarray(np.moveaxis(blocks, -3, -4)).reshape(lead + (gates, hp, cols))
-    if hidden != hp:
-        out = np.ascontiguousarray(out[..., :hidden, :])
-    return out.reshape(lead + (gates * hidden, cols))
+    in one gather (the weight gradients of BPTT, read back into fresh memory at every call)."""
+    rows = interleaved_rows(gates, hidden, a.shape[-2] // gates, vw)
+    return np.take(a[..., start:stop], rows, axis=-2)  # take's result is C-contiguous
 
 
 def kernel_defines(kind: str, dtype, rows: int, *extra: str) -> tuple:
@@ -272,8 +286,8 @@ class RNNKernels(RNNOps):
         # b_ih and b_hh stay apart, each added after its product as the reference does:
         # b_ih + b_hh folded in advance overflows float32 where the reference does not
         # (weights near 1e38), and the GRU's b_hn sits inside r * (W_hn h + b_hn) anyway.
-        b_x = stacked(lambda p: interleave(p.get("bias_ih", zeros)[:, None], G, H, hp, vw, dt))
-        b_h = stacked(lambda p: interleave(p.get("bias_hh", zeros)[:, None], G, H, hp, vw, dt))
+        b_x = stacked(lambda p: interleave_vector(p.get("bias_ih", zeros), G, H, hp, vw, dt))
+        b_h = stacked(lambda p: interleave_vector(p.get("bias_hh", zeros), G, H, hp, vw, dt))
         with self.lock:
             up = self.to_device
             (rows_ih_d, w_ih), (rows_hh_d, w_hh) = (self._laid_out(rows_ih, dt, "weight_ih", n),
