@@ -10,6 +10,7 @@ the host reads the gradients once, at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from math import prod
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -140,10 +141,14 @@ class PendingGradients:
 
 class _SmallResults:
     """Several small arrays in one device buffer, each in a sub-buffer at an offset the device
-    accepts (its base address alignment), made with their initial contents (zeros, or the
+    accepts (its base address alignment), holding their initial contents (zeros, or the
     array given with each shape, zero-padded to ``width``) and read back with one command
-    (:meth:`read`: the host arrays it returns are filled at the queue's next finish). The
-    caller holds the lock."""
+    (:meth:`read`: the host arrays it returns are filled at the queue's next finish). Up to
+    the device's small_upload_bytes() the buffer is made with its contents (no command); a
+    larger one is the shared workspace ``bptt.small``, written without waiting: on Intel's
+    CPU runtime a new buffer of a few hundred KB costs more than a copy command, and the
+    in-order queue reads one layer's results before the next layer's write. The caller
+    holds the lock."""
 
     def __init__(self, runtime, parts, dtype, width: int):
         dt = np.dtype(dtype)
@@ -152,18 +157,22 @@ class _SmallResults:
         for shape, _ in parts:
             self.offsets.append(total)
             self.shapes.append(shape)
-            total += -(-int(np.prod(shape)) * dt.itemsize // align) * align
+            total += -(-prod(shape) * dt.itemsize // align) * align
         self.host = np.zeros(max(total, align), dtype=np.uint8)
         for (shape, init), off in zip(parts, self.offsets):
             if init is not None:
                 self._view(off, shape)[...] = padded(init, width, dt)
         self.runtime = runtime
-        self.device = runtime.copy_of(self.host, "small results")
-        self.buffers = [self.device.get_sub_region(off, int(np.prod(shape)) * dt.itemsize)
+        if self.host.nbytes <= runtime.small_upload_bytes():
+            self.device = runtime.copy_of(self.host, "small results")
+        else:  # self.host outlives the write: it is the read's destination
+            self.device = runtime.workspace("bptt.small", self.host.nbytes, "small results")
+            cl.enqueue_copy(runtime.queue, self.device, self.host, is_blocking=False)
+        self.buffers = [self.device.get_sub_region(off, prod(shape) * dt.itemsize)
                         for shape, off in zip(self.shapes, self.offsets)]
 
     def _view(self, offset, shape):
-        return self.host[offset:offset + int(np.prod(shape)) * self.dtype.itemsize].view(self.dtype).reshape(shape)
+        return self.host[offset:offset + prod(shape) * self.dtype.itemsize].view(self.dtype).reshape(shape)
 
     def read(self):
         """Enqueue the one read (not waiting); returns the host arrays it fills, in order."""
@@ -359,7 +368,7 @@ class BPTTKernels(BPTTOps):
         # cell's weight gradients join them (a fourth read saved).
         lead = () if n == 1 else (n,)  # a group's results: one block per member
         w_shape = lead + (sz.nc, saved.x_width + sz.hp)
-        w_small = int(np.prod(w_shape)) * sz.item <= self.small_upload_bytes()
+        w_small = prod(w_shape) * sz.item <= self.small_upload_bytes()
         small = _SmallResults(self, [(lead + (sz.grid[0], 2 * sz.nc if sz.kind == "gru" else sz.nc), None),
                                      (state, None),
                                      (state, dcT if sz.kind == "lstm" and dcT is not None else None)]
