@@ -712,6 +712,9 @@ def test_every_transfer_limit_computes_the_same_bits(opencl_backend):
         cells = [make_cell("lstm", I, H, True, seed) for seed in (1, 2)]
         weights = [c.state_dict() for c in cells]
         group = clnet.CellGroup(cells)
+        # two layers: their backward passes share the small-results workspace, the second
+        # layer's results larger (its inputs are H wide, the first's I)
+        stacked = clnet.LSTM(I, H, num_layers=2, seed=3)
         xs, grad_hs = rng.normal(size=(T, B, I)), rng.normal(size=(2, T, B, H))
         resets = rng.random((T, B)) < 0.2
 
@@ -724,8 +727,11 @@ def test_every_transfer_limit_computes_the_same_bits(opencl_backend):
             state = cells[1].initial_state(B, backend=backend)
             hs = cells[1].sequence(xs, state, resets=resets)
             step = cells[1].step(xs[0], state)
+            stacked.load_state_dict(stacked.state_dict())  # prepared again, as the cells are
+            deep = stacked.backward_sequence(xs, None, resets, grad_hs[1], backend=backend)
             return ([np.asarray(rec.hs)] + [np.asarray(g[k]) for g in grads for k in sorted(g)]
-                    + [np.asarray(single[k]) for k in sorted(single)] + [np.asarray(hs), np.asarray(step)])
+                    + [np.asarray(single[k]) for k in sorted(single)] + [np.asarray(hs), np.asarray(step)]
+                    + [np.asarray(deep[k]) for k in sorted(deep) if deep[k] is not None])
 
         results = {}
         for v in values:
